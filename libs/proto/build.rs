@@ -1,0 +1,32 @@
+//! Compiles `proto/` with protox (no system protoc) and generates the messages and the
+//! gRPC clients and servers into OUT_DIR, plus a file descriptor set for reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTO_ROOT: &str = "../../proto";
+
+const FILES: &[&str] = &[
+    "corvus/common/v1/event.proto",
+    "corvus/common/v1/paging.proto",
+    "corvus/ingestion/v1/ingestion.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let files: Vec<String> = FILES.iter().map(|f| format!("{PROTO_ROOT}/{f}")).collect();
+    let descriptors = protox::compile(&files, [PROTO_ROOT])?;
+    std::fs::write(
+        out_dir.join("corvus_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(cfg!(feature = "client"))
+        .build_server(cfg!(feature = "server"))
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The Corvus API: messages and gRPC services generated from `proto/`, the file
+//! descriptor set that server reflection serves, and the id types every service shares.
+
+pub mod ids;
+pub mod json;
+
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("corvus.common.v1");
+    }
+}
+
+pub mod ingestion {
+    pub mod v1 {
+        tonic::include_proto!("corvus.ingestion.v1");
+    }
+}
+
+/// Every Corvus proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corvus_descriptor");
+
+pub use ids::{EventId, IdError, WorkspaceId};

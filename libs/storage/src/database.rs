@@ -1,0 +1,130 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::{StorageConfig, StorageError};
+
+/// A service's database: its own schema in Postgres, or its own file in the data dir.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The migrations a service embeds for each backend (`sqlx::migrate!`).
+pub struct Migrators {
+    pub postgres: &'static Migrator,
+    pub sqlite: &'static Migrator,
+}
+
+impl Database {
+    /// Connects to the database for `service` (a schema name such as `ingestion`) and
+    /// runs its migrations. Postgres: the schema is created if missing and becomes the
+    /// pool's search path, so each service's tables and migration history stay apart.
+    pub async fn connect(
+        config: &StorageConfig,
+        service: &str,
+        migrators: &Migrators,
+    ) -> Result<Self, StorageError> {
+        let db = Self::connect_lazy(config, service)?;
+        db.migrate(service, migrators).await?;
+        Ok(db)
+    }
+
+    /// Builds the pool without touching the server: connections open on first use, so a
+    /// service can start (and say NOT_SERVING) while its database is still down.
+    pub fn connect_lazy(config: &StorageConfig, service: &str) -> Result<Self, StorageError> {
+        let url = config
+            .database_url
+            .as_ref()
+            .map(|u| u.expose_secret().to_owned())
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()));
+        match url {
+            Some(url) => {
+                let options = PgConnectOptions::from_str(&url)
+                    .map_err(|e| StorageError::Internal(format!("invalid database url: {e}")))?
+                    .options([("search_path", service)])
+                    .application_name(&format!("corvus-{service}"));
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_lazy_with(options);
+                Ok(Self::Postgres(pool))
+            }
+            None => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                    StorageError::Internal(format!(
+                        "cannot create data dir {}: {e}",
+                        config.data_dir.display()
+                    ))
+                })?;
+                let options = SqliteConnectOptions::new()
+                    .filename(config.data_dir.join(format!("{service}.sqlite")))
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: an acknowledged write survives a power cut, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections.min(8))
+                    .connect_lazy_with(options);
+                Ok(Self::Sqlite(pool))
+            }
+        }
+    }
+
+    pub async fn migrate(&self, service: &str, migrators: &Migrators) -> Result<(), StorageError> {
+        match self {
+            Self::Postgres(pool) => {
+                // Quoted identifier: the name is ours, but quote it all the same.
+                sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{service}\""))
+                    .execute(pool)
+                    .await?;
+                migrators.postgres.run(pool).await.map_err(migrate_error)?;
+            }
+            Self::Sqlite(pool) => migrators.sqlite.run(pool).await.map_err(migrate_error)?,
+        }
+        Ok(())
+    }
+
+    /// One round trip: does the database answer?
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+fn migrate_error(err: sqlx::migrate::MigrateError) -> StorageError {
+    match err {
+        sqlx::migrate::MigrateError::Execute(e) => e.into(),
+        other => StorageError::Internal(format!("migration failed: {other}")),
+    }
+}

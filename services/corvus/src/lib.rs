@@ -1,0 +1,155 @@
+//! The all-in-one Corvus process: every built service on one gRPC port, the Segment
+//! HTTP API and the metrics port, over Postgres and Redis or the embedded default.
+
+pub mod client;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corvus_ingestion::outbox::Consumer;
+use corvus_ingestion::{Ingestion, IngestionConfig};
+use corvus_platform::server::{Listeners, Services};
+use corvus_platform::telemetry::TelemetryConfig;
+use corvus_platform::{Authenticator, KeyStore, ServerConfig};
+use corvus_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// The whole configuration: defaults, then the TOML file, then `CORVUS_…` variables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorvusConfig {
+    pub server: ServerConfig,
+    #[serde(skip_serializing)]
+    pub storage: StorageConfig,
+    pub telemetry: TelemetryConfig,
+    pub ingestion: IngestionConfig,
+}
+
+impl CorvusConfig {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let config: Self = corvus_platform::load_config(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.server.validate()?;
+        self.ingestion.validate()
+    }
+}
+
+/// A running Corvus: the services, their outbox workers and the servers.
+pub struct App {
+    pub ingestion: Ingestion,
+    pub keys: KeyStore,
+    config: CorvusConfig,
+    listeners: Listeners,
+    extra_consumers: Vec<Consumer>,
+}
+
+impl App {
+    /// Connects storage (running migrations) and prepares the servers on `listeners`.
+    pub async fn build(config: CorvusConfig, listeners: Listeners) -> anyhow::Result<Self> {
+        let keys = KeyStore::connect(&config.storage).await?;
+        let ingestion = Ingestion::connect(&config.storage, &config.ingestion).await?;
+        Ok(Self {
+            ingestion,
+            keys,
+            config,
+            listeners,
+            extra_consumers: Vec::new(),
+        })
+    }
+
+    /// Registers an in-process consumer of the event log.
+    pub fn with_consumer(mut self, consumer: Consumer) -> Self {
+        self.extra_consumers.push(consumer);
+        self
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.listeners
+            .grpc
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    pub fn http_port(&self) -> Option<u16> {
+        self.listeners
+            .http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.listeners
+            .metrics
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains and stops the workers.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let auth = Arc::new(Authenticator::new(
+            self.keys.clone(),
+            Duration::from_secs(30),
+        ));
+        let consumers = self.ingestion.consumers(self.extra_consumers)?;
+        let workers_stop = CancellationToken::new();
+        let mut workers = self.ingestion.spawn_outbox(consumers, workers_stop.clone());
+
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes.add_service(self.ingestion.grpc_service());
+        let services = Services {
+            grpc: routes.routes(),
+            names: vec![corvus_ingestion::SERVICE_NAME.to_owned()],
+            http: Some(self.ingestion.http_router(auth.clone())),
+        };
+        let served = corvus_platform::server::serve(
+            &self.config.server,
+            self.listeners,
+            services,
+            auth,
+            self.ingestion.readiness(),
+            shutdown,
+        )
+        .await;
+        // Requests are drained; now the workers finish the delivery in hand and stop.
+        workers_stop.cancel();
+        while workers.join_next().await.is_some() {}
+        served
+    }
+}
+
+/// Creates workspace `dev` with an admin key the first time `corvus dev` runs on a
+/// data directory, and keeps the key in `<data_dir>/dev-key`.
+pub async fn ensure_dev_key(keys: &KeyStore, storage: &StorageConfig) -> anyhow::Result<String> {
+    let path = storage.data_dir.join("dev-key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        let key = key.trim().to_owned();
+        if keys.lookup(&key).await?.is_some() {
+            return Ok(key);
+        }
+    }
+    let workspace = "dev".parse()?;
+    keys.upsert_workspace(&workspace, "Development", None)
+        .await?;
+    let created = keys
+        .create_key(&workspace, corvus_platform::Role::Admin, "corvus dev")
+        .await?;
+    std::fs::create_dir_all(&storage.data_dir)?;
+    std::fs::write(&path, &created.secret)?;
+    Ok(created.secret)
+}
+
+impl App {
+    /// `postgres` or `sqlite`.
+    pub fn ingestion_backend(&self) -> &'static str {
+        self.keys.database().backend()
+    }
+}

@@ -1,0 +1,249 @@
+//! `corvus`: run Corvus (`dev`, `serve`), prepare it (`migrate`, `keys`), feed it (`send`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use corvus::{App, CorvusConfig};
+use corvus_platform::server::{Listeners, cancel_on_signal};
+use corvus_platform::{KeyStore, Role};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "corvus",
+    version,
+    about = "Corvus: real-time customer data platform and decision engine"
+)]
+struct Cli {
+    /// A TOML configuration file (also `CORVUS_CONFIG`).
+    #[arg(long, global = true, env = "CORVUS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every service in one process, embedded storage unless a database is named.
+    Dev {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        grpc_addr: std::net::SocketAddr,
+        /// Segment HTTP API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: std::net::SocketAddr,
+    },
+    /// Run one service as configured (for Kubernetes): `corvus serve ingestion`.
+    Serve {
+        #[arg(value_parser = ["ingestion"])]
+        service: String,
+    },
+    /// Create or update every schema, then exit.
+    Migrate {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Send events from a JSON-lines file (or - for stdin) over gRPC.
+    Send {
+        /// The file; `-` reads standard input.
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// An API key with the ingest role (also `CORVUS_API_KEY`).
+        #[arg(long, env = "CORVUS_API_KEY")]
+        key: String,
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key (and its workspace, if new); prints the key once.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long, value_parser = ["ingest", "read", "admin"])]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The workspace's ingest quota in events per second.
+        #[arg(long)]
+        events_per_second: Option<u32>,
+    },
+    /// Revoke the key that starts with this prefix.
+    Revoke { prefix: String },
+}
+
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Postgres URL; without one, SQLite files in --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Redis URL; without one, an in-process cache.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, env = "CORVUS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StorageArgs {
+    fn apply(self, config: &mut CorvusConfig) {
+        if let Some(url) = self.database_url.filter(|u| !u.is_empty()) {
+            config.storage.database_url = Some(url.into());
+        }
+        if let Some(url) = self.redis_url.filter(|u| !u.is_empty()) {
+            config.storage.redis_url = Some(url.into());
+        }
+        if let Some(dir) = self.data_dir {
+            config.storage.data_dir = dir;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = CorvusConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Dev {
+            storage,
+            grpc_addr,
+            http_addr,
+        } => {
+            storage.apply(&mut config);
+            config.server.grpc_addr = grpc_addr;
+            config.server.http_addr = http_addr;
+            let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
+            let listeners = Listeners::bind(&config.server, true).await?;
+            let app = App::build(config.clone(), listeners).await?;
+            let key = corvus::ensure_dev_key(&app.keys, &config.storage).await?;
+            let backend = app.ingestion_backend();
+            println!(
+                "corvus dev: storage {backend}, data in {}",
+                config.storage.data_dir.display()
+            );
+            println!("  gRPC      http://{}", config.server.grpc_addr);
+            println!(
+                "  HTTP      http://{}  (Segment API: POST /v1/batch)",
+                config.server.http_addr
+            );
+            if let Some(m) = config.server.metrics_addr {
+                println!("  metrics   http://{m}/metrics");
+            }
+            println!(
+                "  admin key {key}  (workspace dev; also in {})",
+                config.storage.data_dir.join("dev-key").display()
+            );
+            run(app).await
+        }
+        Command::Serve { service: _ } => {
+            let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
+            let listeners = Listeners::bind(&config.server, true).await?;
+            let app = App::build(config, listeners).await?;
+            run(app).await
+        }
+        Command::Migrate { storage } => {
+            storage.apply(&mut config);
+            // Connecting runs every migration; retry while the database comes up.
+            let mut attempt = 0;
+            loop {
+                match App::build(config.clone(), Listeners::ephemeral().await?).await {
+                    Ok(_) => break,
+                    Err(err) if attempt < 30 => {
+                        eprintln!("migrate: {err:#}; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Keys { command, storage } => {
+            storage.apply(&mut config);
+            let keys = KeyStore::connect(&config.storage).await?;
+            match command {
+                KeysCommand::Create {
+                    workspace,
+                    role,
+                    name,
+                    events_per_second,
+                } => {
+                    let workspace = workspace
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+                    let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    keys.upsert_workspace(&workspace, &name, events_per_second)
+                        .await?;
+                    let created = keys.create_key(&workspace, role, &name).await?;
+                    eprintln!(
+                        "created {} key {} for workspace {}; it is shown only now:",
+                        created.role.as_str(),
+                        created.prefix,
+                        created.workspace
+                    );
+                    println!("{}", created.secret);
+                }
+                KeysCommand::Revoke { prefix } => {
+                    anyhow::ensure!(
+                        keys.revoke(&prefix).await?,
+                        "no live key starts with {prefix}"
+                    );
+                    println!("revoked {prefix}");
+                }
+            }
+            Ok(())
+        }
+        Command::Send {
+            file,
+            endpoint,
+            key,
+            batch_size,
+        } => {
+            let (events, mut problems) = if file.as_os_str() == "-" {
+                corvus::client::read_events(std::io::stdin().lock())?
+            } else {
+                corvus::client::read_events(std::io::BufReader::new(std::fs::File::open(&file)?))?
+            };
+            let unparsed = problems.len();
+            let summary = corvus::client::send(
+                &endpoint,
+                &key,
+                events,
+                batch_size,
+                std::io::stderr().is_terminal(),
+            )
+            .await?;
+            problems.extend(summary.problems.iter().cloned());
+            println!(
+                "accepted {}, duplicates {}, rejected {}",
+                summary.accepted,
+                summary.duplicates,
+                summary.rejected + unparsed as u64
+            );
+            for p in problems.iter().take(20) {
+                eprintln!("  {p}");
+            }
+            anyhow::ensure!(problems.is_empty(), "some events were not accepted");
+            Ok(())
+        }
+    }
+}
+
+async fn run(app: App) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    app.run(shutdown).await
+}

@@ -1,0 +1,313 @@
+//! The outbox: committed events handed on in log order to every registered consumer,
+//! each with its own cursor and task, so a slow or failing consumer never holds up
+//! another. Woken by commits (and NOTIFY from other replicas), with a slow poll as the
+//! fallback. A consumer that cannot be reached is retried with backoff for as long as
+//! it takes; an event the consumer refuses is retried, then dead-lettered with the
+//! reason. Delivery is at least once; consumers are idempotent by event id.
+
+mod grpc_sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corvus_proto::common::v1::{Event, StoredEvent};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use grpc_sink::GrpcSink;
+
+use crate::storage::{EventLog, LoggedEvent};
+
+/// An event a consumer could not process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub event_id: String,
+    pub reason: String,
+}
+
+/// Where a consumer's events go: in process, or a service over gRPC.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Hands over a batch in log order. `Err` means nothing can be said of the batch
+    /// (the consumer is unreachable) and the whole batch is retried; `Ok` lists the
+    /// events that failed, which are retried on their own.
+    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String>;
+}
+
+/// A registered consumer.
+#[derive(Clone)]
+pub struct Consumer {
+    pub name: String,
+    pub sink: Arc<dyn EventSink>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Events per delivery.
+    pub batch_size: u32,
+    /// Tries of an event the consumer refuses before it is dead-lettered.
+    pub max_attempts: u32,
+    /// The first retry delay; it doubles up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// The fallback poll, for wake-ups that got lost.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Starts one dispatcher task per consumer; they stop when `stop` is cancelled.
+pub fn spawn(
+    log: Arc<dyn EventLog>,
+    consumers: Vec<Consumer>,
+    config: OutboxConfig,
+    stop: CancellationToken,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for consumer in consumers {
+        let dispatcher = Dispatcher {
+            log: log.clone(),
+            consumer,
+            config: config.clone(),
+            stop: stop.clone(),
+        };
+        tasks.spawn(async move { dispatcher.run().await });
+    }
+    tasks
+}
+
+/// Decodes a logged event for delivery.
+pub fn stored_event(e: &LoggedEvent) -> Result<StoredEvent, prost::DecodeError> {
+    Ok(StoredEvent {
+        workspace_id: e.workspace.to_string(),
+        event_id: e.event_id.to_string(),
+        event: Some(Event::decode(e.payload.as_slice())?),
+        profile_id: String::new(),
+        traceparent: e.traceparent.clone().unwrap_or_default(),
+    })
+}
+
+struct Dispatcher {
+    log: Arc<dyn EventLog>,
+    consumer: Consumer,
+    config: OutboxConfig,
+    stop: CancellationToken,
+}
+
+/// Why a leader round ended.
+enum Stop {
+    Cancelled,
+    /// Storage failed or another replica moved the cursor: give up the lease.
+    LostLease(String),
+}
+
+impl Dispatcher {
+    async fn run(self) {
+        let name = self.consumer.name.clone();
+        let mut pause = self.config.retry_base;
+        while !self.stop.is_cancelled() {
+            let lease = match self.log.lease(&name).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    // Another replica dispatches this consumer; check back later.
+                    self.sleep(self.config.poll_interval).await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(consumer = %name, error = %err, "outbox cannot take its lease");
+                    self.sleep(pause).await;
+                    pause = (pause * 2).min(self.config.retry_max);
+                    continue;
+                }
+            };
+            match self.lead().await {
+                Stop::Cancelled => return,
+                Stop::LostLease(cause) => {
+                    tracing::warn!(consumer = %name, error = %cause, "outbox gives up its lease");
+                    drop(lease);
+                    self.sleep(pause).await;
+                    pause = (pause * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    async fn sleep(&self, pause: Duration) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+
+    /// Delivers while holding the lease.
+    async fn lead(&self) -> Stop {
+        let name = &self.consumer.name;
+        let mut wakeups = self.log.wakeups();
+        let mut cursor = match self.log.ensure_consumer(name).await {
+            Ok(p) => p,
+            Err(err) => return Stop::LostLease(err.to_string()),
+        };
+        loop {
+            if self.stop.is_cancelled() {
+                return Stop::Cancelled;
+            }
+            if let Err(err) = self.replay_dead_letters().await {
+                return Stop::LostLease(err.to_string());
+            }
+            // Mark the wake-ups seen before reading, so a commit after the read wakes us.
+            wakeups.borrow_and_update();
+            let batch = match self.log.read_after(cursor, self.config.batch_size).await {
+                Ok(b) => b,
+                Err(err) => return Stop::LostLease(err.to_string()),
+            };
+            let Some(last) = batch.events.last().map(|e| e.position) else {
+                metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone()).set(0.0);
+                let pause = if batch.held_back {
+                    Duration::from_millis(5)
+                } else {
+                    self.config.poll_interval
+                };
+                tokio::select! {
+                    () = self.stop.cancelled() => return Stop::Cancelled,
+                    _ = wakeups.changed() => {}
+                    () = tokio::time::sleep(pause) => {}
+                }
+                continue;
+            };
+            if let Err(stop) = self.deliver(&batch.events).await {
+                return stop;
+            }
+            match self.log.advance(name, cursor, last).await {
+                Ok(true) => cursor = last,
+                Ok(false) => {
+                    return Stop::LostLease("the cursor was moved by another dispatcher".into());
+                }
+                Err(err) => return Stop::LostLease(err.to_string()),
+            }
+        }
+    }
+
+    /// Delivers a batch until every event went through or was dead-lettered.
+    async fn deliver(&self, events: &[LoggedEvent]) -> Result<(), Stop> {
+        let name = &self.consumer.name;
+        let mut pending: Vec<(&LoggedEvent, StoredEvent)> = Vec::with_capacity(events.len());
+        for e in events {
+            match stored_event(e) {
+                Ok(stored) => pending.push((e, stored)),
+                Err(err) => {
+                    self.bury(e, &format!("undecodable event: {err}"), 1)
+                        .await?
+                }
+            }
+        }
+        let span = tracing::info_span!("outbox.deliver", consumer = %name, events = events.len());
+        if let Some(parent) = events.iter().find_map(|e| e.traceparent.as_deref()) {
+            corvus_platform::telemetry::set_parent_from_traceparent(&span, parent);
+        }
+        let mut attempts = 0;
+        let mut transport_pause = self.config.retry_base;
+        let mut failing = false;
+        while !pending.is_empty() {
+            let batch: Vec<StoredEvent> = pending.iter().map(|(_, s)| s.clone()).collect();
+            let result = tokio::select! {
+                () = self.stop.cancelled() => return Err(Stop::Cancelled),
+                r = self.consumer.sink.deliver(&batch).instrument(span.clone()) => r,
+            };
+            match result {
+                Err(cause) => {
+                    // Unreachable: nothing is known of the batch; retry all of it, forever.
+                    tracing::warn!(consumer = %name, error = %cause, "outbox delivery failed, retrying");
+                    metrics::counter!("corvus_outbox_delivery_errors_total", "consumer" => name.clone()).increment(1);
+                    failing = true;
+                    let _ = self.log.set_error(name, Some(&cause)).await;
+                    self.sleep(transport_pause).await;
+                    transport_pause = (transport_pause * 2).min(self.config.retry_max);
+                }
+                Ok(failures) => {
+                    let delivered = pending.len() - failures.len().min(pending.len());
+                    metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
+                        .increment(delivered as u64);
+                    if let Some(received) = pending
+                        .last()
+                        .and_then(|(_, s)| s.event.as_ref()?.received_at)
+                    {
+                        let lag = chrono::Utc::now().timestamp_millis() - received.seconds * 1000;
+                        metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
+                            .set(lag.max(0) as f64 / 1000.0);
+                    }
+                    if failing && failures.is_empty() {
+                        let _ = self.log.set_error(name, None).await;
+                    }
+                    if failures.is_empty() {
+                        return Ok(());
+                    }
+                    attempts += 1;
+                    pending.retain(|(_, s)| failures.iter().any(|f| f.event_id == s.event_id));
+                    if attempts >= self.config.max_attempts {
+                        for (logged, stored) in &pending {
+                            let reason = failures
+                                .iter()
+                                .find(|f| f.event_id == stored.event_id)
+                                .map_or("failed", |f| f.reason.as_str());
+                            self.bury(logged, reason, attempts).await?;
+                        }
+                        return Ok(());
+                    }
+                    let pause = self.config.retry_base * 2u32.pow(attempts.min(16));
+                    self.sleep(pause.min(self.config.retry_max)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn bury(&self, event: &LoggedEvent, reason: &str, attempts: u32) -> Result<(), Stop> {
+        let name = &self.consumer.name;
+        tracing::warn!(consumer = %name, event_id = %event.event_id, reason, "event dead-lettered");
+        metrics::counter!("corvus_outbox_dead_letters_total", "consumer" => name.clone())
+            .increment(1);
+        self.log
+            .dead_letter(name, event, reason, attempts)
+            .await
+            .map_err(|e| Stop::LostLease(e.to_string()))
+    }
+
+    /// Hands dead letters marked for replay to the consumer once more.
+    async fn replay_dead_letters(&self) -> Result<(), corvus_storage::StorageError> {
+        let name = &self.consumer.name;
+        for dead in self.log.replays(name, self.config.batch_size).await? {
+            let failure = match stored_event(&dead.event) {
+                Err(err) => Some(format!("undecodable event: {err}")),
+                Ok(stored) => match self
+                    .consumer
+                    .sink
+                    .deliver(std::slice::from_ref(&stored))
+                    .await
+                {
+                    Ok(failures) => failures.into_iter().next().map(|f| f.reason),
+                    Err(cause) => Some(cause),
+                },
+            };
+            self.log.replay_done(dead.id, failure.as_deref()).await?;
+        }
+        Ok(())
+    }
+}

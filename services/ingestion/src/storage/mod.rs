@@ -1,0 +1,187 @@
+//! The event log, consumer cursors and dead letters: one trait, a Postgres and a
+//! SQLite implementation, held to one conformance suite (`tests/ingestion/log.rs`).
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::{EventId, WorkspaceId};
+use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
+use tokio::sync::watch;
+
+pub use postgres::PgEventLog;
+pub use sqlite::SqliteEventLog;
+
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The schema (Postgres) or file (SQLite) of the ingestion service.
+pub const SCHEMA: &str = "ingestion";
+
+/// A place in the log. Postgres orders by (transaction id, seq); SQLite by seq alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub tx: i64,
+    pub seq: i64,
+}
+
+/// An event ready to commit.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub message_id: String,
+    pub event_type: i16,
+    pub received_at: DateTime<Utc>,
+    /// The protobuf-encoded `corvus.common.v1.Event`.
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// What became of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Inserted,
+    /// The message id was in the log already, under this event id.
+    Duplicate(EventId),
+}
+
+/// An event as the log holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub position: Position,
+    pub workspace: WorkspaceId,
+    pub event_id: EventId,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
+/// Events after a position, and whether later commits exist that are not yet safe to
+/// read (a transaction begun before them is still running): then read again soon.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    pub events: Vec<LoggedEvent>,
+    pub held_back: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub consumer: String,
+    pub event: LoggedEvent,
+    pub reason: String,
+    pub attempts: u32,
+    pub failed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub lag: u64,
+    pub dead_letters: u64,
+    pub last_delivery_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Proof of being the one dispatcher of a consumer across replicas; dropping it lets
+/// another replica take over.
+pub type Lease = Box<dyn Send + Sync>;
+
+#[async_trait]
+pub trait EventLog: Send + Sync + std::fmt::Debug {
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Commits the events whose message id the workspace has not used, in order, in one
+    /// transaction; the outcome of each, in input order. Message ids within `events`
+    /// must be distinct.
+    async fn append(
+        &self,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Appended>, StorageError>;
+
+    /// The workspace's events after `after`, in log order.
+    async fn list(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StorageError>;
+
+    /// Ticks whenever events commit (in this process, or in any replica on Postgres).
+    fn wakeups(&self) -> watch::Receiver<u64>;
+
+    /// Creates the consumer's cursor at the start of the log if it has none.
+    async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError>;
+
+    /// Becomes the consumer's dispatcher, or `None` while another replica is.
+    async fn lease(&self, consumer: &str) -> Result<Option<Lease>, StorageError>;
+
+    /// Events of all workspaces after `after` that are safe to hand on, in log order.
+    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError>;
+
+    /// Moves the cursor from `from` to `to`; false if it was not at `from` (another
+    /// dispatcher moved it, so this one has lost its lease).
+    async fn advance(
+        &self,
+        consumer: &str,
+        from: Position,
+        to: Position,
+    ) -> Result<bool, StorageError>;
+
+    /// Notes the consumer's last delivery error, or clears it.
+    async fn set_error(&self, consumer: &str, error: Option<&str>) -> Result<(), StorageError>;
+
+    async fn dead_letter(
+        &self,
+        consumer: &str,
+        event: &LoggedEvent,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), StorageError>;
+
+    async fn list_dead_letters(
+        &self,
+        workspace: &WorkspaceId,
+        consumer: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StorageError>;
+
+    /// Marks the workspace's dead letters (these ids, or all when empty) for replay.
+    async fn request_replay(
+        &self,
+        workspace: &WorkspaceId,
+        ids: &[i64],
+        consumer: Option<&str>,
+    ) -> Result<u64, StorageError>;
+
+    /// Dead letters of the consumer marked for replay.
+    async fn replays(&self, consumer: &str, limit: u32) -> Result<Vec<DeadLetter>, StorageError>;
+
+    /// A replayed dead letter went through (removed) or failed again (kept, unmarked).
+    async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError>;
+
+    /// Every registered consumer, with its lag and dead letters in the workspace.
+    async fn consumers(&self, workspace: &WorkspaceId)
+    -> Result<Vec<ConsumerStatus>, StorageError>;
+}
+
+/// Connects the log the configuration names and runs its migrations.
+pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, StorageError> {
+    let migrators = Migrators {
+        postgres: &MIGRATE_POSTGRES,
+        sqlite: &MIGRATE_SQLITE,
+    };
+    Ok(match Database::connect(config, SCHEMA, &migrators).await? {
+        Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
+        Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
+    })
+}
+
+fn parse_workspace(s: String) -> Result<WorkspaceId, StorageError> {
+    s.parse()
+        .map_err(|e| StorageError::Internal(format!("bad workspace id in the log: {e}")))
+}

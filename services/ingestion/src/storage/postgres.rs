@@ -1,0 +1,432 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::{EventId, WorkspaceId};
+use corvus_storage::StorageError;
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{Connection, Row};
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use super::{
+    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position,
+    ReadBatch, parse_workspace,
+};
+
+const CHANNEL: &str = "corvus_ingestion_events";
+
+/// The event log in Postgres: UNNEST batch inserts, the snapshot horizon for safe
+/// reads, advisory locks for one dispatcher per consumer, LISTEN/NOTIFY wake-ups.
+#[derive(Debug)]
+pub struct PgEventLog {
+    pool: PgPool,
+    wakeups: watch::Sender<u64>,
+    _listener: DropGuard,
+}
+
+impl PgEventLog {
+    pub fn new(pool: PgPool) -> Self {
+        let (wakeups, _) = watch::channel(0);
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let (pool, wakeups, stop) = (pool.clone(), wakeups.clone(), stop.clone());
+            async move { stop.run_until_cancelled(listen(pool, wakeups)).await }
+        });
+        Self {
+            pool,
+            wakeups,
+            _listener: stop.drop_guard(),
+        }
+    }
+}
+
+/// Forwards the NOTIFY of every replica's commits to the local wake-up channel; while
+/// the database is away it retries, and the dispatchers' fallback poll covers the gap.
+async fn listen(pool: PgPool, wakeups: watch::Sender<u64>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::debug!(error = %err, "event listener cannot connect, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(err) = listener.listen(CHANNEL).await {
+            tracing::debug!(error = %err, "LISTEN failed, retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // recv reconnects by itself; a wake-up after reconnecting covers what was missed.
+        loop {
+            match listener.recv().await {
+                Ok(_) => wakeups.send_modify(|n| *n += 1),
+                Err(err) => {
+                    tracing::debug!(error = %err, "event listener lost its connection");
+                    wakeups.send_modify(|n| *n += 1);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn logged(row: &sqlx::postgres::PgRow) -> Result<LoggedEvent, StorageError> {
+    Ok(LoggedEvent {
+        position: Position {
+            tx: row.try_get("tx_id")?,
+            seq: row.try_get("seq")?,
+        },
+        workspace: parse_workspace(row.try_get("workspace_id")?)?,
+        event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
+        payload: row.try_get("payload")?,
+        traceparent: row.try_get("traceparent")?,
+    })
+}
+
+fn dead_letter(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, StorageError> {
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        consumer: row.try_get("consumer")?,
+        event: logged(row)?,
+        reason: row.try_get("reason")?,
+        attempts: row.try_get::<i32, _>("attempts")? as u32,
+        failed_at: row.try_get("failed_at")?,
+    })
+}
+
+const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.failed_at, \
+     e.tx_id, e.seq, e.workspace_id, e.event_id, e.payload, e.traceparent";
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1 FROM events LIMIT 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Appended>, StorageError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let message_ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+        let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
+        let types: Vec<i16> = events.iter().map(|e| e.event_type).collect();
+        let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_at).collect();
+        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+        let traces: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
+        // One statement, so one implicit transaction: the batch commits whole or not at all.
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
+             ON CONFLICT (workspace_id, message_id) DO NOTHING \
+             RETURNING message_id",
+        )
+        .bind(workspace)
+        .bind(&message_ids)
+        .bind(&event_ids)
+        .bind(&types)
+        .bind(&received)
+        .bind(&payloads)
+        .bind(&traces)
+        .fetch_all(&self.pool)
+        .await?;
+
+        if !inserted.is_empty() {
+            self.wakeups.send_modify(|n| *n += 1);
+        }
+        if inserted.len() == events.len() {
+            return Ok(vec![Appended::Inserted; events.len()]);
+        }
+        let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+        let duplicates: Vec<&str> = message_ids
+            .iter()
+            .copied()
+            .filter(|m| !inserted.contains(m))
+            .collect();
+        let existing: HashMap<String, Uuid> =
+            sqlx::query_as("SELECT message_id, event_id FROM events WHERE workspace_id = $1 AND message_id = ANY($2)")
+                .bind(workspace)
+                .bind(&duplicates)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(events
+            .iter()
+            .map(|e| match inserted.contains(e.message_id.as_str()) {
+                true => Appended::Inserted,
+                false => Appended::Duplicate(
+                    existing
+                        .get(&e.message_id)
+                        .copied()
+                        .unwrap_or_default()
+                        .into(),
+                ),
+            })
+            .collect())
+    }
+
+    async fn list(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StorageError> {
+        let after = after.unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
+             WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(workspace)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(logged).collect()
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wakeups.subscribe()
+    }
+
+    async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError> {
+        sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(consumer)
+            .execute(&self.pool)
+            .await?;
+        let (tx, seq): (i64, i64) =
+            sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
+                .bind(consumer)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Position { tx, seq })
+    }
+
+    async fn lease(&self, consumer: &str) -> Result<Option<Lease>, StorageError> {
+        // A session-level advisory lock on a connection of its own: held while the
+        // connection lives, released by the server if this process dies.
+        let mut conn = self.pool.acquire().await?.detach();
+        let key = format!("corvus.ingestion.outbox.{consumer}");
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut conn)
+            .await?;
+        if held {
+            Ok(Some(Box::new(tokio::sync::Mutex::new(conn))))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
+        // Rows of transactions older than the oldest one still running can no longer
+        // be joined by a late commit, so handing them on never skips anything.
+        let rows = sqlx::query(
+            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
+             SELECT tx_id, seq, workspace_id, event_id, payload, traceparent, \
+                    EXISTS (SELECT 1 FROM events, horizon WHERE tx_id >= horizon.xmin \
+                            AND (tx_id, seq) > ($1, $2)) AS held_back \
+             FROM events, horizon \
+             WHERE (tx_id, seq) > ($1, $2) AND tx_id < horizon.xmin \
+             ORDER BY tx_id, seq LIMIT $3",
+        )
+        .bind(after.tx)
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            let held_back: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2))",
+            )
+            .bind(after.tx)
+            .bind(after.seq)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(ReadBatch {
+                events: Vec::new(),
+                held_back,
+            });
+        }
+        let held_back = rows[0].try_get("held_back")?;
+        Ok(ReadBatch {
+            events: rows.iter().map(logged).collect::<Result<_, _>>()?,
+            held_back,
+        })
+    }
+
+    async fn advance(
+        &self,
+        consumer: &str,
+        from: Position,
+        to: Position,
+    ) -> Result<bool, StorageError> {
+        let moved = sqlx::query(
+            "UPDATE consumers SET tx_id = $4, seq = $5, last_delivery_at = now() \
+             WHERE name = $1 AND tx_id = $2 AND seq = $3",
+        )
+        .bind(consumer)
+        .bind(from.tx)
+        .bind(from.seq)
+        .bind(to.tx)
+        .bind(to.seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    async fn set_error(&self, consumer: &str, error: Option<&str>) -> Result<(), StorageError> {
+        sqlx::query("UPDATE consumers SET last_error = $2 WHERE name = $1")
+            .bind(consumer)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        consumer: &str,
+        event: &LoggedEvent,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (consumer, workspace_id, tx_id, seq, reason, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (consumer, tx_id, seq) DO UPDATE \
+             SET reason = excluded.reason, attempts = dead_letters.attempts + excluded.attempts, \
+                 failed_at = now(), replay_requested = false",
+        )
+        .bind(consumer)
+        .bind(&event.workspace)
+        .bind(event.position.tx)
+        .bind(event.position.seq)
+        .bind(reason)
+        .bind(attempts as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_dead_letters(
+        &self,
+        workspace: &WorkspaceId,
+        consumer: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
+             JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
+             WHERE d.workspace_id = $1 AND ($2::text IS NULL OR d.consumer = $2) AND d.id > $3 \
+             ORDER BY d.id LIMIT $4"
+        ))
+        .bind(workspace)
+        .bind(consumer)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn request_replay(
+        &self,
+        workspace: &WorkspaceId,
+        ids: &[i64],
+        consumer: Option<&str>,
+    ) -> Result<u64, StorageError> {
+        let done = sqlx::query(
+            "UPDATE dead_letters SET replay_requested = true \
+             WHERE workspace_id = $1 AND (cardinality($2::int8[]) = 0 OR id = ANY($2)) \
+               AND ($3::text IS NULL OR consumer = $3) AND NOT replay_requested",
+        )
+        .bind(workspace)
+        .bind(ids)
+        .bind(consumer)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.wakeups.send_modify(|n| *n += 1);
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(done.rows_affected())
+    }
+
+    async fn replays(&self, consumer: &str, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
+             JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
+             WHERE d.consumer = $1 AND d.replay_requested ORDER BY d.id LIMIT $2"
+        ))
+        .bind(consumer)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError> {
+        match failure {
+            None => {
+                sqlx::query("DELETE FROM dead_letters WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(reason) => {
+                sqlx::query(
+                    "UPDATE dead_letters SET replay_requested = false, reason = $2, \
+                     attempts = attempts + 1, failed_at = now() WHERE id = $1",
+                )
+                .bind(id)
+                .bind(reason)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn consumers(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Vec<ConsumerStatus>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT c.name, c.last_delivery_at, c.last_error, \
+               (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND (e.tx_id, e.seq) > (c.tx_id, c.seq)) AS lag, \
+               (SELECT count(*) FROM dead_letters d WHERE d.workspace_id = $1 AND d.consumer = c.name) AS dead \
+             FROM consumers c ORDER BY c.name",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ConsumerStatus {
+                    name: row.try_get("name")?,
+                    lag: row.try_get::<i64, _>("lag")? as u64,
+                    dead_letters: row.try_get::<i64, _>("dead")? as u64,
+                    last_delivery_at: row.try_get("last_delivery_at")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,334 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use corvus_proto::{EventId, WorkspaceId};
+use corvus_storage::StorageError;
+use sqlx::Row;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{
+    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position,
+    ReadBatch, parse_workspace,
+};
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// The embedded event log. SQLite admits one writer at a time, so a seq is taken and
+/// committed in the same order and seq alone is a safe position; one process owns the
+/// file, so leases are held in memory.
+#[derive(Debug)]
+pub struct SqliteEventLog {
+    pool: SqlitePool,
+    wakeups: watch::Sender<u64>,
+    leases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SqliteEventLog {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            wakeups: watch::channel(0).0,
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn logged(row: &SqliteRow) -> Result<LoggedEvent, StorageError> {
+    Ok(LoggedEvent {
+        position: Position {
+            tx: row.try_get("tx_id")?,
+            seq: row.try_get("seq")?,
+        },
+        workspace: parse_workspace(row.try_get("workspace_id")?)?,
+        event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
+        payload: row.try_get("payload")?,
+        traceparent: row.try_get("traceparent")?,
+    })
+}
+
+fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StorageError> {
+    Ok(DeadLetter {
+        id: row.try_get("id")?,
+        consumer: row.try_get("consumer")?,
+        event: logged(row)?,
+        reason: row.try_get("reason")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        failed_at: row.try_get("failed_at")?,
+    })
+}
+
+const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.failed_at, \
+     e.tx_id, e.seq, e.workspace_id, e.event_id, e.payload, e.traceparent";
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1 FROM events LIMIT 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Appended>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for e in events {
+            let inserted = sqlx::query(
+                "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, message_id) DO NOTHING",
+            )
+            .bind(workspace)
+            .bind(&e.message_id)
+            .bind(e.event_id.as_uuid())
+            .bind(e.event_type)
+            .bind(e.received_at)
+            .bind(&e.payload)
+            .bind(e.traceparent.as_deref())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            outcomes.push(if inserted {
+                Appended::Inserted
+            } else {
+                let id: Uuid = sqlx::query_scalar(
+                    "SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2",
+                )
+                .bind(workspace)
+                .bind(&e.message_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                Appended::Duplicate(id.into())
+            });
+        }
+        tx.commit().await?;
+        if outcomes.contains(&Appended::Inserted) {
+            self.wakeups.send_modify(|n| *n += 1);
+        }
+        Ok(outcomes)
+    }
+
+    async fn list(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<LoggedEvent>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
+             WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(workspace)
+        .bind(after.unwrap_or_default().seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(logged).collect()
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wakeups.subscribe()
+    }
+
+    async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError> {
+        sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(consumer)
+            .execute(&self.pool)
+            .await?;
+        let (tx, seq): (i64, i64) =
+            sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
+                .bind(consumer)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Position { tx, seq })
+    }
+
+    async fn lease(&self, consumer: &str) -> Result<Option<Lease>, StorageError> {
+        let lock = self
+            .leases
+            .lock()
+            .expect("lease map lock")
+            .entry(consumer.to_owned())
+            .or_default()
+            .clone();
+        Ok(lock
+            .try_lock_owned()
+            .ok()
+            .map(|guard| Box::new(guard) as Lease))
+    }
+
+    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
+        let rows = sqlx::query(
+            "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after.seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ReadBatch {
+            events: rows.iter().map(logged).collect::<Result<_, _>>()?,
+            held_back: false,
+        })
+    }
+
+    async fn advance(
+        &self,
+        consumer: &str,
+        from: Position,
+        to: Position,
+    ) -> Result<bool, StorageError> {
+        let moved = sqlx::query(&format!(
+            "UPDATE consumers SET tx_id = $4, seq = $5, last_delivery_at = {NOW} \
+             WHERE name = $1 AND tx_id = $2 AND seq = $3"
+        ))
+        .bind(consumer)
+        .bind(from.tx)
+        .bind(from.seq)
+        .bind(to.tx)
+        .bind(to.seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() == 1)
+    }
+
+    async fn set_error(&self, consumer: &str, error: Option<&str>) -> Result<(), StorageError> {
+        sqlx::query("UPDATE consumers SET last_error = $2 WHERE name = $1")
+            .bind(consumer)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        consumer: &str,
+        event: &LoggedEvent,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), StorageError> {
+        sqlx::query(&format!(
+            "INSERT INTO dead_letters (consumer, workspace_id, tx_id, seq, reason, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (consumer, tx_id, seq) DO UPDATE \
+             SET reason = excluded.reason, attempts = dead_letters.attempts + excluded.attempts, \
+                 failed_at = {NOW}, replay_requested = 0"
+        ))
+        .bind(consumer)
+        .bind(&event.workspace)
+        .bind(event.position.tx)
+        .bind(event.position.seq)
+        .bind(reason)
+        .bind(i64::from(attempts))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_dead_letters(
+        &self,
+        workspace: &WorkspaceId,
+        consumer: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
+             JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
+             WHERE d.workspace_id = $1 AND ($2 IS NULL OR d.consumer = $2) AND d.id > $3 \
+             ORDER BY d.id LIMIT $4"
+        ))
+        .bind(workspace)
+        .bind(consumer)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn request_replay(
+        &self,
+        workspace: &WorkspaceId,
+        ids: &[i64],
+        consumer: Option<&str>,
+    ) -> Result<u64, StorageError> {
+        let ids_json =
+            serde_json::to_string(ids).map_err(|e| StorageError::Internal(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE dead_letters SET replay_requested = 1 \
+             WHERE workspace_id = $1 AND ($2 = '[]' OR id IN (SELECT value FROM json_each($2))) \
+               AND ($3 IS NULL OR consumer = $3) AND replay_requested = 0",
+        )
+        .bind(workspace)
+        .bind(ids_json)
+        .bind(consumer)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            self.wakeups.send_modify(|n| *n += 1);
+        }
+        Ok(done.rows_affected())
+    }
+
+    async fn replays(&self, consumer: &str, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
+             JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
+             WHERE d.consumer = $1 AND d.replay_requested = 1 ORDER BY d.id LIMIT $2"
+        ))
+        .bind(consumer)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError> {
+        let query = match failure {
+            None => sqlx::query("DELETE FROM dead_letters WHERE id = $1").bind(id),
+            Some(reason) => sqlx::query(
+                "UPDATE dead_letters SET replay_requested = 0, reason = $2, attempts = attempts + 1, \
+                 failed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = $1",
+            )
+            .bind(id)
+            .bind(reason),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn consumers(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Vec<ConsumerStatus>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT c.name, c.last_delivery_at, c.last_error, \
+               (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND e.seq > c.seq) AS lag, \
+               (SELECT count(*) FROM dead_letters d WHERE d.workspace_id = $1 AND d.consumer = c.name) AS dead \
+             FROM consumers c ORDER BY c.name",
+        )
+        .bind(workspace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ConsumerStatus {
+                    name: row.try_get("name")?,
+                    lag: row.try_get::<i64, _>("lag")? as u64,
+                    dead_letters: row.try_get::<i64, _>("dead")? as u64,
+                    last_delivery_at: row.try_get("last_delivery_at")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+}
