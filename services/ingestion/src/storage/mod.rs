@@ -169,16 +169,22 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     -> Result<Vec<ConsumerStatus>, StorageError>;
 }
 
-/// Connects the log the configuration names and runs its migrations.
-pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, StorageError> {
-    let migrators = Migrators {
+/// The ingestion schema's migrations.
+pub fn migrators() -> Migrators {
+    Migrators {
         postgres: &MIGRATE_POSTGRES,
         sqlite: &MIGRATE_SQLITE,
-    };
-    Ok(match Database::connect(config, SCHEMA, &migrators).await? {
-        Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
-        Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
-    })
+    }
+}
+
+/// Connects the log the configuration names and runs its migrations.
+pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, StorageError> {
+    Ok(
+        match Database::connect(config, SCHEMA, &migrators()).await? {
+            Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
+            Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
+        },
+    )
 }
 
 fn parse_workspace(s: String) -> Result<WorkspaceId, StorageError> {

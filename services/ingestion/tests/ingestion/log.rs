@@ -1,0 +1,209 @@
+//! The event-log conformance suite: every test runs against SQLite and Postgres.
+
+use std::time::Duration;
+
+use corvus_ingestion::storage::{Appended, Position};
+use corvus_test_support::{Backend, TempDir};
+
+use crate::on_both_backends;
+use crate::support::{event_log, new_event, workspace};
+
+on_both_backends!(
+    appends_once_per_message_id,
+    workspaces_never_see_each_other,
+    cursors_move_only_from_where_they_are,
+    dead_letters_are_listed_and_replayed_per_workspace,
+    one_dispatcher_holds_a_lease,
+);
+
+async fn appends_once_per_message_id(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let ws = workspace("acme");
+    let first = [new_event("m-1"), new_event("m-2"), new_event("m-3")];
+    let appended = log.append(&ws, &first).await.unwrap();
+    assert_eq!(appended, vec![Appended::Inserted; 3]);
+
+    let again = [new_event("m-2"), new_event("m-4")];
+    let appended = log.append(&ws, &again).await.unwrap();
+    assert_eq!(
+        appended,
+        vec![Appended::Duplicate(first[1].event_id), Appended::Inserted]
+    );
+
+    let listed = log.list(&ws, None, 10).await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            first[0].event_id,
+            first[1].event_id,
+            first[2].event_id,
+            again[1].event_id
+        ]
+    );
+    assert_eq!(listed[0].payload, first[0].payload);
+    assert!(listed.windows(2).all(|w| w[0].position < w[1].position));
+
+    let page = log.list(&ws, Some(listed[1].position), 1).await.unwrap();
+    assert_eq!(page[0].event_id, first[2].event_id);
+}
+
+async fn workspaces_never_see_each_other(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let (a, b) = (workspace("acme"), workspace("globex"));
+    // The same message id in two workspaces is two events.
+    assert_eq!(
+        log.append(&a, &[new_event("m-1")]).await.unwrap(),
+        vec![Appended::Inserted]
+    );
+    assert_eq!(
+        log.append(&b, &[new_event("m-1")]).await.unwrap(),
+        vec![Appended::Inserted]
+    );
+    log.append(&a, &[new_event("m-2")]).await.unwrap();
+    assert_eq!(log.list(&a, None, 10).await.unwrap().len(), 2);
+    let only_b = log.list(&b, None, 10).await.unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(only_b[0].workspace, b);
+}
+
+async fn cursors_move_only_from_where_they_are(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let ws = workspace("acme");
+    log.append(&ws, &[new_event("m-1"), new_event("m-2")])
+        .await
+        .unwrap();
+    let start = log.ensure_consumer("identity").await.unwrap();
+    assert_eq!(start, Position::default());
+
+    let batch = log.read_after(start, 10).await.unwrap();
+    assert_eq!(batch.events.len(), 2);
+    let end = batch.events[1].position;
+    assert!(
+        !log.advance("identity", end, end).await.unwrap(),
+        "moved from a position it was not at"
+    );
+    assert!(log.advance("identity", start, end).await.unwrap());
+    assert_eq!(log.ensure_consumer("identity").await.unwrap(), end);
+    assert!(log.read_after(end, 10).await.unwrap().events.is_empty());
+
+    let status = log.consumers(&ws).await.unwrap();
+    assert_eq!((status[0].name.as_str(), status[0].lag), ("identity", 0));
+    log.append(&ws, &[new_event("m-3")]).await.unwrap();
+    assert_eq!(log.consumers(&ws).await.unwrap()[0].lag, 1);
+    assert_eq!(log.consumers(&workspace("globex")).await.unwrap()[0].lag, 0);
+}
+
+async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let (ws, other) = (workspace("acme"), workspace("globex"));
+    log.append(&ws, &[new_event("m-1")]).await.unwrap();
+    let event = log
+        .read_after(Position::default(), 1)
+        .await
+        .unwrap()
+        .events
+        .remove(0);
+    log.dead_letter("identity", &event, "bad identifier", 5)
+        .await
+        .unwrap();
+
+    let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].attempts),
+        ("bad identifier", 5)
+    );
+    assert_eq!(dead[0].event.event_id, event.event_id);
+    assert!(
+        log.list_dead_letters(&ws, Some("scoring"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        log.list_dead_letters(&other, None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Another workspace cannot replay it, by id or wholesale.
+    assert_eq!(
+        log.request_replay(&other, &[dead[0].id], None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(log.request_replay(&other, &[], None).await.unwrap(), 0);
+    assert!(log.replays("identity", 10).await.unwrap().is_empty());
+
+    assert_eq!(
+        log.request_replay(&ws, &[dead[0].id], Some("identity"))
+            .await
+            .unwrap(),
+        1
+    );
+    let replays = log.replays("identity", 10).await.unwrap();
+    assert_eq!(replays.len(), 1);
+    log.replay_done(replays[0].id, Some("still failing"))
+        .await
+        .unwrap();
+    let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].attempts),
+        ("still failing", 6)
+    );
+    assert!(log.replays("identity", 10).await.unwrap().is_empty());
+
+    log.request_replay(&ws, &[], None).await.unwrap();
+    log.replay_done(dead[0].id, None).await.unwrap();
+    assert!(
+        log.list_dead_letters(&ws, None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn one_dispatcher_holds_a_lease(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let lease = log
+        .lease("identity")
+        .await
+        .unwrap()
+        .expect("the first lease is granted");
+    assert!(log.lease("identity").await.unwrap().is_none());
+    assert!(
+        log.lease("scoring").await.unwrap().is_some(),
+        "leases are per consumer"
+    );
+    drop(lease);
+    // Postgres releases the lock when it notices the closed connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if log.lease("identity").await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,303 @@
+//! The outbox's guarantees: nothing skipped, nothing handed on twice, in order per
+//! writer, one slow consumer never holding up another, refused events dead-lettered
+//! and replayable, an unreachable consumer catching up.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corvus_ingestion::outbox::{self, Consumer, OutboxConfig};
+use corvus_ingestion::storage::{EventLog, PgEventLog, Position};
+use corvus_storage::Database;
+use corvus_test_support::{Backend, TempDir};
+use tokio_util::sync::CancellationToken;
+
+use crate::on_both_backends;
+use crate::support::{RecordingSink, event_log, eventually, new_event, workspace};
+
+on_both_backends!(
+    concurrent_writers_are_delivered_once_in_order,
+    a_slow_consumer_never_stalls_another,
+    refused_events_are_dead_lettered_then_replayed,
+    an_unreachable_consumer_catches_up_without_gaps,
+);
+
+fn fast_retries() -> OutboxConfig {
+    OutboxConfig {
+        batch_size: 100,
+        max_attempts: 3,
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(500),
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn start(log: &Arc<dyn EventLog>, sinks: &[(&str, Arc<RecordingSink>)]) -> Running {
+    let consumers = sinks
+        .iter()
+        .map(|(name, sink)| Consumer {
+            name: (*name).to_owned(),
+            sink: sink.clone(),
+        })
+        .collect();
+    let stop = CancellationToken::new();
+    let tasks = outbox::spawn(log.clone(), consumers, fast_retries(), stop.clone());
+    Running { stop, tasks }
+}
+
+/// Asserts each id arrived exactly once and that every writer's ids arrived in the
+/// order that writer committed them (`w{writer}-{n}`).
+fn assert_once_in_order(received: &[String], expected: usize) {
+    let unique: HashSet<&String> = received.iter().collect();
+    assert_eq!(unique.len(), received.len(), "an event was handed on twice");
+    assert_eq!(received.len(), expected, "an event was skipped");
+    let mut last_per_writer = std::collections::HashMap::new();
+    for id in received {
+        let (writer, n) = id.rsplit_once('-').unwrap();
+        let n: u32 = n.parse().unwrap();
+        if let Some(prev) = last_per_writer.insert(writer.to_owned(), n) {
+            assert!(prev < n, "{writer}: {n} arrived after {prev}");
+        }
+    }
+}
+
+async fn concurrent_writers_are_delivered_once_in_order(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let (identity, scoring) = (
+        Arc::new(RecordingSink::default()),
+        Arc::new(RecordingSink::default()),
+    );
+    let running = start(
+        &log,
+        &[("identity", identity.clone()), ("scoring", scoring.clone())],
+    );
+
+    let (writers, batches, per_batch) = (8, 25, 20);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..writers {
+        let log = log.clone();
+        tasks.spawn(async move {
+            for b in 0..batches {
+                let events: Vec<_> = (0..per_batch)
+                    .map(|i| new_event(&format!("w{w}-{}", b * per_batch + i)))
+                    .collect();
+                log.append(&workspace("acme"), &events).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let total = writers * batches * per_batch;
+    for sink in [&identity, &scoring] {
+        assert!(
+            eventually(Duration::from_secs(30), || sink.received().len() >= total).await,
+            "delivered {} of {total}",
+            sink.received().len()
+        );
+    }
+    // Give a duplicate delivery the chance to show up before checking.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.stop().await;
+    assert_once_in_order(&identity.received(), total as usize);
+    assert_once_in_order(&scoring.received(), total as usize);
+}
+
+async fn a_slow_consumer_never_stalls_another(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let slow = Arc::new(RecordingSink {
+        delay: Some(Duration::from_secs(60)),
+        ..RecordingSink::default()
+    });
+    let fast = Arc::new(RecordingSink::default());
+    let running = start(&log, &[("slow", slow.clone()), ("fast", fast.clone())]);
+    for b in 0..10 {
+        let events: Vec<_> = (0..10)
+            .map(|i| new_event(&format!("w0-{}", b * 10 + i)))
+            .collect();
+        log.append(&workspace("acme"), &events).await.unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || fast.received().len() == 100).await);
+    assert!(
+        slow.received().is_empty(),
+        "the slow consumer is still on its first delivery"
+    );
+    running.stop().await;
+    assert_once_in_order(&fast.received(), 100);
+}
+
+async fn refused_events_are_dead_lettered_then_replayed(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let ws = workspace("acme");
+    let sink = Arc::new(RecordingSink::default());
+    sink.refuse.lock().unwrap().insert("w0-1".into());
+    let running = start(&log, &[("identity", sink.clone())]);
+    let events: Vec<_> = (0..4).map(|i| new_event(&format!("w0-{i}"))).collect();
+    log.append(&ws, &events).await.unwrap();
+
+    let log2 = log.clone();
+    let buried = async {
+        for _ in 0..500 {
+            let dead = log2.list_dead_letters(&ws, None, 0, 10).await.unwrap();
+            if !dead.is_empty() {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the refused event was never dead-lettered");
+    }
+    .await;
+    assert_eq!(buried.len(), 1);
+    assert_eq!(buried[0].event.event_id, events[1].event_id);
+    assert_eq!(buried[0].reason, "profile store rejected the event");
+    assert_eq!(buried[0].attempts, 3);
+    assert!(eventually(Duration::from_secs(5), || sink.received().len() == 3).await);
+    assert_eq!(
+        sink.received(),
+        ["w0-0", "w0-2", "w0-3"],
+        "the others went through"
+    );
+
+    // Once the consumer is mended, a replay hands it over and clears the dead letter.
+    sink.refuse.lock().unwrap().clear();
+    assert_eq!(log.request_replay(&ws, &[], None).await.unwrap(), 1);
+    assert!(eventually(Duration::from_secs(5), || sink.received().len() == 4).await);
+    assert_eq!(sink.received()[3], "w0-1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !log
+        .list_dead_letters(&ws, None, 0, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replayed dead letter stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await;
+}
+
+async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let sink = Arc::new(RecordingSink::default());
+    *sink.down.lock().unwrap() = true;
+    let running = start(&log, &[("identity", sink.clone())]);
+    for b in 0..20 {
+        let events: Vec<_> = (0..25)
+            .map(|i| new_event(&format!("w0-{}", b * 25 + i)))
+            .collect();
+        log.append(&workspace("acme"), &events).await.unwrap();
+    }
+    // It is retried while down, and nothing is dead-lettered for being unreachable.
+    assert!(eventually(Duration::from_secs(5), || *sink.calls.lock().unwrap() >= 3).await);
+    let status = log.consumers(&workspace("acme")).await.unwrap();
+    assert_eq!(status[0].last_error.as_deref(), Some("connection refused"));
+    assert_eq!(status[0].lag, 500);
+
+    *sink.down.lock().unwrap() = false;
+    assert!(eventually(Duration::from_secs(10), || sink.received().len() >= 500).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.stop().await;
+    assert_once_in_order(&sink.received(), 500);
+    assert!(
+        log.list_dead_letters(&workspace("acme"), None, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let status = log.consumers(&workspace("acme")).await.unwrap();
+    assert_eq!((status[0].lag, status[0].last_error.as_deref()), (0, None));
+}
+
+/// The classic trap: a transaction takes a seq, then commits after later seqs have
+/// committed and been handed on. Reading by seq alone would skip it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_late_commit_is_never_skipped() {
+    let dir = TempDir::new();
+    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let Database::Postgres(pool) = Database::connect(
+        &config,
+        "ingestion",
+        &corvus_ingestion::storage::migrators(),
+    )
+    .await
+    .unwrap() else {
+        unreachable!("a database url was given")
+    };
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let sink = Arc::new(RecordingSink::default());
+    let running = start(&log, &[("identity", sink.clone())]);
+
+    // The slow transaction takes its seq first and stays open.
+    let mut slow = pool.begin().await.unwrap();
+    let late = new_event("w1-0");
+    sqlx::query(
+        "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload) \
+         VALUES ('acme', $1, $2, 1, now(), $3)",
+    )
+    .bind(&late.message_id)
+    .bind(late.event_id.as_uuid())
+    .bind(&late.payload)
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    let slow_seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM events")
+        .fetch_one(&mut *slow)
+        .await
+        .unwrap();
+
+    // Later seqs commit and would be handed on ahead of it.
+    let early: Vec<_> = (0..5).map(|i| new_event(&format!("w0-{i}"))).collect();
+    log.append(&workspace("acme"), &early).await.unwrap();
+    let committed = log.list(&workspace("acme"), None, 10).await.unwrap();
+    assert!(
+        committed.iter().all(|e| e.position.seq > slow_seq),
+        "the open transaction holds the lower seq"
+    );
+    // While the slow transaction is open, nothing after it is safe to hand on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sink.received().is_empty(),
+        "events were handed on past an open transaction"
+    );
+
+    slow.commit().await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || sink.received().len() == 6).await);
+    running.stop().await;
+    let received = sink.received();
+    assert_eq!(
+        received[0], "w1-0",
+        "the late commit comes first: its transaction began first"
+    );
+    assert_once_in_order(&received, 6);
+    let cursor = log.ensure_consumer("identity").await.unwrap();
+    assert!(cursor > Position::default());
+}
