@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(cfg!(feature = "client"))
         .build_server(cfg!(feature = "server"))
+        .codec_path("crate::codec::StrictProstCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

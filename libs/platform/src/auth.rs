@@ -277,8 +277,11 @@ impl KeyStore {
 pub struct Authenticator {
     store: KeyStore,
     ttl: Duration,
-    remembered: Mutex<HashMap<Vec<u8>, (Option<Principal>, Instant)>>,
+    /// Key hash → the answer (none for an unknown key) and when it was looked up.
+    remembered: Mutex<HashMap<Vec<u8>, Remembered>>,
 }
+
+type Remembered = (Option<Principal>, Instant);
 
 impl Authenticator {
     pub fn new(store: KeyStore, ttl: Duration) -> Self {

@@ -1,6 +1,7 @@
 //! The Corvus API: messages and gRPC services generated from `proto/`, the file
 //! descriptor set that server reflection serves, and the id types every service shares.
 
+pub mod codec;
 pub mod ids;
 pub mod json;
 

@@ -20,8 +20,15 @@ pub struct SendSummary {
     pub problems: Vec<String>,
 }
 
+/// Events read from JSON lines, each with its line number, and the lines that failed.
+#[derive(Debug, Default)]
+pub struct ParsedLines {
+    pub events: Vec<(usize, Event)>,
+    pub problems: Vec<String>,
+}
+
 /// Parses JSON lines into events; a line that does not parse is a problem, not an abort.
-pub fn read_events(reader: impl BufRead) -> anyhow::Result<(Vec<(usize, Event)>, Vec<String>)> {
+pub fn read_events(reader: impl BufRead) -> anyhow::Result<ParsedLines> {
     let mut events = Vec::new();
     let mut problems = Vec::new();
     for (n, line) in reader.lines().enumerate() {
@@ -40,7 +47,7 @@ pub fn read_events(reader: impl BufRead) -> anyhow::Result<(Vec<(usize, Event)>,
             Err(reason) => problems.push(format!("line {}: {reason}", n + 1)),
         }
     }
-    Ok((events, problems))
+    Ok(ParsedLines { events, problems })
 }
 
 pub async fn send(

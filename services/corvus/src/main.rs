@@ -212,7 +212,10 @@ async fn main() -> anyhow::Result<()> {
             key,
             batch_size,
         } => {
-            let (events, mut problems) = if file.as_os_str() == "-" {
+            let corvus::client::ParsedLines {
+                events,
+                mut problems,
+            } = if file.as_os_str() == "-" {
                 corvus::client::read_events(std::io::stdin().lock())?
             } else {
                 corvus::client::read_events(std::io::BufReader::new(std::fs::File::open(&file)?))?

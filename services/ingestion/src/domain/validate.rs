@@ -309,7 +309,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Event)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|e| e.message_id = " ".into()), "message_id"),
             (Box::new(|e| e.r#type = 0), "type"),
             (Box::new(|e| e.r#type = 42), "type"),

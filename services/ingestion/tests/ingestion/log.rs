@@ -5,8 +5,8 @@ use std::time::Duration;
 use corvus_ingestion::storage::{Appended, Position};
 use corvus_test_support::{Backend, TempDir};
 
-use crate::on_both_backends;
 use crate::support::{event_log, new_event, workspace};
+use corvus_test_support::on_both_backends;
 
 on_both_backends!(
     appends_once_per_message_id,

@@ -12,8 +12,8 @@ use corvus_storage::Database;
 use corvus_test_support::{Backend, TempDir};
 use tokio_util::sync::CancellationToken;
 
-use crate::on_both_backends;
 use crate::support::{RecordingSink, event_log, eventually, new_event, workspace};
+use corvus_test_support::on_both_backends;
 
 on_both_backends!(
     concurrent_writers_are_delivered_once_in_order,
@@ -114,8 +114,8 @@ async fn concurrent_writers_are_delivered_once_in_order(backend: Backend) {
     // Give a duplicate delivery the chance to show up before checking.
     tokio::time::sleep(Duration::from_millis(200)).await;
     running.stop().await;
-    assert_once_in_order(&identity.received(), total as usize);
-    assert_once_in_order(&scoring.received(), total as usize);
+    assert_once_in_order(&identity.received(), total);
+    assert_once_in_order(&scoring.received(), total);
 }
 
 async fn a_slow_consumer_never_stalls_another(backend: Backend) {

@@ -11,29 +11,6 @@ use corvus_proto::{EventId, WorkspaceId};
 use corvus_test_support::{Backend, TempDir};
 use prost::Message;
 
-/// Runs each named test against both backends: `sqlite::name` and `postgres::name`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(corvus_test_support::Backend::Embedded).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(corvus_test_support::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
 /// A fresh event log on `backend`, or `None` when its server is not configured.
 pub async fn event_log(backend: Backend, dir: &TempDir) -> Option<Arc<dyn EventLog>> {
     let config = corvus_test_support::storage(backend, dir).await?;

@@ -1,0 +1,9 @@
+//! End-to-end tests of the all-in-one process through its public APIs: gRPC, the
+//! Segment HTTP API with the real SDKs, health, reflection, metrics, faults.
+
+mod fault;
+mod grpc;
+mod http;
+mod platform;
+mod sdk;
+mod support;

@@ -1,0 +1,218 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corvus::{App, CorvusConfig};
+use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
+use corvus_platform::Role;
+use corvus_platform::server::Listeners;
+use corvus_proto::common::v1::{Event, EventType, StoredEvent};
+use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
+use corvus_proto::ingestion::v1::{IngestRequest, ListEventsRequest};
+use corvus_test_support::{Backend, TempDir};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Client = IngestionServiceClient<InterceptedService<Channel, Key>>;
+
+/// Puts an API key (and optionally a workspace) on every call.
+#[derive(Clone)]
+pub struct Key {
+    bearer: Option<MetadataValue<tonic::metadata::Ascii>>,
+    workspace: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Interceptor for Key {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        if let Some(w) = &self.workspace {
+            req.metadata_mut().insert("x-corvus-workspace", w.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Records what the outbox hands it.
+#[derive(Default)]
+pub struct Recorder {
+    pub received: Mutex<Vec<StoredEvent>>,
+}
+
+#[async_trait]
+impl EventSink for Recorder {
+    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
+        self.received.lock().unwrap().extend_from_slice(events);
+        Ok(Vec::new())
+    }
+}
+
+pub struct TestApp {
+    pub grpc: String,
+    pub http: String,
+    pub metrics: String,
+    /// Keys of workspace `acme`.
+    pub admin_key: String,
+    pub ingest_key: String,
+    pub read_key: String,
+    /// The admin key of workspace `globex`.
+    pub other_key: String,
+    pub recorder: Arc<Recorder>,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub config: CorvusConfig,
+    _dir: TempDir,
+}
+
+pub async fn spawn(backend: Backend) -> Option<TestApp> {
+    spawn_with(backend, |_| {}).await
+}
+
+/// Starts the app on ephemeral ports with fresh storage; `tweak` adjusts the config.
+pub async fn spawn_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut CorvusConfig),
+) -> Option<TestApp> {
+    let dir = TempDir::new();
+    let mut config = CorvusConfig {
+        storage: corvus_test_support::storage(backend, &dir).await?,
+        ..CorvusConfig::default()
+    };
+    config.server.drain_timeout = Duration::from_secs(5);
+    tweak(&mut config);
+    let recorder = Arc::new(Recorder::default());
+    let app = App::build(config.clone(), Listeners::ephemeral().await.unwrap())
+        .await
+        .expect("build the app")
+        .with_consumer(Consumer {
+            name: "recorder".into(),
+            sink: recorder.clone(),
+        });
+    let (acme, globex) = ("acme".parse().unwrap(), "globex".parse().unwrap());
+    app.keys
+        .upsert_workspace(&acme, "Acme", None)
+        .await
+        .unwrap();
+    app.keys
+        .upsert_workspace(&globex, "Globex", None)
+        .await
+        .unwrap();
+    let key = |ws, role| {
+        let keys = app.keys.clone();
+        async move { keys.create_key(ws, role, "test").await.unwrap().secret }
+    };
+    let admin_key = key(&acme, Role::Admin).await;
+    let ingest_key = key(&acme, Role::Ingest).await;
+    let read_key = key(&acme, Role::Read).await;
+    let other_key = key(&globex, Role::Admin).await;
+    let grpc = format!("http://127.0.0.1:{}", app.grpc_port());
+    let http = format!("http://127.0.0.1:{}", app.http_port().unwrap());
+    let metrics = format!("http://127.0.0.1:{}/metrics", app.metrics_port().unwrap());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run(shutdown.clone()));
+    Some(TestApp {
+        grpc,
+        http,
+        metrics,
+        admin_key,
+        ingest_key,
+        read_key,
+        other_key,
+        recorder,
+        shutdown,
+        handle,
+        config,
+        _dir: dir,
+    })
+}
+
+impl TestApp {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn client(&self, key: &str) -> Client {
+        self.client_as(Some(key), None).await
+    }
+
+    pub async fn client_as(&self, key: Option<&str>, workspace: Option<&str>) -> Client {
+        let key = Key {
+            bearer: key.map(|k| format!("Bearer {k}").parse().unwrap()),
+            workspace: workspace.map(|w| w.parse().unwrap()),
+        };
+        IngestionServiceClient::with_interceptor(self.channel().await, key)
+    }
+
+    /// Every stored event of the key's workspace, through ListEvents.
+    pub async fn stored(&self, key: &str) -> Vec<StoredEvent> {
+        let mut client = self.client(key).await;
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_events(ListEventsRequest {
+                    page: Some(corvus_proto::common::v1::PageRequest {
+                        page_size: 1000,
+                        page_token: token.clone(),
+                    }),
+                })
+                .await
+                .expect("list events")
+                .into_inner();
+            out.extend(page.events);
+            token = page.page.unwrap_or_default().next_page_token;
+            if token.is_empty() {
+                return out;
+            }
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().expect("clean shutdown");
+    }
+}
+
+pub fn track(message_id: &str) -> Event {
+    Event {
+        message_id: message_id.to_owned(),
+        r#type: EventType::Track as i32,
+        anonymous_id: "anon-1".into(),
+        event: "Product Viewed".into(),
+        ..Event::default()
+    }
+}
+
+pub fn batch(events: Vec<Event>) -> IngestRequest {
+    IngestRequest {
+        events,
+        sent_at: None,
+    }
+}
+
+pub fn message_ids(events: &[StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().message_id.clone())
+        .collect()
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
