@@ -129,22 +129,16 @@ async fn main() -> anyhow::Result<()> {
             let app = App::build(config.clone(), listeners).await?;
             let key = corvus::ensure_dev_key(&app.keys, &config.storage).await?;
             let backend = app.ingestion_backend();
-            println!(
-                "corvus dev: storage {backend}, data in {}",
-                config.storage.data_dir.display()
-            );
-            println!("  gRPC      http://{}", config.server.grpc_addr);
-            println!(
-                "  HTTP      http://{}  (Segment API: POST /v1/batch)",
-                config.server.http_addr
-            );
-            if let Some(m) = config.server.metrics_addr {
-                println!("  metrics   http://{m}/metrics");
+            let host = config.server.grpc_addr.ip();
+            println!("corvus dev: storage {backend}, data in {}", config.storage.data_dir.display());
+            println!("  gRPC      http://{host}:{}", app.grpc_port());
+            if let Some(port) = app.http_port() {
+                println!("  HTTP      http://{}:{port}  (Segment API: POST /v1/batch)", config.server.http_addr.ip());
             }
-            println!(
-                "  admin key {key}  (workspace dev; also in {})",
-                config.storage.data_dir.join("dev-key").display()
-            );
+            if let (Some(addr), Some(port)) = (config.server.metrics_addr, app.metrics_port()) {
+                println!("  metrics   http://{}:{port}/metrics", addr.ip());
+            }
+            println!("  admin key {key}  (workspace dev; also in {})", config.storage.data_dir.join("dev-key").display());
             run(app).await
         }
         Command::Serve { service: _ } => {
