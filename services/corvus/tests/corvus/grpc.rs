@@ -21,6 +21,7 @@ on_both_backends!(
     bad_batches_are_refused_whole_and_store_nothing,
     the_quota_refuses_with_a_retry_hint,
     accepted_events_reach_the_consumers,
+    the_trace_context_travels_with_the_event,
 );
 
 async fn every_event_gets_its_exact_status(backend: Backend) {
@@ -405,4 +406,22 @@ impl tonic::codec::Decoder for RawCodec {
         use bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
+}
+
+async fn the_trace_context_travels_with_the_event(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(batch(vec![track("t-1")]));
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    app.client(&app.ingest_key).await.ingest(request).await.unwrap();
+
+    let recorder = app.recorder.clone();
+    assert!(eventually(Duration::from_secs(10), || recorder.received.lock().unwrap().len() == 1).await);
+    let delivered = recorder.received.lock().unwrap()[0].traceparent.clone();
+    assert_eq!(delivered.split('-').nth(1), Some(trace_id), "{delivered}");
+    let stored = app.stored(&app.read_key).await;
+    assert_eq!(stored[0].traceparent, delivered);
+    app.stop().await;
 }

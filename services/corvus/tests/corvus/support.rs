@@ -77,6 +77,12 @@ pub async fn spawn_with(
     backend: Backend,
     tweak: impl FnOnce(&mut CorvusConfig),
 ) -> Option<TestApp> {
+    // As `main` does: the subscriber with the OpenTelemetry layer that gives spans their
+    // W3C context (a no-op after the first call).
+    let _ = corvus_platform::telemetry::init(&corvus_platform::telemetry::TelemetryConfig {
+        log_filter: "warn".into(),
+        ..Default::default()
+    });
     let dir = TempDir::new();
     let mut config = CorvusConfig {
         storage: corvus_test_support::storage(backend, &dir).await?,
