@@ -18,6 +18,8 @@ pub const SCHEMA: &str = "platform";
 
 const KEY_PREFIX: &str = "cvs_";
 
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(1);
+
 /// What a key may do. `Admin` may do everything; `Read` reads; `Ingest` only sends events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -309,9 +311,18 @@ impl Authenticator {
         let key = hash(secret);
         let cached = {
             let remembered = self.remembered.lock().expect("auth cache lock");
+            // An unknown key is remembered briefly only, so a key created a moment
+            // after a failed attempt works at once.
             remembered
                 .get(&key)
-                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .filter(|(p, at)| {
+                    at.elapsed()
+                        < if p.is_some() {
+                            self.ttl
+                        } else {
+                            UNKNOWN_KEY_TTL
+                        }
+                })
                 .map(|(p, _)| p.clone())
         };
         let principal = match cached {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use corvus::{App, CorvusConfig};
 use corvus_platform::server::{Listeners, cancel_on_signal};
 use corvus_platform::{KeyStore, Role};
+use corvus_storage::StorageError;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -125,43 +126,38 @@ async fn main() -> anyhow::Result<()> {
             config.server.grpc_addr = grpc_addr;
             config.server.http_addr = http_addr;
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
-            let listeners = Listeners::bind(&config.server, true).await?;
-            let app = App::build(config.clone(), listeners).await?;
+            let app = build(&config, true).await?;
             let key = corvus::ensure_dev_key(&app.keys, &config.storage).await?;
             let backend = app.ingestion_backend();
             let host = config.server.grpc_addr.ip();
-            println!("corvus dev: storage {backend}, data in {}", config.storage.data_dir.display());
+            println!(
+                "corvus dev: storage {backend}, data in {}",
+                config.storage.data_dir.display()
+            );
             println!("  gRPC      http://{host}:{}", app.grpc_port());
             if let Some(port) = app.http_port() {
-                println!("  HTTP      http://{}:{port}  (Segment API: POST /v1/batch)", config.server.http_addr.ip());
+                println!(
+                    "  HTTP      http://{}:{port}  (Segment API: POST /v1/batch)",
+                    config.server.http_addr.ip()
+                );
             }
             if let (Some(addr), Some(port)) = (config.server.metrics_addr, app.metrics_port()) {
                 println!("  metrics   http://{}:{port}/metrics", addr.ip());
             }
-            println!("  admin key {key}  (workspace dev; also in {})", config.storage.data_dir.join("dev-key").display());
+            println!(
+                "  admin key {key}  (workspace dev; also in {})",
+                config.storage.data_dir.join("dev-key").display()
+            );
             run(app).await
         }
         Command::Serve { service: _ } => {
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
-            let listeners = Listeners::bind(&config.server, true).await?;
-            let app = App::build(config, listeners).await?;
-            run(app).await
+            run(build(&config, true).await?).await
         }
         Command::Migrate { storage } => {
             storage.apply(&mut config);
-            // Connecting runs every migration; retry while the database comes up.
-            let mut attempt = 0;
-            loop {
-                match App::build(config.clone(), Listeners::ephemeral().await?).await {
-                    Ok(_) => break,
-                    Err(err) if attempt < 30 => {
-                        eprintln!("migrate: {err:#}; retrying");
-                        attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
+            // Connecting runs every migration.
+            build(&config, false).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -206,35 +202,54 @@ async fn main() -> anyhow::Result<()> {
             key,
             batch_size,
         } => {
-            let corvus::client::ParsedLines {
-                events,
-                mut problems,
-            } = if file.as_os_str() == "-" {
-                corvus::client::read_events(std::io::stdin().lock())?
+            let (reader, size): (Box<dyn std::io::BufRead + Send>, _) = if file.as_os_str() == "-" {
+                (Box::new(std::io::BufReader::new(std::io::stdin())), None)
             } else {
-                corvus::client::read_events(std::io::BufReader::new(std::fs::File::open(&file)?))?
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                let size = f.metadata().ok().map(|m| m.len());
+                (Box::new(std::io::BufReader::new(f)), size)
             };
-            let unparsed = problems.len();
-            let summary = corvus::client::send(
-                &endpoint,
-                &key,
-                events,
-                batch_size,
-                std::io::stderr().is_terminal(),
-            )
-            .await?;
-            problems.extend(summary.problems.iter().cloned());
+            let progress = std::io::stderr().is_terminal();
+            let summary =
+                corvus::client::send(&endpoint, &key, reader, size, batch_size, progress).await?;
             println!(
                 "accepted {}, duplicates {}, rejected {}",
-                summary.accepted,
-                summary.duplicates,
-                summary.rejected + unparsed as u64
+                summary.accepted, summary.duplicates, summary.rejected
             );
-            for p in problems.iter().take(20) {
+            for p in summary.problems.iter().take(20) {
                 eprintln!("  {p}");
             }
-            anyhow::ensure!(problems.is_empty(), "some events were not accepted");
+            anyhow::ensure!(summary.rejected == 0, "some events were not accepted");
             Ok(())
+        }
+    }
+}
+
+/// Connects storage (running migrations), retrying for up to five minutes while it is
+/// unavailable, as it is when a pod starts before its database.
+async fn build(config: &CorvusConfig, serve: bool) -> anyhow::Result<App> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let listeners = if serve {
+            Listeners::bind(&config.server, true).await?
+        } else {
+            Listeners::ephemeral().await?
+        };
+        match App::build(config.clone(), listeners).await {
+            Ok(app) => return Ok(app),
+            Err(err)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(
+                        err.downcast_ref::<StorageError>(),
+                        Some(StorageError::Unavailable(_))
+                    ) =>
+            {
+                tracing::warn!(error = %err, "storage unavailable at start, retrying");
+                eprintln!("storage unavailable ({err}); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

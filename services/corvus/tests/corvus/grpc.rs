@@ -409,16 +409,33 @@ impl tonic::codec::Decoder for RawCodec {
 }
 
 async fn the_trace_context_travels_with_the_event(backend: Backend) {
-    let Some(app) = spawn(backend).await else { return };
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut request = tonic::Request::new(batch(vec![track("t-1")]));
-    request
-        .metadata_mut()
-        .insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
-    app.client(&app.ingest_key).await.ingest(request).await.unwrap();
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    app.client(&app.ingest_key)
+        .await
+        .ingest(request)
+        .await
+        .unwrap();
 
     let recorder = app.recorder.clone();
-    assert!(eventually(Duration::from_secs(10), || recorder.received.lock().unwrap().len() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(10), || recorder
+            .received
+            .lock()
+            .unwrap()
+            .len()
+            == 1)
+        .await
+    );
     let delivered = recorder.received.lock().unwrap()[0].traceparent.clone();
     assert_eq!(delivered.split('-').nth(1), Some(trace_id), "{delivered}");
     let stored = app.stored(&app.read_key).await;
