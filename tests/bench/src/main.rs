@@ -1,0 +1,210 @@
+//! `corvus-bench`: how fast the all-in-one Corvus app ingests on this machine, measured
+//! in one run against a raw `COPY` of the same rows, and printed as a table.
+//!
+//! `cargo run --release -p corvus-bench -- [--quick] [--events N] [--only SECTION]...`
+//!
+//! The app runs in this process (as `corvus dev` would), over a throwaway Postgres
+//! database `corvus_bench_<random>` that is dropped at the end, and Redis; the embedded
+//! runs use SQLite in a temporary directory. Client and server share the process, its
+//! tokio runtime and the machine's cores, as a sidecar or a co-located client would.
+
+mod copy;
+mod corpus;
+mod load;
+mod report;
+mod scenarios;
+mod setup;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sqlx::{Connection as _, PgConnection};
+
+use crate::scenarios::{BATCH, Plan, Results, SEED};
+use crate::setup::Scratch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Grpc,
+    Http,
+    Embedded,
+    Latency,
+    Copy,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corvus-bench",
+    about = "Ingest throughput and ack latency of the all-in-one Corvus app, against a raw COPY"
+)]
+struct Args {
+    /// Postgres server to create the throwaway database on.
+    #[arg(
+        long,
+        env = "CORVUS_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Events per measured point [default: 300000, or 20000 with --quick].
+    #[arg(long)]
+    events: Option<usize>,
+    /// Small sizes, for a smoke check in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these sections (repeatable); all by default.
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+    /// Client tasks (one connection each) to try in the closed-loop runs.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    concurrency: Vec<usize>,
+    /// Length of each open-loop latency run in seconds [default: 10, or 2 with --quick].
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Take this as the gRPC peak (events/s) for the latency runs instead of the one
+    /// measured, e.g. to see the unloaded service time with a small figure.
+    #[arg(long)]
+    peak: Option<f64>,
+}
+
+impl Args {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let on = |s: Section| self.only.is_empty() || self.only.contains(&s);
+        let events = self
+            .events
+            .unwrap_or(if self.quick { 20_000 } else { 300_000 });
+        anyhow::ensure!(events >= BATCH, "--events must be at least {BATCH}");
+        anyhow::ensure!(self.peak.is_none_or(|p| p > 0.0), "--peak must be positive");
+        anyhow::ensure!(
+            !self.concurrency.is_empty() && !self.concurrency.contains(&0),
+            "--concurrency needs positive numbers"
+        );
+        Ok(Plan {
+            events,
+            concurrency: self.concurrency.clone(),
+            latency_secs: self
+                .latency_secs
+                .unwrap_or(if self.quick { 2.0 } else { 10.0 }),
+            peak: self.peak,
+            grpc: on(Section::Grpc),
+            http: on(Section::Http),
+            embedded: on(Section::Embedded),
+            latency: on(Section::Latency),
+            copy: on(Section::Copy),
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // The app logs through tracing; only its warnings and errors matter here.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("corvus-bench: ABORTED: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Version and the settings that decide write throughput, or why there are none.
+async fn postgres_facts(server_url: &str) -> String {
+    let facts = async {
+        let mut conn = PgConnection::connect(server_url).await?;
+        let version: String = sqlx::query_scalar("SELECT version()")
+            .fetch_one(&mut conn)
+            .await?;
+        let settings: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, current_setting(name) FROM pg_settings \
+             WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size') \
+             ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        conn.close().await?;
+        let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        anyhow::Ok(format!("{version}\n          {}", settings.join(" ")))
+    };
+    facts
+        .await
+        .unwrap_or_else(|e| format!("unreachable ({e:#})"))
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    let busy = report::other_busy_processes(Duration::from_secs(1)).await;
+    let (proto_size, json_size) = corpus::mean_sizes(SEED)?;
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    let mut header = format!(
+        "corvus-bench: Corvus ingest throughput and ack latency\n\
+         command : {}\n\
+         machine : nproc {nproc}, CPU {}, load average at start {}\n\
+         idle    : {}\n\
+         postgres: {} (same machine)\n\
+         events  : {} per point, batches of {BATCH}; mean event {proto_size} B as protobuf, \
+         {json_size} B as Segment JSON\n",
+        report::command_line(),
+        report::cpu_model(),
+        loadavg.join(" "),
+        if busy.is_empty() {
+            "yes: no other process above 10% of a core in the second before the run".to_owned()
+        } else {
+            format!("NO, busy at start: {}", busy.join(", "))
+        },
+        postgres_facts(&args.database_url).await,
+        plan.events,
+    );
+    eprint!("{header}");
+
+    let mut results = Results::default();
+    let needs_postgres = plan.grpc || plan.http || plan.latency || plan.copy;
+    if needs_postgres {
+        let scratch = Scratch::create(&args.database_url).await?;
+        let outcome = scenarios::durable(&plan, &scratch, &args.redis_url, &mut results).await;
+        // Drop the database whatever happened, then report the first failure.
+        let dropped = scratch.drop_database().await;
+        outcome?;
+        dropped.context("drop the scratch database")?;
+    }
+    if plan.embedded {
+        scenarios::embedded(&plan, &mut results).await?;
+    }
+
+    header.push_str(&format!(
+        "notes   : every Postgres point starts from an empty ingestion.events (TRUNCATE, \
+         CHECKPOINT);\n          \
+         latency is per batch, from send (closed loop) or from when it was due (open loop) \
+         to the ack;\n          \
+         CPU app|pg|other = cores used by this process (client and server) | by all \
+         Postgres processes | by anything else (should be ~0), of {nproc}.\n"
+    ));
+    println!("{header}");
+    println!("{}", report::table(&results.rows, results.ceiling));
+    let missed: Vec<&str> = results
+        .rows
+        .iter()
+        .filter(|r| r.met() == Some(false))
+        .map(|r| r.scenario.as_str())
+        .collect();
+    if !results.rows.iter().any(|r| r.target.is_some()) {
+        println!("no targets in the sections run");
+    } else if missed.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("targets missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
