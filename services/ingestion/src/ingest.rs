@@ -66,53 +66,59 @@ impl Ingestor {
         let traceparent = corvus_platform::telemetry::current_traceparent();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut first_of: HashMap<String, usize> = HashMap::new();
-        let mut fresh: Vec<(usize, NewEvent)> = Vec::with_capacity(events.len());
+        // Events to commit, and the batch position of each.
+        let mut fresh: Vec<NewEvent> = Vec::with_capacity(events.len());
+        let mut positions: Vec<usize> = Vec::with_capacity(events.len());
         let mut repeats: Vec<(usize, usize)> = Vec::new();
 
         for (i, parsed) in events.into_iter().enumerate() {
-            let mut event = match parsed {
-                Ok(event) => event,
+            let verdict = parsed.and_then(|mut event| {
+                validate(&mut event, &self.limits, received_at, batch_sent_at)?;
+                // Encoded once: the size check and the stored payload share the bytes.
+                let payload = event.encode_to_vec();
+                if payload.len() > self.limits.max_event_bytes {
+                    return Err(Violation::new(
+                        "",
+                        format!("event is {} bytes, the limit is {}", payload.len(), self.limits.max_event_bytes),
+                    ));
+                }
+                Ok((event, payload))
+            });
+            let (event, payload) = match verdict {
+                Ok(ok) => ok,
                 Err(violation) => {
                     outcomes[i] = Some(Outcome::Rejected(violation));
                     continue;
                 }
             };
-            if let Err(violation) = validate(&mut event, &self.limits, received_at, batch_sent_at) {
-                outcomes[i] = Some(Outcome::Rejected(violation));
-                continue;
-            }
             if let Some(&first) = first_of.get(&event.message_id) {
                 repeats.push((i, first));
                 continue;
             }
             first_of.insert(event.message_id.clone(), fresh.len());
-            fresh.push((
-                i,
-                NewEvent {
-                    event_id: EventId::new(),
-                    message_id: event.message_id.clone(),
-                    event_type: event.r#type as i16,
-                    received_at,
-                    payload: event.encode_to_vec(),
-                    traceparent: traceparent.clone(),
-                },
-            ));
+            positions.push(i);
+            fresh.push(NewEvent {
+                event_id: EventId::new(),
+                message_id: event.message_id,
+                event_type: event.r#type as i16,
+                received_at,
+                payload,
+                traceparent: traceparent.clone(),
+            });
         }
 
         if let Some(limit) = principal.events_per_second {
-            self.check_quota(principal, limit, fresh.len() as u64)
-                .await?;
+            self.check_quota(principal, limit, fresh.len() as u64).await?;
         }
 
-        let new_events: Vec<NewEvent> = fresh.iter().map(|(_, e)| e.clone()).collect();
-        let appended = self.log.append(&principal.workspace, &new_events).await?;
+        let appended = self.log.append(&principal.workspace, &fresh).await?;
         let mut ids = Vec::with_capacity(fresh.len());
-        for ((i, event), appended) in fresh.iter().zip(appended) {
+        for ((&i, event), appended) in positions.iter().zip(&fresh).zip(appended) {
             let (outcome, id) = match appended {
                 Appended::Inserted => (Outcome::Accepted(event.event_id), event.event_id),
                 Appended::Duplicate(id) => (Outcome::Duplicate(id), id),
             };
-            outcomes[*i] = Some(outcome);
+            outcomes[i] = Some(outcome);
             ids.push(id);
         }
         for (i, first) in repeats {

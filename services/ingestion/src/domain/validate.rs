@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use corvus_proto::common::v1::{Event, EventType};
-use prost::Message;
 use prost_types::Timestamp;
 
 /// Limits a workspace's events are held to.
@@ -77,7 +76,8 @@ impl Violation {
     }
 }
 
-/// Checks `event` and normalises it in place: identifiers trimmed, `received_at` set,
+/// Checks `event` (all but its encoded size, which the caller checks on the bytes it
+/// stores) and normalises it in place: identifiers trimmed, `received_at` set,
 /// `timestamp` corrected for the client's clock skew
 /// (`timestamp = received_at - (sent_at - timestamp)`). `batch_sent_at` stands in for an
 /// event without its own `sent_at`.
@@ -87,16 +87,6 @@ pub fn validate(
     received_at: DateTime<Utc>,
     batch_sent_at: Option<&Timestamp>,
 ) -> Result<(), Violation> {
-    let size = event.encoded_len();
-    if size > limits.max_event_bytes {
-        return Err(Violation::new(
-            "",
-            format!(
-                "event is {size} bytes, the limit is {}",
-                limits.max_event_bytes
-            ),
-        ));
-    }
     event.message_id = event.message_id.trim().to_owned();
     if event.message_id.is_empty() {
         return Err(Violation::new("message_id", "required"));
@@ -353,7 +343,6 @@ mod tests {
                 }),
                 "previous_id",
             ),
-            (Box::new(|e| e.event = "x".repeat(40_000)), ""),
         ];
         for (change, field) in cases {
             let mut event = track();

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +17,15 @@ use super::{
 };
 
 const CHANNEL: &str = "corvus_ingestion_events";
+
+const INSERT: &str = "INSERT INTO events \
+     (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[])";
+
+const INSERT_NEW_ONLY: &str = "INSERT INTO events \
+     (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
+     ON CONFLICT (workspace_id, message_id) DO NOTHING";
 
 /// The event log in Postgres: UNNEST batch inserts, the snapshot horizon for safe
 /// reads, advisory locks for one dispatcher per consumer, LISTEN/NOTIFY wake-ups.
@@ -125,56 +134,49 @@ impl EventLog for PgEventLog {
         let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_at).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
         let traces: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
-        // One statement, so one implicit transaction: the batch commits whole or not at all.
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
-             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
-             ON CONFLICT (workspace_id, message_id) DO NOTHING \
-             RETURNING message_id",
-        )
-        .bind(workspace)
-        .bind(&message_ids)
-        .bind(&event_ids)
-        .bind(&types)
-        .bind(&received)
-        .bind(&payloads)
-        .bind(&traces)
-        .fetch_all(&self.pool)
-        .await?;
-
-        if !inserted.is_empty() {
+        let insert = |sql| {
+            sqlx::query(sql)
+                .bind(workspace)
+                .bind(&message_ids)
+                .bind(&event_ids)
+                .bind(&types)
+                .bind(&received)
+                .bind(&payloads)
+                .bind(&traces)
+        };
+        // One statement, so one implicit transaction: the batch commits whole or not at
+        // all. Repeats are rare (client retries), so the plain INSERT goes first; only
+        // when it meets one does the batch go again with ON CONFLICT DO NOTHING.
+        let inserted = match insert(INSERT).execute(&self.pool).await {
+            Ok(done) => done.rows_affected(),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                insert(INSERT_NEW_ONLY).execute(&self.pool).await?.rows_affected()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if inserted > 0 {
             self.wakeups.send_modify(|n| *n += 1);
         }
-        if inserted.len() == events.len() {
+        if inserted as usize == events.len() {
             return Ok(vec![Appended::Inserted; events.len()]);
         }
-        let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
-        let duplicates: Vec<&str> = message_ids
-            .iter()
-            .copied()
-            .filter(|m| !inserted.contains(m))
-            .collect();
-        let existing: HashMap<String, Uuid> =
+        // Which were repeats: the stored event id of each message id says.
+        let stored: HashMap<String, Uuid> =
             sqlx::query_as("SELECT message_id, event_id FROM events WHERE workspace_id = $1 AND message_id = ANY($2)")
                 .bind(workspace)
-                .bind(&duplicates)
+                .bind(&message_ids)
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
                 .collect();
-        Ok(events
+        events
             .iter()
-            .map(|e| match inserted.contains(e.message_id.as_str()) {
-                true => Appended::Inserted,
-                false => Appended::Duplicate(
-                    existing
-                        .get(&e.message_id)
-                        .copied()
-                        .unwrap_or_default()
-                        .into(),
-                ),
+            .map(|e| match stored.get(&e.message_id) {
+                Some(id) if *id == e.event_id.as_uuid() => Ok(Appended::Inserted),
+                Some(id) => Ok(Appended::Duplicate((*id).into())),
+                None => Err(StorageError::Internal(format!("message {} vanished from the log", e.message_id))),
             })
-            .collect())
+            .collect()
     }
 
     async fn list(

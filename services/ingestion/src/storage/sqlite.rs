@@ -1,10 +1,10 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use corvus_proto::{EventId, WorkspaceId};
 use corvus_storage::StorageError;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -16,6 +16,9 @@ use super::{
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
+/// Rows per INSERT: 7 parameters a row stays far below SQLite's 32,766.
+const ROWS_PER_INSERT: usize = 500;
+
 /// The embedded event log. SQLite admits one writer at a time, so a seq is taken and
 /// committed in the same order and seq alone is a safe position; one process owns the
 /// file, so leases are held in memory.
@@ -24,6 +27,7 @@ pub struct SqliteEventLog {
     pool: SqlitePool,
     wakeups: watch::Sender<u64>,
     leases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl SqliteEventLog {
@@ -32,6 +36,7 @@ impl SqliteEventLog {
             pool,
             wakeups: watch::channel(0).0,
             leases: Mutex::new(HashMap::new()),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -72,44 +77,46 @@ impl EventLog for SqliteEventLog {
         Ok(())
     }
 
-    async fn append(
-        &self,
-        workspace: &WorkspaceId,
-        events: &[NewEvent],
-    ) -> Result<Vec<Appended>, StorageError> {
+    async fn append(&self, workspace: &WorkspaceId, events: &[NewEvent]) -> Result<Vec<Appended>, StorageError> {
+        // One writer at a time, queued here rather than in SQLite's busy handler, which
+        // sleeps in steps of up to 100 ms.
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
+        let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+        // Many rows a statement: each statement is a round trip to SQLite's thread.
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(workspace)
+                    .push_bind(&e.message_id)
+                    .push_bind(e.event_id.as_uuid())
+                    .push_bind(e.event_type)
+                    .push_bind(e.received_at)
+                    .push_bind(&e.payload)
+                    .push_bind(e.traceparent.as_deref());
+            });
+            insert.push(" ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING message_id");
+            let rows: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+            inserted.extend(rows);
+        }
         let mut outcomes = Vec::with_capacity(events.len());
         for e in events {
-            let inserted = sqlx::query(
-                "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, message_id) DO NOTHING",
-            )
-            .bind(workspace)
-            .bind(&e.message_id)
-            .bind(e.event_id.as_uuid())
-            .bind(e.event_type)
-            .bind(e.received_at)
-            .bind(&e.payload)
-            .bind(e.traceparent.as_deref())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            outcomes.push(if inserted {
+            outcomes.push(if inserted.contains(&e.message_id) {
                 Appended::Inserted
             } else {
-                let id: Uuid = sqlx::query_scalar(
-                    "SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2",
-                )
-                .bind(workspace)
-                .bind(&e.message_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                let id: Uuid =
+                    sqlx::query_scalar("SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2")
+                        .bind(workspace)
+                        .bind(&e.message_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
                 Appended::Duplicate(id.into())
             });
         }
         tx.commit().await?;
-        if outcomes.contains(&Appended::Inserted) {
+        if !inserted.is_empty() {
             self.wakeups.send_modify(|n| *n += 1);
         }
         Ok(outcomes)
