@@ -77,6 +77,9 @@ impl Database {
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections.min(8))
+                    // A file on this machine does not go stale like a socket: spare the
+                    // round trip to SQLite's thread that a check on every acquire costs.
+                    .test_before_acquire(false)
                     .connect_lazy_with(options);
                 Ok(Self::Sqlite(pool))
             }

@@ -79,7 +79,11 @@ impl Ingestor {
                 if payload.len() > self.limits.max_event_bytes {
                     return Err(Violation::new(
                         "",
-                        format!("event is {} bytes, the limit is {}", payload.len(), self.limits.max_event_bytes),
+                        format!(
+                            "event is {} bytes, the limit is {}",
+                            payload.len(),
+                            self.limits.max_event_bytes
+                        ),
                     ));
                 }
                 Ok((event, payload))
@@ -108,7 +112,8 @@ impl Ingestor {
         }
 
         if let Some(limit) = principal.events_per_second {
-            self.check_quota(principal, limit, fresh.len() as u64).await?;
+            self.check_quota(principal, limit, fresh.len() as u64)
+                .await?;
         }
 
         let appended = self.log.append(&principal.workspace, &fresh).await?;

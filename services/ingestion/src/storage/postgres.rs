@@ -150,7 +150,10 @@ impl EventLog for PgEventLog {
         let inserted = match insert(INSERT).execute(&self.pool).await {
             Ok(done) => done.rows_affected(),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
-                insert(INSERT_NEW_ONLY).execute(&self.pool).await?.rows_affected()
+                insert(INSERT_NEW_ONLY)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
             }
             Err(e) => return Err(e.into()),
         };
@@ -174,7 +177,10 @@ impl EventLog for PgEventLog {
             .map(|e| match stored.get(&e.message_id) {
                 Some(id) if *id == e.event_id.as_uuid() => Ok(Appended::Inserted),
                 Some(id) => Ok(Appended::Duplicate((*id).into())),
-                None => Err(StorageError::Internal(format!("message {} vanished from the log", e.message_id))),
+                None => Err(StorageError::Internal(format!(
+                    "message {} vanished from the log",
+                    e.message_id
+                ))),
             })
             .collect()
     }

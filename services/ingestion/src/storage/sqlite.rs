@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use corvus_proto::{EventId, WorkspaceId};
 use corvus_storage::StorageError;
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use sqlx::sqlite::{SqlitePool, SqliteRow};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -77,46 +77,25 @@ impl EventLog for SqliteEventLog {
         Ok(())
     }
 
-    async fn append(&self, workspace: &WorkspaceId, events: &[NewEvent]) -> Result<Vec<Appended>, StorageError> {
+    async fn append(
+        &self,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<Vec<Appended>, StorageError> {
         // One writer at a time, queued here rather than in SQLite's busy handler, which
         // sleeps in steps of up to 100 ms.
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
-        // Many rows a statement: each statement is a round trip to SQLite's thread.
-        for chunk in events.chunks(ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) ",
-            );
-            insert.push_values(chunk, |mut row, e| {
-                row.push_bind(workspace)
-                    .push_bind(&e.message_id)
-                    .push_bind(e.event_id.as_uuid())
-                    .push_bind(e.event_type)
-                    .push_bind(e.received_at)
-                    .push_bind(&e.payload)
-                    .push_bind(e.traceparent.as_deref());
-            });
-            insert.push(" ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING message_id");
-            let rows: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-            inserted.extend(rows);
-        }
-        let mut outcomes = Vec::with_capacity(events.len());
-        for e in events {
-            outcomes.push(if inserted.contains(&e.message_id) {
-                Appended::Inserted
-            } else {
-                let id: Uuid =
-                    sqlx::query_scalar("SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2")
-                        .bind(workspace)
-                        .bind(&e.message_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                Appended::Duplicate(id.into())
-            });
-        }
-        tx.commit().await?;
-        if !inserted.is_empty() {
+        // A batch that fits one statement commits by itself (one round trip to SQLite's
+        // thread); a larger one needs a transaction to commit whole.
+        let (outcomes, any_inserted) = if events.len() <= ROWS_PER_INSERT {
+            insert_batch(&mut *self.pool.acquire().await?, workspace, events).await?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let done = insert_batch(&mut tx, workspace, events).await?;
+            tx.commit().await?;
+            done
+        };
+        if any_inserted {
             self.wakeups.send_modify(|n| *n += 1);
         }
         Ok(outcomes)
@@ -338,4 +317,47 @@ impl EventLog for SqliteEventLog {
             })
             .collect()
     }
+}
+
+/// Inserts `events` in statements of many rows each; the outcome of each, and whether
+/// any was new.
+async fn insert_batch(
+    conn: &mut SqliteConnection,
+    workspace: &WorkspaceId,
+    events: &[NewEvent],
+) -> Result<(Vec<Appended>, bool), StorageError> {
+    let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(workspace)
+                .push_bind(&e.message_id)
+                .push_bind(e.event_id.as_uuid())
+                .push_bind(e.event_type)
+                .push_bind(e.received_at)
+                .push_bind(&e.payload)
+                .push_bind(e.traceparent.as_deref());
+        });
+        insert.push(" ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING message_id");
+        let rows: Vec<String> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+        inserted.extend(rows);
+    }
+    let mut outcomes = Vec::with_capacity(events.len());
+    for e in events {
+        outcomes.push(if inserted.contains(&e.message_id) {
+            Appended::Inserted
+        } else {
+            let id: Uuid = sqlx::query_scalar(
+                "SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2",
+            )
+            .bind(workspace)
+            .bind(&e.message_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            Appended::Duplicate(id.into())
+        });
+    }
+    Ok((outcomes, !inserted.is_empty()))
 }
