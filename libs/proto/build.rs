@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(cfg!(feature = "client"))
         .build_server(cfg!(feature = "server"))
         .codec_path("crate::codec::StrictProstCodec")
+        // Free-form data stays encoded until someone needs it: see src/raw.rs.
+        .extern_path(".google.protobuf.Struct", "crate::raw::RawStruct")
         .compile_fds(descriptors)?;
     Ok(())
 }

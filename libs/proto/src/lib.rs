@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod ids;
 pub mod json;
+pub mod raw;
 
 pub mod common {
     pub mod v1 {

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use corvus_proto::common::v1::{Campaign, Channel, Context, Event, EventType, Identifier};
-use corvus_proto::json::json_to_struct;
+use corvus_proto::raw::RawStruct;
 use serde_json::{Map, Value};
 
 use super::Violation;
@@ -54,7 +54,8 @@ pub fn from_json(message: Value, endpoint_type: Option<EventType>) -> Result<Eve
         name: string_field(&m, "name")?,
         group_id: id_field(&m, "groupId")?,
         previous_id: id_field(&m, "previousId")?,
-        properties: take_object(&mut m, "properties", "properties")?.map(|p| json_to_struct(&p)),
+        properties: take_object(&mut m, "properties", "properties")?
+            .map(|p| RawStruct::from_json(&p)),
         timestamp: match time_field(&m, "timestamp")? {
             Some(t) => Some(t),
             None => time_field(&m, "originalTimestamp")?,
@@ -64,7 +65,7 @@ pub fn from_json(message: Value, endpoint_type: Option<EventType>) -> Result<Eve
     };
     event.identifiers = identifiers(&context, traits.as_ref(), context.get("traits"))?;
     if let Some(traits) = &traits {
-        event.traits = Some(json_to_struct(traits));
+        event.traits = Some(RawStruct::from_json(traits));
     }
     let channel = context
         .get("channel")
@@ -238,7 +239,7 @@ fn convert_context(mut c: Map<String, Value>, channel: Channel) -> Result<Contex
         timezone: text(&mut c, "timezone")?,
         user_agent: text(&mut c, "userAgent")?,
         ip: text(&mut c, "ip")?,
-        extra: (!c.is_empty()).then(|| json_to_struct(&c)),
+        extra: (!c.is_empty()).then(|| RawStruct::from_json(&c)),
     })
 }
 
@@ -279,7 +280,14 @@ mod tests {
         assert_eq!(event.r#type, EventType::Identify as i32);
         assert_eq!(event.user_id, "u-1");
         assert_eq!(event.anonymous_id, "");
-        assert!(event.traits.unwrap().fields.contains_key("email"));
+        assert!(
+            event
+                .traits
+                .unwrap()
+                .to_json()
+                .unwrap()
+                .contains_key("email")
+        );
         assert_eq!(
             event.identifiers,
             vec![Identifier {
@@ -289,7 +297,14 @@ mod tests {
         );
         let context = event.context.unwrap();
         assert_eq!(context.channel, Channel::Server as i32);
-        assert!(context.extra.unwrap().fields.contains_key("library"));
+        assert!(
+            context
+                .extra
+                .unwrap()
+                .to_json()
+                .unwrap()
+                .contains_key("library")
+        );
         assert_eq!(event.timestamp.unwrap().nanos, 275_228_000);
     }
 

@@ -144,6 +144,22 @@ pub fn validate(
         _ => {}
     }
 
+    // The free-form parts travel encoded; make sure every consumer can decode them.
+    let free_form = [
+        ("properties", event.properties.as_ref()),
+        ("traits", event.traits.as_ref()),
+        (
+            "context.extra",
+            event.context.as_ref().and_then(|c| c.extra.as_ref()),
+        ),
+    ];
+    for (field, raw) in free_form {
+        if let Some(raw) = raw {
+            raw.check()
+                .map_err(|reason| Violation::new(field, format!("malformed: {reason}")))?;
+        }
+    }
+
     let timestamp = corrected_timestamp(event, received_at, batch_sent_at)
         .map_err(|field| Violation::new(field, "not a valid timestamp"))?;
     let limit = received_at + limits.max_future;
@@ -218,6 +234,7 @@ pub fn to_timestamp(at: DateTime<Utc>) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use corvus_proto::common::v1::Identifier;
+    use prost::Message;
 
     use super::*;
 
@@ -306,6 +323,14 @@ mod tests {
             (Box::new(|e| e.r#type = 42), "type"),
             (Box::new(|e| e.event.clear()), "event"),
             (Box::new(|e| e.anonymous_id = "null".into()), "anonymous_id"),
+            (
+                Box::new(|e| {
+                    // A Struct entry "k" whose Value is a cut-off varint.
+                    let bytes: &[u8] = &[0x0a, 0x06, 0x0a, 0x01, b'k', 0x12, 0x01, 0xff];
+                    e.properties = Some(corvus_proto::raw::RawStruct::decode(bytes).unwrap());
+                }),
+                "properties",
+            ),
             (
                 Box::new(|e| e.anonymous_id = " Anonymous ".into()),
                 "anonymous_id",
