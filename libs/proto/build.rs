@@ -19,10 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let files: Vec<String> = FILES.iter().map(|f| format!("{PROTO_ROOT}/{f}")).collect();
     let descriptors = protox::compile(&files, [PROTO_ROOT])?;
-    std::fs::write(
-        out_dir.join("corvus_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("corvus_descriptor.bin"), descriptors.encode_to_vec())?;
 
     tonic_prost_build::configure()
         .build_client(cfg!(feature = "client"))

@@ -50,9 +50,7 @@ impl std::str::FromStr for Role {
             "ingest" => Ok(Self::Ingest),
             "read" => Ok(Self::Read),
             "admin" => Ok(Self::Admin),
-            other => Err(format!(
-                "unknown role {other:?}: expected ingest, read or admin"
-            )),
+            other => Err(format!("unknown role {other:?}: expected ingest, read or admin")),
         }
     }
 }
@@ -77,10 +75,7 @@ pub enum AuthError {
     #[error("the key belongs to another workspace")]
     WrongWorkspace,
     #[error("a key with role {has} cannot {action}")]
-    Forbidden {
-        has: &'static str,
-        action: &'static str,
-    },
+    Forbidden { has: &'static str, action: &'static str },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -164,12 +159,7 @@ impl KeyStore {
                     .await?;
             }
             Database::Sqlite(pool) => {
-                sqlx::query(sql)
-                    .bind(id)
-                    .bind(name)
-                    .bind(quota)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(sql).bind(id).bind(name).bind(quota).execute(pool).await?;
             }
         }
         Ok(())
@@ -219,13 +209,13 @@ impl KeyStore {
     /// Revokes the key with this prefix; false when there is none.
     pub async fn revoke(&self, prefix: &str) -> Result<bool, StorageError> {
         let affected = match &self.db {
-            Database::Postgres(pool) => sqlx::query(
-                "UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1 AND revoked_at IS NULL",
-            )
-            .bind(prefix)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+            Database::Postgres(pool) => {
+                sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_prefix = $1 AND revoked_at IS NULL")
+                    .bind(prefix)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
             Database::Sqlite(pool) => sqlx::query(
                 "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
                  WHERE key_prefix = $1 AND revoked_at IS NULL",
@@ -245,24 +235,12 @@ impl KeyStore {
                    WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
         let hashed = hash(secret);
         let row: Option<PrincipalRow> = match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_as(sql)
-                    .bind(&hashed)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_as(sql)
-                    .bind(&hashed)
-                    .fetch_optional(pool)
-                    .await?
-            }
+            Database::Postgres(pool) => sqlx::query_as(sql).bind(&hashed).fetch_optional(pool).await?,
+            Database::Sqlite(pool) => sqlx::query_as(sql).bind(&hashed).fetch_optional(pool).await?,
         };
         row.map(|(workspace, role, key_prefix, quota)| {
             Ok(Principal {
-                workspace: workspace
-                    .parse()
-                    .map_err(|e| StorageError::Internal(format!("{e}")))?,
+                workspace: workspace.parse().map_err(|e| StorageError::Internal(format!("{e}")))?,
                 role: role.parse().map_err(StorageError::Internal)?,
                 key_prefix,
                 events_per_second: quota.map(|q| q as u32),
@@ -300,11 +278,7 @@ impl Authenticator {
 
     /// The principal for `secret`. `workspace_opt` is the workspace the caller says it
     /// acts for (a header); a key of another workspace is refused.
-    pub async fn authenticate(
-        &self,
-        secret: &str,
-        workspace_opt: Option<&str>,
-    ) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, secret: &str, workspace_opt: Option<&str>) -> Result<Principal, AuthError> {
         if !secret.starts_with(KEY_PREFIX) {
             return Err(AuthError::InvalidKey);
         }
@@ -315,14 +289,7 @@ impl Authenticator {
             // after a failed attempt works at once.
             remembered
                 .get(&key)
-                .filter(|(p, at)| {
-                    at.elapsed()
-                        < if p.is_some() {
-                            self.ttl
-                        } else {
-                            UNKNOWN_KEY_TTL
-                        }
-                })
+                .filter(|(p, at)| at.elapsed() < if p.is_some() { self.ttl } else { UNKNOWN_KEY_TTL })
                 .map(|(p, _)| p.clone())
         };
         let principal = match cached {

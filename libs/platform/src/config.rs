@@ -19,11 +19,7 @@ where
 {
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = path {
-        anyhow::ensure!(
-            path.exists(),
-            "config file {} does not exist",
-            path.display()
-        );
+        anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
         figment = figment.merge(Toml::file(path));
     }
     let env = Env::prefixed("CORVUS_")
@@ -103,8 +99,7 @@ mod tests {
             )?;
             jail.set_env("CORVUS_SERVER__CONCURRENCY_LIMIT", "9");
             jail.set_env("CORVUS_CONFIG", "ignored");
-            let sample: Sample =
-                load_config(Some(Path::new("corvus.toml"))).map_err(|e| e.to_string())?;
+            let sample: Sample = load_config(Some(Path::new("corvus.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(sample.server.concurrency_limit, 9);
             assert_eq!(sample.server.request_timeout, Duration::from_secs(5));
             assert_eq!(sample.server.drain_timeout, Duration::from_secs(25));

@@ -23,11 +23,7 @@ pub fn invalid_argument(field: impl Into<String>, description: impl Into<String>
 
 /// A status that tells the client to come back after `retry_after`.
 pub fn retryable(code: Code, message: impl Into<String>, retry_after: Duration) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_retry_info(Some(retry_after)),
-    )
+    Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
 pub fn storage_status(err: StorageError) -> Status {
@@ -51,12 +47,8 @@ pub fn storage_status(err: StorageError) -> Status {
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::MissingKey | AuthError::InvalidKey => {
-                Status::unauthenticated(err.to_string())
-            }
-            AuthError::WrongWorkspace | AuthError::Forbidden { .. } => {
-                Status::permission_denied(err.to_string())
-            }
+            AuthError::MissingKey | AuthError::InvalidKey => Status::unauthenticated(err.to_string()),
+            AuthError::WrongWorkspace | AuthError::Forbidden { .. } => Status::permission_denied(err.to_string()),
             AuthError::Storage(e) => storage_status(e),
         }
     }
@@ -71,10 +63,7 @@ mod tests {
         let status = invalid_argument("events[2].user_id", "blocked identifier value");
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
-        let violations = &details
-            .bad_request()
-            .expect("bad request details")
-            .field_violations;
+        let violations = &details.bad_request().expect("bad request details").field_violations;
         assert_eq!(violations[0].field, "events[2].user_id");
     }
 

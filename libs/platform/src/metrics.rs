@@ -28,10 +28,7 @@ pub fn recorder() -> &'static PrometheusHandle {
 /// An axum router serving `GET /metrics`.
 pub fn router() -> axum::Router {
     let handle = recorder();
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move { handle.render() }),
-    )
+    axum::Router::new().route("/metrics", axum::routing::get(move || async move { handle.render() }))
 }
 
 /// Counts requests (`corvus_requests_total{protocol, method, code}`) and times them

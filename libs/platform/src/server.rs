@@ -95,22 +95,13 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     // "liveness" answers SERVING for as long as the process runs, whatever its storage
     // does, so that a liveness probe never restarts a pod that only waits for a database.
-    health
-        .set_service_status("liveness", ServingStatus::Serving)
-        .await;
+    health.set_service_status("liveness", ServingStatus::Serving).await;
     let mut names = services.names.clone();
     names.push(String::new());
     for name in &names {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
-    tokio::spawn(report_readiness(
-        health.clone(),
-        names,
-        readiness,
-        shutdown.clone(),
-    ));
+    tokio::spawn(report_readiness(health.clone(), names, readiness, shutdown.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(corvus_proto::FILE_DESCRIPTOR_SET)
@@ -134,13 +125,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            {
-                let shutdown = shutdown.clone();
-                async move { shutdown.cancelled().await }
-            },
-        );
+        .serve_with_incoming_shutdown(TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)), {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        });
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move { grpc.await.map_err(anyhow::Error::from) });
@@ -208,20 +196,14 @@ async fn report_readiness(
             }
             last = Some(status);
         }
-        let pause = if status == ServingStatus::Serving {
-            2000
-        } else {
-            250
-        };
+        let pause = if status == ServingStatus::Serving { 2000 } else { 250 };
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(Duration::from_millis(pause)) => {}
         }
     }
     for name in &names {
-        health
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(name, ServingStatus::NotServing).await;
     }
 }
 
@@ -267,10 +249,8 @@ fn http_overloaded() -> http::Response<axum::body::Body> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    res.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
+    res.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     res
 }
 
@@ -384,10 +364,7 @@ fn is_open(path: &str) -> bool {
 
 impl<S, B> tower::Service<http::Request<B>> for GrpcAuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {

@@ -103,9 +103,8 @@ impl Drop for TelemetryGuard {
         };
         // The final export needs the runtime to drive tonic's connection; on a multi-thread
         // worker, hand the worker's other tasks off while blocking so it cannot starve them.
-        let on_multi_thread_runtime = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
-            handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
+        let on_multi_thread_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let result = if on_multi_thread_runtime {
             tokio::task::block_in_place(|| provider.shutdown())
         } else {
@@ -141,16 +140,15 @@ static INSTALLED: Mutex<bool> = Mutex::new(false);
 pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let mut installed = INSTALLED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut installed = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if *installed || tracing::dispatcher::has_been_set() {
         return Ok(TelemetryGuard::default());
     }
 
     let log_filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
-            .with_context(|| format!("invalid RUST_LOG filter {directives:?}"))?,
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(&directives).with_context(|| format!("invalid RUST_LOG filter {directives:?}"))?
+        }
         _ => EnvFilter::try_new(&config.log_filter)
             .with_context(|| format!("invalid log filter {:?}", config.log_filter))?,
     };
@@ -164,9 +162,8 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     if export {
         // tonic's lazy channel spawns its connection task on the current runtime; without one it
         // would panic, so fail with a clear message instead.
-        tokio::runtime::Handle::try_current().context(
-            "telemetry::init must run inside a Tokio runtime when OTLP export is enabled",
-        )?;
+        tokio::runtime::Handle::try_current()
+            .context("telemetry::init must run inside a Tokio runtime when OTLP export is enabled")?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -191,11 +188,9 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     // quiet log level (e.g. RUST_LOG=warn) does not disable the request spans that carry trace
     // context between services. The exporter's own transport (hyper, h2, tonic's channel,
     // tower's buffer) is kept out so that an export does not produce more spans to export.
-    let otel_filter = Targets::new().with_default(Level::INFO).with_targets(
-        TRANSPORT_TARGETS
-            .iter()
-            .map(|target| (*target, LevelFilter::OFF)),
-    );
+    let otel_filter = Targets::new()
+        .with_default(Level::INFO)
+        .with_targets(TRANSPORT_TARGETS.iter().map(|target| (*target, LevelFilter::OFF)));
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(otel_filter);
@@ -218,12 +213,9 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
 }
 
 fn otlp_endpoint_configured() -> bool {
-    [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|var| std::env::var(var).is_ok_and(|value| !value.trim().is_empty()))
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|var| std::env::var(var).is_ok_and(|value| !value.trim().is_empty()))
 }
 
 /// Target prefixes of the crates an OTLP/gRPC export goes through.
@@ -306,10 +298,7 @@ impl Extractor for HeaderExtractor<'_> {
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         inject(request.metadata_mut());
         Ok(request)
     }
@@ -363,9 +352,8 @@ where
             otel.kind = "server",
             code = tracing::field::Empty,
         );
-        let parent = global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(request.headers()))
-        });
+        let parent =
+            global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(request.headers())));
         if parent.span().span_context().is_valid() {
             // Must happen before the span is entered, which starts it.
             set_parent(&span, parent);
@@ -388,17 +376,11 @@ mod tests {
     const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     fn trace_id(traceparent: &str) -> &str {
-        traceparent
-            .split('-')
-            .nth(1)
-            .expect("traceparent has a trace id")
+        traceparent.split('-').nth(1).expect("traceparent has a trace id")
     }
 
     fn span_id(traceparent: &str) -> &str {
-        traceparent
-            .split('-')
-            .nth(2)
-            .expect("traceparent has a span id")
+        traceparent.split('-').nth(2).expect("traceparent has a span id")
     }
 
     fn setup() -> TelemetryGuard {
@@ -470,14 +452,9 @@ mod tests {
         set_parent_from_traceparent(&span, INCOMING);
         let _entered = span.enter();
 
-        let request = TraceContextInterceptor
-            .call(tonic::Request::new(()))
-            .unwrap();
+        let request = TraceContextInterceptor.call(tonic::Request::new(())).unwrap();
 
-        let sent = request
-            .metadata()
-            .get(TRACEPARENT)
-            .expect("traceparent injected");
+        let sent = request.metadata().get(TRACEPARENT).expect("traceparent injected");
         assert_eq!(trace_id(sent.to_str().unwrap()), trace_id(INCOMING));
     }
 
@@ -487,11 +464,7 @@ mod tests {
         let span = tracing::info_span!("worker");
         set_parent_from_traceparent(&span, "garbage");
         set_parent_from_traceparent(&tracing::Span::none(), INCOMING);
-        assert_eq!(
-            current_traceparent(),
-            None,
-            "no current span outside any span"
-        );
+        assert_eq!(current_traceparent(), None, "no current span outside any span");
 
         let mut metadata = MetadataMap::new();
         inject(&mut metadata);

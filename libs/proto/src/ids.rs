@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error(
-        "workspace id must be 1 to 63 lowercase letters, digits or '-', starting with a letter"
-    )]
+    #[error("workspace id must be 1 to 63 lowercase letters, digits or '-', starting with a letter")]
     Workspace,
     #[error("event id must be a UUID")]
     Event,
@@ -93,9 +91,7 @@ impl From<uuid::Uuid> for EventId {
 impl FromStr for EventId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| IdError::Event)
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Event)
     }
 }
 
@@ -113,19 +109,8 @@ mod tests {
     fn workspace_ids_are_slugs() {
         assert!("acme-shoes".parse::<WorkspaceId>().is_ok());
         assert!("a1".parse::<WorkspaceId>().is_ok());
-        for bad in [
-            "",
-            "Acme",
-            "1acme",
-            "acme_shoes",
-            "acme shoes",
-            &"a".repeat(64),
-        ] {
-            assert_eq!(
-                bad.parse::<WorkspaceId>(),
-                Err(IdError::Workspace),
-                "{bad:?}"
-            );
+        for bad in ["", "Acme", "1acme", "acme_shoes", "acme shoes", &"a".repeat(64)] {
+            assert_eq!(bad.parse::<WorkspaceId>(), Err(IdError::Workspace), "{bad:?}");
         }
     }
 

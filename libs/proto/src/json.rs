@@ -5,10 +5,7 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 
 pub fn struct_to_json(s: &Struct) -> serde_json::Map<String, serde_json::Value> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect()
+    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
 }
 
 pub fn value_to_json(v: &Value) -> serde_json::Value {
@@ -19,19 +16,14 @@ pub fn value_to_json(v: &Value) -> serde_json::Value {
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
         Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
     }
 }
 
 pub fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> Struct {
     Struct {
-        fields: map
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
+        fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
     }
 }
 
@@ -59,9 +51,6 @@ mod tests {
             "revenue": 42.5, "items": [{"sku": "A-1", "qty": 2.0}], "gift": false, "note": null
         });
         let map = json.as_object().unwrap();
-        assert_eq!(
-            serde_json::Value::Object(struct_to_json(&json_to_struct(map))),
-            json
-        );
+        assert_eq!(serde_json::Value::Object(struct_to_json(&json_to_struct(map))), json);
     }
 }

@@ -7,9 +7,7 @@
 use std::fmt;
 
 use bytes::{Buf, BufMut};
-use prost::encoding::{
-    DecodeContext, WireType, check_wire_type, decode_varint, encode_key, encode_varint,
-};
+use prost::encoding::{DecodeContext, WireType, check_wire_type, decode_varint, encode_key, encode_varint};
 use prost::{DecodeError, Message};
 use prost_types::Struct;
 
@@ -177,8 +175,7 @@ fn check_struct(buf: &mut &[u8], depth: usize) -> Result<(), String> {
             match tag {
                 1 => {
                     expect(wire, WireType::LengthDelimited, "a Struct key")?;
-                    std::str::from_utf8(value)
-                        .map_err(|_| "a Struct key is not UTF-8".to_owned())?;
+                    std::str::from_utf8(value).map_err(|_| "a Struct key is not UTF-8".to_owned())?;
                 }
                 2 => {
                     expect(wire, WireType::LengthDelimited, "a Struct value")?;

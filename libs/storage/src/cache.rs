@@ -80,11 +80,7 @@ impl Cache for RedisCache {
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StorageError> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
-        let _: () = self
-            .conn
-            .clone()
-            .pset_ex(self.key(key), value, ttl_ms)
-            .await?;
+        let _: () = self.conn.clone().pset_ex(self.key(key), value, ttl_ms).await?;
         Ok(())
     }
 
@@ -109,9 +105,7 @@ impl Cache for RedisCache {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 }

@@ -4,9 +4,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::{StorageConfig, StorageError};
 
@@ -27,11 +25,7 @@ impl Database {
     /// Connects to the database for `service` (a schema name such as `ingestion`) and
     /// runs its migrations. Postgres: the schema is created if missing and becomes the
     /// pool's search path, so each service's tables and migration history stay apart.
-    pub async fn connect(
-        config: &StorageConfig,
-        service: &str,
-        migrators: &Migrators,
-    ) -> Result<Self, StorageError> {
+    pub async fn connect(config: &StorageConfig, service: &str, migrators: &Migrators) -> Result<Self, StorageError> {
         let db = Self::connect_lazy(config, service)?;
         db.migrate(service, migrators).await?;
         Ok(db)
@@ -59,10 +53,7 @@ impl Database {
             }
             None => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                    StorageError::Internal(format!(
-                        "cannot create data dir {}: {e}",
-                        config.data_dir.display()
-                    ))
+                    StorageError::Internal(format!("cannot create data dir {}: {e}", config.data_dir.display()))
                 })?;
                 let options = SqliteConnectOptions::new()
                     .filename(config.data_dir.join(format!("{service}.sqlite")))

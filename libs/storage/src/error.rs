@@ -22,9 +22,7 @@ impl From<sqlx::Error> for StorageError {
             | sqlx::Error::Tls(_) => Self::Unavailable(err.to_string()),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // unique_violation, foreign_key_violation (Postgres); SQLite's constraint codes
-                Some("23505" | "23503" | "2067" | "1555" | "787") => {
-                    Self::Conflict(db.message().to_owned())
-                }
+                Some("23505" | "23503" | "2067" | "1555" | "787") => Self::Conflict(db.message().to_owned()),
                 // admin_shutdown, crash_shutdown, cannot_connect_now, connection failures
                 Some(code) if code.starts_with("08") || code.starts_with("57P") => {
                     Self::Unavailable(db.message().to_owned())
@@ -40,11 +38,7 @@ impl From<sqlx::Error> for StorageError {
 
 impl From<redis::RedisError> for StorageError {
     fn from(err: redis::RedisError) -> Self {
-        if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_timeout()
-        {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
             Self::Unavailable(err.to_string())
         } else {
             Self::Internal(err.to_string())

@@ -10,11 +10,7 @@ on_both_backends!(values_expire_and_counters_add_up);
 
 async fn cache(backend: Backend, dir: &TempDir) -> Option<Arc<dyn Cache>> {
     let config = corvus_test_support::storage(backend, dir).await?;
-    Some(
-        <dyn Cache>::connect(&config)
-            .await
-            .expect("connect the cache"),
-    )
+    Some(<dyn Cache>::connect(&config).await.expect("connect the cache"))
 }
 
 async fn values_expire_and_counters_add_up(backend: Backend) {
@@ -24,53 +20,20 @@ async fn values_expire_and_counters_add_up(backend: Backend) {
     };
     cache.ping().await.unwrap();
     assert_eq!(cache.get("missing").await.unwrap(), None);
-    cache
-        .set("profile:1", b"v1", Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get("profile:1").await.unwrap().as_deref(),
-        Some(&b"v1"[..])
-    );
-    cache
-        .set("profile:1", b"v2", Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(
-        cache.get("profile:1").await.unwrap().as_deref(),
-        Some(&b"v2"[..])
-    );
+    cache.set("profile:1", b"v1", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get("profile:1").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    cache.set("profile:1", b"v2", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get("profile:1").await.unwrap().as_deref(), Some(&b"v2"[..]));
     cache.delete("profile:1").await.unwrap();
     assert_eq!(cache.get("profile:1").await.unwrap(), None);
 
-    cache
-        .set("short", b"x", Duration::from_millis(50))
-        .await
-        .unwrap();
-    assert_eq!(
-        cache
-            .incr("count", 3, Duration::from_millis(300))
-            .await
-            .unwrap(),
-        3
-    );
-    assert_eq!(
-        cache
-            .incr("count", 4, Duration::from_secs(60))
-            .await
-            .unwrap(),
-        7
-    );
+    cache.set("short", b"x", Duration::from_millis(50)).await.unwrap();
+    assert_eq!(cache.incr("count", 3, Duration::from_millis(300)).await.unwrap(), 3);
+    assert_eq!(cache.incr("count", 4, Duration::from_secs(60)).await.unwrap(), 7);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(cache.get("short").await.unwrap(), None, "expired");
     // The window ended with the first increment's expiry, not the later one's.
-    assert_eq!(
-        cache
-            .incr("count", 1, Duration::from_secs(60))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(cache.incr("count", 1, Duration::from_secs(60)).await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,10 +41,7 @@ async fn redis_reconnects_after_losing_its_connection() {
     let Some(url) = corvus_test_support::redis_url() else {
         return;
     };
-    let target = url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_owned();
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
     let proxy = FlakyProxy::start(target).await;
     let url: secrecy::SecretString = format!("redis://{}", proxy.addr()).into();
     let cache = RedisCache::connect(&url, &format!("test-{}", std::process::id()))

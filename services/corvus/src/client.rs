@@ -28,8 +28,7 @@ const MAX_PROBLEMS_KEPT: usize = 100;
 /// Parses one line into an event, or says why it is not one.
 fn parse_line(line: &str) -> Result<Event, String> {
     let value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    segment::from_json(value, None)
-        .map_err(|v| format!("{}: {}", segment::json_field(&v.field), v.reason))
+    segment::from_json(value, None).map_err(|v| format!("{}: {}", segment::json_field(&v.field), v.reason))
 }
 
 /// Sends every line of `reader` in batches of `batch_size`; `total_bytes` sizes the
@@ -46,11 +45,10 @@ pub async fn send(
         .connect()
         .await?;
     let bearer: MetadataValue<_> = format!("Bearer {key}").parse()?;
-    let mut client =
-        IngestionServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", bearer.clone());
-            Ok(req)
-        });
+    let mut client = IngestionServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
     let bar = match (progress, total_bytes) {
         (false, _) => ProgressBar::hidden(),
         (true, Some(total)) => ProgressBar::new(total).with_style(ProgressStyle::with_template(
@@ -67,8 +65,7 @@ pub async fn send(
     let unparsed: Arc<Mutex<(u64, Vec<String>)>> = Arc::default();
     let (tx, rx) = tokio::sync::mpsc::channel::<IngestStreamRequest>(4);
     let reader_task = tokio::task::spawn_blocking({
-        let (lines_of_batch, unparsed, bar) =
-            (lines_of_batch.clone(), unparsed.clone(), bar.clone());
+        let (lines_of_batch, unparsed, bar) = (lines_of_batch.clone(), unparsed.clone(), bar.clone());
         move || -> anyhow::Result<()> {
             let mut events = Vec::with_capacity(batch_size);
             let mut lines = Vec::with_capacity(batch_size);
@@ -152,15 +149,8 @@ mod tests {
 
     #[test]
     fn a_bad_line_says_why() {
-        assert!(
-            parse_line(r#"{"type": "track", "messageId": "m", "userId": "u", "event": "E"}"#)
-                .is_ok()
-        );
-        assert!(
-            parse_line("{nope")
-                .unwrap_err()
-                .contains("key must be a string")
-        );
+        assert!(parse_line(r#"{"type": "track", "messageId": "m", "userId": "u", "event": "E"}"#).is_ok());
+        assert!(parse_line("{nope").unwrap_err().contains("key must be a string"));
         assert_eq!(
             parse_line(r#"{"type": "fly"}"#).unwrap_err(),
             "type: unknown event type"

@@ -70,11 +70,7 @@ impl App {
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.listeners
-            .grpc
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listeners.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     pub fn http_port(&self) -> Option<u16> {
@@ -95,10 +91,7 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then drains and stops the workers.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let auth = Arc::new(Authenticator::new(
-            self.keys.clone(),
-            Duration::from_secs(30),
-        ));
+        let auth = Arc::new(Authenticator::new(self.keys.clone(), Duration::from_secs(30)));
         let consumers = self.ingestion.consumers(self.extra_consumers)?;
         let workers_stop = CancellationToken::new();
         let mut workers = self.ingestion.spawn_outbox(consumers, workers_stop.clone());
@@ -137,8 +130,7 @@ pub async fn ensure_dev_key(keys: &KeyStore, storage: &StorageConfig) -> anyhow:
         }
     }
     let workspace = "dev".parse()?;
-    keys.upsert_workspace(&workspace, "Development", None)
-        .await?;
+    keys.upsert_workspace(&workspace, "Development", None).await?;
     let created = keys
         .create_key(&workspace, corvus_platform::Role::Admin, "corvus dev")
         .await?;

@@ -176,12 +176,9 @@ async fn main() -> anyhow::Result<()> {
                     name,
                     events_per_second,
                 } => {
-                    let workspace = workspace
-                        .parse()
-                        .map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+                    let workspace = workspace.parse().map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
                     let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                    keys.upsert_workspace(&workspace, &name, events_per_second)
-                        .await?;
+                    keys.upsert_workspace(&workspace, &name, events_per_second).await?;
                     let created = keys.create_key(&workspace, role, &name).await?;
                     eprintln!(
                         "created {} key {} for workspace {}; it is shown only now:",
@@ -192,10 +189,7 @@ async fn main() -> anyhow::Result<()> {
                     println!("{}", created.secret);
                 }
                 KeysCommand::Revoke { prefix } => {
-                    anyhow::ensure!(
-                        keys.revoke(&prefix).await?,
-                        "no live key starts with {prefix}"
-                    );
+                    anyhow::ensure!(keys.revoke(&prefix).await?, "no live key starts with {prefix}");
                     println!("revoked {prefix}");
                 }
             }
@@ -210,14 +204,12 @@ async fn main() -> anyhow::Result<()> {
             let (reader, size): (Box<dyn std::io::BufRead + Send>, _) = if file.as_os_str() == "-" {
                 (Box::new(std::io::BufReader::new(std::io::stdin())), None)
             } else {
-                let f = std::fs::File::open(&file)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                 let size = f.metadata().ok().map(|m| m.len());
                 (Box::new(std::io::BufReader::new(f)), size)
             };
             let progress = std::io::stderr().is_terminal();
-            let summary =
-                corvus::client::send(&endpoint, &key, reader, size, batch_size, progress).await?;
+            let summary = corvus::client::send(&endpoint, &key, reader, size, batch_size, progress).await?;
             println!(
                 "accepted {}, duplicates {}, rejected {}",
                 summary.accepted, summary.duplicates, summary.rejected
@@ -245,10 +237,7 @@ async fn build(config: &CorvusConfig, serve: bool) -> anyhow::Result<App> {
             Ok(app) => return Ok(app),
             Err(err)
                 if tokio::time::Instant::now() < deadline
-                    && matches!(
-                        err.downcast_ref::<StorageError>(),
-                        Some(StorageError::Unavailable(_))
-                    ) =>
+                    && matches!(err.downcast_ref::<StorageError>(), Some(StorageError::Unavailable(_))) =>
             {
                 tracing::warn!(error = %err, "storage unavailable at start, retrying");
                 eprintln!("storage unavailable ({err}); retrying");

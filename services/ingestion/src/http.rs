@@ -123,11 +123,7 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Conflict(cause) | StorageError::Internal(cause) => {
                 tracing::error!(error = %cause, "storage error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
     }
@@ -138,11 +134,7 @@ impl From<IngestError> for ApiError {
         match err {
             IngestError::QuotaExceeded { retry_after, .. } => Self {
                 retry_after_secs: Some(retry_after.as_secs_f64().ceil() as u64),
-                ..Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "quota_exceeded",
-                    err.to_string(),
-                )
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", err.to_string())
             },
             IngestError::Storage(e) => e.into(),
         }
@@ -205,12 +197,7 @@ struct BatchBody<'a> {
     context: Option<serde_json::Map<String, Value>>,
 }
 
-async fn handle(
-    state: HttpState,
-    headers: HeaderMap,
-    body: Body,
-    kind: Option<EventType>,
-) -> Response {
+async fn handle(state: HttpState, headers: HeaderMap, body: Body, kind: Option<EventType>) -> Response {
     match handle_inner(state, headers, body, kind).await {
         Ok(res) => res,
         Err(err) => err.into_response(),
@@ -227,9 +214,7 @@ async fn handle_inner(
     let principal = authenticate(&state, &headers).await?;
     let limits = state.ingestor.limits();
     let bytes = read_body(body, limits.max_batch_bytes).await?;
-    let invalid_json = |e: serde_json::Error| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
-    };
+    let invalid_json = |e: serde_json::Error| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string());
 
     let (raws, sent_at, shared_context): (Vec<&serde_json::value::RawValue>, _, _) = match kind {
         None => {
@@ -261,8 +246,7 @@ async fn handle_inner(
             (batch.batch, sent_at, batch.context)
         }
         Some(_) => {
-            let raw: &serde_json::value::RawValue =
-                serde_json::from_slice(&bytes).map_err(invalid_json)?;
+            let raw: &serde_json::value::RawValue = serde_json::from_slice(&bytes).map_err(invalid_json)?;
             (vec![raw], None, None)
         }
     };
@@ -272,8 +256,7 @@ async fn handle_inner(
         .iter()
         .map(|raw| {
             let len = raw.get().len();
-            let mut value: Value =
-                serde_json::from_str(raw.get()).map_err(|e| Violation::new("", e.to_string()))?;
+            let mut value: Value = serde_json::from_str(raw.get()).map_err(|e| Violation::new("", e.to_string()))?;
             message_ids.push(
                 value
                     .get("messageId")
@@ -284,10 +267,7 @@ async fn handle_inner(
             if len > limits.max_event_bytes {
                 return Err(Violation::new(
                     "",
-                    format!(
-                        "event is {len} bytes, the limit is {}",
-                        limits.max_event_bytes
-                    ),
+                    format!("event is {len} bytes, the limit is {}", limits.max_event_bytes),
                 ));
             }
             if let (Some(shared), Some(obj)) = (&shared_context, value.as_object_mut()) {
@@ -300,18 +280,12 @@ async fn handle_inner(
     message_ids.resize(events.len(), String::new());
 
     let sent_at = sent_at.map(to_timestamp);
-    let outcomes = state
-        .ingestor
-        .ingest(&principal, events, sent_at.as_ref())
-        .await?;
+    let outcomes = state.ingestor.ingest(&principal, events, sent_at.as_ref()).await?;
     Ok(respond(&outcomes, &message_ids, kind.is_none()))
 }
 
 /// Batch-level context fills in what a message's own context leaves out.
-fn merge_context(
-    message: &mut serde_json::Map<String, Value>,
-    shared: &serde_json::Map<String, Value>,
-) {
+fn merge_context(message: &mut serde_json::Map<String, Value>, shared: &serde_json::Map<String, Value>) {
     let context = message
         .entry("context")
         .or_insert_with(|| Value::Object(Default::default()));

@@ -112,8 +112,7 @@ impl Ingestor {
         }
 
         if let Some(limit) = principal.events_per_second {
-            self.check_quota(principal, limit, fresh.len() as u64)
-                .await?;
+            self.check_quota(principal, limit, fresh.len() as u64).await?;
         }
 
         let appended = self.log.append(&principal.workspace, &fresh).await?;
@@ -140,12 +139,7 @@ impl Ingestor {
 
     /// A fixed one-second window per workspace, counted in the shared cache so that
     /// the quota holds across replicas.
-    async fn check_quota(
-        &self,
-        principal: &Principal,
-        limit: u32,
-        count: u64,
-    ) -> Result<(), IngestError> {
+    async fn check_quota(&self, principal: &Principal, limit: u32, count: u64) -> Result<(), IngestError> {
         if count == 0 {
             return Ok(());
         }

@@ -87,10 +87,7 @@ impl IngestionConfig {
             "ingestion.outbox.max_attempts must be at least 1"
         );
         for c in &self.consumers {
-            anyhow::ensure!(
-                !c.name.is_empty(),
-                "ingestion.consumers: every consumer needs a name"
-            );
+            anyhow::ensure!(!c.name.is_empty(), "ingestion.consumers: every consumer needs a name");
             anyhow::ensure!(
                 c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://"),
                 "ingestion.consumers.{}: endpoint must be an http:// or https:// URL",
@@ -122,10 +119,7 @@ pub struct Ingestion {
 
 impl Ingestion {
     /// Connects the event log (running its migrations) and the cache.
-    pub async fn connect(
-        storage: &StorageConfig,
-        config: &IngestionConfig,
-    ) -> anyhow::Result<Self> {
+    pub async fn connect(storage: &StorageConfig, config: &IngestionConfig) -> anyhow::Result<Self> {
         let log = storage::connect(storage).await?;
         let cache = <dyn Cache>::connect(storage).await?;
         let ingestor = Ingestor::new(log.clone(), cache.clone(), config.limits());
@@ -167,12 +161,7 @@ impl Ingestion {
 
     /// Starts the outbox for `consumers`; it stops when `stop` is cancelled.
     pub fn spawn_outbox(&self, consumers: Vec<Consumer>, stop: CancellationToken) -> JoinSet<()> {
-        outbox::spawn(
-            self.log.clone(),
-            consumers,
-            self.config.outbox.clone(),
-            stop,
-        )
+        outbox::spawn(self.log.clone(), consumers, self.config.outbox.clone(), stop)
     }
 
     /// Ready while the event log and the cache answer.

@@ -19,8 +19,7 @@ use crate::setup::Scratch;
 /// WAL flush is amortised, as a bulk loader would do it.
 pub const ROWS_PER_COPY: usize = 5_000;
 
-const COLUMNS: &str =
-    "workspace_id, message_id, event_id, event_type, received_at, payload, traceparent";
+const COLUMNS: &str = "workspace_id, message_id, event_id, event_type, received_at, payload, traceparent";
 
 /// Creates `bench_copy.<table>` like `ingestion.events`.
 async fn create_table(scratch: &Scratch, table: &str) -> anyhow::Result<()> {
@@ -92,12 +91,7 @@ pub struct Prepared {
 }
 
 /// Prepares loading `rows` rows over `connections` connections at once.
-pub async fn prepare(
-    scratch: &Scratch,
-    seed: u64,
-    rows: usize,
-    connections: usize,
-) -> anyhow::Result<Prepared> {
+pub async fn prepare(scratch: &Scratch, seed: u64, rows: usize, connections: usize) -> anyhow::Result<Prepared> {
     let table = format!("events_c{connections}");
     create_table(scratch, &table).await?;
     let mut conns = Vec::with_capacity(connections);

@@ -89,12 +89,7 @@ const PAGES: &[(&str, &str)] = &[
     ("Checkout", "/checkout"),
     ("Product Detail", "/p/trail-runner-2"),
 ];
-const TRACKS: &[&str] = &[
-    "Order Completed",
-    "Product Viewed",
-    "Product Added",
-    "Signed Up",
-];
+const TRACKS: &[&str] = &["Order Completed", "Product Viewed", "Product Added", "Signed Up"];
 
 /// Event `index` of the corpus `seed`, as a Segment JSON message.
 pub fn segment_message(seed: u64, index: u64, now: DateTime<Utc>) -> Value {
@@ -205,9 +200,7 @@ pub fn http_bodies(seed: u64, total: usize, size: usize) -> anyhow::Result<Vec<B
     let mut batches = Vec::with_capacity(total.div_ceil(size));
     for start in (0..total).step_by(size) {
         let end = (start + size).min(total);
-        let messages: Vec<Value> = (start..end)
-            .map(|i| segment_message(seed, i as u64, now))
-            .collect();
+        let messages: Vec<Value> = (start..end).map(|i| segment_message(seed, i as u64, now)).collect();
         let body = serde_json::to_vec(&json!({"batch": messages, "sentAt": sent_at}))?;
         batches.push(Batch {
             body: body.into(),

@@ -101,8 +101,8 @@ impl Decoder for ResponseDecoder {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<IngestResponse>, Status> {
-        let res = IngestResponse::decode(src)
-            .map_err(|e| Status::internal(format!("undecodable IngestResponse: {e}")))?;
+        let res =
+            IngestResponse::decode(src).map_err(|e| Status::internal(format!("undecodable IngestResponse: {e}")))?;
         Ok(Some(res))
     }
 }
@@ -122,11 +122,7 @@ fn bearer(key: &str) -> anyhow::Result<AsciiMetadataValue> {
 }
 
 /// Sends one batch and checks that every event came back ACCEPTED.
-async fn ingest(
-    client: &mut tonic::client::Grpc<Channel>,
-    batch: &Batch,
-    key: &str,
-) -> anyhow::Result<()> {
+async fn ingest(client: &mut tonic::client::Grpc<Channel>, batch: &Batch, key: &str) -> anyhow::Result<()> {
     client.ready().await.context("gRPC channel not ready")?;
     let mut request = tonic::Request::new(batch.body.clone());
     request.metadata_mut().insert("authorization", bearer(key)?);
@@ -156,11 +152,7 @@ async fn ingest(
 }
 
 /// Closed loop: `tasks` tasks, each on its own connection, send until `work` is done.
-pub async fn grpc_closed(
-    grpc_url: &str,
-    work: Arc<Work>,
-    tasks: usize,
-) -> anyhow::Result<Measured> {
+pub async fn grpc_closed(grpc_url: &str, work: Arc<Work>, tasks: usize) -> anyhow::Result<Measured> {
     let mut clients = Vec::with_capacity(tasks);
     for _ in 0..tasks {
         clients.push(connect(grpc_url).await?);
@@ -230,10 +222,7 @@ pub async fn grpc_open(
     Ok(measured)
 }
 
-async fn collect(
-    mut set: JoinSet<anyhow::Result<(u64, Vec<Duration>)>>,
-    started: Instant,
-) -> anyhow::Result<Measured> {
+async fn collect(mut set: JoinSet<anyhow::Result<(u64, Vec<Duration>)>>, started: Instant) -> anyhow::Result<Measured> {
     let mut measured = Measured::default();
     while let Some(done) = set.join_next().await {
         measured.add(done??);
@@ -244,11 +233,7 @@ async fn collect(
 
 /// Closed loop over the Segment API: `tasks` tasks POST `/v1/batch` bodies with the key
 /// as the Basic-auth user name.
-pub async fn http_closed(
-    http_url: &str,
-    work: Arc<Work>,
-    tasks: usize,
-) -> anyhow::Result<Measured> {
+pub async fn http_closed(http_url: &str, work: Arc<Work>, tasks: usize) -> anyhow::Result<Measured> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(tasks)
@@ -267,13 +252,7 @@ pub async fn http_closed(
     let started = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..tasks {
-        let (work, next, client, url, auth) = (
-            work.clone(),
-            next.clone(),
-            client.clone(),
-            url.clone(),
-            auth.clone(),
-        );
+        let (work, next, client, url, auth) = (work.clone(), next.clone(), client.clone(), url.clone(), auth.clone());
         set.spawn(async move {
             let mut latencies = Vec::new();
             let mut events = 0u64;

@@ -73,9 +73,7 @@ struct Args {
 impl Args {
     fn plan(&self) -> anyhow::Result<Plan> {
         let on = |s: Section| self.only.is_empty() || self.only.contains(&s);
-        let events = self
-            .events
-            .unwrap_or(if self.quick { 20_000 } else { 300_000 });
+        let events = self.events.unwrap_or(if self.quick { 20_000 } else { 300_000 });
         anyhow::ensure!(events >= BATCH, "--events must be at least {BATCH}");
         anyhow::ensure!(self.peak.is_none_or(|p| p > 0.0), "--peak must be positive");
         anyhow::ensure!(
@@ -85,9 +83,7 @@ impl Args {
         Ok(Plan {
             events,
             concurrency: self.concurrency.clone(),
-            latency_secs: self
-                .latency_secs
-                .unwrap_or(if self.quick { 2.0 } else { 10.0 }),
+            latency_secs: self.latency_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 }),
             peak: self.peak,
             grpc: on(Section::Grpc),
             http: on(Section::Http),
@@ -127,9 +123,7 @@ async fn main() -> ExitCode {
 async fn postgres_facts(server_url: &str) -> String {
     let facts = async {
         let mut conn = PgConnection::connect(server_url).await?;
-        let version: String = sqlx::query_scalar("SELECT version()")
-            .fetch_one(&mut conn)
-            .await?;
+        let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&mut conn).await?;
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, current_setting(name) FROM pg_settings \
              WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size') \
@@ -141,9 +135,7 @@ async fn postgres_facts(server_url: &str) -> String {
         let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
         anyhow::Ok(format!("{version}\n          {}", settings.join(" ")))
     };
-    facts
-        .await
-        .unwrap_or_else(|e| format!("unreachable ({e:#})"))
+    facts.await.unwrap_or_else(|e| format!("unreachable ({e:#})"))
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {

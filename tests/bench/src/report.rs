@@ -35,10 +35,7 @@ fn machine_seconds() -> Option<f64> {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| ticks.get(i))
-        .sum();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
     Some(busy as f64 / 100.0)
 }
 
@@ -68,8 +65,7 @@ impl CpuSample {
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let path = entry.path();
-                if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres")
-                {
+                if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres") {
                     postgres += std::fs::read_to_string(path.join("stat"))
                         .ok()
                         .and_then(|s| cpu_seconds(&s, true))
@@ -158,23 +154,12 @@ fn ms(d: Option<Duration>) -> String {
 pub fn table(rows: &[Row], ceiling: Option<f64>) -> String {
     let mut out = format!(
         "{:<58} {:>10} {:>8} {:>8} {:>8} {:>8} {:>16} {:>14} {}\n",
-        "scenario",
-        "events/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "vs COPY",
-        "CPU app|pg|other",
-        "target",
-        "met"
+        "scenario", "events/s", "p50 ms", "p99 ms", "max ms", "vs COPY", "CPU app|pg|other", "target", "met"
     );
     out.push_str(&"-".repeat(out.len() + 4));
     out.push('\n');
     for r in rows {
-        let ratio = ceiling.map_or_else(
-            || "-".into(),
-            |c| format!("{:.2}", r.events_per_s / c.max(1e-9)),
-        );
+        let ratio = ceiling.map_or_else(|| "-".into(), |c| format!("{:.2}", r.events_per_s / c.max(1e-9)));
         let target = match r.target {
             None => "-".into(),
             Some(Target::AtLeastPerSec(t)) => format!(">= {:.0}/s", t),
@@ -228,16 +213,9 @@ pub fn command_line() -> String {
     let binary = args.next().unwrap_or_default();
     let rest: Vec<String> = args.map(quote).collect();
     if std::env::var_os("CARGO").is_none() {
-        return std::iter::once(quote(binary))
-            .chain(rest)
-            .collect::<Vec<_>>()
-            .join(" ");
+        return std::iter::once(quote(binary)).chain(rest).collect::<Vec<_>>().join(" ");
     }
-    let release = if binary.contains("/release/") {
-        " --release"
-    } else {
-        ""
-    };
+    let release = if binary.contains("/release/") { " --release" } else { "" };
     let separator = if rest.is_empty() { "" } else { " -- " };
     format!(
         "cargo run{release} -p corvus-bench{separator}{}   (binary {binary})",
@@ -258,8 +236,7 @@ pub async fn other_busy_processes(window: Duration) -> Vec<String> {
             .filter_map(|e| {
                 let pid: u32 = e.file_name().to_str()?.parse().ok()?;
                 let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-                let cpu =
-                    cpu_seconds(&std::fs::read_to_string(e.path().join("stat")).ok()?, false)?;
+                let cpu = cpu_seconds(&std::fs::read_to_string(e.path().join("stat")).ok()?, false)?;
                 Some((pid, comm.trim().to_owned(), cpu))
             })
             .collect()

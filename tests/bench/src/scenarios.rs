@@ -51,12 +51,7 @@ fn progress(what: &str) {
 }
 
 /// Runs `load` between CPU samples and adds its row.
-async fn measured<F>(
-    results: &mut Results,
-    scenario: String,
-    target: Option<Target>,
-    load: F,
-) -> anyhow::Result<Row>
+async fn measured<F>(results: &mut Results, scenario: String, target: Option<Target>, load: F) -> anyhow::Result<Row>
 where
     F: Future<Output = anyhow::Result<Measured>>,
 {
@@ -65,40 +60,24 @@ where
     let mut m = load.await?;
     let mut row = Row::new(scenario, &mut m, cpu.cores_since());
     row.target = target;
-    eprintln!(
-        "corvus-bench:   {:.0} events/s, p99 {:?}",
-        row.events_per_s, row.p99
-    );
+    eprintln!("corvus-bench:   {:.0} events/s, p99 {:?}", row.events_per_s, row.p99);
     results.rows.push(row.clone());
     Ok(row)
 }
 
 /// Adds a "best of the sweep" row carrying the target.
 fn best_row(results: &mut Results, sweep: &[Row], label: &str, target: f64) -> Option<f64> {
-    let best = sweep
-        .iter()
-        .max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s))?;
+    let best = sweep.iter().max_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s))?;
     let mut row = best.clone();
     row.scenario = format!("{label} best ({})", best.scenario.rsplit(", ").next()?);
-    results
-        .rows
-        .push(row.with_target(Target::AtLeastPerSec(target)));
+    results.rows.push(row.with_target(Target::AtLeastPerSec(target)));
     Some(best.events_per_s)
 }
 
 /// Everything that runs against Postgres and Redis, on one app.
-pub async fn durable(
-    plan: &Plan,
-    scratch: &Scratch,
-    redis_url: &str,
-    results: &mut Results,
-) -> anyhow::Result<()> {
+pub async fn durable(plan: &Plan, scratch: &Scratch, redis_url: &str, results: &mut Results) -> anyhow::Result<()> {
     let app = Running::start(durable_config(scratch, redis_url)).await?;
-    ensure!(
-        app.backend == "postgres",
-        "the durable app runs on {}",
-        app.backend
-    );
+    ensure!(app.backend == "postgres", "the durable app runs on {}", app.backend);
     // Warm-up: connections, the auth cache, Postgres's plan and catalog caches.
     let warm = Arc::new(Work {
         batches: Arc::new(corpus::grpc_batches(99, 4 * BATCH, BATCH)?),
@@ -142,15 +121,7 @@ pub async fn durable(
                 requests: batches.len(),
             });
             let label = format!("gRPC Ingest durable, batch {BATCH}, C={c}");
-            rows.push(
-                measured(
-                    results,
-                    label,
-                    None,
-                    load::grpc_closed(&app.grpc_url, work, c),
-                )
-                .await?,
-            );
+            rows.push(measured(results, label, None, load::grpc_closed(&app.grpc_url, work, c)).await?);
         }
         results.grpc_peak = best_row(results, &rows, "gRPC durable", GRPC_TARGET);
     }
@@ -174,11 +145,7 @@ pub async fn durable(
                 keys: app.keys(&format!("latency-b{size}"), keys_needed).await?,
                 requests,
             });
-            let of = if plan.peak.is_some() {
-                "given"
-            } else {
-                "measured"
-            };
+            let of = if plan.peak.is_some() { "given" } else { "measured" };
             let label = format!("gRPC open loop at {rate:.0}/s (50% {of} peak), batch {size}");
             let batches_per_s = rate / size as f64;
             let run = load::grpc_open(&app.grpc_url, work, OPEN_LOOP_CONNECTIONS, batches_per_s);
@@ -199,15 +166,7 @@ pub async fn durable(
                 requests: bodies.len(),
             });
             let label = format!("HTTP /v1/batch durable, batch {BATCH}, C={c}");
-            rows.push(
-                measured(
-                    results,
-                    label,
-                    None,
-                    load::http_closed(&app.http_url, work, c),
-                )
-                .await?,
-            );
+            rows.push(measured(results, label, None, load::http_closed(&app.http_url, work, c)).await?);
         }
         best_row(results, &rows, "HTTP /v1/batch", HTTP_TARGET);
     }
@@ -234,13 +193,7 @@ pub async fn embedded(plan: &Plan, results: &mut Results) -> anyhow::Result<()> 
             requests: batches.len(),
         });
         let label = format!("gRPC Ingest embedded, batch {BATCH}, C={c}");
-        let row = measured(
-            results,
-            label,
-            None,
-            load::grpc_closed(&app.grpc_url, work, c),
-        )
-        .await;
+        let row = measured(results, label, None, load::grpc_closed(&app.grpc_url, work, c)).await;
         app.stop().await?;
         rows.push(row?);
     }

@@ -49,12 +49,9 @@ impl Scratch {
     /// FORCE ends the sessions a pool may still hold (Postgres 13 and later).
     pub async fn drop_database(self) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.server_url).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
         Ok(())
     }
@@ -63,9 +60,7 @@ impl Scratch {
     /// the same state: an empty table, and no checkpoint debt left by the point before.
     pub async fn reset_events(&self) -> anyhow::Result<()> {
         let mut conn = self.connect().await?;
-        sqlx::query("TRUNCATE ingestion.events")
-            .execute(&mut conn)
-            .await?;
+        sqlx::query("TRUNCATE ingestion.events").execute(&mut conn).await?;
         // CHECKPOINT needs a superuser (or pg_checkpoint); without one, carry on.
         let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
         conn.close().await?;
@@ -139,14 +134,9 @@ impl Running {
     /// A new workspace `name` (without a quota, as the bench measures the pipeline, not
     /// the limiter) and an ingest key for it.
     pub async fn workspace_key(&self, name: &str) -> anyhow::Result<String> {
-        let workspace = name
-            .parse()
-            .map_err(|e| anyhow::anyhow!("workspace {name}: {e}"))?;
+        let workspace = name.parse().map_err(|e| anyhow::anyhow!("workspace {name}: {e}"))?;
         self.keys.upsert_workspace(&workspace, name, None).await?;
-        let key = self
-            .keys
-            .create_key(&workspace, Role::Ingest, "corvus-bench")
-            .await?;
+        let key = self.keys.create_key(&workspace, Role::Ingest, "corvus-bench").await?;
         Ok(key.secret)
     }
 
@@ -174,10 +164,7 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "corvus-bench-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = std::env::temp_dir().join(format!("corvus-bench-{label}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         Ok(Self(dir))
     }

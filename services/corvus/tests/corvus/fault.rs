@@ -26,10 +26,7 @@ async fn postgres_outage_loses_nothing() {
         .trim_start_matches("postgres://")
         .to_owned();
     let proxy = FlakyProxy::start(target.clone()).await;
-    let proxied = database.replace(
-        &format!("{target}/{db_name}"),
-        &format!("{}/{db_name}", proxy.addr()),
-    );
+    let proxied = database.replace(&format!("{target}/{db_name}"), &format!("{}/{db_name}", proxy.addr()));
 
     let Some(app) = spawn_with(Backend::Postgres, |c| {
         c.storage.database_url = Some(proxied.clone().into());
@@ -41,11 +38,7 @@ async fn postgres_outage_loses_nothing() {
     };
     let mut client = app.client(&app.ingest_key).await;
     let (batches, per_batch) = (30, 50);
-    let events = |b: usize| -> Vec<_> {
-        (0..per_batch)
-            .map(|i| track(&format!("f-{b}-{i}")))
-            .collect()
-    };
+    let events = |b: usize| -> Vec<_> { (0..per_batch).map(|i| track(&format!("f-{b}-{i}"))).collect() };
     let mut refused = Vec::new();
     for b in 0..batches {
         if b == 10 {
@@ -55,9 +48,7 @@ async fn postgres_outage_loses_nothing() {
             for t in 0..4 {
                 let mut c = client.clone();
                 inflight.spawn(async move {
-                    let events: Vec<_> = (0..per_batch)
-                        .map(|i| track(&format!("x-{t}-{i}")))
-                        .collect();
+                    let events: Vec<_> = (0..per_batch).map(|i| track(&format!("x-{t}-{i}"))).collect();
                     tokio::time::timeout(Duration::from_secs(10), c.ingest(batch(events))).await
                 });
             }
@@ -101,11 +92,7 @@ async fn postgres_outage_loses_nothing() {
             .await
             .expect("retried after the outage")
             .into_inner();
-        assert!(
-            res.statuses
-                .iter()
-                .all(|s| s.code() != EventStatusCode::Rejected)
-        );
+        assert!(res.statuses.iter().all(|s| s.code() != EventStatusCode::Rejected));
     }
 
     let stored = message_ids(&app.stored(&app.read_key).await);
@@ -114,11 +101,7 @@ async fn postgres_outage_loses_nothing() {
     assert_eq!(unique.len(), stored.len());
     let recorder = app.recorder.clone();
     assert!(
-        eventually(Duration::from_secs(30), || recorder
-            .received
-            .lock()
-            .unwrap()
-            .len()
+        eventually(Duration::from_secs(30), || recorder.received.lock().unwrap().len()
             >= batches * per_batch)
         .await,
         "the consumer caught up"

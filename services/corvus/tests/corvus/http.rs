@@ -15,13 +15,7 @@ on_both_backends!(
     clock_skew_is_corrected_from_sent_at,
 );
 
-async fn post(
-    app: &TestApp,
-    path: &str,
-    key: Option<&str>,
-    body: Vec<u8>,
-    gzip: bool,
-) -> (u16, Value) {
+async fn post(app: &TestApp, path: &str, key: Option<&str>, body: Vec<u8>, gzip: bool) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{}{path}", app.http))
         .header("content-type", "application/json");
@@ -74,10 +68,7 @@ async fn a_batch_gets_a_status_per_event(backend: Backend) {
         json!({"index": 1, "messageId": "h-2", "field": "batch[1].userId", "reason": "blocked identifier value"})
     );
     assert_eq!(rejected[1]["field"], "batch[3].type");
-    assert_eq!(
-        message_ids(&app.stored(&app.read_key).await),
-        ["h-1", "h-5"]
-    );
+    assert_eq!(message_ids(&app.stored(&app.read_key).await), ["h-1", "h-5"]);
     app.stop().await;
 }
 
@@ -90,24 +81,9 @@ async fn bad_requests_get_json_errors_and_store_nothing(backend: Backend) {
         (None, good.clone(), 401, "unauthorized"),
         (Some("cvs_not_a_key"), good.clone(), 401, "unauthorized"),
         (Some(&app.read_key), good.clone(), 403, "forbidden"),
-        (
-            Some(&app.ingest_key),
-            b"{\"batch\": [".to_vec(),
-            400,
-            "invalid_json",
-        ),
-        (
-            Some(&app.ingest_key),
-            b"[1, 2]".to_vec(),
-            400,
-            "invalid_json",
-        ),
-        (
-            Some(&app.ingest_key),
-            b"{\"batch\": []}".to_vec(),
-            400,
-            "invalid_batch",
-        ),
+        (Some(&app.ingest_key), b"{\"batch\": [".to_vec(), 400, "invalid_json"),
+        (Some(&app.ingest_key), b"[1, 2]".to_vec(), 400, "invalid_json"),
+        (Some(&app.ingest_key), b"{\"batch\": []}".to_vec(), 400, "invalid_batch"),
         (
             Some(&app.ingest_key),
             json!({"batch": [{"type": "track", "messageId": "b-2", "event": "no identity"}]})
@@ -155,34 +131,17 @@ async fn gzip_bodies_are_read_and_limits_apply_after_decompression(backend: Back
         true,
     )
     .await;
-    assert_eq!(
-        (status, res["code"].as_str()),
-        (413, Some("payload_too_large"))
-    );
+    assert_eq!((status, res["code"].as_str()), (413, Some("payload_too_large")));
 
     let mut fat = msg("g-fat");
     fat["properties"]["blob"] = json!("b".repeat(5000));
-    let body = json!({"batch": [fat, msg("g-ok")]})
-        .to_string()
-        .into_bytes();
+    let body = json!({"batch": [fat, msg("g-ok")]}).to_string().into_bytes();
     let (status, res) = post(&app, "/v1/batch", Some(&app.ingest_key), body, false).await;
     assert_eq!(status, 200);
     assert_eq!(res["rejected"][0]["field"], "batch[0]");
-    assert!(
-        res["rejected"][0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("limit is 4096")
-    );
+    assert!(res["rejected"][0]["reason"].as_str().unwrap().contains("limit is 4096"));
 
-    let (status, res) = post(
-        &app,
-        "/v1/batch",
-        Some(&app.ingest_key),
-        b"not gzip".to_vec(),
-        true,
-    )
-    .await;
+    let (status, res) = post(&app, "/v1/batch", Some(&app.ingest_key), b"not gzip".to_vec(), true).await;
     assert_eq!(status, 400, "{res}");
     assert_eq!(app.stored(&app.read_key).await.len(), 51);
     app.stop().await;
@@ -219,40 +178,22 @@ async fn single_event_endpoints_set_the_type(backend: Backend) {
         ),
     ];
     for (path, body) in calls {
-        let (status, res) = post(
-            &app,
-            path,
-            Some(&app.ingest_key),
-            body.to_string().into_bytes(),
-            false,
-        )
-        .await;
+        let (status, res) = post(&app, path, Some(&app.ingest_key), body.to_string().into_bytes(), false).await;
         assert_eq!(status, 200, "{path}: {res}");
     }
     let (status, res) = post(
         &app,
         "/v1/group",
         Some(&app.ingest_key),
-        json!({"messageId": "s-7", "userId": "u-1"})
-            .to_string()
-            .into_bytes(),
+        json!({"messageId": "s-7", "userId": "u-1"}).to_string().into_bytes(),
         false,
     )
     .await;
-    assert_eq!(
-        (status, res["code"].as_str()),
-        (400, Some("invalid_events"))
-    );
-    assert!(
-        res["message"].as_str().unwrap().contains("groupId"),
-        "{res}"
-    );
+    assert_eq!((status, res["code"].as_str()), (400, Some("invalid_events")));
+    assert!(res["message"].as_str().unwrap().contains("groupId"), "{res}");
 
     let stored = app.stored(&app.read_key).await;
-    let types: Vec<i32> = stored
-        .iter()
-        .map(|e| e.event.as_ref().unwrap().r#type)
-        .collect();
+    let types: Vec<i32> = stored.iter().map(|e| e.event.as_ref().unwrap().r#type).collect();
     assert_eq!(types, [1, 2, 3, 4, 5, 6]);
     let identify = stored[1].event.as_ref().unwrap();
     assert_eq!(identify.identifiers[0].kind, "email");

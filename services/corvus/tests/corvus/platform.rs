@@ -40,12 +40,7 @@ async fn health_reflection_and_metrics() {
         return;
     };
     wait_for(&app, "", ServingStatus::Serving).await;
-    wait_for(
-        &app,
-        "corvus.ingestion.v1.IngestionService",
-        ServingStatus::Serving,
-    )
-    .await;
+    wait_for(&app, "corvus.ingestion.v1.IngestionService", ServingStatus::Serving).await;
     assert_eq!(health(&app, "liveness").await, ServingStatus::Serving);
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -62,16 +57,12 @@ async fn health_reflection_and_metrics() {
         .await
         .unwrap()
         .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        answers.next().await.unwrap().unwrap().message_response
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.next().await.unwrap().unwrap().message_response
     else {
         panic!("no service list")
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"corvus.ingestion.v1.IngestionService"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"corvus.ingestion.v1.IngestionService"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
 
     {
@@ -90,30 +81,13 @@ async fn health_reflection_and_metrics() {
             .await
             .unwrap()
             .into_inner();
-        assert!(
-            answers
-                .next()
-                .await
-                .unwrap()
-                .unwrap()
-                .message_response
-                .is_some()
-        );
+        assert!(answers.next().await.unwrap().unwrap().message_response.is_some());
     }
 
     let mut client = app.client(&app.ingest_key).await;
     client.ingest(batch(vec![track("m-1")])).await.unwrap();
-    let _ = app
-        .client(&app.read_key)
-        .await
-        .ingest(batch(vec![track("m-2")]))
-        .await;
-    let metrics = reqwest::get(&app.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let _ = app.client(&app.read_key).await.ingest(batch(vec![track("m-2")])).await;
+    let metrics = reqwest::get(&app.metrics).await.unwrap().text().await.unwrap();
     for needle in [
         "corvus_requests_total{protocol=\"grpc\",method=\"/corvus.ingestion.v1.IngestionService/Ingest\",code=\"Ok\"}",
         "code=\"PermissionDenied\"",

@@ -21,13 +21,9 @@ fn sdks_installed() -> bool {
         .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "the Segment and RudderStack SDKs must be installed under CI (tests/sdk/requirements.txt)"
-            );
+            panic!("the Segment and RudderStack SDKs must be installed under CI (tests/sdk/requirements.txt)");
         }
-        eprintln!(
-            "notice: the Segment/RudderStack Python SDKs are not installed; skipping the SDK test"
-        );
+        eprintln!("notice: the Segment/RudderStack Python SDKs are not installed; skipping the SDK test");
     }
     ok
 }
@@ -54,8 +50,7 @@ async fn send(http: &str, key: &str, sdk: &str, count: u32, gzip: bool) -> Vec<S
         "{sdk} reported errors: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line");
     assert_eq!(report["errors"], Value::Array(Vec::new()));
     report["sent"]
         .as_array()

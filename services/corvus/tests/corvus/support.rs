@@ -73,10 +73,7 @@ pub async fn spawn(backend: Backend) -> Option<TestApp> {
 }
 
 /// Starts the app on ephemeral ports with fresh storage; `tweak` adjusts the config.
-pub async fn spawn_with(
-    backend: Backend,
-    tweak: impl FnOnce(&mut CorvusConfig),
-) -> Option<TestApp> {
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig)) -> Option<TestApp> {
     // As `main` does: the subscriber with the OpenTelemetry layer that gives spans their
     // W3C context (a no-op after the first call).
     let _ = corvus_platform::telemetry::init(&corvus_platform::telemetry::TelemetryConfig {
@@ -99,14 +96,8 @@ pub async fn spawn_with(
             sink: recorder.clone(),
         });
     let (acme, globex) = ("acme".parse().unwrap(), "globex".parse().unwrap());
-    app.keys
-        .upsert_workspace(&acme, "Acme", None)
-        .await
-        .unwrap();
-    app.keys
-        .upsert_workspace(&globex, "Globex", None)
-        .await
-        .unwrap();
+    app.keys.upsert_workspace(&acme, "Acme", None).await.unwrap();
+    app.keys.upsert_workspace(&globex, "Globex", None).await.unwrap();
     let key = |ws, role| {
         let keys = app.keys.clone();
         async move { keys.create_key(ws, role, "test").await.unwrap().secret }
@@ -198,10 +189,7 @@ pub fn track(message_id: &str) -> Event {
 }
 
 pub fn batch(events: Vec<Event>) -> IngestRequest {
-    IngestRequest {
-        events,
-        sent_at: None,
-    }
+    IngestRequest { events, sent_at: None }
 }
 
 pub fn message_ids(events: &[StoredEvent]) -> Vec<String> {

@@ -31,18 +31,14 @@ pub fn from_json(message: Value, endpoint_type: Option<EventType>) -> Result<Eve
     };
     let kind = match (endpoint_type, m.get("type")) {
         (Some(kind), _) => kind,
-        (None, Some(Value::String(t))) => {
-            event_type(t).ok_or_else(|| Violation::new("type", "unknown event type"))?
-        }
+        (None, Some(Value::String(t))) => event_type(t).ok_or_else(|| Violation::new("type", "unknown event type"))?,
         (None, _) => return Err(Violation::new("type", "required")),
     };
     let mut context = take_object(&mut m, "context", "context")?.unwrap_or_default();
     let traits = match take_object(&mut m, "traits", "traits")? {
         Some(t) => Some(t),
         // Identify calls of some SDKs carry the traits under context.traits only.
-        None if kind == EventType::Identify => {
-            take_object(&mut context, "traits", "context.traits")?
-        }
+        None if kind == EventType::Identify => take_object(&mut context, "traits", "context.traits")?,
         None => None,
     };
     let mut event = Event {
@@ -54,8 +50,7 @@ pub fn from_json(message: Value, endpoint_type: Option<EventType>) -> Result<Eve
         name: string_field(&m, "name")?,
         group_id: id_field(&m, "groupId")?,
         previous_id: id_field(&m, "previousId")?,
-        properties: take_object(&mut m, "properties", "properties")?
-            .map(|p| RawStruct::from_json(&p)),
+        properties: take_object(&mut m, "properties", "properties")?.map(|p| RawStruct::from_json(&p)),
         timestamp: match time_field(&m, "timestamp")? {
             Some(t) => Some(t),
             None => time_field(&m, "originalTimestamp")?,
@@ -81,11 +76,7 @@ pub fn from_json(message: Value, endpoint_type: Option<EventType>) -> Result<Eve
     Ok(event)
 }
 
-fn take_object(
-    m: &mut Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<Map<String, Value>>, Violation> {
+fn take_object(m: &mut Map<String, Value>, key: &str, field: &str) -> Result<Option<Map<String, Value>>, Violation> {
     match m.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o)),
@@ -110,10 +101,7 @@ fn string_field(m: &Map<String, Value>, key: &str) -> Result<String, Violation> 
     }
 }
 
-fn time_field(
-    m: &Map<String, Value>,
-    key: &str,
-) -> Result<Option<prost_types::Timestamp>, Violation> {
+fn time_field(m: &Map<String, Value>, key: &str) -> Result<Option<prost_types::Timestamp>, Violation> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_time(s)
@@ -182,10 +170,7 @@ fn identifiers(
         for kind in ["email", "phone"] {
             if let Some(Value::String(v)) = source.get(kind)
                 && !v.trim().is_empty()
-                && !matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "null" | "undefined" | "none"
-                )
+                && !matches!(v.trim().to_ascii_lowercase().as_str(), "null" | "undefined" | "none")
             {
                 push(kind.to_owned(), v.trim().to_owned());
             }
@@ -280,14 +265,7 @@ mod tests {
         assert_eq!(event.r#type, EventType::Identify as i32);
         assert_eq!(event.user_id, "u-1");
         assert_eq!(event.anonymous_id, "");
-        assert!(
-            event
-                .traits
-                .unwrap()
-                .to_json()
-                .unwrap()
-                .contains_key("email")
-        );
+        assert!(event.traits.unwrap().to_json().unwrap().contains_key("email"));
         assert_eq!(
             event.identifiers,
             vec![Identifier {
@@ -297,14 +275,7 @@ mod tests {
         );
         let context = event.context.unwrap();
         assert_eq!(context.channel, Channel::Server as i32);
-        assert!(
-            context
-                .extra
-                .unwrap()
-                .to_json()
-                .unwrap()
-                .contains_key("library")
-        );
+        assert!(context.extra.unwrap().to_json().unwrap().contains_key("library"));
         assert_eq!(event.timestamp.unwrap().nanos, 275_228_000);
     }
 
@@ -316,10 +287,7 @@ mod tests {
                         "identifiers": {"loyalty_card": "LC-9"}, "externalIds": [{"id": "C-1", "type": "CRM_ID"}]}
         });
         let event = from_json(msg, None).unwrap();
-        assert_eq!(
-            (event.message_id.as_str(), event.user_id.as_str()),
-            ("17", "42")
-        );
+        assert_eq!((event.message_id.as_str(), event.user_id.as_str()), ("17", "42"));
         let context = event.context.unwrap();
         assert_eq!(context.channel, Channel::Web as i32);
         assert_eq!(context.campaign.unwrap().source, "newsletter");
@@ -334,10 +302,7 @@ mod tests {
             (json!({}), "type"),
             (json!({"type": "track", "userId": {}}), "userId"),
             (json!({"type": "track", "properties": [1]}), "properties"),
-            (
-                json!({"type": "track", "timestamp": "yesterday"}),
-                "timestamp",
-            ),
+            (json!({"type": "track", "timestamp": "yesterday"}), "timestamp"),
             (json!({"type": "track", "context": {"ip": 1}}), "context.ip"),
         ];
         for (msg, field) in cases {
@@ -351,9 +316,6 @@ mod tests {
         let event = from_json(json!({"event": "Signed Up"}), Some(EventType::Track)).unwrap();
         assert_eq!(event.r#type, EventType::Track as i32);
         assert_eq!(json_field("user_id"), "userId");
-        assert_eq!(
-            json_field("identifiers[0].value"),
-            "context.identifiers[0].value"
-        );
+        assert_eq!(json_field("identifiers[0].value"), "context.identifiers[0].value");
     }
 }

@@ -54,9 +54,7 @@ impl Default for Limits {
 impl Limits {
     pub fn is_blocked(&self, value: &str) -> bool {
         let value = value.trim();
-        self.blocked_values
-            .iter()
-            .any(|b| b.eq_ignore_ascii_case(value))
+        self.blocked_values.iter().any(|b| b.eq_ignore_ascii_case(value))
     }
 }
 
@@ -120,10 +118,7 @@ pub fn validate(
         }
     }
     if event.anonymous_id.is_empty() && event.user_id.is_empty() {
-        return Err(Violation::new(
-            "user_id",
-            "an anonymous_id or a user_id is required",
-        ));
+        return Err(Violation::new("user_id", "an anonymous_id or a user_id is required"));
     }
     match kind {
         EventType::Track if event.event.trim().is_empty() => {
@@ -148,10 +143,7 @@ pub fn validate(
     let free_form = [
         ("properties", event.properties.as_ref()),
         ("traits", event.traits.as_ref()),
-        (
-            "context.extra",
-            event.context.as_ref().and_then(|c| c.extra.as_ref()),
-        ),
+        ("context.extra", event.context.as_ref().and_then(|c| c.extra.as_ref())),
     ];
     for (field, raw) in free_form {
         if let Some(raw) = raw {
@@ -166,10 +158,7 @@ pub fn validate(
     if timestamp > limit {
         return Err(Violation::new(
             "timestamp",
-            format!(
-                "{timestamp} is more than {:?} in the future",
-                limits.max_future
-            ),
+            format!("{timestamp} is more than {:?} in the future", limits.max_future),
         ));
     }
     event.timestamp = Some(to_timestamp(timestamp));
@@ -253,22 +242,13 @@ mod tests {
     }
 
     fn check(mut event: Event) -> Result<Event, Violation> {
-        validate(
-            &mut event,
-            &Limits::default(),
-            at("2026-11-22T12:00:00Z"),
-            None,
-        )
-        .map(|()| event)
+        validate(&mut event, &Limits::default(), at("2026-11-22T12:00:00Z"), None).map(|()| event)
     }
 
     #[test]
     fn a_valid_track_is_stamped_with_receive_time() {
         let event = check(track()).unwrap();
-        assert_eq!(
-            event.received_at,
-            Some(to_timestamp(at("2026-11-22T12:00:00Z")))
-        );
+        assert_eq!(event.received_at, Some(to_timestamp(at("2026-11-22T12:00:00Z"))));
         assert_eq!(event.timestamp, event.received_at);
     }
 
@@ -280,10 +260,7 @@ mod tests {
         event.timestamp = Some(to_timestamp(at("2026-11-22T12:59:50Z")));
         event.sent_at = Some(to_timestamp(at("2026-11-22T13:00:00Z")));
         let event = check(event).unwrap();
-        assert_eq!(
-            event.timestamp,
-            Some(to_timestamp(at("2026-11-22T11:59:50Z")))
-        );
+        assert_eq!(event.timestamp, Some(to_timestamp(at("2026-11-22T11:59:50Z"))));
     }
 
     #[test]
@@ -291,17 +268,8 @@ mod tests {
         let mut event = track();
         event.timestamp = Some(to_timestamp(at("2026-11-22T12:00:00Z")));
         let sent = to_timestamp(at("2026-11-22T12:00:30Z"));
-        validate(
-            &mut event,
-            &Limits::default(),
-            at("2026-11-22T12:00:00Z"),
-            Some(&sent),
-        )
-        .unwrap();
-        assert_eq!(
-            event.timestamp,
-            Some(to_timestamp(at("2026-11-22T11:59:30Z")))
-        );
+        validate(&mut event, &Limits::default(), at("2026-11-22T12:00:00Z"), Some(&sent)).unwrap();
+        assert_eq!(event.timestamp, Some(to_timestamp(at("2026-11-22T11:59:30Z"))));
     }
 
     #[test]
@@ -331,10 +299,7 @@ mod tests {
                 }),
                 "properties",
             ),
-            (
-                Box::new(|e| e.anonymous_id = " Anonymous ".into()),
-                "anonymous_id",
-            ),
+            (Box::new(|e| e.anonymous_id = " Anonymous ".into()), "anonymous_id"),
             (Box::new(|e| e.anonymous_id.clear()), "user_id"),
             (Box::new(|e| e.user_id = "-1".into()), "user_id"),
             (

@@ -47,9 +47,7 @@ async fn ingest_batch(
 ) -> Result<pb::IngestResponse, Status> {
     let message_ids: Vec<String> = batch.events.iter().map(|e| e.message_id.clone()).collect();
     let events = batch.events.into_iter().map(Ok).collect();
-    let outcomes = ingestor
-        .ingest(principal, events, batch.sent_at.as_ref())
-        .await?;
+    let outcomes = ingestor.ingest(principal, events, batch.sent_at.as_ref()).await?;
     Ok(response(&outcomes, &message_ids))
 }
 
@@ -118,20 +116,12 @@ type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::IngestStreamResponse, S
 
 #[tonic::async_trait]
 impl IngestionService for IngestionApi {
-    async fn ingest(
-        &self,
-        request: Request<pb::IngestRequest>,
-    ) -> Result<Response<pb::IngestResponse>, Status> {
+    async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let principal = principal(&request)?.clone();
-        principal
-            .require(Role::Ingest, "ingest events")
-            .map_err(auth_status)?;
+        principal.require(Role::Ingest, "ingest events").map_err(auth_status)?;
         let batch = request.into_inner();
         if batch.events.is_empty() {
-            return Err(invalid_argument(
-                "events",
-                "a batch needs at least one event",
-            ));
+            return Err(invalid_argument("events", "a batch needs at least one event"));
         }
         let response = ingest_batch(&self.ingestor, &principal, batch).await?;
         Ok(Response::new(response))
@@ -144,9 +134,7 @@ impl IngestionService for IngestionApi {
         request: Request<Streaming<pb::IngestStreamRequest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
         let principal = principal(&request)?.clone();
-        principal
-            .require(Role::Ingest, "ingest events")
-            .map_err(auth_status)?;
+        principal.require(Role::Ingest, "ingest events").map_err(auth_status)?;
         let ingestor = self.ingestor.clone();
         let mut inbound = request.into_inner();
         // The next batch is read only after the previous ack was handed to the
@@ -166,9 +154,7 @@ impl IngestionService for IngestionApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let principal = principal(&request)?;
-        principal
-            .require(Role::Read, "read events")
-            .map_err(auth_status)?;
+        principal.require(Role::Read, "read events").map_err(auth_status)?;
         let (size, after) = page(request.get_ref().page.as_ref())?;
         let after = Position { tx: 0, seq: after };
         let events = self
@@ -196,11 +182,7 @@ impl IngestionService for IngestionApi {
         principal
             .require(Role::Read, "read consumer status")
             .map_err(auth_status)?;
-        let consumers = self
-            .log
-            .consumers(&principal.workspace)
-            .await
-            .map_err(storage_status)?;
+        let consumers = self.log.consumers(&principal.workspace).await.map_err(storage_status)?;
         Ok(Response::new(pb::ListConsumersResponse {
             consumers: consumers
                 .into_iter()
@@ -208,9 +190,7 @@ impl IngestionService for IngestionApi {
                     name: c.name,
                     lag: c.lag,
                     dead_letters: c.dead_letters,
-                    last_delivery_at: c
-                        .last_delivery_at
-                        .map(crate::domain::validate::to_timestamp),
+                    last_delivery_at: c.last_delivery_at.map(crate::domain::validate::to_timestamp),
                     last_error: c.last_error.unwrap_or_default(),
                 })
                 .collect(),

@@ -212,10 +212,7 @@ impl Dispatcher {
         for e in events {
             match stored_event(e) {
                 Ok(stored) => pending.push((e, stored)),
-                Err(err) => {
-                    self.bury(e, &format!("undecodable event: {err}"), 1)
-                        .await?
-                }
+                Err(err) => self.bury(e, &format!("undecodable event: {err}"), 1).await?,
             }
         }
         let span = tracing::info_span!("outbox.deliver", consumer = %name, events = events.len());
@@ -245,10 +242,7 @@ impl Dispatcher {
                     let delivered = pending.len() - failures.len().min(pending.len());
                     metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
                         .increment(delivered as u64);
-                    if let Some(received) = pending
-                        .last()
-                        .and_then(|(_, s)| s.event.as_ref()?.received_at)
-                    {
+                    if let Some(received) = pending.last().and_then(|(_, s)| s.event.as_ref()?.received_at) {
                         let lag = chrono::Utc::now().timestamp_millis() - received.seconds * 1000;
                         metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
                             .set(lag.max(0) as f64 / 1000.0);
@@ -282,8 +276,7 @@ impl Dispatcher {
     async fn bury(&self, event: &LoggedEvent, reason: &str, attempts: u32) -> Result<(), Stop> {
         let name = &self.consumer.name;
         tracing::warn!(consumer = %name, event_id = %event.event_id, reason, "event dead-lettered");
-        metrics::counter!("corvus_outbox_dead_letters_total", "consumer" => name.clone())
-            .increment(1);
+        metrics::counter!("corvus_outbox_dead_letters_total", "consumer" => name.clone()).increment(1);
         self.log
             .dead_letter(name, event, reason, attempts)
             .await
@@ -296,12 +289,7 @@ impl Dispatcher {
         for dead in self.log.replays(name, self.config.batch_size).await? {
             let failure = match stored_event(&dead.event) {
                 Err(err) => Some(format!("undecodable event: {err}")),
-                Ok(stored) => match self
-                    .consumer
-                    .sink
-                    .deliver(std::slice::from_ref(&stored))
-                    .await
-                {
+                Ok(stored) => match self.consumer.sink.deliver(std::slice::from_ref(&stored)).await {
                     Ok(failures) => failures.into_iter().next().map(|f| f.reason),
                     Err(cause) => Some(cause),
                 },

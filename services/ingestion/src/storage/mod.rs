@@ -96,11 +96,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Commits the events whose message id the workspace has not used, in order, in one
     /// transaction; the outcome of each, in input order. Message ids within `events`
     /// must be distinct.
-    async fn append(
-        &self,
-        workspace: &WorkspaceId,
-        events: &[NewEvent],
-    ) -> Result<Vec<Appended>, StorageError>;
+    async fn append(&self, workspace: &WorkspaceId, events: &[NewEvent]) -> Result<Vec<Appended>, StorageError>;
 
     /// The workspace's events after `after`, in log order.
     async fn list(
@@ -124,12 +120,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Moves the cursor from `from` to `to`; false if it was not at `from` (another
     /// dispatcher moved it, so this one has lost its lease).
-    async fn advance(
-        &self,
-        consumer: &str,
-        from: Position,
-        to: Position,
-    ) -> Result<bool, StorageError>;
+    async fn advance(&self, consumer: &str, from: Position, to: Position) -> Result<bool, StorageError>;
 
     /// Notes the consumer's last delivery error, or clears it.
     async fn set_error(&self, consumer: &str, error: Option<&str>) -> Result<(), StorageError>;
@@ -165,8 +156,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError>;
 
     /// Every registered consumer, with its lag and dead letters in the workspace.
-    async fn consumers(&self, workspace: &WorkspaceId)
-    -> Result<Vec<ConsumerStatus>, StorageError>;
+    async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
 }
 
 /// The ingestion schema's migrations.
@@ -179,12 +169,10 @@ pub fn migrators() -> Migrators {
 
 /// Connects the log the configuration names and runs its migrations.
 pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, StorageError> {
-    Ok(
-        match Database::connect(config, SCHEMA, &migrators()).await? {
-            Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
-            Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
-        },
-    )
+    Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
+        Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
+        Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
+    })
 }
 
 fn parse_workspace(s: String) -> Result<WorkspaceId, StorageError> {

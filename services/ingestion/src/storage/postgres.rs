@@ -12,8 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position,
-    ReadBatch, parse_workspace,
+    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position, ReadBatch, parse_workspace,
 };
 
 const CHANNEL: &str = "corvus_ingestion_events";
@@ -114,17 +113,11 @@ const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.fai
 #[async_trait]
 impl EventLog for PgEventLog {
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1 FROM events LIMIT 1")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("SELECT 1 FROM events LIMIT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn append(
-        &self,
-        workspace: &WorkspaceId,
-        events: &[NewEvent],
-    ) -> Result<Vec<Appended>, StorageError> {
+    async fn append(&self, workspace: &WorkspaceId, events: &[NewEvent]) -> Result<Vec<Appended>, StorageError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -150,10 +143,7 @@ impl EventLog for PgEventLog {
         let inserted = match insert(INSERT).execute(&self.pool).await {
             Ok(done) => done.rows_affected(),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
-                insert(INSERT_NEW_ONLY)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected()
+                insert(INSERT_NEW_ONLY).execute(&self.pool).await?.rows_affected()
             }
             Err(e) => return Err(e.into()),
         };
@@ -213,11 +203,10 @@ impl EventLog for PgEventLog {
             .bind(consumer)
             .execute(&self.pool)
             .await?;
-        let (tx, seq): (i64, i64) =
-            sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
-                .bind(consumer)
-                .fetch_one(&self.pool)
-                .await?;
+        let (tx, seq): (i64, i64) = sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
+            .bind(consumer)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Position { tx, seq })
     }
 
@@ -256,13 +245,12 @@ impl EventLog for PgEventLog {
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
-            let held_back: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2))",
-            )
-            .bind(after.tx)
-            .bind(after.seq)
-            .fetch_one(&self.pool)
-            .await?;
+            let held_back: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2))")
+                    .bind(after.tx)
+                    .bind(after.seq)
+                    .fetch_one(&self.pool)
+                    .await?;
             return Ok(ReadBatch {
                 events: Vec::new(),
                 held_back,
@@ -275,12 +263,7 @@ impl EventLog for PgEventLog {
         })
     }
 
-    async fn advance(
-        &self,
-        consumer: &str,
-        from: Position,
-        to: Position,
-    ) -> Result<bool, StorageError> {
+    async fn advance(&self, consumer: &str, from: Position, to: Position) -> Result<bool, StorageError> {
         let moved = sqlx::query(
             "UPDATE consumers SET tx_id = $4, seq = $5, last_delivery_at = now() \
              WHERE name = $1 AND tx_id = $2 AND seq = $3",
@@ -412,10 +395,7 @@ impl EventLog for PgEventLog {
         Ok(())
     }
 
-    async fn consumers(
-        &self,
-        workspace: &WorkspaceId,
-    ) -> Result<Vec<ConsumerStatus>, StorageError> {
+    async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
         let rows = sqlx::query(
             "SELECT c.name, c.last_delivery_at, c.last_error, \
                (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND (e.tx_id, e.seq) > (c.tx_id, c.seq)) AS lag, \

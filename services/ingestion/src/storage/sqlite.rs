@@ -10,8 +10,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position,
-    ReadBatch, parse_workspace,
+    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position, ReadBatch, parse_workspace,
 };
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -71,17 +70,11 @@ const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.fai
 #[async_trait]
 impl EventLog for SqliteEventLog {
     async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1 FROM events LIMIT 1")
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("SELECT 1 FROM events LIMIT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn append(
-        &self,
-        workspace: &WorkspaceId,
-        events: &[NewEvent],
-    ) -> Result<Vec<Appended>, StorageError> {
+    async fn append(&self, workspace: &WorkspaceId, events: &[NewEvent]) -> Result<Vec<Appended>, StorageError> {
         // One writer at a time, queued here rather than in SQLite's busy handler, which
         // sleeps in steps of up to 100 ms.
         let _writer = self.writer.lock().await;
@@ -128,11 +121,10 @@ impl EventLog for SqliteEventLog {
             .bind(consumer)
             .execute(&self.pool)
             .await?;
-        let (tx, seq): (i64, i64) =
-            sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
-                .bind(consumer)
-                .fetch_one(&self.pool)
-                .await?;
+        let (tx, seq): (i64, i64) = sqlx::query_as("SELECT tx_id, seq FROM consumers WHERE name = $1")
+            .bind(consumer)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Position { tx, seq })
     }
 
@@ -144,10 +136,7 @@ impl EventLog for SqliteEventLog {
             .entry(consumer.to_owned())
             .or_default()
             .clone();
-        Ok(lock
-            .try_lock_owned()
-            .ok()
-            .map(|guard| Box::new(guard) as Lease))
+        Ok(lock.try_lock_owned().ok().map(|guard| Box::new(guard) as Lease))
     }
 
     async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
@@ -165,12 +154,7 @@ impl EventLog for SqliteEventLog {
         })
     }
 
-    async fn advance(
-        &self,
-        consumer: &str,
-        from: Position,
-        to: Position,
-    ) -> Result<bool, StorageError> {
+    async fn advance(&self, consumer: &str, from: Position, to: Position) -> Result<bool, StorageError> {
         let moved = sqlx::query(&format!(
             "UPDATE consumers SET tx_id = $4, seq = $5, last_delivery_at = {NOW} \
              WHERE name = $1 AND tx_id = $2 AND seq = $3"
@@ -247,8 +231,7 @@ impl EventLog for SqliteEventLog {
         ids: &[i64],
         consumer: Option<&str>,
     ) -> Result<u64, StorageError> {
-        let ids_json =
-            serde_json::to_string(ids).map_err(|e| StorageError::Internal(e.to_string()))?;
+        let ids_json = serde_json::to_string(ids).map_err(|e| StorageError::Internal(e.to_string()))?;
         let done = sqlx::query(
             "UPDATE dead_letters SET replay_requested = 1 \
              WHERE workspace_id = $1 AND ($2 = '[]' OR id IN (SELECT value FROM json_each($2))) \
@@ -292,10 +275,7 @@ impl EventLog for SqliteEventLog {
         Ok(())
     }
 
-    async fn consumers(
-        &self,
-        workspace: &WorkspaceId,
-    ) -> Result<Vec<ConsumerStatus>, StorageError> {
+    async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
         let rows = sqlx::query(
             "SELECT c.name, c.last_delivery_at, c.last_error, \
                (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND e.seq > c.seq) AS lag, \
@@ -349,13 +329,12 @@ async fn insert_batch(
         outcomes.push(if inserted.contains(&e.message_id) {
             Appended::Inserted
         } else {
-            let id: Uuid = sqlx::query_scalar(
-                "SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2",
-            )
-            .bind(workspace)
-            .bind(&e.message_id)
-            .fetch_one(&mut *conn)
-            .await?;
+            let id: Uuid =
+                sqlx::query_scalar("SELECT event_id FROM events WHERE workspace_id = $1 AND message_id = $2")
+                    .bind(workspace)
+                    .bind(&e.message_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
             Appended::Duplicate(id.into())
         });
     }

@@ -79,9 +79,7 @@ async fn cursors_move_only_from_where_they_are(backend: Backend) {
         return;
     };
     let ws = workspace("acme");
-    log.append(&ws, &[new_event("m-1"), new_event("m-2")])
-        .await
-        .unwrap();
+    log.append(&ws, &[new_event("m-1"), new_event("m-2")]).await.unwrap();
     let start = log.ensure_consumer("identity").await.unwrap();
     assert_eq!(start, Position::default());
 
@@ -110,22 +108,12 @@ async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
     };
     let (ws, other) = (workspace("acme"), workspace("globex"));
     log.append(&ws, &[new_event("m-1")]).await.unwrap();
-    let event = log
-        .read_after(Position::default(), 1)
-        .await
-        .unwrap()
-        .events
-        .remove(0);
-    log.dead_letter("identity", &event, "bad identifier", 5)
-        .await
-        .unwrap();
+    let event = log.read_after(Position::default(), 1).await.unwrap().events.remove(0);
+    log.dead_letter("identity", &event, "bad identifier", 5).await.unwrap();
 
     let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(
-        (dead[0].reason.as_str(), dead[0].attempts),
-        ("bad identifier", 5)
-    );
+    assert_eq!((dead[0].reason.as_str(), dead[0].attempts), ("bad identifier", 5));
     assert_eq!(dead[0].event.event_id, event.event_id);
     assert!(
         log.list_dead_letters(&ws, Some("scoring"), 0, 10)
@@ -133,49 +121,27 @@ async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        log.list_dead_letters(&other, None, 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(log.list_dead_letters(&other, None, 0, 10).await.unwrap().is_empty());
 
     // Another workspace cannot replay it, by id or wholesale.
-    assert_eq!(
-        log.request_replay(&other, &[dead[0].id], None)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(log.request_replay(&other, &[dead[0].id], None).await.unwrap(), 0);
     assert_eq!(log.request_replay(&other, &[], None).await.unwrap(), 0);
     assert!(log.replays("identity", 10).await.unwrap().is_empty());
 
     assert_eq!(
-        log.request_replay(&ws, &[dead[0].id], Some("identity"))
-            .await
-            .unwrap(),
+        log.request_replay(&ws, &[dead[0].id], Some("identity")).await.unwrap(),
         1
     );
     let replays = log.replays("identity", 10).await.unwrap();
     assert_eq!(replays.len(), 1);
-    log.replay_done(replays[0].id, Some("still failing"))
-        .await
-        .unwrap();
+    log.replay_done(replays[0].id, Some("still failing")).await.unwrap();
     let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();
-    assert_eq!(
-        (dead[0].reason.as_str(), dead[0].attempts),
-        ("still failing", 6)
-    );
+    assert_eq!((dead[0].reason.as_str(), dead[0].attempts), ("still failing", 6));
     assert!(log.replays("identity", 10).await.unwrap().is_empty());
 
     log.request_replay(&ws, &[], None).await.unwrap();
     log.replay_done(dead[0].id, None).await.unwrap();
-    assert!(
-        log.list_dead_letters(&ws, None, 0, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(log.list_dead_letters(&ws, None, 0, 10).await.unwrap().is_empty());
 }
 
 async fn one_dispatcher_holds_a_lease(backend: Backend) {
@@ -189,10 +155,7 @@ async fn one_dispatcher_holds_a_lease(backend: Backend) {
         .unwrap()
         .expect("the first lease is granted");
     assert!(log.lease("identity").await.unwrap().is_none());
-    assert!(
-        log.lease("scoring").await.unwrap().is_some(),
-        "leases are per consumer"
-    );
+    assert!(log.lease("scoring").await.unwrap().is_some(), "leases are per consumer");
     drop(lease);
     // Postgres releases the lock when it notices the closed connection.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -200,10 +163,7 @@ async fn one_dispatcher_holds_a_lease(backend: Backend) {
         if log.lease("identity").await.unwrap().is_some() {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease was never released"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the lease was never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

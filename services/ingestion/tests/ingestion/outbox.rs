@@ -78,14 +78,8 @@ async fn concurrent_writers_are_delivered_once_in_order(backend: Backend) {
     let Some(log) = event_log(backend, &dir).await else {
         return;
     };
-    let (identity, scoring) = (
-        Arc::new(RecordingSink::default()),
-        Arc::new(RecordingSink::default()),
-    );
-    let running = start(
-        &log,
-        &[("identity", identity.clone()), ("scoring", scoring.clone())],
-    );
+    let (identity, scoring) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let running = start(&log, &[("identity", identity.clone()), ("scoring", scoring.clone())]);
 
     let (writers, batches, per_batch) = (8, 25, 20);
     let mut tasks = tokio::task::JoinSet::new();
@@ -130,9 +124,7 @@ async fn a_slow_consumer_never_stalls_another(backend: Backend) {
     let fast = Arc::new(RecordingSink::default());
     let running = start(&log, &[("slow", slow.clone()), ("fast", fast.clone())]);
     for b in 0..10 {
-        let events: Vec<_> = (0..10)
-            .map(|i| new_event(&format!("w0-{}", b * 10 + i)))
-            .collect();
+        let events: Vec<_> = (0..10).map(|i| new_event(&format!("w0-{}", b * 10 + i))).collect();
         log.append(&workspace("acme"), &events).await.unwrap();
     }
     assert!(eventually(Duration::from_secs(10), || fast.received().len() == 100).await);
@@ -173,11 +165,7 @@ async fn refused_events_are_dead_lettered_then_replayed(backend: Backend) {
     assert_eq!(buried[0].reason, "profile store rejected the event");
     assert_eq!(buried[0].attempts, 3);
     assert!(eventually(Duration::from_secs(5), || sink.received().len() == 3).await);
-    assert_eq!(
-        sink.received(),
-        ["w0-0", "w0-2", "w0-3"],
-        "the others went through"
-    );
+    assert_eq!(sink.received(), ["w0-0", "w0-2", "w0-3"], "the others went through");
 
     // Once the consumer is mended, a replay hands it over and clears the dead letter.
     sink.refuse.lock().unwrap().clear();
@@ -185,12 +173,7 @@ async fn refused_events_are_dead_lettered_then_replayed(backend: Backend) {
     assert!(eventually(Duration::from_secs(5), || sink.received().len() == 4).await);
     assert_eq!(sink.received()[3], "w0-1");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !log
-        .list_dead_letters(&ws, None, 0, 10)
-        .await
-        .unwrap()
-        .is_empty()
-    {
+    while !log.list_dead_letters(&ws, None, 0, 10).await.unwrap().is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the replayed dead letter stayed"
@@ -209,9 +192,7 @@ async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend) {
     *sink.down.lock().unwrap() = true;
     let running = start(&log, &[("identity", sink.clone())]);
     for b in 0..20 {
-        let events: Vec<_> = (0..25)
-            .map(|i| new_event(&format!("w0-{}", b * 25 + i)))
-            .collect();
+        let events: Vec<_> = (0..25).map(|i| new_event(&format!("w0-{}", b * 25 + i))).collect();
         log.append(&workspace("acme"), &events).await.unwrap();
     }
     // It is retried while down, and nothing is dead-lettered for being unreachable.
@@ -243,13 +224,10 @@ async fn postgres_late_commit_is_never_skipped() {
     let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
         return;
     };
-    let Database::Postgres(pool) = Database::connect(
-        &config,
-        "ingestion",
-        &corvus_ingestion::storage::migrators(),
-    )
-    .await
-    .unwrap() else {
+    let Database::Postgres(pool) = Database::connect(&config, "ingestion", &corvus_ingestion::storage::migrators())
+        .await
+        .unwrap()
+    else {
         unreachable!("a database url was given")
     };
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));

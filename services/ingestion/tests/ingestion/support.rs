@@ -14,11 +14,7 @@ use prost::Message;
 /// A fresh event log on `backend`, or `None` when its server is not configured.
 pub async fn event_log(backend: Backend, dir: &TempDir) -> Option<Arc<dyn EventLog>> {
     let config = corvus_test_support::storage(backend, dir).await?;
-    Some(
-        storage::connect(&config)
-            .await
-            .expect("connect the event log"),
-    )
+    Some(storage::connect(&config).await.expect("connect the event log"))
 }
 
 pub fn workspace(name: &str) -> WorkspaceId {
