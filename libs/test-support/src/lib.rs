@@ -90,6 +90,18 @@ fn url_without_path(url: &str) -> String {
     format!("{scheme}://{authority}")
 }
 
+/// Polls `check` every 10 ms until it holds or `timeout` passes; whether it held.
+pub async fn eventually(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    check()
+}
+
 /// A fresh temporary directory, removed when the value drops.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

@@ -199,14 +199,4 @@ pub fn message_ids(events: &[StoredEvent]) -> Vec<String> {
         .collect()
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    check()
-}
+pub use corvus_test_support::eventually;

@@ -175,7 +175,84 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, Storag
     })
 }
 
-fn parse_workspace(s: String) -> Result<WorkspaceId, StorageError> {
-    s.parse()
-        .map_err(|e| StorageError::Internal(format!("bad workspace id in the log: {e}")))
+/// A row of `events`, as both backends return it.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    tx_id: i64,
+    seq: i64,
+    workspace_id: String,
+    event_id: uuid::Uuid,
+    payload: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+impl TryFrom<EventRow> for LoggedEvent {
+    type Error = StorageError;
+    fn try_from(row: EventRow) -> Result<Self, StorageError> {
+        Ok(Self {
+            position: Position {
+                tx: row.tx_id,
+                seq: row.seq,
+            },
+            workspace: row
+                .workspace_id
+                .parse()
+                .map_err(|e| StorageError::Internal(format!("bad workspace id in the log: {e}")))?,
+            event_id: EventId::from(row.event_id),
+            payload: row.payload,
+            traceparent: row.traceparent,
+        })
+    }
+}
+
+/// A dead letter joined with its event.
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    id: i64,
+    consumer: String,
+    reason: String,
+    attempts: i64,
+    failed_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    event: EventRow,
+}
+
+impl TryFrom<DeadLetterRow> for DeadLetter {
+    type Error = StorageError;
+    fn try_from(row: DeadLetterRow) -> Result<Self, StorageError> {
+        Ok(Self {
+            id: row.id,
+            consumer: row.consumer,
+            event: row.event.try_into()?,
+            reason: row.reason,
+            attempts: row.attempts as u32,
+            failed_at: row.failed_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ConsumerRow {
+    name: String,
+    last_delivery_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    lag: i64,
+    dead: i64,
+}
+
+impl From<ConsumerRow> for ConsumerStatus {
+    fn from(row: ConsumerRow) -> Self {
+        Self {
+            name: row.name,
+            lag: row.lag as u64,
+            dead_letters: row.dead as u64,
+            last_delivery_at: row.last_delivery_at,
+            last_error: row.last_error,
+        }
+    }
+}
+
+/// Converts every row, failing on the first that does not convert.
+fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
+    rows.into_iter().map(T::try_from).collect()
 }

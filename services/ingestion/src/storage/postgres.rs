@@ -3,16 +3,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use corvus_proto::{EventId, WorkspaceId};
+use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
 use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{Connection, Row};
+use sqlx::{Connection, FromRow, Row};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position, ReadBatch, parse_workspace,
+    Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
+    Position, ReadBatch, convert,
 };
 
 const CHANNEL: &str = "corvus_ingestion_events";
@@ -83,31 +84,7 @@ async fn listen(pool: PgPool, wakeups: watch::Sender<u64>) {
     }
 }
 
-fn logged(row: &sqlx::postgres::PgRow) -> Result<LoggedEvent, StorageError> {
-    Ok(LoggedEvent {
-        position: Position {
-            tx: row.try_get("tx_id")?,
-            seq: row.try_get("seq")?,
-        },
-        workspace: parse_workspace(row.try_get("workspace_id")?)?,
-        event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
-        payload: row.try_get("payload")?,
-        traceparent: row.try_get("traceparent")?,
-    })
-}
-
-fn dead_letter(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, StorageError> {
-    Ok(DeadLetter {
-        id: row.try_get("id")?,
-        consumer: row.try_get("consumer")?,
-        event: logged(row)?,
-        reason: row.try_get("reason")?,
-        attempts: row.try_get::<i32, _>("attempts")? as u32,
-        failed_at: row.try_get("failed_at")?,
-    })
-}
-
-const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.failed_at, \
+const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts::int8 AS attempts, d.failed_at, \
      e.tx_id, e.seq, e.workspace_id, e.event_id, e.payload, e.traceparent";
 
 #[async_trait]
@@ -182,7 +159,7 @@ impl EventLog for PgEventLog {
         limit: u32,
     ) -> Result<Vec<LoggedEvent>, StorageError> {
         let after = after.unwrap_or_default();
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, EventRow>(
             "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
              WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -191,7 +168,7 @@ impl EventLog for PgEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(logged).collect()
+        convert(rows)
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -258,7 +235,10 @@ impl EventLog for PgEventLog {
         }
         let held_back = rows[0].try_get("held_back")?;
         Ok(ReadBatch {
-            events: rows.iter().map(logged).collect::<Result<_, _>>()?,
+            events: rows
+                .iter()
+                .map(|row| LoggedEvent::try_from(EventRow::from_row(row)?))
+                .collect::<Result<_, _>>()?,
             held_back,
         })
     }
@@ -319,7 +299,7 @@ impl EventLog for PgEventLog {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StorageError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, DeadLetterRow>(&format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
              JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
              WHERE d.workspace_id = $1 AND ($2::text IS NULL OR d.consumer = $2) AND d.id > $3 \
@@ -331,7 +311,7 @@ impl EventLog for PgEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        convert(rows)
     }
 
     async fn request_replay(
@@ -361,7 +341,7 @@ impl EventLog for PgEventLog {
     }
 
     async fn replays(&self, consumer: &str, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, DeadLetterRow>(&format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
              JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
              WHERE d.consumer = $1 AND d.replay_requested ORDER BY d.id LIMIT $2"
@@ -370,7 +350,7 @@ impl EventLog for PgEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        convert(rows)
     }
 
     async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError> {
@@ -396,7 +376,7 @@ impl EventLog for PgEventLog {
     }
 
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ConsumerRow>(
             "SELECT c.name, c.last_delivery_at, c.last_error, \
                (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND (e.tx_id, e.seq) > (c.tx_id, c.seq)) AS lag, \
                (SELECT count(*) FROM dead_letters d WHERE d.workspace_id = $1 AND d.consumer = c.name) AS dead \
@@ -405,16 +385,6 @@ impl EventLog for PgEventLog {
         .bind(workspace)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ConsumerStatus {
-                    name: row.try_get("name")?,
-                    lag: row.try_get::<i64, _>("lag")? as u64,
-                    dead_letters: row.try_get::<i64, _>("dead")? as u64,
-                    last_delivery_at: row.try_get("last_delivery_at")?,
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(ConsumerStatus::from).collect())
     }
 }

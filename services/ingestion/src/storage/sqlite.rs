@@ -2,15 +2,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use corvus_proto::{EventId, WorkspaceId};
+use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerStatus, DeadLetter, EventLog, Lease, LoggedEvent, NewEvent, Position, ReadBatch, parse_workspace,
+    Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
+    Position, ReadBatch, convert,
 };
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -38,30 +39,6 @@ impl SqliteEventLog {
             writer: tokio::sync::Mutex::new(()),
         }
     }
-}
-
-fn logged(row: &SqliteRow) -> Result<LoggedEvent, StorageError> {
-    Ok(LoggedEvent {
-        position: Position {
-            tx: row.try_get("tx_id")?,
-            seq: row.try_get("seq")?,
-        },
-        workspace: parse_workspace(row.try_get("workspace_id")?)?,
-        event_id: EventId::from(row.try_get::<Uuid, _>("event_id")?),
-        payload: row.try_get("payload")?,
-        traceparent: row.try_get("traceparent")?,
-    })
-}
-
-fn dead_letter(row: &SqliteRow) -> Result<DeadLetter, StorageError> {
-    Ok(DeadLetter {
-        id: row.try_get("id")?,
-        consumer: row.try_get("consumer")?,
-        event: logged(row)?,
-        reason: row.try_get("reason")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        failed_at: row.try_get("failed_at")?,
-    })
 }
 
 const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts, d.failed_at, \
@@ -100,7 +77,7 @@ impl EventLog for SqliteEventLog {
         after: Option<Position>,
         limit: u32,
     ) -> Result<Vec<LoggedEvent>, StorageError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, EventRow>(
             "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
              WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
@@ -109,7 +86,7 @@ impl EventLog for SqliteEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(logged).collect()
+        convert(rows)
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -140,7 +117,7 @@ impl EventLog for SqliteEventLog {
     }
 
     async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, EventRow>(
             "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
@@ -149,7 +126,7 @@ impl EventLog for SqliteEventLog {
         .fetch_all(&self.pool)
         .await?;
         Ok(ReadBatch {
-            events: rows.iter().map(logged).collect::<Result<_, _>>()?,
+            events: convert(rows)?,
             held_back: false,
         })
     }
@@ -210,7 +187,7 @@ impl EventLog for SqliteEventLog {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StorageError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, DeadLetterRow>(&format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
              JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
              WHERE d.workspace_id = $1 AND ($2 IS NULL OR d.consumer = $2) AND d.id > $3 \
@@ -222,7 +199,7 @@ impl EventLog for SqliteEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        convert(rows)
     }
 
     async fn request_replay(
@@ -249,7 +226,7 @@ impl EventLog for SqliteEventLog {
     }
 
     async fn replays(&self, consumer: &str, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as::<_, DeadLetterRow>(&format!(
             "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters d \
              JOIN events e ON e.tx_id = d.tx_id AND e.seq = d.seq \
              WHERE d.consumer = $1 AND d.replay_requested = 1 ORDER BY d.id LIMIT $2"
@@ -258,7 +235,7 @@ impl EventLog for SqliteEventLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(dead_letter).collect()
+        convert(rows)
     }
 
     async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError> {
@@ -276,7 +253,7 @@ impl EventLog for SqliteEventLog {
     }
 
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ConsumerRow>(
             "SELECT c.name, c.last_delivery_at, c.last_error, \
                (SELECT count(*) FROM events e WHERE e.workspace_id = $1 AND e.seq > c.seq) AS lag, \
                (SELECT count(*) FROM dead_letters d WHERE d.workspace_id = $1 AND d.consumer = c.name) AS dead \
@@ -285,17 +262,7 @@ impl EventLog for SqliteEventLog {
         .bind(workspace)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ConsumerStatus {
-                    name: row.try_get("name")?,
-                    lag: row.try_get::<i64, _>("lag")? as u64,
-                    dead_letters: row.try_get::<i64, _>("dead")? as u64,
-                    last_delivery_at: row.try_get("last_delivery_at")?,
-                    last_error: row.try_get("last_error")?,
-                })
-            })
-            .collect()
+        Ok(rows.into_iter().map(ConsumerStatus::from).collect())
     }
 }
 
