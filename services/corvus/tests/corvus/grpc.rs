@@ -395,3 +395,74 @@ async fn the_trace_context_travels_with_the_event(backend: Backend) {
     assert_eq!(stored[0].traceparent, delivered);
     app.stop().await;
 }
+
+/// A consumer that is a separate gRPC service, as identity will be.
+#[derive(Default, Clone)]
+struct RemoteConsumer {
+    received: std::sync::Arc<std::sync::Mutex<Vec<(corvus_proto::common::v1::StoredEvent, String)>>>,
+}
+
+#[tonic::async_trait]
+impl corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService for RemoteConsumer {
+    async fn deliver(
+        &self,
+        request: tonic::Request<corvus_proto::ingestion::v1::DeliverRequest>,
+    ) -> Result<tonic::Response<corvus_proto::ingestion::v1::DeliverResponse>, tonic::Status> {
+        // The trace context the delivery call carried in its metadata.
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut received = self.received.lock().unwrap();
+        for event in request.into_inner().events {
+            received.push((event, traceparent.clone()));
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_consumer_gets_events_and_the_trace_over_grpc() {
+    use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerServiceServer;
+    let consumer = RemoteConsumer::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .layer(corvus_platform::telemetry::TraceContextLayer)
+        .add_service(EventConsumerServiceServer::new(consumer.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+
+    let Some(app) = spawn_with(Backend::Embedded, |c| {
+        c.ingestion.consumers.push(corvus_ingestion::ConsumerConfig {
+            name: "identity".into(),
+            endpoint: endpoint.clone(),
+        });
+    })
+    .await
+    else {
+        return;
+    };
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(batch((0..5).map(|i| track(&format!("r-{i}"))).collect()));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01").parse().unwrap(),
+    );
+    app.client(&app.ingest_key).await.ingest(request).await.unwrap();
+
+    let received = consumer.received.clone();
+    assert!(eventually(Duration::from_secs(10), || received.lock().unwrap().len() == 5).await);
+    let received = received.lock().unwrap().clone();
+    let ids: Vec<_> = received
+        .iter()
+        .map(|(e, _)| e.event.as_ref().unwrap().message_id.clone())
+        .collect();
+    assert_eq!(ids, ["r-0", "r-1", "r-2", "r-3", "r-4"]);
+    // Ingestion → outbox → consumer: the trace of the original request spans the hop.
+    assert_eq!(received[0].1.split('-').nth(1), Some(trace_id), "{}", received[0].1);
+    app.stop().await;
+    server.abort();
+}

@@ -13,6 +13,7 @@ on_both_backends!(
     gzip_bodies_are_read_and_limits_apply_after_decompression,
     single_event_endpoints_set_the_type,
     clock_skew_is_corrected_from_sent_at,
+    an_exhausted_quota_is_429_with_retry_after,
 );
 
 async fn post(app: &TestApp, path: &str, key: Option<&str>, body: Vec<u8>, gzip: bool) -> (u16, Value) {
@@ -227,5 +228,33 @@ async fn clock_skew_is_corrected_from_sent_at(backend: Backend) {
         30,
         "the event happened 30 s before it was received"
     );
+    app.stop().await;
+}
+
+async fn an_exhausted_quota_is_429_with_retry_after(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let keys = corvus_platform::KeyStore::connect(&app.config.storage).await.unwrap();
+    let ws = "tiny".parse().unwrap();
+    keys.upsert_workspace(&ws, "Tiny", Some(10)).await.unwrap();
+    let key = keys
+        .create_key(&ws, corvus_platform::Role::Admin, "quota")
+        .await
+        .unwrap()
+        .secret;
+    // Twenty events at once can never fit a quota of ten a second.
+    let batch: Vec<Value> = (0..20).map(|i| msg(&format!("q-{i}"))).collect();
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/batch", app.http))
+        .basic_auth(&key, Some(""))
+        .json(&json!({"batch": batch}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry_after, 1, "the next window starts within a second");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exceeded");
+    assert!(app.stored(&key).await.is_empty());
     app.stop().await;
 }
