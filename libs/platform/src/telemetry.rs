@@ -74,7 +74,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: LogFormat::Auto,
-            log_filter: "info".to_owned(),
+            log_filter: "info,opentelemetry=warn,opentelemetry_sdk=warn".to_owned(),
             service_name: "corvus".to_owned(),
         }
     }
@@ -483,7 +483,9 @@ mod tests {
     fn config_defaults_and_serde() {
         let config: TelemetryConfig = serde_json::from_str(r#"{"log_format":"json"}"#).unwrap();
         assert_eq!(config.log_format, LogFormat::Json);
-        assert_eq!(config.log_filter, "info");
+        // The default filter parses, and keeps the SDK's own start-up chatter out of the logs.
+        assert!(EnvFilter::try_new(&config.log_filter).is_ok());
+        assert!(config.log_filter.starts_with("info,") && config.log_filter.contains("opentelemetry=warn"));
         assert_eq!(config.service_name, "corvus");
     }
 }
