@@ -1,0 +1,3 @@
+//! Pure identity logic: no I/O, no clocks, deterministic for the same input.
+
+pub mod matching;
