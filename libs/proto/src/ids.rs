@@ -12,6 +12,8 @@ pub enum IdError {
     Workspace,
     #[error("event id must be a UUID")]
     Event,
+    #[error("profile id must be a UUID")]
+    Profile,
 }
 
 /// A workspace (one brand of the portfolio): a slug such as `acme-shoes`.
@@ -96,6 +98,46 @@ impl FromStr for EventId {
 }
 
 impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A profile: one person as identity knows them. A UUIDv7, so ids sort by creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
+pub struct ProfileId(uuid::Uuid);
+
+impl ProfileId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl Default for ProfileId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<uuid::Uuid> for ProfileId {
+    fn from(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl FromStr for ProfileId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Profile)
+    }
+}
+
+impl fmt::Display for ProfileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }

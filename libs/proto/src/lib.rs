@@ -21,4 +21,4 @@ pub mod ingestion {
 /// Every Corvus proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corvus_descriptor");
 
-pub use ids::{EventId, IdError, WorkspaceId};
+pub use ids::{EventId, IdError, ProfileId, WorkspaceId};

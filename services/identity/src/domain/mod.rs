@@ -1,3 +1,4 @@
 //! Pure identity logic: no I/O, no clocks, deterministic for the same input.
 
 pub mod matching;
+pub mod resolution;
