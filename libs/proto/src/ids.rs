@@ -63,85 +63,63 @@ impl fmt::Display for WorkspaceId {
     }
 }
 
-/// The id the event log gives an accepted event: a UUIDv7, so ids sort by arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
-pub struct EventId(uuid::Uuid);
+/// Defines an id that is a UUIDv7 (so ids sort by creation): one definition for every
+/// such id, so that they cannot drift apart.
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $error:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
+        pub struct $name(uuid::Uuid);
 
-impl EventId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
-    }
+        impl $name {
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
 
-    pub fn as_uuid(&self) -> uuid::Uuid {
-        self.0
-    }
+            pub fn as_uuid(&self) -> uuid::Uuid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl From<uuid::Uuid> for $name {
+            fn from(id: uuid::Uuid) -> Self {
+                Self(id)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                uuid::Uuid::parse_str(s).map(Self).map_err(|_| $error)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
 }
 
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+uuid_id!(
+    /// The id the event log gives an accepted event.
+    EventId,
+    IdError::Event
+);
 
-impl From<uuid::Uuid> for EventId {
-    fn from(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl FromStr for EventId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Event)
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A profile: one person as identity knows them. A UUIDv7, so ids sort by creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(transparent))]
-pub struct ProfileId(uuid::Uuid);
-
-impl ProfileId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7())
-    }
-
-    pub fn as_uuid(&self) -> uuid::Uuid {
-        self.0
-    }
-}
-
-impl Default for ProfileId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl From<uuid::Uuid> for ProfileId {
-    fn from(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-}
-
-impl FromStr for ProfileId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(Self).map_err(|_| IdError::Profile)
-    }
-}
-
-impl fmt::Display for ProfileId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+uuid_id!(
+    /// A profile: one person as identity knows them.
+    ProfileId,
+    IdError::Profile
+);
 
 #[cfg(test)]
 mod tests {
@@ -163,5 +141,6 @@ mod tests {
         assert!(first < second);
         assert_eq!(first.to_string().parse::<EventId>(), Ok(first));
         assert_eq!("nope".parse::<EventId>(), Err(IdError::Event));
+        assert_eq!("nope".parse::<ProfileId>(), Err(IdError::Profile));
     }
 }

@@ -40,6 +40,22 @@ impl CorvusConfig {
     }
 }
 
+/// The stores of every service in the process, connected and migrated.
+pub struct Stores {
+    pub keys: KeyStore,
+    pub ingestion: Ingestion,
+}
+
+impl Stores {
+    /// Connects each service's storage and runs its migrations.
+    pub async fn connect(config: &CorvusConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            keys: KeyStore::connect(&config.storage).await?,
+            ingestion: Ingestion::connect(&config.storage, &config.ingestion).await?,
+        })
+    }
+}
+
 /// A running Corvus: the services, their outbox workers and the servers.
 pub struct App {
     pub ingestion: Ingestion,
@@ -52,15 +68,23 @@ pub struct App {
 impl App {
     /// Connects storage (running migrations) and prepares the servers on `listeners`.
     pub async fn build(config: CorvusConfig, listeners: Listeners) -> anyhow::Result<Self> {
-        let keys = KeyStore::connect(&config.storage).await?;
-        let ingestion = Ingestion::connect(&config.storage, &config.ingestion).await?;
-        Ok(Self {
-            ingestion,
-            keys,
+        let stores = Stores::connect(&config).await?;
+        Ok(Self::new(config, stores, listeners))
+    }
+
+    pub fn new(config: CorvusConfig, stores: Stores, listeners: Listeners) -> Self {
+        Self {
+            ingestion: stores.ingestion,
+            keys: stores.keys,
             config,
             listeners,
             extra_consumers: Vec::new(),
-        })
+        }
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        self.keys.database().backend()
     }
 
     /// Registers an in-process consumer of the event log.
@@ -137,11 +161,4 @@ pub async fn ensure_dev_key(keys: &KeyStore, storage: &StorageConfig) -> anyhow:
     std::fs::create_dir_all(&storage.data_dir)?;
     std::fs::write(&path, &created.secret)?;
     Ok(created.secret)
-}
-
-impl App {
-    /// `postgres` or `sqlite`.
-    pub fn ingestion_backend(&self) -> &'static str {
-        self.keys.database().backend()
-    }
 }

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use corvus::{App, CorvusConfig};
+use corvus::{App, CorvusConfig, Stores};
 use corvus_platform::server::{Listeners, cancel_on_signal};
 use corvus_platform::{KeyStore, Role};
 use corvus_storage::StorageError;
@@ -131,9 +131,13 @@ async fn main() -> anyhow::Result<()> {
             config.server.grpc_addr = grpc_addr;
             config.server.http_addr = http_addr;
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
-            let app = build(&config, true).await?;
+            let app = App::new(
+                config.clone(),
+                connect(&config).await?,
+                Listeners::bind(&config.server, true).await?,
+            );
             let key = corvus::ensure_dev_key(&app.keys, &config.storage).await?;
-            let backend = app.ingestion_backend();
+            let backend = app.backend();
             let host = config.server.grpc_addr.ip();
             println!(
                 "corvus dev: storage {backend}, data in {}",
@@ -157,12 +161,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { service: _ } => {
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
-            run(build(&config, true).await?).await
+            let stores = connect(&config).await?;
+            run(App::new(
+                config.clone(),
+                stores,
+                Listeners::bind(&config.server, true).await?,
+            ))
+            .await
         }
         Command::Migrate { storage } => {
             storage.apply(&mut config);
             // Connecting runs every migration.
-            build(&config, false).await?;
+            connect(&config).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -225,16 +235,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// Connects storage (running migrations), retrying for up to five minutes while it is
 /// unavailable, as it is when a pod starts before its database.
-async fn build(config: &CorvusConfig, serve: bool) -> anyhow::Result<App> {
+async fn connect(config: &CorvusConfig) -> anyhow::Result<Stores> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let listeners = if serve {
-            Listeners::bind(&config.server, true).await?
-        } else {
-            Listeners::ephemeral().await?
-        };
-        match App::build(config.clone(), listeners).await {
-            Ok(app) => return Ok(app),
+        match Stores::connect(config).await {
+            Ok(stores) => return Ok(stores),
             Err(err)
                 if tokio::time::Instant::now() < deadline
                     && matches!(err.downcast_ref::<StorageError>(), Some(StorageError::Unavailable(_))) =>

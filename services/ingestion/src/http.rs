@@ -255,15 +255,16 @@ async fn handle_inner(
     let events = raws
         .iter()
         .map(|raw| {
+            let parsed: Result<Value, _> = serde_json::from_str(raw.get());
+            // One id per message, parsed or not, so that statuses line up with the batch.
+            let message_id = parsed
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("messageId"))
+                .and_then(Value::as_str);
+            message_ids.push(message_id.unwrap_or_default().to_owned());
+            let mut value = parsed.map_err(|e| Violation::new("", e.to_string()))?;
             let len = raw.get().len();
-            let mut value: Value = serde_json::from_str(raw.get()).map_err(|e| Violation::new("", e.to_string()))?;
-            message_ids.push(
-                value
-                    .get("messageId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
             if len > limits.max_event_bytes {
                 return Err(Violation::new(
                     "",
@@ -276,8 +277,6 @@ async fn handle_inner(
             segment::from_json(value, kind)
         })
         .collect::<Vec<_>>();
-    // A message that failed to parse pushed no id; keep indices aligned.
-    message_ids.resize(events.len(), String::new());
 
     let sent_at = sent_at.map(to_timestamp);
     let outcomes = state.ingestor.ingest(&principal, events, sent_at.as_ref()).await?;

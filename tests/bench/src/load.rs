@@ -153,28 +153,44 @@ async fn ingest(client: &mut tonic::client::Grpc<Channel>, batch: &Batch, key: &
 
 /// Closed loop: `tasks` tasks, each on its own connection, send until `work` is done.
 pub async fn grpc_closed(grpc_url: &str, work: Arc<Work>, tasks: usize) -> anyhow::Result<Measured> {
-    let mut clients = Vec::with_capacity(tasks);
+    let mut senders = Vec::with_capacity(tasks);
     for _ in 0..tasks {
-        clients.push(connect(grpc_url).await?);
+        let (client, work) = (connect(grpc_url).await?, work.clone());
+        senders.push(move |j: usize| {
+            let (mut client, work) = (client.clone(), work.clone());
+            async move {
+                let (batch, key) = work.request(j);
+                ingest(&mut client, batch, key).await?;
+                Ok(batch.events)
+            }
+        });
     }
+    closed_loop(&work, senders).await
+}
+
+/// Runs one task per sender; each takes the next request number until `work` is done
+/// and times its acknowledgement. A sender answers with the events the request carried.
+async fn closed_loop<F, Fut>(work: &Arc<Work>, senders: Vec<F>) -> anyhow::Result<Measured>
+where
+    F: FnMut(usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<u32>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut set = JoinSet::new();
-    for mut client in clients {
-        let (work, next) = (work.clone(), next.clone());
+    for mut send in senders {
+        let (requests, next) = (work.requests, next.clone());
         set.spawn(async move {
             let mut latencies = Vec::new();
             let mut events = 0u64;
             loop {
                 let j = next.fetch_add(1, Ordering::Relaxed);
-                if j >= work.requests {
+                if j >= requests {
                     break;
                 }
-                let (batch, key) = work.request(j);
                 let sent = Instant::now();
-                ingest(&mut client, batch, key).await?;
+                events += u64::from(send(j).await?);
                 latencies.push(sent.elapsed());
-                events += u64::from(batch.events);
             }
             anyhow::Ok((events, latencies))
         });
@@ -248,44 +264,35 @@ pub async fn http_closed(http_url: &str, work: Arc<Work>, tasks: usize) -> anyho
         })
         .collect();
     let auth = Arc::new(auth);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut set = JoinSet::new();
-    for _ in 0..tasks {
-        let (work, next, client, url, auth) = (work.clone(), next.clone(), client.clone(), url.clone(), auth.clone());
-        set.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut events = 0u64;
-            loop {
-                let j = next.fetch_add(1, Ordering::Relaxed);
-                if j >= work.requests {
-                    break;
+    let senders = (0..tasks)
+        .map(|_| {
+            let (work, client, url, auth) = (work.clone(), client.clone(), url.clone(), auth.clone());
+            move |j: usize| {
+                let (work, client, url, auth) = (work.clone(), client.clone(), url.clone(), auth.clone());
+                async move {
+                    let batch = work.request(j).0;
+                    let res = client
+                        .post(&url)
+                        .header(http::header::AUTHORIZATION, &auth[j / work.batches.len()])
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(batch.body.clone())
+                        .send()
+                        .await
+                        .context("POST /v1/batch")?;
+                    let status = res.status();
+                    let body: serde_json::Value = res.json().await.context("/v1/batch response")?;
+                    let accepted = body.get("accepted").and_then(serde_json::Value::as_u64);
+                    if status != http::StatusCode::OK || accepted != Some(u64::from(batch.events)) {
+                        bail!(
+                            "/v1/batch of {} events: HTTP {status}, body {:.400}",
+                            batch.events,
+                            body.to_string()
+                        );
+                    }
+                    Ok(batch.events)
                 }
-                let batch = work.request(j).0;
-                let sent = Instant::now();
-                let res = client
-                    .post(&url)
-                    .header(http::header::AUTHORIZATION, &auth[j / work.batches.len()])
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(batch.body.clone())
-                    .send()
-                    .await
-                    .context("POST /v1/batch")?;
-                let status = res.status();
-                let body: serde_json::Value = res.json().await.context("/v1/batch response")?;
-                let accepted = body.get("accepted").and_then(serde_json::Value::as_u64);
-                if status != http::StatusCode::OK || accepted != Some(u64::from(batch.events)) {
-                    bail!(
-                        "/v1/batch of {} events: HTTP {status}, body {:.400}",
-                        batch.events,
-                        body.to_string()
-                    );
-                }
-                latencies.push(sent.elapsed());
-                events += u64::from(batch.events);
             }
-            anyhow::Ok((events, latencies))
-        });
-    }
-    collect(set, started).await
+        })
+        .collect();
+    closed_loop(&work, senders).await
 }

@@ -117,7 +117,7 @@ impl Running {
             "http://127.0.0.1:{}",
             app.http_port().context("the app has no HTTP port")?
         );
-        let backend = app.ingestion_backend();
+        let backend = app.backend();
         let keys = app.keys.clone();
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.run(stop.clone()));

@@ -255,14 +255,7 @@ async fn the_quota_refuses_with_a_retry_hint(backend: Backend) {
         return;
     };
     // A workspace limited to 100 events a second.
-    let keys = corvus_platform::KeyStore::connect(&app.config.storage).await.unwrap();
-    let ws = "tiny".parse().unwrap();
-    keys.upsert_workspace(&ws, "Tiny", Some(100)).await.unwrap();
-    let key = keys
-        .create_key(&ws, corvus_platform::Role::Admin, "quota")
-        .await
-        .unwrap()
-        .secret;
+    let key = app.key_with_quota("tiny", 100).await;
     let mut client = app.client(&key).await;
 
     // Both batches must fall in one one-second window; on a loaded machine the second

@@ -233,14 +233,7 @@ async fn clock_skew_is_corrected_from_sent_at(backend: Backend) {
 
 async fn an_exhausted_quota_is_429_with_retry_after(backend: Backend) {
     let Some(app) = spawn(backend).await else { return };
-    let keys = corvus_platform::KeyStore::connect(&app.config.storage).await.unwrap();
-    let ws = "tiny".parse().unwrap();
-    keys.upsert_workspace(&ws, "Tiny", Some(10)).await.unwrap();
-    let key = keys
-        .create_key(&ws, corvus_platform::Role::Admin, "quota")
-        .await
-        .unwrap()
-        .secret;
+    let key = app.key_with_quota("tiny", 10).await;
     // Twenty events at once can never fit a quota of ten a second.
     let batch: Vec<Value> = (0..20).map(|i| msg(&format!("q-{i}"))).collect();
     let res = reqwest::Client::new()

@@ -172,6 +172,16 @@ impl TestApp {
         }
     }
 
+    /// An admin key of a new workspace whose ingest quota is `events_per_second`.
+    pub async fn key_with_quota(&self, workspace: &str, events_per_second: u32) -> String {
+        let keys = corvus_platform::KeyStore::connect(&self.config.storage).await.unwrap();
+        let ws = workspace.parse().unwrap();
+        keys.upsert_workspace(&ws, workspace, Some(events_per_second))
+            .await
+            .unwrap();
+        keys.create_key(&ws, Role::Admin, "quota").await.unwrap().secret
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.unwrap().expect("clean shutdown");

@@ -36,10 +36,6 @@ impl From<IngestError> for Status {
     }
 }
 
-fn auth_status(err: corvus_platform::auth::AuthError) -> Status {
-    err.into()
-}
-
 async fn ingest_batch(
     ingestor: &Ingestor,
     principal: &Principal,
@@ -118,7 +114,7 @@ type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::IngestStreamResponse, S
 impl IngestionService for IngestionApi {
     async fn ingest(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestResponse>, Status> {
         let principal = principal(&request)?.clone();
-        principal.require(Role::Ingest, "ingest events").map_err(auth_status)?;
+        principal.require(Role::Ingest, "ingest events").map_err(Status::from)?;
         let batch = request.into_inner();
         if batch.events.is_empty() {
             return Err(invalid_argument("events", "a batch needs at least one event"));
@@ -134,7 +130,7 @@ impl IngestionService for IngestionApi {
         request: Request<Streaming<pb::IngestStreamRequest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
         let principal = principal(&request)?.clone();
-        principal.require(Role::Ingest, "ingest events").map_err(auth_status)?;
+        principal.require(Role::Ingest, "ingest events").map_err(Status::from)?;
         let ingestor = self.ingestor.clone();
         let mut inbound = request.into_inner();
         // The next batch is read only after the previous ack was handed to the
@@ -154,7 +150,7 @@ impl IngestionService for IngestionApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let principal = principal(&request)?;
-        principal.require(Role::Read, "read events").map_err(auth_status)?;
+        principal.require(Role::Read, "read events").map_err(Status::from)?;
         let (size, after) = page(request.get_ref().page.as_ref())?;
         let after = Position { tx: 0, seq: after };
         let events = self
@@ -181,7 +177,7 @@ impl IngestionService for IngestionApi {
         let principal = principal(&request)?;
         principal
             .require(Role::Read, "read consumer status")
-            .map_err(auth_status)?;
+            .map_err(Status::from)?;
         let consumers = self.log.consumers(&principal.workspace).await.map_err(storage_status)?;
         Ok(Response::new(pb::ListConsumersResponse {
             consumers: consumers
@@ -204,7 +200,7 @@ impl IngestionService for IngestionApi {
         let principal = principal(&request)?;
         principal
             .require(Role::Read, "read dead letters")
-            .map_err(auth_status)?;
+            .map_err(Status::from)?;
         let req = request.get_ref();
         let (size, after) = page(req.page.as_ref())?;
         let consumer = Some(req.consumer.as_str()).filter(|c| !c.is_empty());
@@ -241,7 +237,7 @@ impl IngestionService for IngestionApi {
         let principal = principal(&request)?;
         principal
             .require(Role::Admin, "replay dead letters")
-            .map_err(auth_status)?;
+            .map_err(Status::from)?;
         let req = request.get_ref();
         let consumer = Some(req.consumer.as_str()).filter(|c| !c.is_empty());
         let replayed = self
