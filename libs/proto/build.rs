@@ -10,6 +10,7 @@ const PROTO_ROOT: &str = "../../proto";
 const FILES: &[&str] = &[
     "corvus/common/v1/event.proto",
     "corvus/common/v1/paging.proto",
+    "corvus/identity/v1/identity.proto",
     "corvus/ingestion/v1/ingestion.proto",
 ];
 

@@ -12,6 +12,12 @@ pub mod common {
     }
 }
 
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("corvus.identity.v1");
+    }
+}
+
 pub mod ingestion {
     pub mod v1 {
         tonic::include_proto!("corvus.ingestion.v1");
