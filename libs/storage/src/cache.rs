@@ -19,7 +19,47 @@ pub trait Cache: Send + Sync + std::fmt::Debug {
     /// Adds `by` to a counter that expires `ttl` after its first increment; returns the sum.
     async fn incr(&self, key: &str, by: u64, ttl: Duration) -> Result<u64, StorageError>;
     async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Stores each `(key, version, value)` unless the key holds a version at least as
+    /// high, so that concurrent writers of a read model only ever move it forward.
+    async fn set_versioned(&self, entries: &[Versioned<'_>], ttl: Duration) -> Result<(), StorageError>;
+    /// A value stored by [`Cache::set_versioned`], with its version.
+    async fn get_versioned(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
 }
+
+/// One entry for [`Cache::set_versioned`].
+#[derive(Debug, Clone, Copy)]
+pub struct Versioned<'a> {
+    pub key: &'a str,
+    pub version: u64,
+    pub value: &'a [u8],
+}
+
+/// Versioned values are stored behind their version in this many ASCII digits, which
+/// Redis' Lua compares as a number.
+const VERSION_DIGITS: usize = 20;
+
+fn encode_versioned(version: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VERSION_DIGITS + value.len());
+    out.extend_from_slice(format!("{version:020}").as_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_versioned(stored: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let digits = std::str::from_utf8(stored.get(..VERSION_DIGITS)?).ok()?;
+    Some((digits.parse().ok()?, stored[VERSION_DIGITS..].to_vec()))
+}
+
+/// KEYS[1]; ARGV[1] the encoded value, ARGV[2] the version, ARGV[3] the TTL in ms.
+const SET_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(string.sub(current, 1, 20)) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+";
 
 impl dyn Cache {
     /// Redis when a URL is configured (or `REDIS_URL` is set), else the in-process cache.
@@ -42,6 +82,7 @@ impl dyn Cache {
 pub struct RedisCache {
     conn: ConnectionManager,
     namespace: String,
+    set_if_newer: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -64,6 +105,7 @@ impl RedisCache {
         Ok(Self {
             conn,
             namespace: namespace.to_owned(),
+            set_if_newer: Arc::new(redis::Script::new(SET_IF_NEWER)),
         })
     }
 
@@ -107,6 +149,35 @@ impl Cache for RedisCache {
     async fn ping(&self) -> Result<(), StorageError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    async fn set_versioned(&self, entries: &[Versioned<'_>], ttl: Duration) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        // Load the script once per batch (a no-op when Redis has it), then one pipelined
+        // round trip of EVALSHA.
+        let mut conn = self.conn.clone();
+        self.set_if_newer.prepare_invoke().load_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("EVALSHA")
+                .arg(self.set_if_newer.get_hash())
+                .arg(1)
+                .arg(self.key(entry.key))
+                .arg(encode_versioned(entry.version, entry.value))
+                .arg(entry.version)
+                .arg(ttl_ms)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let stored: Option<Vec<u8>> = self.conn.clone().get(self.key(key)).await?;
+        Ok(stored.as_deref().and_then(decode_versioned))
     }
 }
 
@@ -168,6 +239,24 @@ impl Cache for MemoryCache {
 
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    async fn set_versioned(&self, batch: &[Versioned<'_>], ttl: Duration) -> Result<(), StorageError> {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let now = Instant::now();
+        for entry in batch {
+            let newer = !Self::live(&mut entries, entry.key, now)
+                || decode_versioned(&entries[entry.key].0).is_none_or(|(version, _)| version < entry.version);
+            if newer {
+                let value = encode_versioned(entry.version, entry.value);
+                entries.insert(entry.key.to_owned(), (value, now + ttl));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        Ok(self.get(key).await?.as_deref().and_then(decode_versioned))
     }
 }
 

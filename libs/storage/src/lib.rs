@@ -10,7 +10,7 @@ mod config;
 mod database;
 mod error;
 
-pub use cache::{Cache, MemoryCache, RedisCache};
+pub use cache::{Cache, MemoryCache, RedisCache, Versioned};
 pub use config::StorageConfig;
 pub use database::{Database, Migrators};
 pub use error::StorageError;

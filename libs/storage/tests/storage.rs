@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use corvus_storage::{Cache, RedisCache};
+use corvus_storage::{Cache, RedisCache, Versioned};
 use corvus_test_support::{Backend, FlakyProxy, TempDir, on_both_backends};
 
-on_both_backends!(values_expire_and_counters_add_up);
+on_both_backends!(values_expire_and_counters_add_up, versioned_values_only_move_forward);
 
 async fn cache(backend: Backend, dir: &TempDir) -> Option<Arc<dyn Cache>> {
     let config = corvus_test_support::storage(backend, dir).await?;
@@ -34,6 +34,41 @@ async fn values_expire_and_counters_add_up(backend: Backend) {
     assert_eq!(cache.get("short").await.unwrap(), None, "expired");
     // The window ended with the first increment's expiry, not the later one's.
     assert_eq!(cache.incr("count", 1, Duration::from_secs(60)).await.unwrap(), 1);
+}
+
+async fn versioned_values_only_move_forward(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(cache) = cache(backend, &dir).await else {
+        return;
+    };
+    let ttl = Duration::from_secs(60);
+    let set = |key, version, value| Versioned { key, version, value };
+    assert_eq!(cache.get_versioned("p").await.unwrap(), None);
+    cache
+        .set_versioned(&[set("p", 5, b"five"), set("q", 1, b"")], ttl)
+        .await
+        .unwrap();
+    // Older and equal versions lose; a newer one wins. Versions of 10 digits and more
+    // compare as numbers, not as text.
+    cache
+        .set_versioned(&[set("p", 4, b"four"), set("p", 5, b"again")], ttl)
+        .await
+        .unwrap();
+    assert_eq!(cache.get_versioned("p").await.unwrap(), Some((5, b"five".to_vec())));
+    cache
+        .set_versioned(&[set("p", 10_000_000_000, b"big")], ttl)
+        .await
+        .unwrap();
+    cache
+        .set_versioned(&[set("p", 9_999_999_999, b"smaller")], ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get_versioned("p").await.unwrap(),
+        Some((10_000_000_000, b"big".to_vec()))
+    );
+    assert_eq!(cache.get_versioned("q").await.unwrap(), Some((1, Vec::new())));
+    cache.set_versioned(&[], ttl).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

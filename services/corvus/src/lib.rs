@@ -2,11 +2,13 @@
 //! HTTP API and the metrics port, over Postgres and Redis or the embedded default.
 
 pub mod client;
+pub mod identity_link;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corvus_identity::{Identity, IdentityConfig};
 use corvus_ingestion::outbox::Consumer;
 use corvus_ingestion::{Ingestion, IngestionConfig};
 use corvus_platform::server::{Listeners, Services};
@@ -25,6 +27,7 @@ pub struct CorvusConfig {
     pub storage: StorageConfig,
     pub telemetry: TelemetryConfig,
     pub ingestion: IngestionConfig,
+    pub identity: IdentityConfig,
 }
 
 impl CorvusConfig {
@@ -36,7 +39,8 @@ impl CorvusConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
-        self.ingestion.validate()
+        self.ingestion.validate()?;
+        self.identity.validate()
     }
 }
 
@@ -44,6 +48,7 @@ impl CorvusConfig {
 pub struct Stores {
     pub keys: KeyStore,
     pub ingestion: Ingestion,
+    pub identity: Identity,
 }
 
 impl Stores {
@@ -52,6 +57,7 @@ impl Stores {
         Ok(Self {
             keys: KeyStore::connect(&config.storage).await?,
             ingestion: Ingestion::connect(&config.storage, &config.ingestion).await?,
+            identity: Identity::connect(&config.storage, &config.identity).await?,
         })
     }
 }
@@ -59,10 +65,12 @@ impl Stores {
 /// A running Corvus: the services, their outbox workers and the servers.
 pub struct App {
     pub ingestion: Ingestion,
+    pub identity: Identity,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
     extra_consumers: Vec<Consumer>,
+    after_identity: Vec<Consumer>,
 }
 
 impl App {
@@ -73,12 +81,15 @@ impl App {
     }
 
     pub fn new(config: CorvusConfig, stores: Stores, listeners: Listeners) -> Self {
+        let eraser = Arc::new(identity_link::LogEraser(stores.ingestion.log.clone()));
         Self {
+            identity: stores.identity.with_eraser(eraser),
             ingestion: stores.ingestion,
             keys: stores.keys,
             config,
             listeners,
             extra_consumers: Vec::new(),
+            after_identity: Vec::new(),
         }
     }
 
@@ -90,6 +101,12 @@ impl App {
     /// Registers an in-process consumer of the event log.
     pub fn with_consumer(mut self, consumer: Consumer) -> Self {
         self.extra_consumers.push(consumer);
+        self
+    }
+
+    /// Registers an in-process consumer of identity's output: events with their profile id.
+    pub fn with_consumer_after_identity(mut self, consumer: Consumer) -> Self {
+        self.after_identity.push(consumer);
         self
     }
 
@@ -116,26 +133,46 @@ impl App {
     /// Serves until `shutdown` is cancelled, then drains and stops the workers.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let auth = Arc::new(Authenticator::new(self.keys.clone(), Duration::from_secs(30)));
-        let consumers = self.ingestion.consumers(self.extra_consumers)?;
+        // Identity comes first: it is the consumer every later stage depends on.
+        let mut after_identity = self.after_identity;
+        after_identity.extend(self.ingestion.consumers(true)?);
+        let identity = Consumer {
+            name: corvus_identity::CONSUMER_NAME.to_owned(),
+            sink: Arc::new(identity_link::IdentitySink {
+                identity: self.identity.clone(),
+                next: after_identity,
+            }),
+        };
+        let mut consumers = vec![identity];
+        consumers.extend(self.extra_consumers);
+        consumers.extend(self.ingestion.consumers(false)?);
         let workers_stop = CancellationToken::new();
         let mut workers = self.ingestion.spawn_outbox(consumers, workers_stop.clone());
 
         let mut routes = tonic::service::RoutesBuilder::default();
         routes.add_service(self.ingestion.grpc_service());
+        routes.add_service(self.identity.grpc_service());
         let services = Services {
             grpc: routes.routes(),
-            names: vec![corvus_ingestion::SERVICE_NAME.to_owned()],
+            names: vec![
+                corvus_ingestion::SERVICE_NAME.to_owned(),
+                corvus_identity::SERVICE_NAME.to_owned(),
+            ],
             http: Some(self.ingestion.http_router(auth.clone())),
         };
-        let served = corvus_platform::server::serve(
-            &self.config.server,
-            self.listeners,
-            services,
-            auth,
-            self.ingestion.readiness(),
-            shutdown,
-        )
-        .await;
+        let checks = [self.ingestion.readiness(), self.identity.readiness()];
+        let readiness: corvus_platform::server::ReadinessCheck = Arc::new(move || {
+            let checks: Vec<_> = checks.iter().map(|check| check()).collect();
+            Box::pin(async move {
+                for check in checks {
+                    check.await?;
+                }
+                Ok(())
+            })
+        });
+        let served =
+            corvus_platform::server::serve(&self.config.server, self.listeners, services, auth, readiness, shutdown)
+                .await;
         // Requests are drained; now the workers finish the delivery in hand and stop.
         workers_stop.cancel();
         while workers.join_next().await.is_some() {}

@@ -52,6 +52,10 @@ pub struct IngestionConfig {
 pub struct ConsumerConfig {
     pub name: String,
     pub endpoint: String,
+    /// Receive each batch once identity has resolved it, with `profile_id` set. Such a
+    /// consumer moves with identity's cursor: a batch it refuses is retried through identity.
+    #[serde(default)]
+    pub after_identity: bool,
 }
 
 impl Default for IngestionConfig {
@@ -147,10 +151,16 @@ impl Ingestion {
         http::router(self.ingestor.clone(), auth)
     }
 
-    /// The consumers of the configuration, plus `extra` (in-process ones).
-    pub fn consumers(&self, extra: Vec<Consumer>) -> anyhow::Result<Vec<Consumer>> {
-        let mut consumers = extra;
-        for c in &self.config.consumers {
+    /// The consumers of the configuration that read the log directly (`after_identity`
+    /// false) or those that take identity's output (true).
+    pub fn consumers(&self, after_identity: bool) -> anyhow::Result<Vec<Consumer>> {
+        let mut consumers = Vec::new();
+        for c in self
+            .config
+            .consumers
+            .iter()
+            .filter(|c| c.after_identity == after_identity)
+        {
             consumers.push(Consumer {
                 name: c.name.clone(),
                 sink: Arc::new(GrpcSink::new(&c.name, &c.endpoint)?),

@@ -1,4 +1,5 @@
 //! Pure identity logic: no I/O, no clocks, deterministic for the same input.
 
+pub mod batch;
 pub mod matching;
 pub mod resolution;

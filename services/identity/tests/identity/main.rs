@@ -2,3 +2,4 @@
 
 mod febrl4;
 mod febrl4_data;
+mod store;

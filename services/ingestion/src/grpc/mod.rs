@@ -5,9 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use corvus_platform::error::{invalid_argument, retryable, storage_status};
+use corvus_platform::paging::{next_page, page};
 use corvus_platform::server::principal;
 use corvus_platform::{Principal, Role};
-use corvus_proto::common::v1::{PageRequest, PageResponse};
 use corvus_proto::ingestion::v1 as pb;
 use corvus_proto::ingestion::v1::ingestion_service_server::IngestionService;
 use futures::Stream;
@@ -16,9 +16,6 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ingest::{IngestError, Ingestor, Outcome};
 use crate::outbox::stored_event;
 use crate::storage::{EventLog, Position};
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
 
 pub struct IngestionApi {
     pub ingestor: Ingestor,
@@ -83,31 +80,6 @@ pub fn response(outcomes: &[Outcome], message_ids: &[String]) -> pb::IngestRespo
     res
 }
 
-fn page(req: Option<&PageRequest>) -> Result<(u32, i64), Status> {
-    let size = match req.map_or(0, |p| p.page_size) {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    let token = req.map_or("", |p| p.page_token.as_str());
-    let after = if token.is_empty() {
-        0
-    } else {
-        token
-            .parse::<i64>()
-            .map_err(|_| invalid_argument("page.page_token", "not a token this server issued"))?
-    };
-    Ok((size, after))
-}
-
-fn next_page(returned: usize, size: u32, last: Option<i64>) -> Option<PageResponse> {
-    Some(PageResponse {
-        next_page_token: match last {
-            Some(last) if returned == size as usize => last.to_string(),
-            _ => String::new(),
-        },
-    })
-}
-
 type IngestStream = Pin<Box<dyn Stream<Item = Result<pb::IngestStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -151,8 +123,11 @@ impl IngestionService for IngestionApi {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let principal = principal(&request)?;
         principal.require(Role::Read, "read events").map_err(Status::from)?;
-        let (size, after) = page(request.get_ref().page.as_ref())?;
-        let after = Position { tx: 0, seq: after };
+        let (size, after) = page::<i64>(request.get_ref().page.as_ref())?;
+        let after = Position {
+            tx: 0,
+            seq: after.unwrap_or(0),
+        };
         let events = self
             .log
             .list(&principal.workspace, Some(after), size)
@@ -202,11 +177,11 @@ impl IngestionService for IngestionApi {
             .require(Role::Read, "read dead letters")
             .map_err(Status::from)?;
         let req = request.get_ref();
-        let (size, after) = page(req.page.as_ref())?;
+        let (size, after) = page::<i64>(req.page.as_ref())?;
         let consumer = Some(req.consumer.as_str()).filter(|c| !c.is_empty());
         let dead = self
             .log
-            .list_dead_letters(&principal.workspace, consumer, after, size)
+            .list_dead_letters(&principal.workspace, consumer, after.unwrap_or(0), size)
             .await
             .map_err(storage_status)?;
         let last = dead.last().map(|d| d.id);

@@ -155,6 +155,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// A replayed dead letter went through (removed) or failed again (kept, unmarked).
     async fn replay_done(&self, id: i64, failure: Option<&str>) -> Result<(), StorageError>;
 
+    /// Deletes the workspace's events with these message ids, and their dead letters (right
+    /// to erasure); how many events there were.
+    async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError>;
+
     /// Every registered consumer, with its lag and dead letters in the workspace.
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
 }

@@ -375,6 +375,26 @@ impl EventLog for PgEventLog {
         Ok(())
     }
 
+    async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM dead_letters d USING events e WHERE e.workspace_id = $1 AND e.message_id = ANY($2) \
+             AND d.tx_id = e.tx_id AND d.seq = e.seq",
+        )
+        .bind(workspace)
+        .bind(message_ids)
+        .execute(&mut *tx)
+        .await?;
+        let erased = sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND message_id = ANY($2)")
+            .bind(workspace)
+            .bind(message_ids)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(erased)
+    }
+
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
         let rows = sqlx::query_as::<_, ConsumerRow>(
             "SELECT c.name, c.last_delivery_at, c.last_error, \

@@ -252,6 +252,30 @@ impl EventLog for SqliteEventLog {
         Ok(())
     }
 
+    async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut erased = 0;
+        for message_id in message_ids {
+            sqlx::query(
+                "DELETE FROM dead_letters WHERE (tx_id, seq) IN \
+                 (SELECT tx_id, seq FROM events WHERE workspace_id = $1 AND message_id = $2)",
+            )
+            .bind(workspace)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+            erased += sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND message_id = $2")
+                .bind(workspace)
+                .bind(message_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(erased)
+    }
+
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
         let rows = sqlx::query_as::<_, ConsumerRow>(
             "SELECT c.name, c.last_delivery_at, c.last_error, \

@@ -10,13 +10,18 @@ use super::{EventId, Identifier, ProfileId};
 pub enum Rule {
     /// The event carried the identifiers: the link is a fact, with confidence 1.
     Deterministic,
+    /// Matching scored the pair above the auto-merge threshold.
+    Probabilistic,
+    /// A reviewer accepted a pair matching proposed.
+    Review,
 }
 
 /// One recorded step of the identity graph. Records are kept in the order they were made;
 /// [`super::unmerge`] replays them in that order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evidence {
-    pub event: EventId,
+    /// The event that carried the identifiers; `None` for merges made by matching or review.
+    pub event: Option<EventId>,
     pub at: DateTime<Utc>,
     pub rule: Rule,
     /// 1.0 for deterministic evidence; a match probability for evidence from matching.
@@ -49,7 +54,7 @@ pub enum EvidenceKind {
 impl Evidence {
     pub(super) fn deterministic(event: EventId, at: DateTime<Utc>, kind: EvidenceKind) -> Self {
         Self {
-            event,
+            event: Some(event),
             at,
             rule: Rule::Deterministic,
             confidence: 1.0,

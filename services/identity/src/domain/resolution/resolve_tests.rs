@@ -90,7 +90,7 @@ fn no_holder_creates_a_profile_with_deterministic_evidence() {
     );
     for evidence in &resolution.evidence {
         assert_eq!((evidence.rule, evidence.confidence), (Rule::Deterministic, 1.0));
-        assert_eq!((evidence.event, evidence.at), (event_id(1), day(10)));
+        assert_eq!((evidence.event, evidence.at), (Some(event_id(1)), day(10)));
     }
 }
 

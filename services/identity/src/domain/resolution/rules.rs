@@ -200,7 +200,7 @@ impl IdentityRules {
 
     /// Strongest first; kind and value break ties so that the order never depends on the
     /// order the client sent them in.
-    pub(super) fn order<'a>(&self, identifier: &'a Identifier) -> (u16, &'a IdentifierKind, &'a str) {
+    pub fn order<'a>(&self, identifier: &'a Identifier) -> (u16, &'a IdentifierKind, &'a str) {
         (self.priority(&identifier.kind), &identifier.kind, &identifier.value)
     }
 

@@ -149,7 +149,9 @@ impl Graph {
     ) -> Unmerge {
         let mut carried: BTreeMap<EventId, BTreeSet<&Identifier>> = BTreeMap::new();
         for record in history {
-            carried.entry(record.event).or_default().extend(record.identifiers());
+            if let Some(event) = record.event {
+                carried.entry(event).or_default().extend(record.identifiers());
+            }
         }
         for event in events {
             carried.entry(event.event).or_default().extend(&event.identifiers);

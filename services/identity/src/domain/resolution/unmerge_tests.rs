@@ -81,7 +81,7 @@ impl Store {
     fn merge_index(&self, event: u128) -> usize {
         self.history
             .iter()
-            .position(|e| e.event == event_id(event) && matches!(e.kind, EvidenceKind::Merge { .. }))
+            .position(|e| e.event == Some(event_id(event)) && matches!(e.kind, EvidenceKind::Merge { .. }))
             .unwrap()
     }
 }
@@ -194,7 +194,7 @@ fn a_merge_repeated_by_other_evidence_cannot_be_undone_alone() {
     let index = store.merge_index(5);
     let mut history = store.history.clone();
     let mut again = history[index].clone();
-    again.event = event_id(42);
+    again.event = Some(event_id(42));
     history.push(again);
     assert_eq!(
         unmerge(&history, index, &store.events, &store.rules),

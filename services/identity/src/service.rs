@@ -1,0 +1,407 @@
+//! The identity service: resolution of delivered events, profile reads through the read
+//! model, unmerge, erasure across stores and the review queue. Transport-free: the gRPC
+//! handlers and the event-log consumer call in here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use corvus_proto::WorkspaceId;
+use corvus_proto::common::v1::StoredEvent;
+use corvus_proto::identity::v1 as pb;
+use corvus_storage::{Cache, StorageConfig, StorageError};
+use prost::Message;
+
+use crate::config::{IdentityConfig, Rules};
+use crate::domain::resolution::{DropReason, Identifier, IdentityRules, ProfileId, Rule};
+use crate::events::incoming;
+use crate::read_model::{Entry, ReadModel, merge_message, timestamp};
+use crate::storage::{
+    self, CANDIDATE_ACCEPTED, CANDIDATE_REJECTED, CandidateRecord, IdentityStore, MatchMerge, MergeRecord, Removed,
+    ReviewRefused, UnmergeRefused, Unmerged,
+};
+
+/// Another service's store that holds a person's events and erases them on request.
+#[async_trait]
+pub trait EventEraser: Send + Sync {
+    /// The store's name on the receipt.
+    fn name(&self) -> &'static str;
+    /// Deletes the workspace's events with these message ids; how many there were.
+    async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError>;
+}
+
+/// Why a request cannot be served, in terms the API maps to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl IdentityError {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Events after resolution: each with its profile id (empty when no identifier was left),
+/// and those that could not be read.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub events: Vec<StoredEvent>,
+    pub failures: Vec<(String, String)>,
+}
+
+/// A profile read: the profile, and the id asked for when it was merged into it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRead {
+    pub profile: pb::Profile,
+    pub redirected_from: Option<ProfileId>,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    pub store: Arc<dyn IdentityStore>,
+    pub read_model: ReadModel,
+    rules: Arc<Rules>,
+    erasers: Vec<Arc<dyn EventEraser>>,
+}
+
+impl Identity {
+    /// Connects the store (running its migrations) and the cache.
+    pub async fn connect(storage: &StorageConfig, config: &IdentityConfig) -> anyhow::Result<Self> {
+        let store = storage::connect(storage).await?;
+        let cache = <dyn Cache>::connect(storage).await?;
+        Self::new(store, cache, config)
+    }
+
+    pub fn new(store: Arc<dyn IdentityStore>, cache: Arc<dyn Cache>, config: &IdentityConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            store,
+            read_model: ReadModel {
+                cache,
+                ttl: config.cache_ttl,
+            },
+            rules: Arc::new(config.rules()?),
+            erasers: Vec::new(),
+        })
+    }
+
+    /// Adds a store that `ForgetProfile` erases the person's events from.
+    pub fn with_eraser(mut self, eraser: Arc<dyn EventEraser>) -> Self {
+        self.erasers.push(eraser);
+        self
+    }
+
+    pub fn rules(&self, ws: &WorkspaceId) -> &IdentityRules {
+        self.rules.of(ws)
+    }
+
+    /// Resolves delivered events, a transaction per workspace, and sets their profile ids.
+    pub async fn resolve(&self, events: &[StoredEvent]) -> Result<Resolved, StorageError> {
+        let mut resolved = Resolved {
+            events: events.to_vec(),
+            failures: Vec::new(),
+        };
+        let mut by_workspace: HashMap<WorkspaceId, Vec<usize>> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            match event.workspace_id.parse::<WorkspaceId>() {
+                Ok(ws) => {
+                    if !by_workspace.contains_key(&ws) {
+                        order.push(ws.clone());
+                    }
+                    by_workspace.entry(ws).or_default().push(i);
+                }
+                Err(e) => resolved
+                    .failures
+                    .push((event.event_id.clone(), format!("workspace: {e}"))),
+            }
+        }
+        for ws in order {
+            let rules = self.rules(&ws);
+            let mut indices = Vec::new();
+            let mut incoming_events = Vec::new();
+            for i in &by_workspace[&ws] {
+                match incoming(&events[*i], rules) {
+                    Ok(event) => {
+                        indices.push(*i);
+                        incoming_events.push(event);
+                    }
+                    Err(e) => resolved.failures.push((events[*i].event_id.clone(), e.to_string())),
+                }
+            }
+            let applied = self.store.resolve(&ws, &incoming_events, rules).await?;
+            self.invalidate(&ws, applied.versions).await;
+            for (i, (_, profile, _)) in indices.into_iter().zip(applied.outcomes) {
+                resolved.events[i].profile_id = profile.map(|p| p.to_string()).unwrap_or_default();
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Marks changed profiles stale in the read model. The store is already committed, so
+    /// a cache that cannot be reached is retried in the background until it answers:
+    /// serving a stale profile after a merge is not an option.
+    async fn invalidate(&self, ws: &WorkspaceId, versions: Vec<(ProfileId, i64)>) {
+        if versions.is_empty() {
+            return;
+        }
+        if let Err(err) = self.read_model.invalidate(ws, &versions).await {
+            tracing::warn!(error = %err, "cache unreachable after a profile change; retrying in the background");
+            let (read_model, ws) = (self.read_model.clone(), ws.clone());
+            tokio::spawn(async move {
+                let mut pause = Duration::from_millis(100);
+                while read_model.invalidate(&ws, &versions).await.is_err() {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            });
+        }
+    }
+
+    /// A profile by id: from the read model when it holds a current entry, else from the
+    /// store (refreshing the read model). Merged ids redirect to the survivor.
+    pub async fn profile(&self, ws: &WorkspaceId, id: ProfileId) -> Result<Option<ProfileRead>, IdentityError> {
+        let mut asked = id;
+        let mut redirected_from = None;
+        // Merges are flattened, so one redirect is all there can be; a second one means
+        // the survivor was merged meanwhile, and is followed too.
+        for _ in 0..4 {
+            match self.entry(ws, asked).await? {
+                Some(Entry::Live(profile)) => {
+                    return Ok(Some(ProfileRead {
+                        profile,
+                        redirected_from,
+                    }));
+                }
+                Some(Entry::Merged(into)) => {
+                    redirected_from = Some(id);
+                    asked = into;
+                }
+                Some(Entry::Erased) | None => return Ok(None),
+            }
+        }
+        Err(StorageError::Unavailable("the profile keeps being merged; try again".to_owned()).into())
+    }
+
+    async fn entry(&self, ws: &WorkspaceId, id: ProfileId) -> Result<Option<Entry>, IdentityError> {
+        match self.read_model.get(ws, id).await {
+            Ok(Some(entry)) => return Ok(Some(entry)),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "read model unavailable; reading the store"),
+        }
+        let lookup = self.store.lookup(ws, id).await?;
+        let Some((entry, version)) = Entry::from_lookup(lookup, self.rules(ws)) else {
+            return Ok(None);
+        };
+        if let Err(err) = self.read_model.put(ws, id, &entry, version).await {
+            tracing::warn!(error = %err, "read model not refreshed");
+        }
+        Ok(Some(entry))
+    }
+
+    /// The identifier in normal form, or why it names no one.
+    pub fn identifier(&self, ws: &WorkspaceId, kind: &str, value: &str) -> Result<Identifier, IdentityError> {
+        self.rules(ws).identifier(kind, value).map_err(|reason| match reason {
+            DropReason::InvalidKind => IdentityError::invalid(
+                "identifier.kind",
+                format!("{kind:?} is not an identifier kind (lowercase letters, digits and '_')"),
+            ),
+            DropReason::Malformed(m) => IdentityError::invalid("identifier.value", m.to_string()),
+            _ => IdentityError::invalid("identifier.value", "empty or blocked value: it identifies no one"),
+        })
+    }
+
+    /// The profile holding an identifier (any spelling of it).
+    pub async fn profile_by_identifier(
+        &self,
+        ws: &WorkspaceId,
+        identifier: &Identifier,
+    ) -> Result<Option<ProfileRead>, IdentityError> {
+        let holds = |read: &ProfileRead| {
+            read.profile
+                .identifiers
+                .iter()
+                .any(|i| i.kind == identifier.kind.as_str() && i.value == identifier.value)
+        };
+        if let Ok(Some(hint)) = self.read_model.holder(ws, identifier).await
+            && let Some(read) = self.profile(ws, hint).await?
+            && holds(&read)
+        {
+            return Ok(Some(ProfileRead {
+                redirected_from: None,
+                ..read
+            }));
+        }
+        let Some(holder) = self.store.holder(ws, identifier).await? else {
+            return Ok(None);
+        };
+        let read = self.profile(ws, holder).await?;
+        if read.is_some()
+            && let Err(err) = self.read_model.put_holder(ws, identifier, holder).await
+        {
+            tracing::warn!(error = %err, "identifier not cached");
+        }
+        Ok(read.map(|read| ProfileRead {
+            redirected_from: None,
+            ..read
+        }))
+    }
+
+    pub async fn merges(
+        &self,
+        ws: &WorkspaceId,
+        id: ProfileId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<MergeRecord>, IdentityError> {
+        let Some(read) = self.profile(ws, id).await? else {
+            return Err(IdentityError::NotFound(format!("no profile {id} in this workspace")));
+        };
+        let root: ProfileId = read
+            .profile
+            .profile_id
+            .parse()
+            .map_err(|_| StorageError::Internal("a profile id in the read model is not a UUID".to_owned()))?;
+        Ok(self.store.merges(ws, root, before, limit).await?)
+    }
+
+    pub async fn unmerge(&self, ws: &WorkspaceId, merge: i64) -> Result<Unmerged, IdentityError> {
+        match self.store.unmerge(ws, merge, self.rules(ws)).await? {
+            Ok(unmerged) => {
+                self.invalidate(ws, unmerged.versions.clone()).await;
+                Ok(unmerged)
+            }
+            Err(refused @ UnmergeRefused::NotFound(_)) => Err(IdentityError::NotFound(refused.to_string())),
+            Err(refused) => Err(IdentityError::Precondition(refused.to_string())),
+        }
+    }
+
+    /// Erases a person from every store; the receipt, and whether it had been erased before.
+    pub async fn forget(
+        &self,
+        ws: &WorkspaceId,
+        id: ProfileId,
+        allow_recreate: bool,
+    ) -> Result<(pb::ErasureReceipt, bool), IdentityError> {
+        let build = |removed: &Removed| {
+            let identity = pb::ErasedStore {
+                store: "identity".to_owned(),
+                removed: removed
+                    .rows
+                    .iter()
+                    .map(|(table, n)| ((*table).to_owned(), *n))
+                    .collect(),
+            };
+            pb::ErasureReceipt {
+                profile_id: removed.profile.to_string(),
+                merged_profile_ids: removed.absorbed.iter().map(ToString::to_string).collect(),
+                erased_at: timestamp(chrono::Utc::now()),
+                stores: vec![identity],
+                blocked_identifiers: if allow_recreate {
+                    0
+                } else {
+                    removed.identifiers.len() as u64
+                },
+            }
+            .encode_to_vec()
+        };
+        let Some(erasure) = self.store.forget(ws, id, !allow_recreate, &build).await? else {
+            return Err(IdentityError::NotFound(format!("no profile {id} in this workspace")));
+        };
+        let mut receipt = pb::ErasureReceipt::decode(erasure.receipt.as_slice())
+            .map_err(|e| StorageError::Internal(format!("a stored receipt does not decode: {e}")))?;
+        if erasure.already_erased && erasure.pending.is_empty() {
+            return Ok((receipt, true));
+        }
+        if !erasure.already_erased {
+            // The read model: every id of the person now reads as erased.
+            let entries = erasure.versions.len() as u64;
+            for (profile, version) in &erasure.versions {
+                self.read_model.put(ws, *profile, &Entry::Erased, *version).await?;
+            }
+            receipt.stores.push(pb::ErasedStore {
+                store: "identity-cache".to_owned(),
+                removed: [("profile_entries".to_owned(), entries)].into(),
+            });
+        }
+        for eraser in &self.erasers {
+            let n = eraser.erase(ws, &erasure.pending).await?;
+            receipt.stores.retain(|s| s.store != eraser.name());
+            receipt.stores.push(pb::ErasedStore {
+                store: eraser.name().to_owned(),
+                removed: [("events".to_owned(), n)].into(),
+            });
+        }
+        self.store.erasure_done(ws, id, &receipt.encode_to_vec()).await?;
+        Ok((receipt, erasure.already_erased))
+    }
+
+    /// Applies merges proposed by matching or review and refreshes the read model.
+    pub async fn merge_matches(
+        &self,
+        ws: &WorkspaceId,
+        merges: &[MatchMerge],
+    ) -> Result<Vec<MergeRecord>, IdentityError> {
+        let (made, versions) = self.store.merge_matches(ws, merges, self.rules(ws)).await?;
+        self.invalidate(ws, versions).await;
+        Ok(made)
+    }
+
+    pub async fn review(
+        &self,
+        ws: &WorkspaceId,
+        candidate: uuid::Uuid,
+        accept: bool,
+    ) -> Result<(CandidateRecord, Option<pb::Merge>), IdentityError> {
+        let Some(record) = self.store.candidate(ws, candidate).await? else {
+            return Err(IdentityError::NotFound(ReviewRefused::NotFound(candidate).to_string()));
+        };
+        if record.status != storage::CANDIDATE_PENDING {
+            return Err(IdentityError::Precondition(
+                ReviewRefused::NotPending(candidate).to_string(),
+            ));
+        }
+        let mut merge = None;
+        if accept {
+            let made = self
+                .merge_matches(
+                    ws,
+                    &[MatchMerge {
+                        a: record.a,
+                        b: record.b,
+                        rule: Rule::Review,
+                        probability: record.probability,
+                    }],
+                )
+                .await?;
+            merge = made.first().map(merge_message);
+            if merge.is_none() {
+                let (a, b) = (self.profile(ws, record.a).await?, self.profile(ws, record.b).await?);
+                let same = matches!((&a, &b), (Some(a), Some(b)) if a.profile.profile_id == b.profile.profile_id);
+                if !same {
+                    return Err(IdentityError::Precondition(
+                        "the two profiles cannot be merged: they were erased, or hold different values of a unique \
+                         identifier kind"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        let status = if accept { CANDIDATE_ACCEPTED } else { CANDIDATE_REJECTED };
+        match self.store.set_candidate_status(ws, candidate, status).await? {
+            Ok(record) => Ok((record, merge)),
+            Err(refused) => Err(IdentityError::Precondition(refused.to_string())),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The identity store in Postgres: batch reads and writes as arrays (`ANY`, `UNNEST`),
+//! candidate profiles locked `FOR UPDATE` in id order, and a batch run again when a
+//! concurrent writer got there first (a deadlock, or an identifier it inserted).
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::WorkspaceId;
+use corvus_storage::StorageError;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{
+    Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, IdentityStore,
+    Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused, SideSummary, UnmergeRefused,
+    Unmerged, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros, rule_code, rule_of,
+    time,
+};
+use crate::domain::batch::{
+    ConsentChange, ConsentRow, IncomingEvent, Loaded, Plan, TraitRow, matched_merge, may_merge, plan,
+};
+use crate::domain::resolution::{
+    Candidate, EventId, EventIdentity, Evidence, EvidenceKind, HeldIdentifier, Identifier, IdentityRules, ProfileId,
+    unmerge,
+};
+
+#[derive(Debug, Clone)]
+pub struct PgIdentityStore {
+    pool: PgPool,
+}
+
+impl PgIdentityStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn begin(&self) -> Result<((), Transaction<'static, Postgres>), sqlx::Error> {
+        Ok(((), self.pool.begin().await?))
+    }
+
+    fn retries(&self) -> u32 {
+        50
+    }
+
+    async fn lock_profiles(
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        profiles: &[ProfileId],
+    ) -> Result<Vec<ProfileRow>, sqlx::Error> {
+        if profiles.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One order for every locker, so that two batches sharing profiles queue rather
+        // than deadlock.
+        sqlx::query_as(
+            "SELECT profile_id, created_at, merged_into, erased_at FROM profiles \
+             WHERE workspace_id = $1 AND profile_id = ANY($2) ORDER BY profile_id FOR UPDATE",
+        )
+        .bind(ws)
+        .bind(uuids(profiles.iter().copied()))
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn seen_events(
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        events: &[EventId],
+    ) -> Result<HashMap<EventId, ProfileId>, sqlx::Error> {
+        let rows: Vec<(EventId, ProfileId)> = sqlx::query_as(
+            "SELECT event_id, profile_id FROM profile_events WHERE workspace_id = $1 AND event_id = ANY($2)",
+        )
+        .bind(ws)
+        .bind(events.iter().map(EventId::as_uuid).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn erased_among(
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        identifiers: &[&Identifier],
+    ) -> Result<HashSet<Identifier>, sqlx::Error> {
+        let digests: Vec<Vec<u8>> = identifiers.iter().map(|i| digest(i)).collect();
+        let rows: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT digest FROM erased_identifiers WHERE workspace_id = $1 AND digest = ANY($2)")
+                .bind(ws)
+                .bind(&digests)
+                .fetch_all(conn)
+                .await?;
+        let erased: HashSet<Vec<u8>> = rows.into_iter().map(|r| r.0).collect();
+        Ok(identifiers
+            .iter()
+            .zip(&digests)
+            .filter(|(_, d)| erased.contains(*d))
+            .map(|(i, _)| (*i).clone())
+            .collect())
+    }
+
+    async fn holders(
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        identifiers: &[&Identifier],
+    ) -> Result<Vec<(Identifier, ProfileId)>, StorageError> {
+        let rows: Vec<(String, String, ProfileId)> = sqlx::query_as(
+            "SELECT i.kind, i.value, i.profile_id FROM identifiers i \
+             JOIN UNNEST($2::text[], $3::text[]) AS w(kind, value) ON i.kind = w.kind AND i.value = w.value \
+             WHERE i.workspace_id = $1 ORDER BY i.kind, i.value",
+        )
+        .bind(ws)
+        .bind(identifiers.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())
+        .bind(identifiers.iter().map(|i| i.value.as_str()).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter()
+            .map(|(kind, value, profile)| Ok((identifier(kind, value)?, profile)))
+            .collect()
+    }
+
+    async fn write_plan(
+        &self,
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        plan: &Plan,
+    ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
+        let now = micros(Utc::now());
+        if !plan.new_profiles.is_empty() {
+            sqlx::query(
+                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, merged_into) \
+                 SELECT $1, id, created, created, 9223372036854775807, -9223372036854775808, merged \
+                 FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[]) AS n(id, created, merged)",
+            )
+            .bind(ws)
+            .bind(uuids(plan.new_profiles.iter().map(|p| p.profile)))
+            .bind(plan.new_profiles.iter().map(|p| micros(p.created_at)).collect::<Vec<_>>())
+            .bind(
+                plan.new_profiles
+                    .iter()
+                    .map(|p| p.merged_into.map(|m| m.as_uuid()))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        let mut versions = Vec::new();
+        for (from, into) in &plan.merges {
+            versions.extend(move_profile(conn, ws, *from, *into, now).await?);
+        }
+        if !plan.identifiers.is_empty() {
+            let inserted = sqlx::query(
+                "INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
+                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::int8[]) \
+                 ON CONFLICT (workspace_id, kind, value) DO NOTHING",
+            )
+            .bind(ws)
+            .bind(plan.identifiers.iter().map(|i| i.0.kind.as_str()).collect::<Vec<_>>())
+            .bind(plan.identifiers.iter().map(|i| i.0.value.as_str()).collect::<Vec<_>>())
+            .bind(uuids(plan.identifiers.iter().map(|i| i.1)))
+            .bind(plan.identifiers.iter().map(|i| micros(i.2)).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted != plan.identifiers.len() as u64 {
+                // Another transaction gave one of these identifiers to a profile first.
+                return Err(ResolveError::Moved);
+            }
+        }
+        if !plan.events.is_empty() {
+            let e = &plan.events;
+            let inserted = sqlx::query(
+                "INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, name, \
+                 message_id, identifiers, traits, consents) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::int8[], $5::int2[], $6::int2[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[]) ON CONFLICT (workspace_id, event_id) DO NOTHING",
+            )
+            .bind(ws)
+            .bind(e.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
+            .bind(uuids(e.iter().map(|r| r.profile)))
+            .bind(e.iter().map(|r| micros(r.at)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event_type).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.channel).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| encode_identifiers(&r.identifiers)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| traits_json(r.traits.as_ref())).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| consents_json(&r.consents)).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted != e.len() as u64 {
+                return Err(ResolveError::Moved);
+            }
+        }
+        if !plan.traits.is_empty() {
+            let t = &plan.traits;
+            sqlx::query(
+                "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int8[], $6::uuid[]) \
+                 ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
+                 SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
+                 WHERE excluded.set_at > traits.set_at \
+                    OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)",
+            )
+            .bind(ws)
+            .bind(uuids(t.iter().map(|r| r.profile)))
+            .bind(t.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.value.to_string()).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| micros(r.set_at)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !plan.consents.is_empty() {
+            let c = &plan.consents;
+            sqlx::query(
+                "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::int8[], $7::uuid[]) \
+                 ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
+                 SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
+                 WHERE excluded.set_at > consents.set_at \
+                    OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
+            )
+            .bind(ws)
+            .bind(uuids(c.iter().map(|r| r.profile)))
+            .bind(c.iter().map(|r| r.change.purpose.as_str()).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.change.channel).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.change.granted).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| micros(r.set_at)).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !plan.counts.is_empty() {
+            let c = &plan.counts;
+            sqlx::query(
+                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) \
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::int2[], $4::int2[], $5::int8[]) \
+                 ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n",
+            )
+            .bind(ws)
+            .bind(uuids(c.iter().map(|r| r.0)))
+            .bind(c.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(c.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !plan.evidence.is_empty() {
+            insert_evidence_batch(conn, ws, &plan.evidence).await?;
+        }
+        if !plan.touched.is_empty() {
+            let t = &plan.touched;
+            let touched: Vec<(ProfileId, i64)> = sqlx::query_as(
+                "UPDATE profiles p SET first_seen = LEAST(p.first_seen, t.f), last_seen = GREATEST(p.last_seen, t.l), \
+                 event_count = p.event_count + t.n, version = p.version + 1, updated_at = $6 \
+                 FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::int8[]) AS t(id, f, l, n) \
+                 WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
+            )
+            .bind(ws)
+            .bind(uuids(t.iter().map(|r| r.profile)))
+            .bind(t.iter().map(|r| micros(r.first_seen)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| micros(r.last_seen)).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.events).collect::<Vec<_>>())
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+            versions.extend(touched);
+        }
+        Ok(versions)
+    }
+}
+
+async fn insert_evidence_batch(
+    conn: &mut PgConnection,
+    ws: &WorkspaceId,
+    evidence: &[Evidence],
+) -> Result<(), sqlx::Error> {
+    let mut columns = EvidenceColumns::default();
+    for e in evidence {
+        columns.push(e);
+    }
+    // WITH ORDINALITY and ORDER BY: ids are given in the order the records were made.
+    sqlx::query(
+        "INSERT INTO evidence (workspace_id, kind, profile_id, other_id, identifier_kind, identifier_value, \
+         via_kind, via_value, event_id, rule, confidence, at) \
+         SELECT $1, kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at \
+         FROM UNNEST($2::int2[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::uuid[], $10::int2[], $11::float8[], $12::int8[]) WITH ORDINALITY \
+         AS e(kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at, n) ORDER BY n",
+    )
+    .bind(ws)
+    .bind(columns.kind)
+    .bind(columns.profile)
+    .bind(columns.other)
+    .bind(columns.ikind)
+    .bind(columns.ivalue)
+    .bind(columns.vkind)
+    .bind(columns.vvalue)
+    .bind(columns.event)
+    .bind(columns.rule)
+    .bind(columns.confidence)
+    .bind(columns.at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct EvidenceColumns {
+    kind: Vec<i16>,
+    profile: Vec<Uuid>,
+    other: Vec<Option<Uuid>>,
+    ikind: Vec<String>,
+    ivalue: Vec<String>,
+    vkind: Vec<Option<String>>,
+    vvalue: Vec<Option<String>>,
+    event: Vec<Option<Uuid>>,
+    rule: Vec<i16>,
+    confidence: Vec<f64>,
+    at: Vec<i64>,
+}
+
+impl EvidenceColumns {
+    fn push(&mut self, e: &Evidence) {
+        let (kind, profile, other, identifier, via) = match &e.kind {
+            EvidenceKind::Link {
+                profile,
+                identifier,
+                via,
+            } => (1, *profile, None, identifier, via.as_ref()),
+            EvidenceKind::Merge {
+                survivor,
+                merged,
+                survivor_via,
+                merged_via,
+            } => (2, *survivor, Some(*merged), survivor_via, Some(merged_via)),
+        };
+        self.kind.push(kind);
+        self.profile.push(profile.as_uuid());
+        self.other.push(other.map(|o| o.as_uuid()));
+        self.ikind.push(identifier.kind.as_str().to_owned());
+        self.ivalue.push(identifier.value.clone());
+        self.vkind.push(via.map(|v| v.kind.as_str().to_owned()));
+        self.vvalue.push(via.map(|v| v.value.clone()));
+        self.event.push(e.event.map(|id| id.as_uuid()));
+        self.rule.push(rule_code(e.rule));
+        self.confidence.push(e.confidence);
+        self.at.push(micros(e.at));
+    }
+}
+
+fn uuids(ids: impl Iterator<Item = ProfileId>) -> Vec<Uuid> {
+    ids.map(|id| id.as_uuid()).collect()
+}
+
+pub(super) fn traits_json(traits: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<String> {
+    traits
+        .filter(|t| !t.is_empty())
+        .map(|t| serde_json::Value::Object(t.clone()).to_string())
+}
+
+pub(super) fn consents_json(consents: &[ConsentChange]) -> Option<String> {
+    (!consents.is_empty()).then(|| serde_json::to_string(consents).unwrap_or_default())
+}
+
+identity_store!(PgIdentityStore, Postgres);

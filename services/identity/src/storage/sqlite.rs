@@ -1,0 +1,261 @@
+//! The embedded identity store: SQLite admits one writer at a time, so writers queue on
+//! a lock in this process and a batch never meets a concurrent one; its rows are written
+//! with prepared statements in a loop, which in process costs microseconds each.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::WorkspaceId;
+use corvus_storage::StorageError;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::postgres::{consents_json, traits_json};
+use super::{
+    Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, IdentityStore,
+    Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused, SideSummary, UnmergeRefused,
+    Unmerged, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros, rule_code, rule_of,
+    time,
+};
+use crate::domain::batch::{
+    ConsentChange, ConsentRow, IncomingEvent, Loaded, Plan, TraitRow, matched_merge, may_merge, plan,
+};
+use crate::domain::resolution::{
+    Candidate, EventId, EventIdentity, Evidence, EvidenceKind, HeldIdentifier, Identifier, IdentityRules, ProfileId,
+    unmerge,
+};
+
+#[derive(Debug)]
+pub struct SqliteIdentityStore {
+    pool: SqlitePool,
+    writer: Mutex<()>,
+}
+
+impl SqliteIdentityStore {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            writer: Mutex::new(()),
+        }
+    }
+
+    async fn begin(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>), sqlx::Error> {
+        let guard = self.writer.lock().await;
+        Ok((guard, self.pool.begin().await?))
+    }
+
+    fn retries(&self) -> u32 {
+        0
+    }
+
+    async fn lock_profiles(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        profiles: &[ProfileId],
+    ) -> Result<Vec<ProfileRow>, sqlx::Error> {
+        let mut rows = Vec::with_capacity(profiles.len());
+        for profile in profiles {
+            let row: Option<ProfileRow> = sqlx::query_as(
+                "SELECT profile_id, created_at, merged_into, erased_at FROM profiles \
+                 WHERE workspace_id = $1 AND profile_id = $2",
+            )
+            .bind(ws)
+            .bind(*profile)
+            .fetch_optional(&mut *conn)
+            .await?;
+            rows.extend(row);
+        }
+        Ok(rows)
+    }
+
+    async fn seen_events(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        events: &[EventId],
+    ) -> Result<HashMap<EventId, ProfileId>, sqlx::Error> {
+        let mut seen = HashMap::new();
+        for event in events {
+            let row: Option<(ProfileId,)> =
+                sqlx::query_as("SELECT profile_id FROM profile_events WHERE workspace_id = $1 AND event_id = $2")
+                    .bind(ws)
+                    .bind(*event)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some((profile,)) = row {
+                seen.insert(*event, profile);
+            }
+        }
+        Ok(seen)
+    }
+
+    async fn erased_among(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        identifiers: &[&Identifier],
+    ) -> Result<HashSet<Identifier>, sqlx::Error> {
+        let mut erased = HashSet::new();
+        for identifier in identifiers {
+            let row: Option<(i64,)> =
+                sqlx::query_as("SELECT 1 FROM erased_identifiers WHERE workspace_id = $1 AND digest = $2")
+                    .bind(ws)
+                    .bind(digest(identifier))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if row.is_some() {
+                erased.insert((*identifier).clone());
+            }
+        }
+        Ok(erased)
+    }
+
+    async fn holders(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        identifiers: &[&Identifier],
+    ) -> Result<Vec<(Identifier, ProfileId)>, StorageError> {
+        let mut holders = Vec::new();
+        for identifier in identifiers {
+            let row: Option<(ProfileId,)> = sqlx::query_as(
+                "SELECT profile_id FROM identifiers WHERE workspace_id = $1 AND kind = $2 AND value = $3",
+            )
+            .bind(ws)
+            .bind(identifier.kind.as_str())
+            .bind(&identifier.value)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((profile,)) = row {
+                holders.push(((*identifier).clone(), profile));
+            }
+        }
+        Ok(holders)
+    }
+
+    async fn write_plan(
+        &self,
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        plan: &Plan,
+    ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
+        let now = micros(Utc::now());
+        for new in &plan.new_profiles {
+            sqlx::query(
+                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, merged_into) \
+                 VALUES ($1, $2, $3, $3, 9223372036854775807, -9223372036854775808, $4)",
+            )
+            .bind(ws)
+            .bind(new.profile)
+            .bind(micros(new.created_at))
+            .bind(new.merged_into)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let mut versions = Vec::new();
+        for (from, into) in &plan.merges {
+            versions.extend(move_profile(conn, ws, *from, *into, now).await?);
+        }
+        for (identifier, profile, first_seen) in &plan.identifiers {
+            sqlx::query(
+                "INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(ws)
+            .bind(identifier.kind.as_str())
+            .bind(&identifier.value)
+            .bind(*profile)
+            .bind(micros(*first_seen))
+            .execute(&mut *conn)
+            .await?;
+        }
+        for e in &plan.events {
+            sqlx::query(
+                "INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, name, \
+                 message_id, identifiers, traits, consents) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(ws)
+            .bind(e.event)
+            .bind(e.profile)
+            .bind(micros(e.at))
+            .bind(e.event_type)
+            .bind(e.channel)
+            .bind(&e.name)
+            .bind(&e.message_id)
+            .bind(encode_identifiers(&e.identifiers))
+            .bind(traits_json(e.traits.as_ref()))
+            .bind(consents_json(&e.consents))
+            .execute(&mut *conn)
+            .await?;
+        }
+        for t in &plan.traits {
+            sqlx::query(
+                "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
+                 SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
+                 WHERE excluded.set_at > traits.set_at \
+                    OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)",
+            )
+            .bind(ws)
+            .bind(t.profile)
+            .bind(&t.name)
+            .bind(t.value.to_string())
+            .bind(micros(t.set_at))
+            .bind(t.event)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for c in &plan.consents {
+            sqlx::query(
+                "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
+                 SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
+                 WHERE excluded.set_at > consents.set_at \
+                    OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
+            )
+            .bind(ws)
+            .bind(c.profile)
+            .bind(&c.change.purpose)
+            .bind(c.change.channel)
+            .bind(c.change.granted)
+            .bind(micros(c.set_at))
+            .bind(c.event)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for (profile, channel, event_type, n) in &plan.counts {
+            sqlx::query(
+                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n",
+            )
+            .bind(ws)
+            .bind(*profile)
+            .bind(*channel)
+            .bind(*event_type)
+            .bind(*n)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for evidence in &plan.evidence {
+            insert_evidence(conn, ws, evidence).await?;
+        }
+        for t in &plan.touched {
+            let (version,): (i64,) = sqlx::query_as(
+                "UPDATE profiles SET first_seen = MIN(first_seen, $3), last_seen = MAX(last_seen, $4), \
+                 event_count = event_count + $5, version = version + 1, updated_at = $6 \
+                 WHERE workspace_id = $1 AND profile_id = $2 RETURNING version",
+            )
+            .bind(ws)
+            .bind(t.profile)
+            .bind(micros(t.first_seen))
+            .bind(micros(t.last_seen))
+            .bind(t.events)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+            versions.push((t.profile, version));
+        }
+        Ok(versions)
+    }
+}
+
+identity_store!(SqliteIdentityStore, Sqlite);
