@@ -4,6 +4,7 @@
 mod fault;
 mod grpc;
 mod http;
+mod identity;
 mod platform;
 mod sdk;
 mod support;

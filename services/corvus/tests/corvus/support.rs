@@ -7,6 +7,7 @@ use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
 use corvus_platform::Role;
 use corvus_platform::server::Listeners;
 use corvus_proto::common::v1::{Event, EventType, StoredEvent};
+use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{IngestRequest, ListEventsRequest};
 use corvus_test_support::{Backend, TempDir};
@@ -17,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type Client = IngestionServiceClient<InterceptedService<Channel, Key>>;
+pub type IdentityClient = IdentityServiceClient<InterceptedService<Channel, Key>>;
 
 /// Puts an API key (and optionally a workspace) on every call.
 #[derive(Clone)]
@@ -62,6 +64,8 @@ pub struct TestApp {
     /// The admin key of workspace `globex`.
     pub other_key: String,
     pub recorder: Arc<Recorder>,
+    /// Receives what identity hands on: events with their profile ids.
+    pub resolved: Arc<Recorder>,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub config: CorvusConfig,
@@ -88,12 +92,17 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig))
     config.server.drain_timeout = Duration::from_secs(5);
     tweak(&mut config);
     let recorder = Arc::new(Recorder::default());
+    let resolved = Arc::new(Recorder::default());
     let app = App::build(config.clone(), Listeners::ephemeral().await.unwrap())
         .await
         .expect("build the app")
         .with_consumer(Consumer {
             name: "recorder".into(),
             sink: recorder.clone(),
+        })
+        .with_consumer_after_identity(Consumer {
+            name: "resolved".into(),
+            sink: resolved.clone(),
         });
     let (acme, globex) = ("acme".parse().unwrap(), "globex".parse().unwrap());
     app.keys.upsert_workspace(&acme, "Acme", None).await.unwrap();
@@ -120,6 +129,7 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig))
         read_key,
         other_key,
         recorder,
+        resolved,
         shutdown,
         handle,
         config,
@@ -146,6 +156,14 @@ impl TestApp {
             workspace: workspace.map(|w| w.parse().unwrap()),
         };
         IngestionServiceClient::with_interceptor(self.channel().await, key)
+    }
+
+    pub async fn identity(&self, key: &str) -> IdentityClient {
+        let key = Key {
+            bearer: Some(format!("Bearer {key}").parse().unwrap()),
+            workspace: None,
+        };
+        IdentityServiceClient::with_interceptor(self.channel().await, key)
     }
 
     /// Every stored event of the key's workspace, through ListEvents.

@@ -117,8 +117,13 @@ pub fn validate(
             ));
         }
     }
-    if event.anonymous_id.is_empty() && event.user_id.is_empty() {
-        return Err(Violation::new("user_id", "an anonymous_id or a user_id is required"));
+    // A till receipt may carry only a loyalty card, a call only a phone number: any
+    // identifier names the person.
+    if event.anonymous_id.is_empty() && event.user_id.is_empty() && event.identifiers.is_empty() {
+        return Err(Violation::new(
+            "user_id",
+            "an anonymous_id, a user_id or an identifier is required",
+        ));
     }
     match kind {
         EventType::Track if event.event.trim().is_empty() => {
