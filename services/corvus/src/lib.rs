@@ -143,7 +143,10 @@ impl App {
                 next: after_identity,
             }),
         };
-        let mut consumers = vec![identity];
+        let mut consumers = Vec::new();
+        if self.config.identity.resolve_events {
+            consumers.push(identity);
+        }
         consumers.extend(self.extra_consumers);
         consumers.extend(self.ingestion.consumers(false)?);
         let workers_stop = CancellationToken::new();

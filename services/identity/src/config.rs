@@ -21,6 +21,9 @@ pub struct IdentityConfig {
     /// How long a profile stays in the read model after it was last read or changed.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Resolve the event log in this process. Off for a process that only serves reads,
+    /// or to measure ingestion alone.
+    pub resolve_events: bool,
 }
 
 impl Default for IdentityConfig {
@@ -29,6 +32,7 @@ impl Default for IdentityConfig {
             kinds: BTreeMap::new(),
             workspaces: BTreeMap::new(),
             cache_ttl: Duration::from_secs(24 * 3600),
+            resolve_events: true,
         }
     }
 }
