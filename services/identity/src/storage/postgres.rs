@@ -63,6 +63,45 @@ impl PgIdentityStore {
         .await
     }
 
+    /// The locked profiles with everything they hold, in one query.
+    async fn candidates_of(
+        conn: &mut PgConnection,
+        ws: &WorkspaceId,
+        rows: &[ProfileRow],
+    ) -> Result<Vec<Candidate>, StorageError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<(ProfileId, String, String, i64)> = sqlx::query_as(
+            "SELECT profile_id, kind, value, first_seen FROM identifiers \
+             WHERE workspace_id = $1 AND profile_id = ANY($2)",
+        )
+        .bind(ws)
+        .bind(uuids(rows.iter().map(|r| r.0)))
+        .fetch_all(conn)
+        .await?;
+        let mut candidates: HashMap<ProfileId, Candidate> = rows
+            .iter()
+            .map(|r| {
+                let candidate = Candidate {
+                    profile: r.0,
+                    created_at: time(r.1),
+                    identifiers: Vec::new(),
+                };
+                (r.0, candidate)
+            })
+            .collect();
+        for (profile, kind, value, first_seen) in held {
+            if let Some(c) = candidates.get_mut(&profile) {
+                c.identifiers.push(HeldIdentifier {
+                    identifier: identifier(kind, value)?,
+                    first_seen: time(first_seen),
+                });
+            }
+        }
+        Ok(rows.iter().filter_map(|r| candidates.remove(&r.0)).collect())
+    }
+
     async fn seen_events(
         conn: &mut PgConnection,
         ws: &WorkspaceId,

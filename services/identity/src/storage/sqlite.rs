@@ -69,6 +69,18 @@ impl SqliteIdentityStore {
         Ok(rows)
     }
 
+    async fn candidates_of(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        rows: &[ProfileRow],
+    ) -> Result<Vec<Candidate>, StorageError> {
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            candidates.push(candidate(conn, ws, row).await?);
+        }
+        Ok(candidates)
+    }
+
     async fn seen_events(
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,

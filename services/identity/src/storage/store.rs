@@ -628,17 +628,19 @@ macro_rules! identity_store {
                     Err(err) => return Ok(Err(UnmergeRefused::Graph(err.to_string()))),
                 };
                 let now = micros(Utc::now());
+                let mut versions = Vec::new();
                 for side in &split.sides {
                     for absorbed in &side.absorbed {
-                        sqlx::query(
+                        let (version,): (i64,) = sqlx::query_as(
                             "UPDATE profiles SET merged_into = $3, version = version + 1 \
-                             WHERE workspace_id = $1 AND profile_id = $2",
+                             WHERE workspace_id = $1 AND profile_id = $2 RETURNING version",
                         )
                         .bind(ws)
                         .bind(*absorbed)
                         .bind(side.profile)
-                        .execute(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await?;
+                        versions.push((*absorbed, version));
                     }
                     for identifier in &side.identifiers {
                         sqlx::query(
@@ -672,11 +674,9 @@ macro_rules! identity_store {
                         .await?;
                 }
                 let mut sides = Vec::new();
-                let mut versions = Vec::new();
                 for side in &split.sides {
                     let (version, events) = rebuild(&mut tx, ws, side.profile, now).await?;
                     versions.push((side.profile, version));
-                    versions.extend(side.absorbed.iter().map(|a| (*a, version)));
                     sides.push(SideSummary {
                         profile: side.profile,
                         identifiers: held(&mut tx, ws, side.profile).await?,
@@ -1036,10 +1036,7 @@ macro_rules! identity_store {
                 if Self::holders(conn, ws, &identifiers).await? != holders {
                     return Err(ResolveError::Moved);
                 }
-                let mut candidates = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    candidates.push(candidate(conn, ws, row).await?);
-                }
+                let candidates = Self::candidates_of(conn, ws, &rows).await?;
                 Ok(Loaded {
                     seen,
                     erased,
