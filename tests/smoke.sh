@@ -48,9 +48,19 @@ events=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{}' "$grpc" \
 listed=$(grep -c '"messageId"' <<<"$events" || true)
 [ "$listed" = 4 ] || fail "expected 4 stored events, found $listed"
 
+# Identity resolved the events onto one profile.
+for _ in $(seq 100); do
+  profile=$(grpcurl -plaintext -H "authorization: Bearer $key" \
+    -d '{"identifier": {"kind": "user_id", "value": "u-1"}}' "$grpc" \
+    corvus.identity.v1.IdentityService/GetProfile 2>/dev/null || true)
+  grep -q '"eventCount": "2"' <<<"$profile" && break
+  sleep 0.1
+done
+grep -q '"eventCount": "2"' <<<"$profile" || fail "GetProfile said: $profile"
+
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, auth, graceful stop)"
