@@ -142,7 +142,7 @@ impl Job {
         let stage = |report: &mut pb::RunMatchingResponse, stage: pb::MatchingStage| {
             report.stage = stage as i32;
             report.elapsed_ms = started.elapsed().as_millis() as u64;
-            progress(report.clone());
+            progress(*report);
         };
         stage(&mut report, pb::MatchingStage::Loading);
         let names: Vec<String> = self.settings.schema.fields.iter().map(|f| f.name.clone()).collect();

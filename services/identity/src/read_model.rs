@@ -40,7 +40,7 @@ pub fn identifier_key(ws: &WorkspaceId, identifier: &Identifier) -> String {
 /// A read model entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Live(pb::Profile),
+    Live(Box<pb::Profile>),
     Merged(ProfileId),
     Erased,
 }
@@ -50,7 +50,7 @@ impl Entry {
         match lookup {
             Lookup::Live(data) => {
                 let version = data.version;
-                Some((Entry::Live(profile(*data, rules)), version))
+                Some((Entry::Live(Box::new(profile(*data, rules))), version))
             }
             Lookup::Merged { into, version } => Some((Entry::Merged(into), version)),
             Lookup::Erased { version } => Some((Entry::Erased, version)),
@@ -78,7 +78,7 @@ impl Entry {
     fn decode(bytes: &[u8]) -> Option<Entry> {
         let (tag, body) = bytes.split_first()?;
         match *tag {
-            LIVE => pb::Profile::decode(body).ok().map(Entry::Live),
+            LIVE => pb::Profile::decode(body).ok().map(|p| Entry::Live(Box::new(p))),
             MERGED => Some(Entry::Merged(uuid::Uuid::from_slice(body).ok()?.into())),
             ERASED => Some(Entry::Erased),
             _ => None,
@@ -267,11 +267,11 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let live = Entry::Live(pb::Profile {
+        let live = Entry::Live(Box::new(pb::Profile {
             profile_id: "p".into(),
             version: 7,
             ..Default::default()
-        });
+        }));
         let merged = Entry::Merged(ProfileId::new());
         for entry in [live, merged, Entry::Erased] {
             assert_eq!(Entry::decode(&entry.encode()), Some(entry));

@@ -180,7 +180,7 @@ impl Identity {
             match self.entry(ws, asked).await? {
                 Some(Entry::Live(profile)) => {
                     return Ok(Some(ProfileRead {
-                        profile,
+                        profile: *profile,
                         redirected_from,
                     }));
                 }
