@@ -11,7 +11,39 @@ use corvus_proto::common::v1::Event;
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{EventStatusCode, IngestRequest, IngestStreamRequest};
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Puts `authorization: Bearer <key>` on every call.
+#[derive(Clone)]
+pub struct BearerAuth(MetadataValue<Ascii>);
+
+impl BearerAuth {
+    pub fn new(key: &str) -> anyhow::Result<Self> {
+        let bearer = format!("Bearer {key}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the API key is not a valid header value"))?;
+        Ok(Self(bearer))
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A channel to a Corvus server whose calls carry `key`; wrap it in any service's client.
+pub async fn connect(endpoint: &str, key: &str) -> anyhow::Result<InterceptedService<Channel, BearerAuth>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach Corvus at {endpoint}: {e}"))?;
+    Ok(InterceptedService::new(channel, BearerAuth::new(key)?))
+}
 
 /// What a send did, event by event.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,14 +73,7 @@ pub async fn send(
     batch_size: usize,
     progress: bool,
 ) -> anyhow::Result<SendSummary> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect()
-        .await?;
-    let bearer: MetadataValue<_> = format!("Bearer {key}").parse()?;
-    let mut client = IngestionServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    });
+    let mut client = IngestionServiceClient::new(connect(endpoint, key).await?);
     let bar = match (progress, total_bytes) {
         (false, _) => ProgressBar::hidden(),
         (true, Some(total)) => ProgressBar::new(total).with_style(ProgressStyle::with_template(

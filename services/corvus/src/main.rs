@@ -1,4 +1,7 @@
-//! `corvus`: run Corvus (`dev`, `serve`), prepare it (`migrate`, `keys`), feed it (`send`).
+//! `corvus`: run Corvus (`dev`, `serve`), prepare it (`migrate`, `keys`), feed it (`send`),
+//! show what it does (`demo`).
+
+mod demo;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,6 +69,9 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch_size: usize,
     },
+    /// Tell a running Corvus an omnichannel story about synthetic people and measure how
+    /// well identity resolves them.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -230,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::ensure!(summary.rejected == 0, "some events were not accepted");
             Ok(())
         }
+        Command::Demo(args) => demo::run(args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! records. Pairs at or above the auto-merge threshold are merged (with evidence, so an
 //! unmerge can undo them); pairs between the thresholds wait for review.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -18,6 +19,19 @@ use crate::storage::{CANDIDATE_PENDING, CandidateRecord, MatchMerge};
 
 pub const DEFAULT_AUTO_MERGE: f64 = 0.99;
 pub const DEFAULT_REVIEW: f64 = 0.8;
+
+/// Runs a step of the model on the blocking pool.
+async fn cpu<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, crate::domain::matching::MatchingError> + Send + 'static,
+) -> Result<T, IdentityError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| IdentityError::Precondition(format!("matching stopped: {e}")))?
+        .map_err(|e| IdentityError::Invalid {
+            field: "fields",
+            reason: e.to_string(),
+        })
+}
 
 /// A validated matching request.
 #[derive(Debug, Clone)]
@@ -159,28 +173,38 @@ impl Job {
         report.profiles = records.len() as u64;
 
         stage(&mut report, pb::MatchingStage::Blocking);
-        let settings = self.settings.clone();
-        // The model is CPU work: off the async workers.
-        let (pairs, scored) = tokio::task::spawn_blocking(move || {
-            let linker = Linker::new(settings).expect("checked when the job was made");
-            let prepared = linker.prepare(&records)?;
-            let pairs = linker.candidates(&prepared, None);
-            let vectors = linker.compare(&prepared, None, &pairs);
-            let (model, _) = linker.train(&prepared, None, &vectors);
+        let linker = Arc::new(Linker::new(self.settings.clone()).expect("checked when the job was made"));
+        // The model is CPU work: off the async workers, a step at a time so that progress
+        // can be told between them.
+        let blocked = {
+            let linker = linker.clone();
+            cpu(move || {
+                let prepared = linker.prepare(&records)?;
+                let pairs = linker.candidates(&prepared, None);
+                let vectors = linker.compare(&prepared, None, &pairs);
+                Ok((prepared, pairs, vectors))
+            })
+            .await?
+        };
+        report.candidate_pairs = blocked.1.len() as u64;
+        stage(&mut report, pb::MatchingStage::Training);
+        let (blocked, model) = {
+            let linker = linker.clone();
+            cpu(move || {
+                let (model, _) = linker.train(&blocked.0, None, &blocked.2);
+                Ok((blocked, model))
+            })
+            .await?
+        };
+        stage(&mut report, pb::MatchingStage::Scoring);
+        let (prepared, pairs, vectors) = blocked;
+        let (scored, levels) = cpu(move || {
             let scored = linker.score(&model, &prepared, None, &pairs, &vectors);
             let levels: Vec<Vec<u8>> = (0..pairs.len()).map(|i| vectors.row(i).to_vec()).collect();
-            Ok::<_, crate::domain::matching::MatchingError>((pairs.len(), (scored, levels)))
+            Ok((scored, levels))
         })
-        .await
-        .map_err(|e| IdentityError::Precondition(format!("matching stopped: {e}")))?
-        .map_err(|e| IdentityError::Invalid {
-            field: "fields",
-            reason: e.to_string(),
-        })?;
-        report.candidate_pairs = pairs as u64;
-        stage(&mut report, pb::MatchingStage::Scoring);
+        .await?;
 
-        let (scored, levels) = scored;
         let mut merges = Vec::new();
         let mut candidates = Vec::new();
         let now = Utc::now();

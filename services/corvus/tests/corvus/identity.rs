@@ -351,6 +351,7 @@ async fn matching_merges_and_queues_for_review(backend: Backend) {
     }
     let report = last_report.unwrap();
     assert_eq!(stages.first(), Some(&(pb::MatchingStage::Loading as i32)));
+    assert!(stages.contains(&(pb::MatchingStage::Training as i32)), "{stages:?}");
     assert_eq!(report.stage, pb::MatchingStage::Done as i32);
     assert_eq!(report.profiles, 80);
     assert!(report.auto_merged >= 30, "{report:?}");

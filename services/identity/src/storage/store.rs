@@ -149,16 +149,21 @@ macro_rules! identity_store {
             members: &[ProfileId],
             merges_only: bool,
         ) -> Result<Vec<(i64, Evidence, Option<i64>)>, StorageError> {
-            let sql = format!(
-                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE workspace_id = $1 AND (profile_id = $2 OR other_id = $2){}",
-                if merges_only { " AND kind = 2" } else { "" }
-            );
+            // Two index lookups rather than one OR, which SQLite would answer by scanning
+            // the workspace's evidence.
+            let kind = if merges_only { " AND kind = 2" } else { "" };
+            let by_profile =
+                format!("SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE workspace_id = $1 AND profile_id = $2{kind}");
+            let by_other =
+                format!("SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE workspace_id = $1 AND other_id = $2{kind}");
             let mut records = std::collections::BTreeMap::new();
             for member in members {
-                let rows: Vec<EvidenceRow> = sqlx::query_as(&sql).bind(ws).bind(*member).fetch_all(&mut *conn).await?;
-                for row in rows {
-                    let record = evidence_of(row)?;
-                    records.insert(record.0, record);
+                for sql in [&by_profile, &by_other] {
+                    let rows: Vec<EvidenceRow> = sqlx::query_as(sql).bind(ws).bind(*member).fetch_all(&mut *conn).await?;
+                    for row in rows {
+                        let record = evidence_of(row)?;
+                        records.insert(record.0, record);
+                    }
                 }
             }
             Ok(records.into_values().collect())
@@ -755,10 +760,8 @@ macro_rules! identity_store {
                     ("traits", "DELETE FROM traits WHERE workspace_id = $1 AND profile_id = $2"),
                     ("consents", "DELETE FROM consents WHERE workspace_id = $1 AND profile_id = $2"),
                     ("event_counts", "DELETE FROM event_counts WHERE workspace_id = $1 AND profile_id = $2"),
-                    (
-                        "evidence",
-                        "DELETE FROM evidence WHERE workspace_id = $1 AND (profile_id = $2 OR other_id = $2)",
-                    ),
+                    ("evidence", "DELETE FROM evidence WHERE workspace_id = $1 AND profile_id = $2"),
+                    ("evidence", "DELETE FROM evidence WHERE workspace_id = $1 AND other_id = $2"),
                     (
                         "match_candidates",
                         "DELETE FROM match_candidates WHERE workspace_id = $1 AND (profile_a = $2 OR profile_b = $2)",
@@ -768,7 +771,10 @@ macro_rules! identity_store {
                     for member in &members {
                         n += sqlx::query(sql).bind(ws).bind(*member).execute(&mut *tx).await?.rows_affected();
                     }
-                    removed.rows.push((table, n));
+                    match removed.rows.last_mut() {
+                        Some((last, count)) if *last == table => *count += n,
+                        _ => removed.rows.push((table, n)),
+                    }
                 }
                 let now = micros(Utc::now());
                 let mut versions = Vec::new();

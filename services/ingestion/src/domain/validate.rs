@@ -347,6 +347,17 @@ mod tests {
     }
 
     #[test]
+    fn any_identifier_names_the_person() {
+        let mut till = track();
+        till.anonymous_id.clear();
+        till.identifiers.push(Identifier {
+            kind: "loyalty_card".into(),
+            value: "L-1".into(),
+        });
+        assert!(check(till).is_ok(), "a till receipt with only a loyalty card");
+    }
+
+    #[test]
     fn identifiers_are_trimmed() {
         let mut event = track();
         event.user_id = "  u-7 ".into();

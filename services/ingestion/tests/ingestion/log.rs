@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use corvus_ingestion::storage::{Appended, Position};
+use corvus_ingestion::storage::{Appended, EventLog, Position, ReadBatch};
 use corvus_test_support::{Backend, TempDir};
 
 use crate::support::{event_log, new_event, workspace};
@@ -83,7 +83,7 @@ async fn cursors_move_only_from_where_they_are(backend: Backend) {
     let start = log.ensure_consumer("identity").await.unwrap();
     assert_eq!(start, Position::default());
 
-    let batch = log.read_after(start, 10).await.unwrap();
+    let batch = settled(log.as_ref(), start, 10).await;
     assert_eq!(batch.events.len(), 2);
     let end = batch.events[1].position;
     assert!(
@@ -101,6 +101,19 @@ async fn cursors_move_only_from_where_they_are(backend: Backend) {
     assert_eq!(log.consumers(&workspace("globex")).await.unwrap()[0].lag, 0);
 }
 
+/// Reads after `after` once no transaction begun earlier on the server (another test's)
+/// holds the log back.
+async fn settled(log: &dyn EventLog, after: Position, limit: u32) -> ReadBatch {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let batch = log.read_after(after, limit).await.unwrap();
+        if !batch.held_back || tokio::time::Instant::now() > deadline {
+            return batch;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
     let dir = TempDir::new();
     let Some(log) = event_log(backend, &dir).await else {
@@ -108,7 +121,7 @@ async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
     };
     let (ws, other) = (workspace("acme"), workspace("globex"));
     log.append(&ws, &[new_event("m-1")]).await.unwrap();
-    let event = log.read_after(Position::default(), 1).await.unwrap().events.remove(0);
+    let event = settled(log.as_ref(), Position::default(), 1).await.events.remove(0);
     log.dead_letter("identity", &event, "bad identifier", 5).await.unwrap();
 
     let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();
