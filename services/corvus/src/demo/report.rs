@@ -133,7 +133,6 @@ pub struct IdentifierView {
     pub kind: String,
     pub value: String,
     pub first_seen: Option<DateTime<Utc>>,
-    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,7 +217,6 @@ impl From<&Profile> for ProfileView {
                     kind: i.kind.clone(),
                     value: i.value.clone(),
                     first_seen: time(i.first_seen.as_ref()),
-                    last_seen: None,
                 })
                 .collect(),
             traits: p
@@ -402,11 +400,10 @@ impl Featured {
         for i in &p.identifiers {
             let _ = writeln!(
                 w,
-                "    {:<14} {:<40} {} .. {}",
+                "    {:<14} {:<40} first seen {}",
                 i.kind,
                 i.value,
-                at(i.first_seen),
-                at(i.last_seen)
+                at(i.first_seen)
             );
         }
         let _ = writeln!(w, "  traits");
