@@ -398,13 +398,7 @@ impl Featured {
         );
         let _ = writeln!(w, "  identifiers, strongest first");
         for i in &p.identifiers {
-            let _ = writeln!(
-                w,
-                "    {:<14} {:<40} first seen {}",
-                i.kind,
-                i.value,
-                at(i.first_seen)
-            );
+            let _ = writeln!(w, "    {:<14} {:<40} first seen {}", i.kind, i.value, at(i.first_seen));
         }
         let _ = writeln!(w, "  traits");
         for t in &p.traits {
