@@ -246,7 +246,25 @@ impl Identity {
         let Some(holder) = self.store.holder(ws, identifier).await? else {
             return Ok(None);
         };
-        let read = self.profile(ws, holder).await?;
+        let mut read = self.profile(ws, holder).await?;
+        if read.as_ref().is_some_and(|r| !holds(r)) {
+            // The identifier is newer than the read model's entry, whose stale mark is on
+            // its way: read the store.
+            read = match Entry::from_lookup(self.store.lookup(ws, holder).await?, self.rules(ws)) {
+                Some((Entry::Live(profile), version)) => {
+                    let entry = Entry::Live(profile.clone());
+                    if let Err(err) = self.read_model.put(ws, holder, &entry, version).await {
+                        tracing::warn!(error = %err, "read model not refreshed");
+                    }
+                    Some(ProfileRead {
+                        profile: *profile,
+                        redirected_from: None,
+                    })
+                }
+                // Merged or erased meanwhile: the read model has the word on that.
+                _ => self.profile(ws, holder).await?,
+            };
+        }
         if read.is_some()
             && let Err(err) = self.read_model.put_holder(ws, identifier, holder).await
         {

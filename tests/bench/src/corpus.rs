@@ -22,16 +22,16 @@ pub struct Batch {
 }
 
 /// splitmix64: tiny, fast, and good enough to vary synthetic fields.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64, index: u64) -> Self {
+    pub fn new(seed: u64, index: u64) -> Self {
         let mut rng = Self(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         rng.next();
         rng
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -39,20 +39,20 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
     /// A UUID-shaped string; `tail` (48 bits) makes it unique where it must be.
-    fn uuid(&mut self, tail: u64) -> String {
+    pub fn uuid(&mut self, tail: u64) -> String {
         let a = self.next();
         format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",

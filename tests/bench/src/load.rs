@@ -108,21 +108,25 @@ impl Decoder for ResponseDecoder {
 }
 
 /// One HTTP/2 connection of its own.
-pub async fn connect(grpc_url: &str) -> anyhow::Result<tonic::client::Grpc<Channel>> {
-    let channel = Endpoint::from_shared(grpc_url.to_owned())?
+pub async fn channel(grpc_url: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(grpc_url.to_owned())?
         .tcp_nodelay(true)
         .connect()
         .await
-        .with_context(|| format!("connect to {grpc_url}"))?;
-    Ok(tonic::client::Grpc::new(channel))
+        .with_context(|| format!("connect to {grpc_url}"))
 }
 
-fn bearer(key: &str) -> anyhow::Result<AsciiMetadataValue> {
+/// A client of one HTTP/2 connection of its own.
+pub async fn connect(grpc_url: &str) -> anyhow::Result<tonic::client::Grpc<Channel>> {
+    Ok(tonic::client::Grpc::new(channel(grpc_url).await?))
+}
+
+pub fn bearer(key: &str) -> anyhow::Result<AsciiMetadataValue> {
     Ok(MetadataValue::try_from(format!("Bearer {key}"))?)
 }
 
 /// Sends one batch and checks that every event came back ACCEPTED.
-async fn ingest(client: &mut tonic::client::Grpc<Channel>, batch: &Batch, key: &str) -> anyhow::Result<()> {
+pub async fn ingest(client: &mut tonic::client::Grpc<Channel>, batch: &Batch, key: &str) -> anyhow::Result<()> {
     client.ready().await.context("gRPC channel not ready")?;
     let mut request = tonic::Request::new(batch.body.clone());
     request.metadata_mut().insert("authorization", bearer(key)?);

@@ -1,5 +1,6 @@
 //! `corvus-bench`: how fast the all-in-one Corvus app ingests on this machine, measured
-//! in one run against a raw `COPY` of the same rows, and printed as a table.
+//! in one run against a raw `COPY` of the same rows, how fast identity resolves what it
+//! ingests and serves profiles, printed as a table.
 //!
 //! `cargo run --release -p corvus-bench -- [--quick] [--events N] [--only SECTION]...`
 //!
@@ -7,10 +8,14 @@
 //! database `corvus_bench_<random>` that is dropped at the end, and Redis; the embedded
 //! runs use SQLite in a temporary directory. Client and server share the process, its
 //! tokio runtime and the machine's cores, as a sidecar or a co-located client would.
+//! The ingestion sections run without identity consuming the log; the identity section
+//! runs with it.
 
 mod copy;
 mod corpus;
+mod identity;
 mod load;
+mod people;
 mod report;
 mod scenarios;
 mod setup;
@@ -32,12 +37,14 @@ enum Section {
     Embedded,
     Latency,
     Copy,
+    Identity,
 }
 
 #[derive(Debug, Parser)]
 #[command(
     name = "corvus-bench",
-    about = "Ingest throughput and ack latency of the all-in-one Corvus app, against a raw COPY"
+    about = "Ingest throughput and ack latency of the all-in-one Corvus app, against a raw COPY, \
+             and identity resolution, freshness and profile reads"
 )]
 struct Args {
     /// Postgres server to create the throwaway database on.
@@ -68,6 +75,15 @@ struct Args {
     /// measured, e.g. to see the unloaded service time with a small figure.
     #[arg(long)]
     peak: Option<f64>,
+    /// Events of the identity mix [default: 200000, or 20000 with --quick].
+    #[arg(long)]
+    identity_events: Option<usize>,
+    /// Freshness probes of the identity section [default: 300, or 50 with --quick].
+    #[arg(long)]
+    probes: Option<usize>,
+    /// Length of each GetProfile point in seconds [default: 10, or 2 with --quick].
+    #[arg(long)]
+    read_secs: Option<f64>,
 }
 
 impl Args {
@@ -80,6 +96,14 @@ impl Args {
             !self.concurrency.is_empty() && !self.concurrency.contains(&0),
             "--concurrency needs positive numbers"
         );
+        let identity_events = self
+            .identity_events
+            .unwrap_or(if self.quick { 20_000 } else { 200_000 });
+        anyhow::ensure!(identity_events >= BATCH, "--identity-events must be at least {BATCH}");
+        let probes = self.probes.unwrap_or(if self.quick { 50 } else { 300 });
+        anyhow::ensure!(probes > 0, "--probes must be positive");
+        let read_secs = self.read_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 });
+        anyhow::ensure!(read_secs > 0.0, "--read-secs must be positive");
         Ok(Plan {
             events,
             concurrency: self.concurrency.clone(),
@@ -90,6 +114,10 @@ impl Args {
             embedded: on(Section::Embedded),
             latency: on(Section::Latency),
             copy: on(Section::Copy),
+            identity: on(Section::Identity),
+            identity_events,
+            probes,
+            read_secs,
         })
     }
 }
@@ -119,14 +147,16 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Version and the settings that decide write throughput, or why there are none.
+/// Version and the settings that decide write throughput and query plans, or why there
+/// are none.
 async fn postgres_facts(server_url: &str) -> String {
     let facts = async {
         let mut conn = PgConnection::connect(server_url).await?;
         let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&mut conn).await?;
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, current_setting(name) FROM pg_settings \
-             WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size') \
+             WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', \
+             'autovacuum') \
              ORDER BY name",
         )
         .fetch_all(&mut conn)
@@ -146,7 +176,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
     let mut header = format!(
-        "corvus-bench: Corvus ingest throughput and ack latency\n\
+        "corvus-bench: Corvus ingest throughput and ack latency, identity resolution and reads\n\
          command : {}\n\
          machine : nproc {nproc}, CPU {}, load average at start {}\n\
          idle    : {}\n\
@@ -179,17 +209,39 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if plan.embedded {
         scenarios::embedded(&plan, &mut results).await?;
     }
+    if plan.identity {
+        header.push_str(&format!(
+            "identity: {} events of {} people in batches of {BATCH}, then {} freshness probes, then GetProfile \
+             for {} s a point\n",
+            plan.identity_events,
+            plan.identity_events / identity::EVENTS_PER_PERSON,
+            plan.probes,
+            plan.read_secs
+        ));
+        let scratch = Scratch::create(&args.database_url).await?;
+        let outcome = identity::run(&plan, &scratch, &args.redis_url, &mut results).await;
+        let dropped = scratch.drop_database().await;
+        outcome?;
+        dropped.context("drop the scratch database")?;
+    }
 
     header.push_str(&format!(
-        "notes   : every Postgres point starts from an empty ingestion.events (TRUNCATE, \
+        "notes   : every Postgres ingestion point starts from an empty ingestion.events (TRUNCATE, \
          CHECKPOINT);\n          \
          latency is per batch, from send (closed loop) or from when it was due (open loop) \
          to the ack;\n          \
-         CPU app|pg|other = cores used by this process (client and server) | by all \
-         Postgres processes | by anything else (should be ~0), of {nproc}.\n"
+         rate/s = events/s, or requests/s for the GetProfile rows;\n          \
+         CPU app|pg|redis|other = cores used by this process (client and server) | by all \
+         Postgres processes | by Redis | by anything else (should be ~0), of {nproc}.\n"
     ));
     println!("{header}");
     println!("{}", report::table(&results.rows, results.ceiling));
+    for note in &results.notes {
+        println!("- {note}");
+    }
+    if !results.notes.is_empty() {
+        println!();
+    }
     let missed: Vec<&str> = results
         .rows
         .iter()

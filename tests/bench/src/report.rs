@@ -4,14 +4,15 @@ use std::time::{Duration, Instant};
 
 use crate::load::Measured;
 
-/// CPU seconds used so far by this process, by every Postgres process and by the whole
-/// machine. With client, server and database on two cores, the split says who the
-/// bottleneck is, and the rest says whether anything else distorted the figures.
+/// CPU seconds used so far by this process, by every Postgres process, by Redis and by
+/// the whole machine. With client, server and stores on two cores, the split says who
+/// the bottleneck is, and the rest says whether anything else distorted the figures.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     at: Instant,
     own: f64,
     postgres: f64,
+    redis: f64,
     machine: f64,
 }
 
@@ -20,6 +21,7 @@ pub struct CpuSample {
 pub struct Cores {
     pub app: f64,
     pub postgres: f64,
+    pub redis: f64,
     /// Everything else: other processes, and the kernel's own threads.
     pub other: f64,
 }
@@ -61,74 +63,95 @@ impl CpuSample {
             .unwrap_or(0.0);
         // A backend that exits between two samples (a closed connection) moves its time
         // to the postmaster's reaped-children count, so counting both keeps it.
-        let mut postgres = 0.0;
+        let (mut postgres, mut redis) = (0.0, 0.0);
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let path = entry.path();
-                if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres") {
-                    postgres += std::fs::read_to_string(path.join("stat"))
-                        .ok()
-                        .and_then(|s| cpu_seconds(&s, true))
-                        .unwrap_or(0.0);
-                }
+                let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                    continue;
+                };
+                let total = match comm.trim() {
+                    "postgres" => &mut postgres,
+                    "redis-server" => &mut redis,
+                    _ => continue,
+                };
+                *total += std::fs::read_to_string(path.join("stat"))
+                    .ok()
+                    .and_then(|s| cpu_seconds(&s, true))
+                    .unwrap_or(0.0);
             }
         }
         Self {
             at: Instant::now(),
             own,
             postgres,
+            redis,
             machine: machine_seconds().unwrap_or(0.0),
         }
     }
 
     /// Cores used on average since `self`.
     pub fn cores_since(&self) -> Cores {
-        let later = Self::now();
+        self.cores_to(&Self::now())
+    }
+
+    /// Cores used on average between `self` and `later`.
+    pub fn cores_to(&self, later: &Self) -> Cores {
         let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let app = (later.own - self.own) / wall;
         let postgres = (later.postgres - self.postgres) / wall;
+        let redis = (later.redis - self.redis) / wall;
         let machine = (later.machine - self.machine) / wall;
         Cores {
             app,
             postgres,
-            other: (machine - app - postgres).max(0.0),
+            redis,
+            other: (machine - app - postgres - redis).max(0.0),
         }
     }
+}
+
+/// The latency below which a share `q` of `sorted` lies (nearest rank).
+pub fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+    let n = sorted.len();
+    (n > 0).then(|| sorted[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// One row of the table.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub scenario: String,
+    /// Events a second, or requests a second for a row of reads.
     pub events_per_s: f64,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
     pub max: Option<Duration>,
     pub cpu: Cores,
     pub target: Option<Target>,
+    /// Whether the rate is of rows written, and so comparable with the COPY ceiling.
+    pub writes: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     AtLeastPerSec(f64),
     P99AtMost(Duration),
+    /// A rate, with the p99 latency no higher than the bound while at it.
+    PerSecWithP99(f64, Duration),
 }
 
 impl Row {
     pub fn new(scenario: impl Into<String>, m: &mut Measured, cpu: Cores) -> Self {
         m.latencies.sort_unstable();
-        let pick = |q: f64| -> Option<Duration> {
-            let n = m.latencies.len();
-            (n > 0).then(|| m.latencies[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
-        };
         Self {
             scenario: scenario.into(),
             events_per_s: m.events as f64 / m.elapsed.as_secs_f64().max(1e-9),
-            p50: pick(0.50),
-            p99: pick(0.99),
+            p50: quantile(&m.latencies, 0.50),
+            p99: quantile(&m.latencies, 0.99),
             max: m.latencies.last().copied(),
             cpu,
             target: None,
+            writes: true,
         }
     }
 
@@ -142,28 +165,44 @@ impl Row {
         Some(match self.target? {
             Target::AtLeastPerSec(t) => self.events_per_s >= t,
             Target::P99AtMost(t) => self.p99.is_some_and(|p| p <= t),
+            Target::PerSecWithP99(rate, t) => self.events_per_s >= rate && self.p99.is_some_and(|p| p <= t),
         })
     }
 }
 
+/// Milliseconds, with a second decimal below 10 ms, where reads from a cache live.
 fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3))
+    d.map_or_else(
+        || "-".into(),
+        |d| {
+            let ms = d.as_secs_f64() * 1e3;
+            if ms < 10.0 {
+                format!("{ms:.2}")
+            } else {
+                format!("{ms:.1}")
+            }
+        },
+    )
 }
 
 /// The table; `ceiling` is the COPY rate every throughput is divided by.
 pub fn table(rows: &[Row], ceiling: Option<f64>) -> String {
     let mut out = format!(
-        "{:<58} {:>10} {:>8} {:>8} {:>8} {:>8} {:>16} {:>14} {}\n",
-        "scenario", "events/s", "p50 ms", "p99 ms", "max ms", "vs COPY", "CPU app|pg|other", "target", "met"
+        "{:<66} {:>10} {:>8} {:>8} {:>8} {:>8} {:>22} {:>24} {}\n",
+        "scenario", "rate/s", "p50 ms", "p99 ms", "max ms", "vs COPY", "CPU app|pg|redis|other", "target", "met"
     );
     out.push_str(&"-".repeat(out.len() + 4));
     out.push('\n');
     for r in rows {
-        let ratio = ceiling.map_or_else(|| "-".into(), |c| format!("{:.2}", r.events_per_s / c.max(1e-9)));
+        let ratio = match ceiling {
+            Some(c) if r.writes => format!("{:.2}", r.events_per_s / c.max(1e-9)),
+            _ => "-".into(),
+        };
         let target = match r.target {
             None => "-".into(),
             Some(Target::AtLeastPerSec(t)) => format!(">= {:.0}/s", t),
             Some(Target::P99AtMost(t)) => format!("p99 <= {} ms", t.as_millis()),
+            Some(Target::PerSecWithP99(rate, t)) => format!(">= {rate:.0}/s, p99 <= {} ms", t.as_millis()),
         };
         let met = match r.met() {
             None => "",
@@ -171,14 +210,17 @@ pub fn table(rows: &[Row], ceiling: Option<f64>) -> String {
             Some(false) => "NO",
         };
         out.push_str(&format!(
-            "{:<58} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>16} {:>14} {}\n",
+            "{:<66} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>22} {:>24} {}\n",
             r.scenario,
             r.events_per_s,
             ms(r.p50),
             ms(r.p99),
             ms(r.max),
             ratio,
-            format!("{:.2}|{:.2}|{:.2}", r.cpu.app, r.cpu.postgres, r.cpu.other),
+            format!(
+                "{:.2}|{:.2}|{:.2}|{:.2}",
+                r.cpu.app, r.cpu.postgres, r.cpu.redis, r.cpu.other
+            ),
             target,
             met
         ));

@@ -10,7 +10,7 @@ use anyhow::ensure;
 use crate::corpus::{self, Batch};
 use crate::load::{self, Measured, Work};
 use crate::report::{CpuSample, Row, Target};
-use crate::setup::{Running, Scratch, TempDir, durable_config, embedded_config};
+use crate::setup::{Resolution, Running, Scratch, TempDir, durable_config, embedded_config};
 
 pub const BATCH: usize = 500;
 /// How latency-sensitive clients send.
@@ -36,6 +36,13 @@ pub struct Plan {
     pub embedded: bool,
     pub latency: bool,
     pub copy: bool,
+    pub identity: bool,
+    /// Events of the identity mix.
+    pub identity_events: usize,
+    /// Freshness probes.
+    pub probes: usize,
+    /// Length of each GetProfile point in seconds.
+    pub read_secs: f64,
 }
 
 /// The rows so far and the figures later rows refer to.
@@ -44,6 +51,8 @@ pub struct Results {
     pub rows: Vec<Row>,
     pub ceiling: Option<f64>,
     pub grpc_peak: Option<f64>,
+    /// Lines printed under the table: what a row alone does not say.
+    pub notes: Vec<String>,
 }
 
 fn progress(what: &str) {
@@ -76,7 +85,8 @@ fn best_row(results: &mut Results, sweep: &[Row], label: &str, target: f64) -> O
 
 /// Everything that runs against Postgres and Redis, on one app.
 pub async fn durable(plan: &Plan, scratch: &Scratch, redis_url: &str, results: &mut Results) -> anyhow::Result<()> {
-    let app = Running::start(durable_config(scratch, redis_url)).await?;
+    // Ingestion alone: identity does not consume the log here (see the identity section).
+    let app = Running::start(durable_config(scratch, redis_url, Resolution::Off)).await?;
     ensure!(app.backend == "postgres", "the durable app runs on {}", app.backend);
     // Warm-up: connections, the auth cache, Postgres's plan and catalog caches.
     let warm = Arc::new(Work {
@@ -180,7 +190,7 @@ pub async fn embedded(plan: &Plan, results: &mut Results) -> anyhow::Result<()> 
     let mut rows = Vec::new();
     for &c in &plan.concurrency {
         let dir = TempDir::new("embedded")?;
-        let app = Running::start(embedded_config(dir.path())).await?;
+        let app = Running::start(embedded_config(dir.path(), Resolution::Off)).await?;
         // Without a URL in the config the storage layer still reads DATABASE_URL.
         ensure!(
             app.backend == "sqlite",

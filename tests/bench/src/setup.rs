@@ -83,6 +83,13 @@ fn with_database(server_url: &str, database: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{authority}/{database}{query}"))
 }
 
+/// The keys of one workspace.
+pub struct Keys {
+    pub ingest: String,
+    /// Role Read: profiles and consumer status.
+    pub read: String,
+}
+
 /// The app, serving in a task of this process.
 pub struct Running {
     pub grpc_url: String,
@@ -93,9 +100,28 @@ pub struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
-/// Storage for the durable app: the scratch database and Redis.
-pub fn durable_config(scratch: &Scratch, redis_url: &str) -> CorvusConfig {
+/// Whether identity resolves the event log in the app: off where ingestion is measured
+/// alone, on where identity is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Off,
+    On,
+}
+
+/// How long the identity read model keeps a profile: long enough for a run, short
+/// enough that the scratch entries left in Redis go soon after it.
+const CACHE_TTL: Duration = Duration::from_secs(15 * 60);
+
+fn config(resolution: Resolution) -> CorvusConfig {
     let mut config = CorvusConfig::default();
+    config.identity.resolve_events = resolution == Resolution::On;
+    config.identity.cache_ttl = CACHE_TTL;
+    config
+}
+
+/// Storage for the durable app: the scratch database and Redis.
+pub fn durable_config(scratch: &Scratch, redis_url: &str, resolution: Resolution) -> CorvusConfig {
+    let mut config = config(resolution);
     config.storage.database_url = Some(scratch.url.clone().into());
     config.storage.redis_url = Some(redis_url.to_owned().into());
     config.storage.cache_namespace = scratch.name().to_owned();
@@ -103,8 +129,8 @@ pub fn durable_config(scratch: &Scratch, redis_url: &str) -> CorvusConfig {
 }
 
 /// Storage for the embedded app: SQLite files and the in-process cache in `dir`.
-pub fn embedded_config(dir: &Path) -> CorvusConfig {
-    let mut config = CorvusConfig::default();
+pub fn embedded_config(dir: &Path, resolution: Resolution) -> CorvusConfig {
+    let mut config = config(resolution);
     config.storage.data_dir = dir.to_path_buf();
     config
 }
@@ -134,10 +160,22 @@ impl Running {
     /// A new workspace `name` (without a quota, as the bench measures the pipeline, not
     /// the limiter) and an ingest key for it.
     pub async fn workspace_key(&self, name: &str) -> anyhow::Result<String> {
+        Ok(self.workspace_keys(name).await?.ingest)
+    }
+
+    /// A new workspace `name` with an ingest key and a read key.
+    pub async fn workspace_keys(&self, name: &str) -> anyhow::Result<Keys> {
         let workspace = name.parse().map_err(|e| anyhow::anyhow!("workspace {name}: {e}"))?;
         self.keys.upsert_workspace(&workspace, name, None).await?;
-        let key = self.keys.create_key(&workspace, Role::Ingest, "corvus-bench").await?;
-        Ok(key.secret)
+        let ingest = self.keys.create_key(&workspace, Role::Ingest, "corvus-bench").await?;
+        let read = self
+            .keys
+            .create_key(&workspace, Role::Read, "corvus-bench reads")
+            .await?;
+        Ok(Keys {
+            ingest: ingest.secret,
+            read: read.secret,
+        })
     }
 
     /// `count` fresh workspaces named `<label>-<n>`, one key each.

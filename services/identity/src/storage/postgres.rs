@@ -36,7 +36,14 @@ impl PgIdentityStore {
     }
 
     async fn begin(&self) -> Result<((), Transaction<'static, Postgres>), sqlx::Error> {
-        Ok(((), self.pool.begin().await?))
+        let mut tx = self.pool.begin().await?;
+        // Plan every statement for the tables as they are now. A prepared statement's
+        // generic plan, made while the tables were small, would otherwise stay on
+        // sequential scans as they grow until the next ANALYZE.
+        sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+            .execute(&mut *tx)
+            .await?;
+        Ok(((), tx))
     }
 
     fn retries(&self) -> u32 {
@@ -144,9 +151,10 @@ impl PgIdentityStore {
         identifiers: &[&Identifier],
     ) -> Result<Vec<(Identifier, ProfileId)>, StorageError> {
         let rows: Vec<(String, String, ProfileId)> = sqlx::query_as(
-            "SELECT i.kind, i.value, i.profile_id FROM identifiers i \
-             JOIN UNNEST($2::text[], $3::text[]) AS w(kind, value) ON i.kind = w.kind AND i.value = w.value \
-             WHERE i.workspace_id = $1 ORDER BY i.kind, i.value",
+            "SELECT w.kind, w.value, i.profile_id FROM UNNEST($2::text[], $3::text[]) AS w(kind, value) \
+             CROSS JOIN LATERAL (SELECT profile_id FROM identifiers \
+               WHERE workspace_id = $1 AND kind = w.kind AND value = w.value) i \
+             ORDER BY w.kind, w.value",
         )
         .bind(ws)
         .bind(identifiers.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())

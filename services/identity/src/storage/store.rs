@@ -249,16 +249,21 @@ macro_rules! identity_store {
             .bind(from)
             .fetch_one(&mut *conn)
             .await?;
-            let mut versions: Vec<(ProfileId, i64)> = sqlx::query_as(
-                "UPDATE profiles SET merged_into = $3, version = version + 1, updated_at = $4 \
-                 WHERE workspace_id = $1 AND (profile_id = $2 OR merged_into = $2) RETURNING profile_id, version",
-            )
-            .bind(ws)
-            .bind(from)
-            .bind(into)
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
+            // Two statements, each on its index: with an OR, Postgres scans the table.
+            let mut versions = Vec::new();
+            for by in ["profile_id", "merged_into"] {
+                let moved: Vec<(ProfileId, i64)> = sqlx::query_as(&format!(
+                    "UPDATE profiles SET merged_into = $3, version = version + 1, updated_at = $4 \
+                     WHERE workspace_id = $1 AND {by} = $2 RETURNING profile_id, version"
+                ))
+                .bind(ws)
+                .bind(from)
+                .bind(into)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+                versions.extend(moved);
+            }
             let survivor: (i64, i64) = sqlx::query_as(
                 "SELECT first_seen, last_seen FROM profiles WHERE workspace_id = $1 AND profile_id = $2",
             )
