@@ -118,23 +118,6 @@ pub struct Plan {
     pub outcomes: Vec<(EventId, Option<ProfileId>, Vec<Dropped>)>,
 }
 
-impl Plan {
-    /// The identifiers whose owner the plan changes and the profiles it changes: after
-    /// commit, their read model entries are out of date.
-    pub fn changed_profiles(&self) -> Vec<ProfileId> {
-        let mut changed: Vec<ProfileId> = self
-            .touched
-            .iter()
-            .map(|t| t.profile)
-            .chain(self.merges.iter().map(|(merged, _)| *merged))
-            .chain(self.new_profiles.iter().map(|p| p.profile))
-            .collect();
-        changed.sort();
-        changed.dedup();
-        changed
-    }
-}
-
 /// The graph as the batch goes: live profiles and who holds each identifier.
 struct Graph {
     profiles: BTreeMap<ProfileId, Candidate>,

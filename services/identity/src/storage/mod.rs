@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use corvus_proto::WorkspaceId;
 use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
 
-use crate::domain::batch::{ConsentRow, IncomingEvent, TraitRow};
+use crate::domain::batch::{ConsentChange, ConsentRow, IncomingEvent, TraitRow};
 use crate::domain::resolution::{Dropped, EventId, Identifier, IdentifierKind, IdentityRules, ProfileId, Rule};
 
 pub use postgres::PgIdentityStore;
@@ -320,6 +320,17 @@ pub(crate) fn decode_identifiers(text: &str) -> Vec<Identifier> {
             Some(Identifier::new(IdentifierKind::parse(kind).ok()?, value))
         })
         .collect()
+}
+
+/// An event's traits as stored with it, for an unmerge to replay.
+pub(crate) fn traits_json(traits: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<String> {
+    traits
+        .filter(|t| !t.is_empty())
+        .map(|t| serde_json::Value::Object(t.clone()).to_string())
+}
+
+pub(crate) fn consents_json(consents: &[ConsentChange]) -> Option<String> {
+    (!consents.is_empty()).then(|| serde_json::to_string(consents).unwrap_or_default())
 }
 
 pub(crate) fn identifier(kind: String, value: String) -> Result<Identifier, StorageError> {

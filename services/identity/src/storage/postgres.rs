@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::{
     Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, IdentityStore,
     Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused, SideSummary, UnmergeRefused,
-    Unmerged, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros, rule_code, rule_of,
-    time,
+    Unmerged, consents_json, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros,
+    rule_code, rule_of, time, traits_json,
 };
 use crate::domain::batch::{
     ConsentChange, ConsentRow, IncomingEvent, Loaded, Plan, TraitRow, matched_merge, may_merge, plan,
@@ -400,16 +400,6 @@ impl EvidenceColumns {
 
 fn uuids(ids: impl Iterator<Item = ProfileId>) -> Vec<Uuid> {
     ids.map(|id| id.as_uuid()).collect()
-}
-
-pub(super) fn traits_json(traits: Option<&serde_json::Map<String, serde_json::Value>>) -> Option<String> {
-    traits
-        .filter(|t| !t.is_empty())
-        .map(|t| serde_json::Value::Object(t.clone()).to_string())
-}
-
-pub(super) fn consents_json(consents: &[ConsentChange]) -> Option<String> {
-    (!consents.is_empty()).then(|| serde_json::to_string(consents).unwrap_or_default())
 }
 
 identity_store!(PgIdentityStore, Postgres);

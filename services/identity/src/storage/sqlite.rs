@@ -11,12 +11,11 @@ use corvus_storage::StorageError;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::postgres::{consents_json, traits_json};
 use super::{
     Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, IdentityStore,
     Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused, SideSummary, UnmergeRefused,
-    Unmerged, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros, rule_code, rule_of,
-    time,
+    Unmerged, consents_json, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros,
+    rule_code, rule_of, time, traits_json,
 };
 use crate::domain::batch::{
     ConsentChange, ConsentRow, IncomingEvent, Loaded, Plan, TraitRow, matched_merge, may_merge, plan,
