@@ -1,5 +1,5 @@
 //! The identity graph and the profile store: one trait, a Postgres and a SQLite
-//! implementation generated from the same code (`store.rs`), held to one conformance
+//! implementation generated from the same code (`store/`), held to one conformance
 //! suite (`tests/identity/store.rs`). Only the batch writes and the locking differ.
 
 #[macro_use]

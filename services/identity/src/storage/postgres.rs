@@ -11,19 +11,8 @@ use corvus_storage::StorageError;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{
-    Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, IdentityStore,
-    Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused, SideSummary, UnmergeRefused,
-    Unmerged, consents_json, decode_identifiers, digest, encode_identifiers, identifier, is_contention, micros,
-    rule_code, rule_of, time, traits_json,
-};
-use crate::domain::batch::{
-    ConsentChange, ConsentRow, IncomingEvent, Loaded, Plan, TraitRow, matched_merge, may_merge, plan,
-};
-use crate::domain::resolution::{
-    Candidate, EventId, EventIdentity, Evidence, EvidenceKind, HeldIdentifier, Identifier, IdentityRules, ProfileId,
-    unmerge,
-};
+use super::{consents_json, encode_identifiers, traits_json};
+use crate::domain::batch::Plan;
 
 #[derive(Debug, Clone)]
 pub struct PgIdentityStore {
