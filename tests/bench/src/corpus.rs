@@ -21,6 +21,21 @@ pub struct Batch {
     pub events: u32,
 }
 
+impl Batch {
+    /// An encoded `IngestRequest` of `events`, sent at `sent_at`.
+    pub fn grpc(events: Vec<Event>, sent_at: DateTime<Utc>) -> Batch {
+        let count = events.len() as u32;
+        let request = IngestRequest {
+            events,
+            sent_at: Some(corvus_ingestion::domain::validate::to_timestamp(sent_at)),
+        };
+        Batch {
+            body: request.encode_to_vec().into(),
+            events: count,
+        }
+    }
+}
+
 /// splitmix64: tiny, fast, and good enough to vary synthetic fields.
 pub struct Rng(u64);
 
@@ -174,21 +189,13 @@ pub fn event(seed: u64, index: u64, now: DateTime<Utc>) -> anyhow::Result<Event>
 /// `total` events of corpus `seed` as encoded `IngestRequest`s of `size` events.
 pub fn grpc_batches(seed: u64, total: usize, size: usize) -> anyhow::Result<Vec<Batch>> {
     let now = Utc::now();
-    let sent_at = corvus_ingestion::domain::validate::to_timestamp(now);
     let mut batches = Vec::with_capacity(total.div_ceil(size));
     for start in (0..total).step_by(size) {
         let end = (start + size).min(total);
         let events = (start..end)
             .map(|i| event(seed, i as u64, now))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let request = IngestRequest {
-            events,
-            sent_at: Some(sent_at),
-        };
-        batches.push(Batch {
-            body: request.encode_to_vec().into(),
-            events: (end - start) as u32,
-        });
+        batches.push(Batch::grpc(events, now));
     }
     Ok(batches)
 }

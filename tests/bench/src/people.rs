@@ -11,8 +11,6 @@
 //! the log receives them in, give or take the few batches in flight.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use corvus_proto::ingestion::v1::IngestRequest;
-use prost::Message as _;
 use serde_json::{Map, Value, json};
 
 use crate::corpus::{Batch, Rng};
@@ -222,7 +220,6 @@ impl Mix {
     /// The next `total` events as encoded `IngestRequest`s of `size` events.
     pub fn batches(&mut self, total: usize, size: usize) -> anyhow::Result<Vec<Batch>> {
         let now = Utc::now();
-        let sent_at = corvus_ingestion::domain::validate::to_timestamp(now);
         let mut batches = Vec::with_capacity(total.div_ceil(size));
         for start in (0..total).step_by(size) {
             let end = (start + size).min(total);
@@ -233,14 +230,7 @@ impl Mix {
                         .map_err(|v| anyhow::anyhow!("generated identity event is invalid: {v:?}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let request = IngestRequest {
-                events,
-                sent_at: Some(sent_at),
-            };
-            batches.push(Batch {
-                body: request.encode_to_vec().into(),
-                events: (end - start) as u32,
-            });
+            batches.push(Batch::grpc(events, now));
         }
         Ok(batches)
     }
