@@ -26,14 +26,29 @@ impl Database {
     /// runs its migrations. Postgres: the schema is created if missing and becomes the
     /// pool's search path, so each service's tables and migration history stay apart.
     pub async fn connect(config: &StorageConfig, service: &str, migrators: &Migrators) -> Result<Self, StorageError> {
-        let db = Self::connect_lazy(config, service)?;
+        Self::connect_with(config, service, migrators, &[]).await
+    }
+
+    /// As `connect`, with Postgres settings (`SET name = value`) in force on every
+    /// connection of the pool, for a service whose statements want a planner of its own.
+    pub async fn connect_with(
+        config: &StorageConfig,
+        service: &str,
+        migrators: &Migrators,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StorageError> {
+        let db = Self::connect_lazy(config, service, settings)?;
         db.migrate(service, migrators).await?;
         Ok(db)
     }
 
     /// Builds the pool without touching the server: connections open on first use, so a
     /// service can start (and say NOT_SERVING) while its database is still down.
-    pub fn connect_lazy(config: &StorageConfig, service: &str) -> Result<Self, StorageError> {
+    pub fn connect_lazy(
+        config: &StorageConfig,
+        service: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StorageError> {
         let url = config
             .database_url
             .as_ref()
@@ -44,6 +59,7 @@ impl Database {
                 let options = PgConnectOptions::from_str(&url)
                     .map_err(|e| StorageError::Internal(format!("invalid database url: {e}")))?
                     .options([("search_path", service)])
+                    .options(settings.iter().copied())
                     .application_name(&format!("corvus-{service}"));
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)

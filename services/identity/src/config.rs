@@ -24,6 +24,9 @@ pub struct IdentityConfig {
     /// Resolve the event log in this process. Off for a process that only serves reads,
     /// or to measure ingestion alone.
     pub resolve_events: bool,
+    /// Transactions a delivered batch is split into and resolved at once. Events that
+    /// share an identifier stay in one; 1 resolves each batch in a single transaction.
+    pub resolve_parts: usize,
 }
 
 impl Default for IdentityConfig {
@@ -33,6 +36,7 @@ impl Default for IdentityConfig {
             workspaces: BTreeMap::new(),
             cache_ttl: Duration::from_secs(24 * 3600),
             resolve_events: true,
+            resolve_parts: 4,
         }
     }
 }
@@ -66,6 +70,10 @@ impl IdentityConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.rules()?;
         anyhow::ensure!(!self.cache_ttl.is_zero(), "identity.cache_ttl must be positive");
+        anyhow::ensure!(
+            (1..=64).contains(&self.resolve_parts),
+            "identity.resolve_parts must be between 1 and 64"
+        );
         Ok(())
     }
 

@@ -14,12 +14,14 @@ use corvus_storage::{Cache, StorageConfig, StorageError};
 use prost::Message;
 
 use crate::config::{IdentityConfig, Rules};
+use crate::domain::batch::IncomingEvent;
+use crate::domain::partition::partition;
 use crate::domain::resolution::{DropReason, Identifier, IdentityRules, ProfileId, Rule};
 use crate::events::incoming;
 use crate::read_model::{Entry, ReadModel, merge_message, timestamp};
 use crate::storage::{
-    self, CANDIDATE_ACCEPTED, CANDIDATE_REJECTED, CandidateRecord, IdentityStore, MatchMerge, MergeRecord, Removed,
-    ReviewRefused, UnmergeRefused, Unmerged,
+    self, Applied, CANDIDATE_ACCEPTED, CANDIDATE_REJECTED, CandidateRecord, IdentityStore, MatchMerge, MergeRecord,
+    Removed, ReviewRefused, UnmergeRefused, Unmerged,
 };
 
 /// Another service's store that holds a person's events and erases them on request.
@@ -74,6 +76,7 @@ pub struct Identity {
     pub read_model: ReadModel,
     rules: Arc<Rules>,
     erasers: Vec<Arc<dyn EventEraser>>,
+    parts: usize,
 }
 
 impl Identity {
@@ -93,6 +96,7 @@ impl Identity {
             },
             rules: Arc::new(config.rules()?),
             erasers: Vec::new(),
+            parts: config.resolve_parts.max(1),
         })
     }
 
@@ -140,11 +144,34 @@ impl Identity {
                     Err(e) => resolved.failures.push((events[*i].event_id.clone(), e.to_string())),
                 }
             }
-            let applied = self.store.resolve(&ws, &incoming_events, rules).await?;
-            self.invalidate(&ws, applied.versions).await;
-            for (i, (_, profile, _)) in indices.into_iter().zip(applied.outcomes) {
-                resolved.events[i].profile_id = profile.map(|p| p.to_string()).unwrap_or_default();
+            // The parts go to the store at once, each its own transaction. One that fails
+            // fails the delivery; the parts already committed come back as redeliveries,
+            // which keep their profile.
+            let parts = partition(&incoming_events, self.parts);
+            let mut slots: Vec<Option<IncomingEvent>> = incoming_events.into_iter().map(Some).collect();
+            let batches: Vec<Vec<IncomingEvent>> = parts
+                .iter()
+                .map(|part| part.iter().filter_map(|&j| slots[j].take()).collect())
+                .collect();
+            // Each part a task of its own, so that their work in this process (planning,
+            // encoding, decoding) spreads over the runtime's threads too.
+            let tasks = batches.into_iter().map(|events| {
+                let (store, all_rules, ws) = (self.store.clone(), self.rules.clone(), ws.clone());
+                tokio::spawn(async move { store.resolve(&ws, &events, all_rules.of(&ws)).await })
+            });
+            let applied: Vec<Applied> = futures::future::try_join_all(tasks)
+                .await
+                .map_err(|e| StorageError::Internal(format!("a resolving task failed: {e}")))?
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            let mut versions = Vec::new();
+            for (part, applied) in parts.iter().zip(applied) {
+                versions.extend(applied.versions);
+                for (&j, (_, profile, _)) in part.iter().zip(applied.outcomes) {
+                    resolved.events[indices[j]].profile_id = profile.map(|p| p.to_string()).unwrap_or_default();
+                }
             }
+            self.invalidate(&ws, versions).await;
         }
         Ok(resolved)
     }

@@ -2,4 +2,5 @@
 
 pub mod batch;
 pub mod matching;
+pub mod partition;
 pub mod resolution;

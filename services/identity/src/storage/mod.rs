@@ -33,12 +33,27 @@ pub fn migrators() -> Migrators {
     }
 }
 
+/// Identity's statements all find rows by key: a batch's identifiers, events and
+/// profiles, each looked up through an index. With statistics Postgres plans them so;
+/// without (a table grown from empty and not analyzed yet) it can reckon a batch's keys
+/// to be most of the table and read all of it by a sequential or bitmap scan into a hash
+/// join. Taking those plan shapes away keeps the index probes while the store's own
+/// `ANALYZE` (see `postgres.rs`) catches up.
+const PLANNER: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
 /// Connects the store the configuration names and runs its migrations.
 pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn IdentityStore>, StorageError> {
-    Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
-        Database::Postgres(pool) => Arc::new(PgIdentityStore::new(pool)),
-        Database::Sqlite(pool) => Arc::new(SqliteIdentityStore::new(pool)),
-    })
+    Ok(
+        match Database::connect_with(config, SCHEMA, &migrators(), PLANNER).await? {
+            Database::Postgres(pool) => Arc::new(PgIdentityStore::new(pool)),
+            Database::Sqlite(pool) => Arc::new(SqliteIdentityStore::new(pool)),
+        },
+    )
 }
 
 /// A batch written: where each event went, and the new version of every changed profile.

@@ -3,6 +3,8 @@
 //! concurrent writer got there first (a deadlock, or an identifier it inserted).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -17,22 +19,56 @@ use crate::domain::batch::Plan;
 #[derive(Debug, Clone)]
 pub struct PgIdentityStore {
     pool: PgPool,
+    statistics: Arc<Statistics>,
 }
+
+/// Keeps the planner's statistics of identity's tables in step with their growth.
+/// Autovacuum does the same on a server that runs it, at its own pace; but a table that
+/// grew from empty and was never analyzed is planned as if it held a handful of rows,
+/// which turns a batch's key lookups into scans of the workspace. So identity analyzes
+/// its tables itself each time the events it resolved grew by half (and by at least
+/// `ANALYZE_EVERY`) since it last did, in the background.
+#[derive(Debug, Default)]
+struct Statistics {
+    resolved: AtomicU64,
+    next: AtomicU64,
+    running: AtomicBool,
+}
+
+const ANALYZE_EVERY: u64 = 5_000;
+const TABLES: &str = "profiles, identifiers, profile_events, event_counts, traits, consents, evidence";
 
 impl PgIdentityStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let statistics = Statistics::default();
+        statistics.next.store(ANALYZE_EVERY, Ordering::Relaxed);
+        Self {
+            pool,
+            statistics: Arc::new(statistics),
+        }
+    }
+
+    /// Counts resolved events, and analyzes the tables when they have grown enough.
+    fn resolved(&self, events: usize) {
+        let stats = &self.statistics;
+        let total = stats.resolved.fetch_add(events as u64, Ordering::Relaxed) + events as u64;
+        if total < stats.next.load(Ordering::Relaxed) || stats.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        stats
+            .next
+            .store(total + (total / 2).max(ANALYZE_EVERY), Ordering::Relaxed);
+        let (pool, stats) = (self.pool.clone(), self.statistics.clone());
+        tokio::spawn(async move {
+            if let Err(err) = sqlx::query(&format!("ANALYZE {TABLES}")).execute(&pool).await {
+                tracing::warn!(error = %err, "identity could not analyze its tables");
+            }
+            stats.running.store(false, Ordering::Release);
+        });
     }
 
     async fn begin(&self) -> Result<((), Transaction<'static, Postgres>), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Plan every statement for the tables as they are now. A prepared statement's
-        // generic plan, made while the tables were small, would otherwise stay on
-        // sequential scans as they grow until the next ANALYZE.
-        sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
-            .execute(&mut *tx)
-            .await?;
-        Ok(((), tx))
+        Ok(((), self.pool.begin().await?))
     }
 
     fn retries(&self) -> u32 {
@@ -134,25 +170,24 @@ impl PgIdentityStore {
             .collect())
     }
 
+    /// The profiles holding any of `identifiers`, one index probe per identifier.
     async fn holders(
         conn: &mut PgConnection,
         ws: &WorkspaceId,
         identifiers: &[&Identifier],
-    ) -> Result<Vec<(Identifier, ProfileId)>, StorageError> {
-        let rows: Vec<(String, String, ProfileId)> = sqlx::query_as(
-            "SELECT w.kind, w.value, i.profile_id FROM UNNEST($2::text[], $3::text[]) AS w(kind, value) \
+    ) -> Result<Vec<ProfileId>, StorageError> {
+        let rows: Vec<(ProfileId,)> = sqlx::query_as(
+            // OFFSET 0 keeps the lookup a probe per identifier, whatever the estimates.
+            "SELECT i.profile_id FROM UNNEST($2::text[], $3::text[]) AS w(kind, value) \
              CROSS JOIN LATERAL (SELECT profile_id FROM identifiers \
-               WHERE workspace_id = $1 AND kind = w.kind AND value = w.value) i \
-             ORDER BY w.kind, w.value",
+               WHERE workspace_id = $1 AND kind = w.kind AND value = w.value OFFSET 0) i",
         )
         .bind(ws)
         .bind(identifiers.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())
         .bind(identifiers.iter().map(|i| i.value.as_str()).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
-        rows.into_iter()
-            .map(|(kind, value, profile)| Ok((identifier(kind, value)?, profile)))
-            .collect()
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     async fn write_plan(

@@ -33,6 +33,9 @@ impl SqliteIdentityStore {
         Ok((guard, self.pool.begin().await?))
     }
 
+    /// SQLite plans by index without statistics: nothing to keep up.
+    fn resolved(&self, _events: usize) {}
+
     fn retries(&self) -> u32 {
         0
     }
@@ -113,7 +116,7 @@ impl SqliteIdentityStore {
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,
         identifiers: &[&Identifier],
-    ) -> Result<Vec<(Identifier, ProfileId)>, StorageError> {
+    ) -> Result<Vec<ProfileId>, StorageError> {
         let mut holders = Vec::new();
         for identifier in identifiers {
             let row: Option<(ProfileId,)> = sqlx::query_as(
@@ -124,9 +127,7 @@ impl SqliteIdentityStore {
             .bind(&identifier.value)
             .fetch_optional(&mut *conn)
             .await?;
-            if let Some((profile,)) = row {
-                holders.push(((*identifier).clone(), profile));
-            }
+            holders.extend(row.map(|r| r.0));
         }
         Ok(holders)
     }

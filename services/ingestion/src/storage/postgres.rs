@@ -208,13 +208,15 @@ impl EventLog for PgEventLog {
         // Rows of transactions older than the oldest one still running can no longer
         // be joined by a late commit, so handing them on never skips anything.
         let rows = sqlx::query(
-            // held_back: is anything after the cursor at or past the horizon? Asked as one
-            // key range, so the index answers it at once however long the backlog is.
+            // held_back: is anything after the cursor at or past the horizon? Asked as the
+            // first key of one range, in index order, so the index answers it at once however
+            // long the backlog is. (An EXISTS would let the planner, short of statistics,
+            // read the table from the start in the hope of an early match.)
             "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
              SELECT tx_id, seq, workspace_id, event_id, payload, traceparent, \
-                    EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) >= \
-                              (GREATEST(horizon.xmin, $1), CASE WHEN horizon.xmin > $1 THEN 0 ELSE $2 + 1 END)) \
-                      AS held_back \
+                    (SELECT tx_id FROM events WHERE (tx_id, seq) >= \
+                       (GREATEST(horizon.xmin, $1), CASE WHEN horizon.xmin > $1 THEN 0 ELSE $2 + 1 END) \
+                     ORDER BY tx_id, seq LIMIT 1) IS NOT NULL AS held_back \
              FROM events, horizon \
              WHERE (tx_id, seq) > ($1, $2) AND tx_id < horizon.xmin \
              ORDER BY tx_id, seq LIMIT $3",
@@ -226,7 +228,7 @@ impl EventLog for PgEventLog {
         .await?;
         if rows.is_empty() {
             let held_back: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, seq) > ($1, $2))")
+                sqlx::query_scalar("SELECT (SELECT tx_id FROM events WHERE (tx_id, seq) > ($1, $2) ORDER BY tx_id, seq LIMIT 1) IS NOT NULL")
                     .bind(after.tx)
                     .bind(after.seq)
                     .fetch_one(&self.pool)

@@ -8,6 +8,7 @@
 //! - `seen_events`, `erased_among`, `holders`, `candidates_of` and `write_plan`: the
 //!   batch reads and writes, with arrays on Postgres and prepared statements in a loop on
 //!   SQLite;
+//! - `resolved(events)`: told after each batch, to keep the planner's statistics;
 //! - `retries()`: how often a batch is run again after contention (none on SQLite,
 //!   where writers take turns).
 
@@ -384,15 +385,18 @@ macro_rules! identity_store {
                 let plan = plan(events, loaded, rules, Utc::now(), ProfileId::new);
                 let versions = self.write_plan(&mut tx, ws, &plan).await?;
                 tx.commit().await?;
+                self.resolved(events.len());
                 Ok(Applied {
                     outcomes: plan.outcomes,
                     versions,
                 })
             }
 
-            /// Locks the live profiles holding the batch's identifiers and loads them. The
-            /// holders are read again under the locks: if a concurrent merge moved an
-            /// identifier meanwhile, the batch starts over.
+            /// Locks the live profiles holding the batch's identifiers and loads them with
+            /// what they hold, read under the locks. An identifier a concurrent writer moved
+            /// between the first read and the locks is then held by none of them: the batch
+            /// takes it for new, and its insert, meeting the primary key, starts the batch
+            /// over. A locked profile merged or erased meanwhile starts it over too.
             async fn load_batch(&self, conn: &mut Conn, ws: &WorkspaceId, events: &[IncomingEvent]) -> Result<Loaded, ResolveError> {
                 let mut identifiers: Vec<&Identifier> =
                     events.iter().flat_map(|e| &e.identity.identifiers).collect();
@@ -401,15 +405,11 @@ macro_rules! identity_store {
                 let event_ids: Vec<EventId> = events.iter().map(|e| e.identity.event).collect();
                 let seen = Self::seen_events(conn, ws, &event_ids).await?;
                 let erased = Self::erased_among(conn, ws, &identifiers).await?;
-                let holders = Self::holders(conn, ws, &identifiers).await?;
-                let mut profiles: Vec<ProfileId> = holders.iter().map(|h| h.1).collect();
+                let mut profiles = Self::holders(conn, ws, &identifiers).await?;
                 profiles.sort();
                 profiles.dedup();
                 let rows = Self::lock_profiles(conn, ws, &profiles).await?;
                 if rows.len() != profiles.len() || rows.iter().any(|r| r.2.is_some() || r.3.is_some()) {
-                    return Err(ResolveError::Moved);
-                }
-                if Self::holders(conn, ws, &identifiers).await? != holders {
                     return Err(ResolveError::Moved);
                 }
                 let candidates = Self::candidates_of(conn, ws, &rows).await?;
