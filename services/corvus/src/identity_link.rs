@@ -13,10 +13,12 @@ use corvus_proto::WorkspaceId;
 use corvus_proto::common::v1::StoredEvent;
 use corvus_storage::StorageError;
 
-/// Identity as a consumer of the event log, followed by `next`.
+/// Identity as a consumer of the event log, followed by `next`, which receive what it
+/// resolved in deliveries of at most `onward_batch` events (identity's own are larger).
 pub struct IdentitySink {
     pub identity: Identity,
     pub next: Vec<Consumer>,
+    pub onward_batch: usize,
 }
 
 #[async_trait]
@@ -35,21 +37,28 @@ impl EventSink for IdentitySink {
             return Ok(failures);
         }
         let failed: HashSet<String> = failures.iter().map(|f| f.event_id.clone()).collect();
-        let onward: Vec<StoredEvent> = resolved
-            .events
-            .into_iter()
-            .filter(|e| !failed.contains(&e.event_id))
+        let onward: Vec<StoredEvent> = events
+            .iter()
+            .zip(resolved.profiles)
+            .filter(|(e, _)| !failed.contains(&e.event_id))
+            .map(|(e, profile)| StoredEvent {
+                profile_id: profile.map(|p| p.to_string()).unwrap_or_default(),
+                ..e.clone()
+            })
             .collect();
         for consumer in &self.next {
-            let refused = consumer
-                .sink
-                .deliver(&onward)
-                .await
-                .map_err(|e| format!("{}: {e}", consumer.name))?;
-            failures.extend(refused.into_iter().map(|f| Failure {
-                reason: format!("{}: {}", consumer.name, f.reason),
-                ..f
-            }));
+            let size = consumer.batch_size.map_or(self.onward_batch, |n| n as usize).max(1);
+            for chunk in onward.chunks(size) {
+                let refused = consumer
+                    .sink
+                    .deliver(chunk)
+                    .await
+                    .map_err(|e| format!("{}: {e}", consumer.name))?;
+                failures.extend(refused.into_iter().map(|f| Failure {
+                    reason: format!("{}: {}", consumer.name, f.reason),
+                    ..f
+                }));
+            }
         }
         Ok(failures)
     }

@@ -141,7 +141,9 @@ impl App {
             sink: Arc::new(identity_link::IdentitySink {
                 identity: self.identity.clone(),
                 next: after_identity,
+                onward_batch: self.config.ingestion.outbox.batch_size as usize,
             }),
+            batch_size: Some(self.config.identity.batch_size),
         };
         let mut consumers = Vec::new();
         if self.config.identity.resolve_events {

@@ -24,6 +24,9 @@ pub struct IdentityConfig {
     /// Resolve the event log in this process. Off for a process that only serves reads,
     /// or to measure ingestion alone.
     pub resolve_events: bool,
+    /// Events identity takes from the log at a time (the outbox's `batch_size` is for the
+    /// other consumers). Larger batches spread each statement's cost over more events.
+    pub batch_size: u32,
     /// Transactions a delivered batch is split into and resolved at once. Events that
     /// share an identifier stay in one; 1 resolves each batch in a single transaction.
     pub resolve_parts: usize,
@@ -36,6 +39,7 @@ impl Default for IdentityConfig {
             workspaces: BTreeMap::new(),
             cache_ttl: Duration::from_secs(24 * 3600),
             resolve_events: true,
+            batch_size: 2000,
             resolve_parts: 4,
         }
     }
@@ -70,6 +74,10 @@ impl IdentityConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.rules()?;
         anyhow::ensure!(!self.cache_ttl.is_zero(), "identity.cache_ttl must be positive");
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_size),
+            "identity.batch_size must be between 1 and 10000"
+        );
         anyhow::ensure!(
             (1..=64).contains(&self.resolve_parts),
             "identity.resolve_parts must be between 1 and 64"

@@ -20,8 +20,8 @@ use crate::domain::resolution::{DropReason, Identifier, IdentityRules, ProfileId
 use crate::events::incoming;
 use crate::read_model::{Entry, ReadModel, merge_message, timestamp};
 use crate::storage::{
-    self, Applied, CANDIDATE_ACCEPTED, CANDIDATE_REJECTED, CandidateRecord, IdentityStore, MatchMerge, MergeRecord,
-    Removed, ReviewRefused, UnmergeRefused, Unmerged,
+    self, CANDIDATE_ACCEPTED, CANDIDATE_REJECTED, CandidateRecord, IdentityStore, MatchMerge, MergeRecord, Removed,
+    ReviewRefused, UnmergeRefused, Unmerged,
 };
 
 /// Another service's store that holds a person's events and erases them on request.
@@ -55,11 +55,11 @@ impl IdentityError {
     }
 }
 
-/// Events after resolution: each with its profile id (empty when no identifier was left),
-/// and those that could not be read.
+/// Delivered events after resolution: each one's profile, in delivery order (none when
+/// no identifier was left, or the event could not be read), and those that could not.
 #[derive(Debug, Default)]
 pub struct Resolved {
-    pub events: Vec<StoredEvent>,
+    pub profiles: Vec<Option<ProfileId>>,
     pub failures: Vec<(String, String)>,
 }
 
@@ -113,7 +113,7 @@ impl Identity {
     /// Resolves delivered events, a transaction per workspace, and sets their profile ids.
     pub async fn resolve(&self, events: &[StoredEvent]) -> Result<Resolved, StorageError> {
         let mut resolved = Resolved {
-            events: events.to_vec(),
+            profiles: vec![None; events.len()],
             failures: Vec::new(),
         };
         let mut by_workspace: HashMap<WorkspaceId, Vec<usize>> = HashMap::new();
@@ -154,46 +154,33 @@ impl Identity {
                 .map(|part| part.iter().filter_map(|&j| slots[j].take()).collect())
                 .collect();
             // Each part a task of its own, so that their work in this process (planning,
-            // encoding, decoding) spreads over the runtime's threads too.
+            // encoding, decoding) spreads over the runtime's threads too, and each marks
+            // its profiles stale as soon as it has committed.
             let tasks = batches.into_iter().map(|events| {
                 let (store, all_rules, ws) = (self.store.clone(), self.rules.clone(), ws.clone());
-                tokio::spawn(async move { store.resolve(&ws, &events, all_rules.of(&ws)).await })
+                let read_model = self.read_model.clone();
+                tokio::spawn(async move {
+                    let applied = store.resolve(&ws, &events, all_rules.of(&ws)).await?;
+                    mark_stale(&read_model, &ws, &applied.versions).await;
+                    Ok::<_, StorageError>(applied.outcomes)
+                })
             });
-            let applied: Vec<Applied> = futures::future::try_join_all(tasks)
+            let outcomes: Vec<_> = futures::future::try_join_all(tasks)
                 .await
                 .map_err(|e| StorageError::Internal(format!("a resolving task failed: {e}")))?
                 .into_iter()
                 .collect::<Result<_, _>>()?;
-            let mut versions = Vec::new();
-            for (part, applied) in parts.iter().zip(applied) {
-                versions.extend(applied.versions);
-                for (&j, (_, profile, _)) in part.iter().zip(applied.outcomes) {
-                    resolved.events[indices[j]].profile_id = profile.map(|p| p.to_string()).unwrap_or_default();
+            for (part, outcomes) in parts.iter().zip(outcomes) {
+                for (&j, (_, profile, _)) in part.iter().zip(outcomes) {
+                    resolved.profiles[indices[j]] = profile;
                 }
             }
-            self.invalidate(&ws, versions).await;
         }
         Ok(resolved)
     }
 
-    /// Marks changed profiles stale in the read model. The store is already committed, so
-    /// a cache that cannot be reached is retried in the background until it answers:
-    /// serving a stale profile after a merge is not an option.
     async fn invalidate(&self, ws: &WorkspaceId, versions: Vec<(ProfileId, i64)>) {
-        if versions.is_empty() {
-            return;
-        }
-        if let Err(err) = self.read_model.invalidate(ws, &versions).await {
-            tracing::warn!(error = %err, "cache unreachable after a profile change; retrying in the background");
-            let (read_model, ws) = (self.read_model.clone(), ws.clone());
-            tokio::spawn(async move {
-                let mut pause = Duration::from_millis(100);
-                while read_model.invalidate(&ws, &versions).await.is_err() {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            });
-        }
+        mark_stale(&self.read_model, ws, &versions).await;
     }
 
     /// A profile by id: from the read model when it holds a current entry, else from the
@@ -448,5 +435,25 @@ impl Identity {
             Ok(record) => Ok((record, merge)),
             Err(refused) => Err(IdentityError::Precondition(refused.to_string())),
         }
+    }
+}
+
+/// Marks changed profiles stale in the read model. The store is already committed, so a
+/// cache that cannot be reached is retried in the background until it answers: serving
+/// a stale profile after a merge is not an option.
+async fn mark_stale(read_model: &ReadModel, ws: &WorkspaceId, versions: &[(ProfileId, i64)]) {
+    if versions.is_empty() {
+        return;
+    }
+    if let Err(err) = read_model.invalidate(ws, versions).await {
+        tracing::warn!(error = %err, "cache unreachable after a profile change; retrying in the background");
+        let (read_model, ws, versions) = (read_model.clone(), ws.clone(), versions.to_vec());
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            while read_model.invalidate(&ws, &versions).await.is_err() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 }

@@ -164,6 +164,7 @@ impl Ingestion {
             consumers.push(Consumer {
                 name: c.name.clone(),
                 sink: Arc::new(GrpcSink::new(&c.name, &c.endpoint)?),
+                batch_size: None,
             });
         }
         Ok(consumers)

@@ -99,10 +99,12 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig))
         .with_consumer(Consumer {
             name: "recorder".into(),
             sink: recorder.clone(),
+            batch_size: None,
         })
         .with_consumer_after_identity(Consumer {
             name: "resolved".into(),
             sink: resolved.clone(),
+            batch_size: None,
         });
     let (acme, globex) = ("acme".parse().unwrap(), "globex".parse().unwrap());
     app.keys.upsert_workspace(&acme, "Acme", None).await.unwrap();

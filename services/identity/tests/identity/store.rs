@@ -12,6 +12,7 @@ use corvus_test_support::{Backend, TempDir, on_both_backends};
 on_both_backends!(
     events_create_attach_and_merge_profiles,
     newest_trait_wins_whatever_the_arrival_order,
+    one_event_folds_several_profiles_into_one,
     redelivered_events_keep_their_profile,
     concurrent_batches_sharing_identifiers_make_one_profile,
     unmerge_splits_identifiers_and_later_events,
@@ -192,6 +193,97 @@ async fn newest_trait_wins_whatever_the_arrival_order(backend: Backend) {
         "the withdrawal happened before the grant"
     );
     assert_eq!(data.consents[0].set_at, day(2));
+}
+
+fn consent(mut e: IncomingEvent, granted: bool) -> IncomingEvent {
+    e.consents = vec![ConsentChange {
+        purpose: "marketing".into(),
+        channel: 3,
+        granted,
+    }];
+    e
+}
+
+async fn one_event_folds_several_profiles_into_one(backend: Backend) {
+    let Some(f) = fixture(backend).await else { return };
+    let r = &f.rules;
+    // Four profiles, the fourth already folded into the third.
+    let visitor = consent(
+        with_traits(
+            event(r, day(2), &[("anonymous_id", "a1")]),
+            serde_json::json!({"city": "York"}),
+        ),
+        true,
+    );
+    let subscriber = with_traits(
+        event(r, day(3), &[("email", "ada@example.com")]),
+        serde_json::json!({"city": "Leeds", "tier": "silver"}),
+    );
+    let caller = consent(
+        with_traits(
+            event(r, day(4), &[("phone", "+447700900001")]),
+            serde_json::json!({"tier": "gold"}),
+        ),
+        false,
+    );
+    let shopper = event(r, day(1), &[("loyalty_card", "L-9")]);
+    let first = f.send(&[visitor, subscriber, caller, shopper]).await;
+    let joined = f
+        .send(&[event(r, day(5), &[("phone", "+447700900001"), ("loyalty_card", "L-9")])])
+        .await;
+    assert_eq!(joined[0], first[2], "the card folds into the caller");
+
+    // One event names three of them: all fold into one, in one batch.
+    let all = event(
+        r,
+        day(6),
+        &[
+            ("anonymous_id", "a1"),
+            ("email", "ada@example.com"),
+            ("phone", "+447700900001"),
+        ],
+    );
+    let survivor = f.send(&[all]).await[0].unwrap();
+    for (kind, value) in [
+        ("anonymous_id", "a1"),
+        ("email", "ada@example.com"),
+        ("phone", "+447700900001"),
+        ("loyalty_card", "L-9"),
+    ] {
+        assert_eq!(f.holder(kind, value).await, Some(survivor), "{kind}");
+    }
+    for absorbed in first.iter().flatten().filter(|p| **p != survivor) {
+        assert!(
+            matches!(f.store.lookup(&f.ws, *absorbed).await.unwrap(), Lookup::Merged { into, .. } if into == survivor),
+            "{absorbed} redirects to the survivor"
+        );
+    }
+    let data = f.live(survivor).await;
+    assert_eq!(data.event_count, 6);
+    assert_eq!(data.counts, vec![(1, 1, 6)]);
+    assert_eq!(data.recent.len(), 6);
+    assert_eq!((data.first_seen, data.last_seen), (day(1), day(6)));
+    let traits: Vec<(&str, &serde_json::Value, DateTime<Utc>)> = data
+        .traits
+        .iter()
+        .map(|t| (t.name.as_str(), &t.value, t.set_at))
+        .collect();
+    assert_eq!(
+        traits,
+        vec![
+            ("city", &serde_json::json!("Leeds"), day(3)),
+            ("tier", &serde_json::json!("gold"), day(4)),
+        ],
+        "the newest of each trait over every profile folded"
+    );
+    assert_eq!(data.consents.len(), 1);
+    assert!(!data.consents[0].change.granted, "the later withdrawal stands");
+    assert_eq!(data.consents[0].set_at, day(4));
+    let mut absorbed = data.absorbed.clone();
+    let mut expected: Vec<ProfileId> = first.iter().flatten().copied().filter(|p| *p != survivor).collect();
+    absorbed.sort();
+    expected.sort();
+    assert_eq!(absorbed, expected);
 }
 
 async fn redelivered_events_keep_their_profile(backend: Backend) {

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 pub use grpc_sink::GrpcSink;
 
-use crate::storage::{EventLog, LoggedEvent};
+use crate::storage::{EventLog, LoggedEvent, ReadBatch};
 
 /// An event a consumer could not process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub trait EventSink: Send + Sync {
 pub struct Consumer {
     pub name: String,
     pub sink: Arc<dyn EventSink>,
+    /// Events per delivery for this consumer, instead of `OutboxConfig::batch_size`.
+    pub batch_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +122,10 @@ enum Stop {
 }
 
 impl Dispatcher {
+    fn batch_size(&self) -> u32 {
+        self.consumer.batch_size.unwrap_or(self.config.batch_size)
+    }
+
     async fn run(self) {
         let name = self.consumer.name.clone();
         let mut pause = self.config.retry_base;
@@ -165,6 +171,8 @@ impl Dispatcher {
             Ok(p) => p,
             Err(err) => return Stop::LostLease(err.to_string()),
         };
+        // The batch after the one being delivered, read while it was.
+        let mut read_ahead: Option<ReadBatch> = None;
         loop {
             if self.stop.is_cancelled() {
                 return Stop::Cancelled;
@@ -172,11 +180,16 @@ impl Dispatcher {
             if let Err(err) = self.replay_dead_letters().await {
                 return Stop::LostLease(err.to_string());
             }
-            // Mark the wake-ups seen before reading, so a commit after the read wakes us.
-            wakeups.borrow_and_update();
-            let batch = match self.log.read_after(cursor, self.config.batch_size).await {
-                Ok(b) => b,
-                Err(err) => return Stop::LostLease(err.to_string()),
+            let batch = match read_ahead.take() {
+                Some(batch) => batch,
+                None => {
+                    // Mark the wake-ups seen before reading, so a commit after the read wakes us.
+                    wakeups.borrow_and_update();
+                    match self.log.read_after(cursor, self.batch_size()).await {
+                        Ok(b) => b,
+                        Err(err) => return Stop::LostLease(err.to_string()),
+                    }
+                }
             };
             let Some(last) = batch.events.last().map(|e| e.position) else {
                 metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone()).set(0.0);
@@ -192,9 +205,16 @@ impl Dispatcher {
                 }
                 continue;
             };
-            if let Err(stop) = self.deliver(&batch.events).await {
+            // Deliver, and meanwhile read what follows. A read-ahead that found nothing
+            // (or failed) is dropped: the next round reads again, after marking wake-ups.
+            let (delivered, next) = tokio::join!(
+                self.deliver(&batch.events),
+                self.log.read_after(last, self.batch_size())
+            );
+            if let Err(stop) = delivered {
                 return stop;
             }
+            read_ahead = next.ok().filter(|b| !b.events.is_empty());
             match self.log.advance(name, cursor, last).await {
                 Ok(true) => cursor = last,
                 Ok(false) => {

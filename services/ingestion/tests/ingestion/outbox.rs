@@ -50,6 +50,7 @@ fn start(log: &Arc<dyn EventLog>, sinks: &[(&str, Arc<RecordingSink>)]) -> Runni
         .map(|(name, sink)| Consumer {
             name: (*name).to_owned(),
             sink: sink.clone(),
+            batch_size: None,
         })
         .collect();
     let stop = CancellationToken::new();
