@@ -71,18 +71,91 @@ impl dyn Cache {
                 .map(SecretString::from)
         });
         Ok(match url {
-            Some(url) => Arc::new(RedisCache::connect(&url, &config.cache_namespace).await?),
+            Some(url) => Arc::new(
+                RedisCache::connect(&url, &config.cache_namespace)
+                    .await?
+                    .with_near_cache(&url, config.near_cache_entries)
+                    .await?,
+            ),
             None => Arc::new(MemoryCache::default()),
         })
     }
 }
 
 /// Redis through a connection manager that reconnects by itself after a drop.
+///
+/// Versioned reads may go through a second connection that keeps what it read in this
+/// process (`with_near_cache`): Redis tracks the keys that connection read and pushes an
+/// invalidation down it when any client changes one, ahead of any later reply on it. A
+/// read on this process then costs no round trip; a change made through this process is
+/// seen at once (its write waits for the invalidation to arrive), one made by another
+/// process as soon as Redis has pushed it. The local copies are thrown away whenever
+/// Redis cannot be reached: at once when a write fails, and within `HEARTBEAT` plus the
+/// response timeout when the connection is cut while nothing is written.
 #[derive(Clone)]
 pub struct RedisCache {
     conn: ConnectionManager,
+    near: Option<Arc<NearCache>>,
     namespace: String,
     set_if_newer: Arc<redis::Script>,
+}
+
+/// The caching connection, replaced by a new one (with an empty cache) when it fails.
+struct NearCache {
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    conn: std::sync::RwLock<Option<ConnectionManager>>,
+    rebuilding: std::sync::atomic::AtomicBool,
+}
+
+/// How often an idle near cache checks that Redis can still reach it.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl NearCache {
+    fn current(&self) -> Option<ConnectionManager> {
+        self.conn.read().expect("near cache lock").clone()
+    }
+
+    /// Drops the connection and what it cached; reads go to Redis until a new one is up.
+    fn forget(self: &Arc<Self>) {
+        self.conn.write().expect("near cache lock").take();
+        if self.rebuilding.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let near = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = near.upgrade() else { return };
+                match ConnectionManager::new_with_config(this.client.clone(), this.config.clone()).await {
+                    Ok(conn) => {
+                        *this.conn.write().expect("near cache lock") = Some(conn);
+                        this.rebuilding.store(false, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
+                    Err(err) => tracing::debug!(error = %err, "near cache cannot reconnect yet"),
+                }
+                drop(this);
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        });
+    }
+
+    /// Checks the connection every `HEARTBEAT` for as long as the cache exists.
+    fn watch(self: &Arc<Self>) {
+        let near = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                let Some(this) = near.upgrade() else { return };
+                if let Some(mut conn) = this.current() {
+                    let alive: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+                    if alive.is_err() {
+                        this.forget();
+                    }
+                }
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -104,13 +177,52 @@ impl RedisCache {
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             conn,
+            near: None,
             namespace: namespace.to_owned(),
             set_if_newer: Arc::new(redis::Script::new(SET_IF_NEWER)),
         })
     }
 
+    /// Versioned reads through a connection that caches up to `entries` of them here.
+    pub async fn with_near_cache(mut self, url: &SecretString, entries: usize) -> Result<Self, StorageError> {
+        let Some(size) = std::num::NonZeroUsize::new(entries) else {
+            return Ok(self);
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret())
+            .map_err(|e| StorageError::Internal(format!("invalid redis url: {e}")))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_cache_config(
+                redis::caching::CacheConfig::new()
+                    .set_mode(redis::caching::CacheMode::OptIn)
+                    .set_size(size),
+            );
+        let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let near = Arc::new(NearCache {
+            client,
+            config,
+            conn: std::sync::RwLock::new(Some(conn)),
+            rebuilding: std::sync::atomic::AtomicBool::new(false),
+        });
+        near.watch();
+        self.near = Some(near);
+        Ok(self)
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}:{key}", self.namespace)
+    }
+
+    /// Versioned reads answered in this process since its near cache last (re)connected.
+    pub fn near_hits(&self) -> Option<usize> {
+        Some(self.near.as_ref()?.current()?.get_cache_statistics()?.hit)
     }
 }
 
@@ -171,12 +283,32 @@ impl Cache for RedisCache {
                 .arg(ttl_ms)
                 .ignore();
         }
-        let _: () = pipe.query_async(&mut conn).await?;
-        Ok(())
+        let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        if let Some(near) = &self.near {
+            if written.is_err() {
+                near.forget();
+            } else if let Some(mut near_conn) = near.current() {
+                // Redis queued the invalidations of these keys on the near connection before
+                // this PING's answer: once it is back, this process reads the new values.
+                let seen: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut near_conn).await;
+                if seen.is_err() {
+                    near.forget();
+                }
+            }
+        }
+        Ok(written?)
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
-        let stored: Option<Vec<u8>> = self.conn.clone().get(self.key(key)).await?;
+        let stored: Option<Vec<u8>> = match self.near.as_ref().and_then(|near| Some((near, near.current()?))) {
+            Some((near, mut conn)) => {
+                let mut get = redis::cmd("GET");
+                get.arg(self.key(key))
+                    .set_cache_config(redis::CommandCacheConfig::new().set_enable_cache(true));
+                get.query_async(&mut conn).await.inspect_err(|_| near.forget())?
+            }
+            None => self.conn.clone().get(self.key(key)).await?,
+        };
         Ok(stored.as_deref().and_then(decode_versioned))
     }
 }

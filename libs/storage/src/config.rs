@@ -18,6 +18,10 @@ pub struct StorageConfig {
     pub max_connections: u32,
     /// Prefix of every cache key, so that several deployments can share one Redis.
     pub cache_namespace: String,
+    /// Read-model entries (versioned values) also kept in this process, up to this many,
+    /// with Redis telling the process as soon as one changes (client-side caching over
+    /// RESP3). 0 reads every one from Redis.
+    pub near_cache_entries: usize,
 }
 
 impl Default for StorageConfig {
@@ -28,6 +32,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from(".corvus-data"),
             max_connections: 16,
             cache_namespace: "corvus".to_owned(),
+            near_cache_entries: 100_000,
         }
     }
 }

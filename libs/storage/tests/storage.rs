@@ -94,3 +94,87 @@ async fn redis_reconnects_after_losing_its_connection() {
     }
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// A process's near cache follows changes made elsewhere, and after losing Redis it never
+/// serves what it held from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_follows_other_writers_and_forgets_when_cut_off() {
+    let Some(url) = corvus_test_support::redis_url() else {
+        return;
+    };
+    let namespace = format!("test-near-{}", std::process::id());
+    let target = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let proxy = FlakyProxy::start(target).await;
+    let proxied: secrecy::SecretString = format!("redis://{}", proxy.addr()).into();
+    let reader = RedisCache::connect(&proxied, &namespace)
+        .await
+        .unwrap()
+        .with_near_cache(&proxied, 100)
+        .await
+        .unwrap();
+    let writer = RedisCache::connect(&url.clone().into(), &namespace).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let writer = &writer;
+    let put = |version, value: &'static [u8]| async move {
+        writer
+            .set_versioned(
+                &[Versioned {
+                    key: "p",
+                    version,
+                    value,
+                }],
+                ttl,
+            )
+            .await
+            .unwrap();
+    };
+    let reads = |expected: u64| {
+        let reader = &reader;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match reader.get_versioned("p").await {
+                    Ok(Some((version, _))) if version == expected => return,
+                    Ok(Some((version, _))) => assert!(version < expected, "read {version}, ahead of {expected}"),
+                    _ => {}
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never read version {expected}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    put(1, b"one").await;
+    reads(1).await;
+    let hits = reader.near_hits().unwrap();
+    for _ in 0..10 {
+        reader.get_versioned("p").await.unwrap();
+    }
+    assert_eq!(reader.near_hits().unwrap(), hits + 10, "answered here, not by Redis");
+    // Cached here now; another process's change still reaches this one.
+    put(2, b"two").await;
+    reads(2).await;
+    // Its own change is read back at once.
+    reader
+        .set_versioned(
+            &[Versioned {
+                key: "p",
+                version: 3,
+                value: b"three",
+            }],
+            ttl,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reader.get_versioned("p").await.unwrap().map(|v| v.0), Some(3));
+
+    // Cut off while another process writes: the copy from before the cut is dropped.
+    proxy.cut();
+    put(4, b"four").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !matches!(reader.get_versioned("p").await, Ok(Some((3, _)))),
+        "served its copy from before the cut"
+    );
+    proxy.restore();
+    reads(4).await;
+}
