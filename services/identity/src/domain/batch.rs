@@ -110,8 +110,6 @@ pub struct Plan {
     pub traits: Vec<TraitRow>,
     /// The newest change per profile, purpose and channel within the batch.
     pub consents: Vec<ConsentRow>,
-    /// `(profile, channel, event type, count)`.
-    pub counts: Vec<(ProfileId, i16, i16, i64)>,
     pub evidence: Vec<Evidence>,
     pub touched: Vec<Touched>,
     /// Per input event: the profile it ends on, and the identifiers left out of it.
@@ -282,7 +280,6 @@ pub fn plan(
 
     let mut traits: BTreeMap<(ProfileId, String), TraitRow> = BTreeMap::new();
     let mut consents: BTreeMap<(ProfileId, String, i16), ConsentRow> = BTreeMap::new();
-    let mut counts: BTreeMap<(ProfileId, i16, i16), i64> = BTreeMap::new();
     let mut touched: BTreeMap<ProfileId, Touched> = BTreeMap::new();
     for (index, profile) in placed {
         let event = &events[index];
@@ -322,7 +319,6 @@ pub fn plan(
                 })
                 .or_insert(row);
         }
-        *counts.entry((profile, event.channel, event.event_type)).or_default() += 1;
         touched
             .entry(profile)
             .and_modify(|t| {
@@ -360,7 +356,6 @@ pub fn plan(
     }
     plan.traits = traits.into_values().collect();
     plan.consents = consents.into_values().collect();
-    plan.counts = counts.into_iter().map(|((p, c, t), n)| (p, c, t, n)).collect();
     plan.touched = touched.into_values().collect();
     plan
 }

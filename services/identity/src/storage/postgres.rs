@@ -41,7 +41,7 @@ const ANALYZE_FIRST: u64 = 10_000;
 /// for it to see how many rows a workspace has, at a small part of a full `ANALYZE`.
 const ANALYZE: &str = "ANALYZE profiles (workspace_id, profile_id, merged_into), \
      identifiers (workspace_id, kind, value, profile_id), profile_events (workspace_id, event_id, profile_id), \
-     event_counts (workspace_id, profile_id), traits (workspace_id, profile_id), \
+     traits (workspace_id, profile_id), \
      consents (workspace_id, profile_id), evidence (workspace_id, profile_id, other_id)";
 
 impl PgIdentityStore {
@@ -307,21 +307,6 @@ impl PgIdentityStore {
             .execute(&mut *conn)
             .await?;
         }
-        if !plan.counts.is_empty() {
-            let c = &plan.counts;
-            sqlx::query(
-                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) \
-                 SELECT $1, * FROM UNNEST($2::uuid[], $3::int2[], $4::int2[], $5::int8[]) \
-                 ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n",
-            )
-            .bind(ws)
-            .bind(uuids(c.iter().map(|r| r.0)))
-            .bind(c.iter().map(|r| r.1).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.2).collect::<Vec<_>>())
-            .bind(c.iter().map(|r| r.3).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
         if !plan.evidence.is_empty() {
             insert_evidence_batch(conn, ws, &plan.evidence).await?;
         }
@@ -362,13 +347,6 @@ async fn move_profiles(
     for sql in [
         format!("UPDATE identifiers SET profile_id = {INTO} WHERE workspace_id = $1 AND profile_id = ANY($2)"),
         format!("UPDATE profile_events SET profile_id = {INTO} WHERE workspace_id = $1 AND profile_id = ANY($2)"),
-        format!(
-            "WITH moved AS (DELETE FROM event_counts WHERE workspace_id = $1 AND profile_id = ANY($2) \
-               RETURNING {INTO} AS into_id, channel, event_type, n) \
-             INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) \
-             SELECT $1, into_id, channel, event_type, sum(n) FROM moved GROUP BY into_id, channel, event_type \
-             ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n"
-        ),
         format!(
             "WITH moved AS (DELETE FROM traits WHERE workspace_id = $1 AND profile_id = ANY($2) \
                RETURNING {INTO} AS into_id, name, value, set_at, event_id) \

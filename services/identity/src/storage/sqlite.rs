@@ -223,19 +223,6 @@ impl SqliteIdentityStore {
             .execute(&mut *conn)
             .await?;
         }
-        for (profile, channel, event_type, n) in &plan.counts {
-            sqlx::query(
-                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n",
-            )
-            .bind(ws)
-            .bind(*profile)
-            .bind(*channel)
-            .bind(*event_type)
-            .bind(*n)
-            .execute(&mut *conn)
-            .await?;
-        }
         for evidence in &plan.evidence {
             insert_evidence(conn, ws, evidence).await?;
         }

@@ -206,10 +206,6 @@ macro_rules! changes_sql {
                     "DELETE FROM consents WHERE workspace_id = $1 AND profile_id = $2",
                 ),
                 (
-                    "event_counts",
-                    "DELETE FROM event_counts WHERE workspace_id = $1 AND profile_id = $2",
-                ),
-                (
                     "evidence",
                     "DELETE FROM evidence WHERE workspace_id = $1 AND profile_id = $2",
                 ),

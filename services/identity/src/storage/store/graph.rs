@@ -25,7 +25,11 @@ macro_rules! graph_sql {
             Ok(row.map(|(id, into, erased)| (into.unwrap_or(id), erased.is_some())))
         }
 
-        async fn absorbed(conn: &mut Conn, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<ProfileId>, sqlx::Error> {
+        async fn absorbed(
+            conn: &mut Conn,
+            ws: &WorkspaceId,
+            profile: ProfileId,
+        ) -> Result<Vec<ProfileId>, sqlx::Error> {
             let rows: Vec<(ProfileId,)> = sqlx::query_as(
                 "SELECT profile_id FROM profiles WHERE workspace_id = $1 AND merged_into = $2 ORDER BY profile_id",
             )
@@ -60,7 +64,10 @@ macro_rules! graph_sql {
                 created_at: time(row.1),
                 identifiers: identifiers
                     .into_iter()
-                    .map(|(identifier, first_seen)| HeldIdentifier { identifier, first_seen })
+                    .map(|(identifier, first_seen)| HeldIdentifier {
+                        identifier,
+                        first_seen,
+                    })
                     .collect(),
             })
         }
@@ -98,7 +105,11 @@ macro_rules! graph_sql {
                     survivor_via: identifier,
                     merged_via,
                 },
-                (1, _, via) => EvidenceKind::Link { profile, identifier, via },
+                (1, _, via) => EvidenceKind::Link {
+                    profile,
+                    identifier,
+                    via,
+                },
                 _ => return Err(StorageError::Internal(format!("evidence {id} is malformed"))),
             };
             let evidence = Evidence {
@@ -152,7 +163,11 @@ macro_rules! graph_sql {
             let mut records = std::collections::BTreeMap::new();
             for member in members {
                 for sql in [&by_profile, &by_other] {
-                    let rows: Vec<EvidenceRow> = sqlx::query_as(sql).bind(ws).bind(*member).fetch_all(&mut *conn).await?;
+                    let rows: Vec<EvidenceRow> = sqlx::query_as(sql)
+                        .bind(ws)
+                        .bind(*member)
+                        .fetch_all(&mut *conn)
+                        .await?;
                     for row in rows {
                         let record = evidence_of(row)?;
                         records.insert(record.0, record);
@@ -164,7 +179,11 @@ macro_rules! graph_sql {
 
         async fn insert_evidence(conn: &mut Conn, ws: &WorkspaceId, evidence: &Evidence) -> Result<i64, sqlx::Error> {
             let (kind, profile, other, identifier, via) = match &evidence.kind {
-                EvidenceKind::Link { profile, identifier, via } => (1i16, *profile, None, identifier, via.as_ref()),
+                EvidenceKind::Link {
+                    profile,
+                    identifier,
+                    via,
+                } => (1i16, *profile, None, identifier, via.as_ref()),
                 EvidenceKind::Merge {
                     survivor,
                     merged,
@@ -194,7 +213,7 @@ macro_rules! graph_sql {
             Ok(id)
         }
 
-        /// Folds `from` into `into`: identifiers, events, counts, traits (newest wins) and
+        /// Folds `from` into `into`: identifiers, events, traits (newest wins) and
         /// consents move; `from` and whatever it had absorbed redirect to `into`. Returns
         /// the versions of every profile row changed (`into`'s included).
         async fn move_profile(
@@ -207,10 +226,6 @@ macro_rules! graph_sql {
             for sql in [
                 "UPDATE identifiers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
                 "UPDATE profile_events SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) \
-                 SELECT workspace_id, $3, channel, event_type, n FROM event_counts \
-                 WHERE workspace_id = $1 AND profile_id = $2 \
-                 ON CONFLICT (workspace_id, profile_id, channel, event_type) DO UPDATE SET n = event_counts.n + excluded.n",
                 "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
                  SELECT workspace_id, $3, name, value, set_at, event_id FROM traits \
                  WHERE workspace_id = $1 AND profile_id = $2 \
@@ -226,14 +241,21 @@ macro_rules! graph_sql {
                  WHERE excluded.set_at > consents.set_at \
                     OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
             ] {
-                sqlx::query(sql).bind(ws).bind(from).bind(into).execute(&mut *conn).await?;
-            }
-            for table in ["event_counts", "traits", "consents"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"))
+                sqlx::query(sql)
                     .bind(ws)
                     .bind(from)
+                    .bind(into)
                     .execute(&mut *conn)
                     .await?;
+            }
+            for table in ["traits", "consents"] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
+                ))
+                .bind(ws)
+                .bind(from)
+                .execute(&mut *conn)
+                .await?;
             }
             let (first, last, count): (i64, i64, i64) = sqlx::query_as(
                 "SELECT first_seen, last_seen, event_count FROM profiles WHERE workspace_id = $1 AND profile_id = $2",
@@ -286,7 +308,7 @@ macro_rules! graph_sql {
             Ok(versions)
         }
 
-        /// Rebuilds a profile's counts, traits, consents and seen times from its events
+        /// Rebuilds a profile's traits, consents, seen times and count from its events
         /// (after an unmerge moved events between profiles).
         async fn rebuild(
             conn: &mut Conn,
@@ -295,21 +317,15 @@ macro_rules! graph_sql {
             now: i64,
         ) -> Result<(i64, u64), StorageError> {
             for sql in [
-                "DELETE FROM event_counts WHERE workspace_id = $1 AND profile_id = $2",
                 "DELETE FROM traits WHERE workspace_id = $1 AND profile_id = $2",
                 "DELETE FROM consents WHERE workspace_id = $1 AND profile_id = $2",
             ] {
-                sqlx::query(sql).bind(ws).bind(profile).execute(&mut *conn).await?;
+                sqlx::query(sql)
+                    .bind(ws)
+                    .bind(profile)
+                    .execute(&mut *conn)
+                    .await?;
             }
-            sqlx::query(
-                "INSERT INTO event_counts (workspace_id, profile_id, channel, event_type, n) \
-                 SELECT workspace_id, profile_id, channel, event_type, COUNT(*) FROM profile_events \
-                 WHERE workspace_id = $1 AND profile_id = $2 GROUP BY workspace_id, profile_id, channel, event_type",
-            )
-            .bind(ws)
-            .bind(profile)
-            .execute(&mut *conn)
-            .await?;
             let rows: Vec<(EventId, i64, Option<String>, Option<String>)> = sqlx::query_as(
                 "SELECT event_id, at, traits, consents FROM profile_events \
                  WHERE workspace_id = $1 AND profile_id = $2 ORDER BY at, event_id",
@@ -327,10 +343,15 @@ macro_rules! graph_sql {
                         traits.insert(name, (value, *at, *event));
                     }
                 }
-                let changes: Vec<ConsentChange> =
-                    c.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+                let changes: Vec<ConsentChange> = c
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or_default();
                 for change in changes {
-                    consents.insert((change.purpose.clone(), change.channel), (change.granted, *at, *event));
+                    consents.insert(
+                        (change.purpose.clone(), change.channel),
+                        (change.granted, *at, *event),
+                    );
                 }
             }
             for (name, (value, at, event)) in traits {

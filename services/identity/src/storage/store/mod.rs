@@ -106,9 +106,11 @@ macro_rules! identity_store {
                 .bind(profile)
                 .fetch_all(&mut *conn)
                 .await?;
+                // Counted from the events when the profile is read (and cached), rather than
+                // kept up to date with a row written for every event.
                 let counts: Vec<(i16, i16, i64)> = sqlx::query_as(
-                    "SELECT channel, event_type, n FROM event_counts WHERE workspace_id = $1 AND profile_id = $2 \
-                     ORDER BY channel, event_type",
+                    "SELECT channel, event_type, COUNT(*) FROM profile_events WHERE workspace_id = $1 AND profile_id = $2 \
+                     GROUP BY channel, event_type ORDER BY channel, event_type",
                 )
                 .bind(ws)
                 .bind(profile)
