@@ -39,7 +39,7 @@ impl Default for IdentityConfig {
             workspaces: BTreeMap::new(),
             cache_ttl: Duration::from_secs(24 * 3600),
             resolve_events: true,
-            batch_size: 2000,
+            batch_size: 8000,
             resolve_parts: 4,
         }
     }

@@ -9,10 +9,15 @@ use std::collections::HashMap;
 use super::batch::IncomingEvent;
 use super::resolution::Identifier;
 
-/// Splits `events` into at most `parts` groups of indices, each in log order, as even in
-/// size as whole groups of linked events allow. Empty groups are left out.
+/// Events below which a part is not worth its own transaction (its statements and
+/// commit cost about as much as a few hundred events' rows).
+pub const MIN_PART: usize = 64;
+
+/// Splits `events` into at most `parts` groups of indices (fewer for a small batch, none
+/// under `MIN_PART` events unless the batch is), each in log order, as even in size as
+/// whole groups of linked events allow. Empty groups are left out.
 pub fn partition(events: &[IncomingEvent], parts: usize) -> Vec<Vec<usize>> {
-    let parts = parts.max(1);
+    let parts = parts.min(events.len() / MIN_PART).max(1);
     if parts == 1 || events.len() < 2 {
         return if events.is_empty() {
             Vec::new()
@@ -112,6 +117,8 @@ mod tests {
             event(&[]),
         ];
         let parts = partition(&events, 3);
+        assert_eq!(parts, vec![(0..events.len()).collect::<Vec<_>>()], "too few to split");
+        let parts = split(&events, 3);
         assert_eq!(parts.len(), 3);
         let with_zero = parts.iter().find(|p| p.contains(&0)).unwrap();
         assert_eq!(with_zero, &vec![0, 3, 4, 5]);
@@ -127,13 +134,44 @@ mod tests {
         }
     }
 
+    /// The same events, each repeated `MIN_PART` times under its own copies of its
+    /// identifiers' values, so that the batch is big enough to split; the part holding
+    /// copy 0 of each event is returned, as indices of the original events.
+    fn split(events: &[IncomingEvent], parts: usize) -> Vec<Vec<usize>> {
+        let n = events.len();
+        let copies: Vec<IncomingEvent> = (0..MIN_PART)
+            .flat_map(|copy| {
+                events.iter().map(move |e| {
+                    let mut e = e.clone();
+                    for identifier in &mut e.identity.identifiers {
+                        identifier.value = format!("{}-{copy}", identifier.value);
+                    }
+                    e
+                })
+            })
+            .collect();
+        partition(&copies, parts)
+            .into_iter()
+            .map(|part| part.into_iter().filter(|i| *i < n).collect::<Vec<_>>())
+            .filter(|part| !part.is_empty())
+            .collect()
+    }
+
     #[test]
     fn parts_are_even_when_nothing_links() {
-        let events: Vec<IncomingEvent> = (0..10).map(|i| event(&[("anonymous_id", &format!("a{i}"))])).collect();
+        let events: Vec<IncomingEvent> = (0..10 * MIN_PART)
+            .map(|i| event(&[("anonymous_id", &format!("a{i}"))]))
+            .collect();
         let sizes: Vec<usize> = partition(&events, 4).iter().map(Vec::len).collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 10);
-        assert!(sizes.iter().all(|s| (2..=3).contains(s)), "{sizes:?}");
-        assert_eq!(partition(&events, 1), vec![(0..10).collect::<Vec<_>>()]);
+        assert_eq!(sizes.iter().sum::<usize>(), 10 * MIN_PART);
+        assert!(
+            sizes
+                .iter()
+                .all(|s| s * 4 >= 10 * MIN_PART - 4 && s * 4 <= 10 * MIN_PART + 4),
+            "{sizes:?}"
+        );
+        assert_eq!(partition(&events, 1), vec![(0..10 * MIN_PART).collect::<Vec<_>>()]);
+        assert_eq!(partition(&events[..MIN_PART * 2], 8).len(), 2, "no part under MIN_PART");
         assert!(partition(&[], 4).is_empty());
     }
 }

@@ -52,6 +52,9 @@ pub struct Consumer {
 pub struct OutboxConfig {
     /// Events per delivery.
     pub batch_size: u32,
+    /// Payload bytes per delivery at most (a delivery holds at least one event), which
+    /// bounds what a consumer's delivery and the one read ahead of it hold in memory.
+    pub batch_bytes: u64,
     /// Tries of an event the consumer refuses before it is dead-lettered.
     pub max_attempts: u32,
     /// The first retry delay; it doubles up to `retry_max`.
@@ -68,6 +71,7 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            batch_bytes: 16 * 1024 * 1024,
             max_attempts: 5,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
@@ -185,7 +189,11 @@ impl Dispatcher {
                 None => {
                     // Mark the wake-ups seen before reading, so a commit after the read wakes us.
                     wakeups.borrow_and_update();
-                    match self.log.read_after(cursor, self.batch_size()).await {
+                    match self
+                        .log
+                        .read_after(cursor, self.batch_size(), self.config.batch_bytes)
+                        .await
+                    {
                         Ok(b) => b,
                         Err(err) => return Stop::LostLease(err.to_string()),
                     }
@@ -205,16 +213,18 @@ impl Dispatcher {
                 }
                 continue;
             };
-            // Deliver, and meanwhile read what follows. A read-ahead that found nothing
-            // (or failed) is dropped: the next round reads again, after marking wake-ups.
+            // Deliver, and meanwhile read what follows. Only a full read-ahead is kept (the
+            // consumer is behind): one that came back short is read again after the
+            // delivery, so that events committed meanwhile are not left for a round later.
+            // One that failed is dropped too; the next round reads after marking wake-ups.
             let (delivered, next) = tokio::join!(
                 self.deliver(&batch.events),
-                self.log.read_after(last, self.batch_size())
+                self.log.read_after(last, self.batch_size(), self.config.batch_bytes)
             );
             if let Err(stop) = delivered {
                 return stop;
             }
-            read_ahead = next.ok().filter(|b| !b.events.is_empty());
+            read_ahead = next.ok().filter(|b| b.events.len() >= self.batch_size() as usize);
             match self.log.advance(name, cursor, last).await {
                 Ok(true) => cursor = last,
                 Ok(false) => {

@@ -115,8 +115,9 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Becomes the consumer's dispatcher, or `None` while another replica is.
     async fn lease(&self, consumer: &str) -> Result<Option<Lease>, StorageError>;
 
-    /// Events of all workspaces after `after` that are safe to hand on, in log order.
-    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError>;
+    /// Events of all workspaces after `after` that are safe to hand on, in log order: at
+    /// most `limit`, and no more than `max_bytes` of payload (but always the first).
+    async fn read_after(&self, after: Position, limit: u32, max_bytes: u64) -> Result<ReadBatch, StorageError>;
 
     /// Moves the cursor from `from` to `to`; false if it was not at `from` (another
     /// dispatcher moved it, so this one has lost its lease).

@@ -204,7 +204,7 @@ impl EventLog for PgEventLog {
         }
     }
 
-    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
+    async fn read_after(&self, after: Position, limit: u32, max_bytes: u64) -> Result<ReadBatch, StorageError> {
         // Rows of transactions older than the oldest one still running can no longer
         // be joined by a late commit, so handing them on never skips anything.
         let rows = sqlx::query(
@@ -212,18 +212,23 @@ impl EventLog for PgEventLog {
             // first key of one range, in index order, so the index answers it at once however
             // long the backlog is. (An EXISTS would let the planner, short of statistics,
             // read the table from the start in the hope of an early match.)
+            // before: the payload bytes ahead of the row in the batch.
             "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
-             SELECT tx_id, seq, workspace_id, event_id, payload, traceparent, \
-                    (SELECT tx_id FROM events WHERE (tx_id, seq) >= \
-                       (GREATEST(horizon.xmin, $1), CASE WHEN horizon.xmin > $1 THEN 0 ELSE $2 + 1 END) \
-                     ORDER BY tx_id, seq LIMIT 1) IS NOT NULL AS held_back \
-             FROM events, horizon \
-             WHERE (tx_id, seq) > ($1, $2) AND tx_id < horizon.xmin \
-             ORDER BY tx_id, seq LIMIT $3",
+             SELECT * FROM ( \
+               SELECT tx_id, seq, workspace_id, event_id, payload, traceparent, \
+                      (SELECT tx_id FROM events WHERE (tx_id, seq) >= \
+                         (GREATEST(horizon.xmin, $1), CASE WHEN horizon.xmin > $1 THEN 0 ELSE $2 + 1 END) \
+                       ORDER BY tx_id, seq LIMIT 1) IS NOT NULL AS held_back, \
+                      sum(octet_length(payload)) OVER (ORDER BY tx_id, seq) - octet_length(payload) AS before \
+               FROM events, horizon \
+               WHERE (tx_id, seq) > ($1, $2) AND tx_id < horizon.xmin \
+               ORDER BY tx_id, seq LIMIT $3) batch \
+             WHERE before < $4 ORDER BY tx_id, seq",
         )
         .bind(after.tx)
         .bind(after.seq)
         .bind(i64::from(limit))
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {

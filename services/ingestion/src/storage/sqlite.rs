@@ -116,13 +116,16 @@ impl EventLog for SqliteEventLog {
         Ok(lock.try_lock_owned().ok().map(|guard| Box::new(guard) as Lease))
     }
 
-    async fn read_after(&self, after: Position, limit: u32) -> Result<ReadBatch, StorageError> {
+    async fn read_after(&self, after: Position, limit: u32, max_bytes: u64) -> Result<ReadBatch, StorageError> {
         let rows = sqlx::query_as::<_, EventRow>(
-            "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM events \
-             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT tx_id, seq, workspace_id, event_id, payload, traceparent FROM ( \
+               SELECT *, sum(length(payload)) OVER (ORDER BY seq) - length(payload) AS before FROM events \
+               WHERE seq > $1 ORDER BY seq LIMIT $2) \
+             WHERE before < $3 ORDER BY seq",
         )
         .bind(after.seq)
         .bind(i64::from(limit))
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         Ok(ReadBatch {

@@ -83,16 +83,21 @@ async fn cursors_move_only_from_where_they_are(backend: Backend) {
     let start = log.ensure_consumer("identity").await.unwrap();
     assert_eq!(start, Position::default());
 
-    let batch = settled(log.as_ref(), start, 10).await;
+    let batch = settled(log.as_ref(), start, 10, u64::MAX).await;
     assert_eq!(batch.events.len(), 2);
     let end = batch.events[1].position;
+    // A byte budget stops a batch after the event that reaches it, never before the first.
+    let first = batch.events[0].payload.len() as u64;
+    assert_eq!(settled(log.as_ref(), start, 10, 1).await.events.len(), 1);
+    assert_eq!(settled(log.as_ref(), start, 10, first).await.events.len(), 1);
+    assert_eq!(settled(log.as_ref(), start, 10, first + 1).await.events.len(), 2);
     assert!(
         !log.advance("identity", end, end).await.unwrap(),
         "moved from a position it was not at"
     );
     assert!(log.advance("identity", start, end).await.unwrap());
     assert_eq!(log.ensure_consumer("identity").await.unwrap(), end);
-    assert!(log.read_after(end, 10).await.unwrap().events.is_empty());
+    assert!(log.read_after(end, 10, u64::MAX).await.unwrap().events.is_empty());
 
     let status = log.consumers(&ws).await.unwrap();
     assert_eq!((status[0].name.as_str(), status[0].lag), ("identity", 0));
@@ -103,10 +108,10 @@ async fn cursors_move_only_from_where_they_are(backend: Backend) {
 
 /// Reads after `after` once no transaction begun earlier on the server (another test's)
 /// holds the log back.
-async fn settled(log: &dyn EventLog, after: Position, limit: u32) -> ReadBatch {
+async fn settled(log: &dyn EventLog, after: Position, limit: u32, max_bytes: u64) -> ReadBatch {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let batch = log.read_after(after, limit).await.unwrap();
+        let batch = log.read_after(after, limit, max_bytes).await.unwrap();
         if !batch.held_back || tokio::time::Instant::now() > deadline {
             return batch;
         }
@@ -121,7 +126,10 @@ async fn dead_letters_are_listed_and_replayed_per_workspace(backend: Backend) {
     };
     let (ws, other) = (workspace("acme"), workspace("globex"));
     log.append(&ws, &[new_event("m-1")]).await.unwrap();
-    let event = settled(log.as_ref(), Position::default(), 1).await.events.remove(0);
+    let event = settled(log.as_ref(), Position::default(), 1, u64::MAX)
+        .await
+        .events
+        .remove(0);
     log.dead_letter("identity", &event, "bad identifier", 5).await.unwrap();
 
     let dead = log.list_dead_letters(&ws, None, 0, 10).await.unwrap();

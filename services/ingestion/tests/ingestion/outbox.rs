@@ -29,6 +29,7 @@ fn fast_retries() -> OutboxConfig {
         retry_base: Duration::from_millis(5),
         retry_max: Duration::from_millis(50),
         poll_interval: Duration::from_millis(500),
+        ..OutboxConfig::default()
     }
 }
 
