@@ -51,15 +51,22 @@ fn decode_versioned(stored: &[u8]) -> Option<(u64, Vec<u8>)> {
     Some((digits.parse().ok()?, stored[VERSION_DIGITS..].to_vec()))
 }
 
-/// KEYS[1]; ARGV[1] the encoded value, ARGV[2] the version, ARGV[3] the TTL in ms.
+/// For each KEYS[i]: ARGV[2i - 1] the encoded value, ARGV[2i] its version; the last ARGV
+/// the TTL in ms. Many keys a call, so that a batch's marks cost few script runs.
 const SET_IF_NEWER: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(string.sub(current, 1, 20)) >= tonumber(ARGV[2]) then
-  return 0
+local ttl = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if not (current and tonumber(string.sub(current, 1, 20)) >= tonumber(ARGV[2 * i])) then
+    redis.call('SET', key, ARGV[2 * i - 1], 'PX', ttl)
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return 1
+return 0
 ";
+
+/// Keys per run of `SET_IF_NEWER`: large enough to spread a run's cost, small enough not
+/// to hold Redis up for long (a run blocks every other client).
+const KEYS_PER_RUN: usize = 128;
 
 impl dyn Cache {
     /// Redis when a URL is configured (or `REDIS_URL` is set), else the in-process cache.
@@ -273,15 +280,16 @@ impl Cache for RedisCache {
         let mut conn = self.conn.clone();
         self.set_if_newer.prepare_invoke().load_async(&mut conn).await?;
         let mut pipe = redis::pipe();
-        for entry in entries {
-            pipe.cmd("EVALSHA")
-                .arg(self.set_if_newer.get_hash())
-                .arg(1)
-                .arg(self.key(entry.key))
-                .arg(encode_versioned(entry.version, entry.value))
-                .arg(entry.version)
-                .arg(ttl_ms)
-                .ignore();
+        for run in entries.chunks(KEYS_PER_RUN) {
+            let call = pipe.cmd("EVALSHA").arg(self.set_if_newer.get_hash()).arg(run.len());
+            for entry in run {
+                call.arg(self.key(entry.key));
+            }
+            for entry in run {
+                call.arg(encode_versioned(entry.version, entry.value))
+                    .arg(entry.version);
+            }
+            call.arg(ttl_ms).ignore();
         }
         let written: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if let Some(near) = &self.near {
