@@ -110,7 +110,8 @@ impl Identity {
         self.rules.of(ws)
     }
 
-    /// Resolves delivered events, a transaction per workspace, and sets their profile ids.
+    /// Resolves delivered events, per workspace in parts of linked events that each take
+    /// a transaction, and says which profile each event is on.
     pub async fn resolve(&self, events: &[StoredEvent]) -> Result<Resolved, StorageError> {
         let mut resolved = Resolved {
             profiles: vec![None; events.len()],
@@ -177,10 +178,6 @@ impl Identity {
             }
         }
         Ok(resolved)
-    }
-
-    async fn invalidate(&self, ws: &WorkspaceId, versions: Vec<(ProfileId, i64)>) {
-        mark_stale(&self.read_model, ws, &versions).await;
     }
 
     /// A profile by id: from the read model when it holds a current entry, else from the
@@ -311,7 +308,7 @@ impl Identity {
     pub async fn unmerge(&self, ws: &WorkspaceId, merge: i64) -> Result<Unmerged, IdentityError> {
         match self.store.unmerge(ws, merge, self.rules(ws)).await? {
             Ok(unmerged) => {
-                self.invalidate(ws, unmerged.versions.clone()).await;
+                mark_stale(&self.read_model, ws, &unmerged.versions).await;
                 Ok(unmerged)
             }
             Err(refused @ UnmergeRefused::NotFound(_)) => Err(IdentityError::NotFound(refused.to_string())),
@@ -386,7 +383,7 @@ impl Identity {
         merges: &[MatchMerge],
     ) -> Result<Vec<MergeRecord>, IdentityError> {
         let (made, versions) = self.store.merge_matches(ws, merges, self.rules(ws)).await?;
-        self.invalidate(ws, versions).await;
+        mark_stale(&self.read_model, ws, &versions).await;
         Ok(made)
     }
 

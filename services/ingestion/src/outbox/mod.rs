@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 pub use grpc_sink::GrpcSink;
 
-use crate::storage::{EventLog, LoggedEvent, ReadBatch};
+use crate::storage::{EventLog, LoggedEvent, Position, ReadBatch};
 
 /// An event a consumer could not process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,12 +177,21 @@ impl Dispatcher {
         };
         // The batch after the one being delivered, read while it was.
         let mut read_ahead: Option<ReadBatch> = None;
+        // Where the last delivery ended: the cursor moves there while the next one runs.
+        let mut delivered_to = cursor;
+        let mut replays_checked: Option<tokio::time::Instant> = None;
         loop {
             if self.stop.is_cancelled() {
+                // What was delivered is not handed out again after a restart.
+                let _ = self.settle(&mut cursor, delivered_to).await;
                 return Stop::Cancelled;
             }
-            if let Err(err) = self.replay_dead_letters().await {
-                return Stop::LostLease(err.to_string());
+            // Dead letters marked for replay are looked for at most once a poll interval.
+            if replays_checked.is_none_or(|at| at.elapsed() >= self.config.poll_interval) {
+                if let Err(err) = self.replay_dead_letters().await {
+                    return Stop::LostLease(err.to_string());
+                }
+                replays_checked = Some(tokio::time::Instant::now());
             }
             let batch = match read_ahead.take() {
                 Some(batch) => batch,
@@ -191,7 +200,7 @@ impl Dispatcher {
                     wakeups.borrow_and_update();
                     match self
                         .log
-                        .read_after(cursor, self.batch_size(), self.config.batch_bytes)
+                        .read_after(delivered_to, self.batch_size(), self.config.batch_bytes)
                         .await
                     {
                         Ok(b) => b,
@@ -200,6 +209,10 @@ impl Dispatcher {
                 }
             };
             let Some(last) = batch.events.last().map(|e| e.position) else {
+                if let Err(stop) = self.settle(&mut cursor, delivered_to).await {
+                    return stop;
+                }
+                replays_checked = None;
                 metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone()).set(0.0);
                 let pause = if batch.held_back {
                     Duration::from_millis(5)
@@ -213,25 +226,36 @@ impl Dispatcher {
                 }
                 continue;
             };
-            // Deliver, and meanwhile read what follows. Only a full read-ahead is kept (the
-            // consumer is behind): one that came back short is read again after the
-            // delivery, so that events committed meanwhile are not left for a round later.
-            // One that failed is dropped too; the next round reads after marking wake-ups.
-            let (delivered, next) = tokio::join!(
+            // Deliver; meanwhile move the cursor past the previous delivery and read what
+            // follows. Only a full read-ahead is kept (the consumer is behind): one that
+            // came back short is read again after the delivery, so that events committed
+            // meanwhile are not left for a round later. One that failed is dropped too; the
+            // next round reads after marking wake-ups.
+            let (settled, delivered, next) = tokio::join!(
+                self.settle(&mut cursor, delivered_to),
                 self.deliver(&batch.events),
                 self.log.read_after(last, self.batch_size(), self.config.batch_bytes)
             );
-            if let Err(stop) = delivered {
+            if let Err(stop) = settled.and(delivered) {
                 return stop;
             }
+            delivered_to = last;
             read_ahead = next.ok().filter(|b| b.events.len() >= self.batch_size() as usize);
-            match self.log.advance(name, cursor, last).await {
-                Ok(true) => cursor = last,
-                Ok(false) => {
-                    return Stop::LostLease("the cursor was moved by another dispatcher".into());
-                }
-                Err(err) => return Stop::LostLease(err.to_string()),
+        }
+    }
+
+    /// Moves the cursor to where delivery has reached, if it is not there yet.
+    async fn settle(&self, cursor: &mut Position, delivered_to: Position) -> Result<(), Stop> {
+        if *cursor == delivered_to {
+            return Ok(());
+        }
+        match self.log.advance(&self.consumer.name, *cursor, delivered_to).await {
+            Ok(true) => {
+                *cursor = delivered_to;
+                Ok(())
             }
+            Ok(false) => Err(Stop::LostLease("the cursor was moved by another dispatcher".into())),
+            Err(err) => Err(Stop::LostLease(err.to_string())),
         }
     }
 
