@@ -78,12 +78,16 @@ impl dyn Cache {
                 .map(SecretString::from)
         });
         Ok(match url {
-            Some(url) => Arc::new(
-                RedisCache::connect(&url, &config.cache_namespace)
-                    .await?
-                    .with_near_cache(&url, config.near_cache_entries)
-                    .await?,
-            ),
+            Some(url) => {
+                let cache = RedisCache::connect(&url, &config.cache_namespace).await?;
+                // A Redis that cannot track keys for a client (before 6, or without RESP3)
+                // still serves as the cache, without the near copies.
+                let near = cache.clone().with_near_cache(&url, config.near_cache_entries).await;
+                Arc::new(near.unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "Redis client-side caching unavailable; every read goes to Redis");
+                    cache
+                }))
+            }
             None => Arc::new(MemoryCache::default()),
         })
     }
