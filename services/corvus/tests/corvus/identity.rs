@@ -6,7 +6,7 @@ use std::time::Duration;
 use corvus_proto::common::v1::{Channel, Context, Event, EventType, Identifier};
 use corvus_proto::identity::v1 as pb;
 use corvus_proto::identity::v1::get_profile_request::Lookup;
-use corvus_proto::ingestion::v1::{IngestRequest, ListConsumersRequest};
+use corvus_proto::ingestion::v1::IngestRequest;
 use corvus_proto::raw::RawStruct;
 use corvus_test_support::{Backend, on_both_backends};
 use tonic::Code;
@@ -108,27 +108,6 @@ async fn wait_for(
             tokio::time::Instant::now() < deadline,
             "identity never caught up on {kind} {value}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Until identity has resolved everything sent so far: its cursor has passed every event.
-/// (The events of one delivery commit in parts, in any order, so seeing the last one is
-/// not enough.)
-async fn caught_up(app: &TestApp) {
-    let mut client = app.client(&app.admin_key).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let consumers = client
-            .list_consumers(ListConsumersRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .consumers;
-        if consumers.iter().any(|c| c.name == "identity" && c.lag == 0) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "identity lags: {consumers:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -354,7 +333,9 @@ async fn matching_merges_and_queues_for_review(backend: Backend) {
         }
     }
     send(&app, events).await;
-    caught_up(&app).await;
+    // The events of one delivery commit in parts, in any order: seeing the last one
+    // resolved is not enough, identity's cursor must have passed them all.
+    app.caught_up(&app.admin_key).await;
     let mut stream = admin
         .run_matching(pb::RunMatchingRequest {
             auto_merge_threshold: 0.99,

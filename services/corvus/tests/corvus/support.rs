@@ -9,7 +9,7 @@ use corvus_platform::server::Listeners;
 use corvus_proto::common::v1::{Event, EventType, StoredEvent};
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
-use corvus_proto::ingestion::v1::{IngestRequest, ListEventsRequest};
+use corvus_proto::ingestion::v1::{ConsumerStatus, IngestRequest, ListConsumersRequest, ListEventsRequest};
 use corvus_test_support::{Backend, TempDir};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
@@ -140,6 +140,26 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig))
 }
 
 impl TestApp {
+    /// Waits (up to 20 s) until every consumer of the workspace of `key` has a cursor past
+    /// all its events (`ListConsumers`), and returns them.
+    pub async fn caught_up(&self, key: &str) -> Vec<ConsumerStatus> {
+        let mut client = self.client(key).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let consumers = client
+                .list_consumers(ListConsumersRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .consumers;
+            if consumers.iter().all(|c| c.lag == 0) {
+                return consumers;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "lag stayed at {consumers:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.grpc.clone())
             .unwrap()
