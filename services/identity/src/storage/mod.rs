@@ -33,6 +33,19 @@ pub fn migrators() -> Migrators {
     }
 }
 
+/// The end of an upsert of traits that keeps the newest value of each: by the time of
+/// the event that set it, then by event id, so that the order of arrival never matters.
+pub(crate) const NEWER_TRAIT: &str = "ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
+     SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
+     WHERE excluded.set_at > traits.set_at \
+        OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)";
+
+/// The same for consents, per purpose and channel.
+pub(crate) const NEWER_CONSENT: &str = "ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
+     SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
+     WHERE excluded.set_at > consents.set_at \
+        OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)";
+
 /// Identity's statements all find rows by key: a batch's identifiers, events and
 /// profiles, each looked up through an index. With statistics Postgres plans them so;
 /// without (a table grown from empty and not analyzed yet) it can reckon a batch's keys

@@ -270,14 +270,10 @@ impl PgIdentityStore {
         }
         if !plan.traits.is_empty() {
             let t = &plan.traits;
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
-                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int8[], $6::uuid[]) \
-                 ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
-                 SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > traits.set_at \
-                    OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)",
-            )
+                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int8[], $6::uuid[]) {NEWER_TRAIT}"
+            ))
             .bind(ws)
             .bind(uuids(t.iter().map(|r| r.profile)))
             .bind(t.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
@@ -289,14 +285,11 @@ impl PgIdentityStore {
         }
         if !plan.consents.is_empty() {
             let c = &plan.consents;
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
                  SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::int8[], $7::uuid[]) \
-                 ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
-                 SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > consents.set_at \
-                    OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
-            )
+                 {NEWER_CONSENT}"
+            ))
             .bind(ws)
             .bind(uuids(c.iter().map(|r| r.profile)))
             .bind(c.iter().map(|r| r.change.purpose.as_str()).collect::<Vec<_>>())
@@ -353,10 +346,7 @@ async fn move_profiles(
              INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
              SELECT $1, * FROM (SELECT DISTINCT ON (into_id, name) into_id, name, value, set_at, event_id FROM moved \
                ORDER BY into_id, name, set_at DESC, event_id DESC) newest \
-             ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
-             SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
-             WHERE excluded.set_at > traits.set_at \
-                OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)"
+             {NEWER_TRAIT}"
         ),
         format!(
             "WITH moved AS (DELETE FROM consents WHERE workspace_id = $1 AND profile_id = ANY($2) \
@@ -365,10 +355,7 @@ async fn move_profiles(
              SELECT $1, * FROM (SELECT DISTINCT ON (into_id, purpose, channel) \
                into_id, purpose, channel, granted, set_at, event_id FROM moved \
                ORDER BY into_id, purpose, channel, set_at DESC, event_id DESC) newest \
-             ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
-             SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
-             WHERE excluded.set_at > consents.set_at \
-                OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)"
+             {NEWER_CONSENT}"
         ),
     ] {
         sqlx::query(&sql)

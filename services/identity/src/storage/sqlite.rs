@@ -187,14 +187,10 @@ impl SqliteIdentityStore {
             .await?;
         }
         for t in &plan.traits {
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
-                 SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > traits.set_at \
-                    OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6) {NEWER_TRAIT}"
+            ))
             .bind(ws)
             .bind(t.profile)
             .bind(&t.name)
@@ -205,14 +201,10 @@ impl SqliteIdentityStore {
             .await?;
         }
         for c in &plan.consents {
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
-                 SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > consents.set_at \
-                    OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) {NEWER_CONSENT}"
+            ))
             .bind(ws)
             .bind(c.profile)
             .bind(&c.change.purpose)

@@ -224,24 +224,20 @@ macro_rules! graph_sql {
             now: i64,
         ) -> Result<Vec<(ProfileId, i64)>, sqlx::Error> {
             for sql in [
-                "UPDATE identifiers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-                "UPDATE profile_events SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-                "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
-                 SELECT workspace_id, $3, name, value, set_at, event_id FROM traits \
-                 WHERE workspace_id = $1 AND profile_id = $2 \
-                 ON CONFLICT (workspace_id, profile_id, name) DO UPDATE \
-                 SET value = excluded.value, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > traits.set_at \
-                    OR (excluded.set_at = traits.set_at AND excluded.event_id > traits.event_id)",
-                "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
-                 SELECT workspace_id, $3, purpose, channel, granted, set_at, event_id FROM consents \
-                 WHERE workspace_id = $1 AND profile_id = $2 \
-                 ON CONFLICT (workspace_id, profile_id, purpose, channel) DO UPDATE \
-                 SET granted = excluded.granted, set_at = excluded.set_at, event_id = excluded.event_id \
-                 WHERE excluded.set_at > consents.set_at \
-                    OR (excluded.set_at = consents.set_at AND excluded.event_id > consents.event_id)",
+                "UPDATE identifiers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
+                "UPDATE profile_events SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2".to_owned(),
+                format!(
+                    "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
+                     SELECT workspace_id, $3, name, value, set_at, event_id FROM traits \
+                     WHERE workspace_id = $1 AND profile_id = $2 {NEWER_TRAIT}"
+                ),
+                format!(
+                    "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
+                     SELECT workspace_id, $3, purpose, channel, granted, set_at, event_id FROM consents \
+                     WHERE workspace_id = $1 AND profile_id = $2 {NEWER_CONSENT}"
+                ),
             ] {
-                sqlx::query(sql)
+                sqlx::query(&sql)
                     .bind(ws)
                     .bind(from)
                     .bind(into)

@@ -22,7 +22,8 @@ macro_rules! identity_store {
         use super::{
             Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure,
             IdentityStore, Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused,
-            SideSummary, UnmergeRefused, Unmerged, decode_identifiers, digest, identifier, is_contention, micros,
+            NEWER_CONSENT, NEWER_TRAIT, SideSummary, UnmergeRefused, Unmerged, decode_identifiers, digest, identifier,
+            is_contention, micros,
             rule_code, rule_of, time,
         };
         use crate::domain::batch::{ConsentChange, ConsentRow, IncomingEvent, Loaded, TraitRow, matched_merge, may_merge, plan};
