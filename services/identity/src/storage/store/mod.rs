@@ -407,7 +407,19 @@ macro_rules! identity_store {
                 identifiers.dedup();
                 let event_ids: Vec<EventId> = events.iter().map(|e| e.identity.event).collect();
                 let seen = Self::seen_events(conn, ws, &event_ids).await?;
-                let erased = Self::erased_among(conn, ws, &identifiers).await?;
+                // Most workspaces have erased no one: one probe then spares one per identifier
+                // (and its digest).
+                let any_erased: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM erased_identifiers WHERE workspace_id = $1)",
+                )
+                .bind(ws)
+                .fetch_one(&mut *conn)
+                .await?;
+                let erased = if any_erased {
+                    Self::erased_among(conn, ws, &identifiers).await?
+                } else {
+                    Default::default()
+                };
                 let mut profiles = Self::holders(conn, ws, &identifiers).await?;
                 profiles.sort();
                 profiles.dedup();
