@@ -119,6 +119,15 @@ struct NearCache {
     rebuilding: std::sync::atomic::AtomicBool,
 }
 
+/// Both connections: a request that gets no answer in two seconds fails (and the
+/// connection is made again), so that a Redis that went away is noticed.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+}
+
 /// How often an idle near cache checks that Redis can still reach it.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -181,11 +190,7 @@ impl RedisCache {
     pub async fn connect(url: &SecretString, namespace: &str) -> Result<Self, StorageError> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|e| StorageError::Internal(format!("invalid redis url: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = ConnectionManager::new_with_config(client, manager_config()).await?;
         Ok(Self {
             conn,
             near: None,
@@ -206,15 +211,11 @@ impl RedisCache {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_cache_config(
-                redis::caching::CacheConfig::new()
-                    .set_mode(redis::caching::CacheMode::OptIn)
-                    .set_size(size),
-            );
+        let config = manager_config().set_cache_config(
+            redis::caching::CacheConfig::new()
+                .set_mode(redis::caching::CacheMode::OptIn)
+                .set_size(size),
+        );
         let conn = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
         let near = Arc::new(NearCache {
             client,
