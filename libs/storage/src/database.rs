@@ -8,6 +8,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::{StorageConfig, StorageError};
 
+/// How long a pooled Postgres connection may sit idle before it is checked on acquire.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// A service's database: its own schema in Postgres, or its own file in the data dir.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -64,6 +67,19 @@ impl Database {
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(Duration::from_secs(5))
+                    // A connection in use within the last second is taken as it is: a check
+                    // on every acquire costs a round trip (and a wake-up of its server
+                    // process) per statement. One idle for longer is checked first, so that
+                    // a server restart does not hand a dead connection to a caller.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= CHECK_IDLE_AFTER {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(options);
                 Ok(Self::Postgres(pool))
             }
