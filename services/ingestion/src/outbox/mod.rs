@@ -226,21 +226,37 @@ impl Dispatcher {
                 }
                 continue;
             };
-            // Deliver; meanwhile move the cursor past the previous delivery and read what
-            // follows. Only a full read-ahead is kept (the consumer is behind): one that
-            // came back short is read again after the delivery, so that events committed
-            // meanwhile are not left for a round later. One that failed is dropped too; the
-            // next round reads after marking wake-ups.
+            // Deliver; meanwhile move the cursor past the previous delivery and, when this
+            // batch was full (the consumer is behind), read what follows; a short batch
+            // means the consumer has caught up, and a read-ahead would come back short too.
+            // Only a full read-ahead is kept: one that came back short is read again after
+            // the delivery, so that events committed meanwhile are not left for a round
+            // later. One that failed is dropped too; the next round reads after marking
+            // wake-ups.
+            let behind = batch.events.len() >= self.batch_size() as usize;
+            let reading_ahead = async {
+                if behind {
+                    Some(
+                        self.log
+                            .read_after(last, self.batch_size(), self.config.batch_bytes)
+                            .await,
+                    )
+                } else {
+                    None
+                }
+            };
             let (settled, delivered, next) = tokio::join!(
                 self.settle(&mut cursor, delivered_to),
                 self.deliver(&batch.events),
-                self.log.read_after(last, self.batch_size(), self.config.batch_bytes)
+                reading_ahead
             );
             if let Err(stop) = settled.and(delivered) {
                 return stop;
             }
             delivered_to = last;
-            read_ahead = next.ok().filter(|b| b.events.len() >= self.batch_size() as usize);
+            read_ahead = next
+                .and_then(Result::ok)
+                .filter(|b| b.events.len() >= self.batch_size() as usize);
         }
     }
 
@@ -262,10 +278,16 @@ impl Dispatcher {
     /// Delivers a batch until every event went through or was dead-lettered.
     async fn deliver(&self, events: &[LoggedEvent]) -> Result<(), Stop> {
         let name = &self.consumer.name;
-        let mut pending: Vec<(&LoggedEvent, StoredEvent)> = Vec::with_capacity(events.len());
+        // What is still to go, in two lists kept in step: the sink takes the decoded
+        // events as a slice, so they are not copied for each attempt.
+        let mut logged: Vec<&LoggedEvent> = Vec::with_capacity(events.len());
+        let mut pending: Vec<StoredEvent> = Vec::with_capacity(events.len());
         for e in events {
             match stored_event(e) {
-                Ok(stored) => pending.push((e, stored)),
+                Ok(stored) => {
+                    logged.push(e);
+                    pending.push(stored);
+                }
                 Err(err) => self.bury(e, &format!("undecodable event: {err}"), 1).await?,
             }
         }
@@ -277,10 +299,9 @@ impl Dispatcher {
         let mut transport_pause = self.config.retry_base;
         let mut failing = false;
         while !pending.is_empty() {
-            let batch: Vec<StoredEvent> = pending.iter().map(|(_, s)| s.clone()).collect();
             let result = tokio::select! {
                 () = self.stop.cancelled() => return Err(Stop::Cancelled),
-                r = self.consumer.sink.deliver(&batch).instrument(span.clone()) => r,
+                r = self.consumer.sink.deliver(&pending).instrument(span.clone()) => r,
             };
             match result {
                 Err(cause) => {
@@ -296,7 +317,7 @@ impl Dispatcher {
                     let delivered = pending.len() - failures.len().min(pending.len());
                     metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
                         .increment(delivered as u64);
-                    if let Some(received) = pending.last().and_then(|(_, s)| s.event.as_ref()?.received_at) {
+                    if let Some(received) = pending.last().and_then(|s| s.event.as_ref()?.received_at) {
                         let lag = chrono::Utc::now().timestamp_millis() - received.seconds * 1000;
                         metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
                             .set(lag.max(0) as f64 / 1000.0);
@@ -308,9 +329,12 @@ impl Dispatcher {
                         return Ok(());
                     }
                     attempts += 1;
-                    pending.retain(|(_, s)| failures.iter().any(|f| f.event_id == s.event_id));
+                    let failed = |s: &StoredEvent| failures.iter().any(|f| f.event_id == s.event_id);
+                    let mut kept = pending.iter().map(failed);
+                    logged.retain(|_| kept.next().unwrap_or(false));
+                    pending.retain(failed);
                     if attempts >= self.config.max_attempts {
-                        for (logged, stored) in &pending {
+                        for (logged, stored) in logged.iter().zip(&pending) {
                             let reason = failures
                                 .iter()
                                 .find(|f| f.event_id == stored.event_id)
