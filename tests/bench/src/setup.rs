@@ -61,6 +61,17 @@ impl Scratch {
     pub async fn reset_events(&self) -> anyhow::Result<()> {
         let mut conn = self.connect().await?;
         sqlx::query("TRUNCATE ingestion.events").execute(&mut conn).await?;
+        conn.close().await?;
+        self.checkpoint().await
+    }
+
+    /// Writes out what the points before left dirty, in Postgres's buffers and in the
+    /// kernel's page cache (a checkpoint syncs every file it wrote), so that it is not
+    /// flushed in the middle of the next point: the kernel writes back dirty pages some
+    /// 30 s after they were dirtied, and a burst of them stalls every commit's WAL flush
+    /// meanwhile.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        let mut conn = self.connect().await?;
         // CHECKPOINT needs a superuser (or pg_checkpoint); without one, carry on.
         let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
         conn.close().await?;
