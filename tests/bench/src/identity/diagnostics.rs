@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::people::MixCounts;
 use crate::setup::Scratch;
 
-const SESSION_SAMPLE: Duration = Duration::from_millis(5);
+/// Often enough for a picture of what the sessions wait on; each sample costs Postgres a
+/// read of pg_stat_activity, taken from the run it watches.
+const SESSION_SAMPLE: Duration = Duration::from_millis(20);
 /// How the statement behind ListConsumers starts.
 const LIST_CONSUMERS: &str = "SELECT c.name, c.last_delivery_at";
 
