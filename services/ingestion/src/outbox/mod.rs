@@ -329,10 +329,11 @@ impl Dispatcher {
                         return Ok(());
                     }
                     attempts += 1;
-                    let failed = |s: &StoredEvent| failures.iter().any(|f| f.event_id == s.event_id);
-                    let mut kept = pending.iter().map(failed);
-                    logged.retain(|_| kept.next().unwrap_or(false));
-                    pending.retain(failed);
+                    (logged, pending) = std::mem::take(&mut logged)
+                        .into_iter()
+                        .zip(std::mem::take(&mut pending))
+                        .filter(|(_, s)| failures.iter().any(|f| f.event_id == s.event_id))
+                        .unzip();
                     if attempts >= self.config.max_attempts {
                         for (logged, stored) in logged.iter().zip(&pending) {
                             let reason = failures
