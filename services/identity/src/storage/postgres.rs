@@ -38,7 +38,8 @@ struct Statistics {
 
 /// Early: until its first `ANALYZE` a table is estimated at a few rows a workspace, and
 /// a batch's `UPDATE … FROM UNNEST` planned so compares every row of the workspace with
-/// every key of the batch (270 ms for a 2,000-event part at 8,000 events, against 10).
+/// every key of the batch (250–300 ms a 2,000-event part early in the bench's mix, against
+/// about 10 ms probed by key).
 const ANALYZE_FIRST: u64 = 1_000;
 /// The key columns the planner estimates identity's lookups by, table by table: enough
 /// for it to see how many rows a workspace has, at a small part of a full `ANALYZE`.
