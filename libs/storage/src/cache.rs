@@ -167,14 +167,20 @@ impl NearCache {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 let Some(this) = near.upgrade() else { return };
-                if let Some(mut conn) = this.current() {
-                    let alive: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-                    if alive.is_err() {
-                        this.forget();
-                    }
-                }
+                this.ping().await;
             }
         });
+    }
+
+    /// A round trip on the connection, if there is one; dropped (and made again) when it
+    /// gets no answer. Redis sends what it has queued on the connection ahead of the reply.
+    async fn ping(self: &Arc<Self>) {
+        if let Some(mut conn) = self.current() {
+            let answer: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            if answer.is_err() {
+                self.forget();
+            }
+        }
     }
 }
 
@@ -300,13 +306,10 @@ impl Cache for RedisCache {
         if let Some(near) = &self.near {
             if written.is_err() {
                 near.forget();
-            } else if let Some(mut near_conn) = near.current() {
+            } else {
                 // Redis queued the invalidations of these keys on the near connection before
                 // this PING's answer: once it is back, this process reads the new values.
-                let seen: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut near_conn).await;
-                if seen.is_err() {
-                    near.forget();
-                }
+                near.ping().await;
             }
         }
         Ok(written?)

@@ -130,6 +130,11 @@ impl Dispatcher {
         self.consumer.batch_size.unwrap_or(self.config.batch_size)
     }
 
+    /// Whether a read came back with all it was allowed: more is likely waiting.
+    fn is_full(&self, batch: &ReadBatch) -> bool {
+        batch.events.len() >= self.batch_size() as usize
+    }
+
     async fn run(self) {
         let name = self.consumer.name.clone();
         let mut pause = self.config.retry_base;
@@ -233,7 +238,7 @@ impl Dispatcher {
             // the delivery, so that events committed meanwhile are not left for a round
             // later. One that failed is dropped too; the next round reads after marking
             // wake-ups.
-            let behind = batch.events.len() >= self.batch_size() as usize;
+            let behind = self.is_full(&batch);
             let reading_ahead = async {
                 if behind {
                     Some(
@@ -254,9 +259,7 @@ impl Dispatcher {
                 return stop;
             }
             delivered_to = last;
-            read_ahead = next
-                .and_then(Result::ok)
-                .filter(|b| b.events.len() >= self.batch_size() as usize);
+            read_ahead = next.and_then(Result::ok).filter(|b| self.is_full(b));
         }
     }
 
