@@ -53,6 +53,9 @@ pub struct NewProfile {
     pub created_at: DateTime<Utc>,
     /// Set when a later event of the same batch merged it away.
     pub merged_into: Option<ProfileId>,
+    /// The seen times and count of the events it ends the batch with, written with the
+    /// row rather than by a second version of it; none when merged away.
+    pub seen: Option<Touched>,
 }
 
 /// A resolved event, on the profile it ends the batch on.
@@ -111,6 +114,8 @@ pub struct Plan {
     /// The newest change per profile, purpose and channel within the batch.
     pub consents: Vec<ConsentRow>,
     pub evidence: Vec<Evidence>,
+    /// Profiles that existed before the batch and grow (seen times, count, version); a
+    /// new profile's row is written whole.
     pub touched: Vec<Touched>,
     /// Per input event: the profile it ends on, and the identifiers left out of it.
     pub outcomes: Vec<(EventId, Option<ProfileId>, Vec<Dropped>)>,
@@ -221,6 +226,7 @@ pub fn plan(
                     profile,
                     created_at: now,
                     merged_into: None,
+                    seen: None,
                 });
                 first_seen.extend(identifiers.into_iter().map(|i| (i, identity.at)));
             }
@@ -353,6 +359,11 @@ pub fn plan(
             last_seen: DateTime::<Utc>::MIN_UTC,
             events: 0,
         });
+    }
+    for new in &mut plan.new_profiles {
+        if new.merged_into.is_none() {
+            new.seen = touched.remove(&new.profile);
+        }
     }
     plan.traits = traits.into_values().collect();
     plan.consents = consents.into_values().collect();

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{consents_json, encode_identifiers, traits_json};
-use crate::domain::batch::Plan;
+use crate::domain::batch::{Plan, Touched};
 
 #[derive(Debug, Clone)]
 pub struct PgIdentityStore {
@@ -207,19 +207,30 @@ impl PgIdentityStore {
         let now = micros(Utc::now());
         if !plan.new_profiles.is_empty() {
             sqlx::query(
-                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, merged_into) \
-                 SELECT $1, id, created, created, 9223372036854775807, -9223372036854775808, merged \
-                 FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[]) AS n(id, created, merged)",
+                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, \
+                 event_count, merged_into) \
+                 SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), COALESCE(l, -9223372036854775808), \
+                 COALESCE(n, 0), merged \
+                 FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
+                 AS r(id, created, merged, f, l, n)",
             )
             .bind(ws)
             .bind(uuids(plan.new_profiles.iter().map(|p| p.profile)))
-            .bind(plan.new_profiles.iter().map(|p| micros(p.created_at)).collect::<Vec<_>>())
+            .bind(
+                plan.new_profiles
+                    .iter()
+                    .map(|p| micros(p.created_at))
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 plan.new_profiles
                     .iter()
                     .map(|p| p.merged_into.map(|m| m.as_uuid()))
                     .collect::<Vec<_>>(),
             )
+            .bind(seen(plan, |t| micros(t.first_seen)))
+            .bind(seen(plan, |t| micros(t.last_seen)))
+            .bind(seen(plan, |t| t.events))
             .execute(&mut *conn)
             .await?;
         }
@@ -485,6 +496,11 @@ impl EvidenceColumns {
         self.confidence.push(e.confidence);
         self.at.push(micros(e.at));
     }
+}
+
+/// One column of the new profiles' seen times and counts.
+fn seen(plan: &Plan, column: impl Fn(&Touched) -> i64) -> Vec<Option<i64>> {
+    plan.new_profiles.iter().map(|p| p.seen.as_ref().map(&column)).collect()
 }
 
 fn uuids(ids: impl Iterator<Item = ProfileId>) -> Vec<Uuid> {

@@ -141,12 +141,17 @@ impl SqliteIdentityStore {
         let now = micros(Utc::now());
         for new in &plan.new_profiles {
             sqlx::query(
-                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, merged_into) \
-                 VALUES ($1, $2, $3, $3, 9223372036854775807, -9223372036854775808, $4)",
+                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, \
+                 event_count, merged_into) \
+                 VALUES ($1, $2, $3, $3, COALESCE($4, 9223372036854775807), COALESCE($5, -9223372036854775808), \
+                 COALESCE($6, 0), $7)",
             )
             .bind(ws)
             .bind(new.profile)
             .bind(micros(new.created_at))
+            .bind(new.seen.as_ref().map(|t| micros(t.first_seen)))
+            .bind(new.seen.as_ref().map(|t| micros(t.last_seen)))
+            .bind(new.seen.as_ref().map(|t| t.events))
             .bind(new.merged_into)
             .execute(&mut *conn)
             .await?;

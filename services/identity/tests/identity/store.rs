@@ -110,6 +110,11 @@ async fn events_create_attach_and_merge_profiles(backend: Backend) {
     assert_eq!(profiles[1], Some(person), "the login attaches to the visitor");
     assert_eq!(profiles[3], Some(shopper));
     assert_ne!(person, shopper);
+    // A profile made by a batch is written whole with its seen times and count.
+    for (profile, seen) in [(person, (day(1), day(2))), (shopper, (day(3), day(4)))] {
+        let data = f.live(profile).await;
+        assert_eq!((data.event_count, (data.first_seen, data.last_seen)), (2, seen));
+    }
 
     // One event carrying both: the shopper folds into the known customer.
     let merge = event(r, day(5), &[("user_id", "u1"), ("phone", "+447700900123")]);
