@@ -1,9 +1,10 @@
-//! The cache conformance suite (Redis and in-process alike) and Redis reconnection.
+//! The cache conformance suite (Redis and in-process alike), Redis reconnection, and the
+//! settings of a Postgres session.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use corvus_storage::{Cache, RedisCache, Versioned};
+use corvus_storage::{Cache, Database, RedisCache, Versioned};
 use corvus_test_support::{Backend, FlakyProxy, TempDir, on_both_backends};
 
 on_both_backends!(values_expire_and_counters_add_up, versioned_values_only_move_forward);
@@ -177,4 +178,26 @@ async fn near_cache_follows_other_writers_and_forgets_when_cut_off() {
     );
     proxy.restore();
     reads(4).await;
+}
+
+/// Every session runs without JIT and on its service's schema, with the settings the
+/// service asks for.
+#[tokio::test]
+async fn postgres_sessions_carry_their_settings() {
+    let dir = TempDir::new();
+    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let Database::Postgres(pool) =
+        Database::connect_lazy(&config, "billing", &[("enable_seqscan", "off")]).expect("pool")
+    else {
+        panic!("a database url gives a Postgres pool");
+    };
+    for (setting, expected) in [("jit", "off"), ("search_path", "billing"), ("enable_seqscan", "off")] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(value, expected, "{setting}");
+    }
 }
