@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod store;
+mod hints;
 mod postgres;
 mod sqlite;
 
@@ -17,6 +18,7 @@ use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
 use crate::domain::batch::{ConsentChange, ConsentRow, IncomingEvent, TraitRow};
 use crate::domain::resolution::{Dropped, EventId, Identifier, IdentifierKind, IdentityRules, ProfileId, Rule};
 
+use hints::Hints;
 pub use postgres::PgIdentityStore;
 pub use sqlite::SqliteIdentityStore;
 

@@ -20,6 +20,7 @@ use crate::domain::batch::{Plan, Touched};
 pub struct PgIdentityStore {
     pool: PgPool,
     statistics: Arc<Statistics>,
+    hints: Arc<Hints>,
 }
 
 /// Keeps the planner's statistics of identity's tables in step with their growth.
@@ -55,7 +56,12 @@ impl PgIdentityStore {
         Self {
             pool,
             statistics: Arc::new(statistics),
+            hints: Arc::default(),
         }
+    }
+
+    fn hints(&self) -> Option<&Hints> {
+        Some(&self.hints)
     }
 
     /// Counts resolved events, and analyzes the tables when they have grown enough.

@@ -33,6 +33,11 @@ impl SqliteIdentityStore {
         Ok((guard, self.pool.begin().await?))
     }
 
+    /// Lookups in process cost microseconds: nothing to spare them.
+    fn hints(&self) -> Option<&Hints> {
+        None
+    }
+
     /// SQLite plans by index without statistics: nothing to keep up.
     fn resolved(&self, _events: usize) {}
 

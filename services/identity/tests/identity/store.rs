@@ -19,12 +19,14 @@ on_both_backends!(
     forget_erases_everything_and_blocks_the_identifiers,
     matched_merges_respect_uniqueness,
     workspaces_do_not_meet,
+    what_another_process_changed_is_seen,
 );
 
 struct Fixture {
     store: Arc<dyn IdentityStore>,
     rules: IdentityRules,
     ws: WorkspaceId,
+    config: corvus_storage::StorageConfig,
     _dir: TempDir,
 }
 
@@ -36,6 +38,7 @@ async fn fixture(backend: Backend) -> Option<Fixture> {
         store,
         rules: IdentityRules::default(),
         ws: "acme".parse().unwrap(),
+        config,
         _dir: dir,
     })
 }
@@ -517,4 +520,53 @@ async fn workspaces_do_not_meet(backend: Backend) {
         .unwrap();
     assert_ne!(mine, theirs);
     assert_eq!(f.store.lookup(&other, mine).await.unwrap(), Lookup::Missing);
+}
+
+/// A second process on the same store (another replica) merges, unmerges and erases the
+/// profiles the first one has resolved events to. The first one's next events must land
+/// where the graph now says, whatever it remembers of where it left them.
+async fn what_another_process_changed_is_seen(backend: Backend) {
+    let Some(f) = fixture(backend).await else { return };
+    let r = &f.rules;
+    let other = storage::connect(&f.config).await.expect("a second store");
+    let ada = f.send(&[event(r, day(1), &[("email", "ada@example.com")])]).await[0].unwrap();
+    let bob = f.send(&[event(r, day(2), &[("phone", "+447700900999")])]).await[0].unwrap();
+    let send_elsewhere = |ids: &'static [(&'static str, &'static str)], n| {
+        let (other, ws, e) = (other.clone(), f.ws.clone(), event(r, day(n), ids));
+        async move { other.resolve(&ws, &[e], r).await.expect("resolve elsewhere").outcomes[0].1 }
+    };
+
+    // Merged elsewhere: both of this process's next events land on the survivor.
+    let survivor = send_elsewhere(&[("email", "ada@example.com"), ("phone", "+447700900999")], 3)
+        .await
+        .unwrap();
+    assert!(survivor == ada || survivor == bob);
+    let next = f
+        .send(&[event(r, day(4), &[("email", "ada@example.com"), ("device_id", "d1")])])
+        .await;
+    assert_eq!(next, vec![Some(survivor)]);
+    let next = f
+        .send(&[event(r, day(5), &[("phone", "+447700900999"), ("device_id", "d2")])])
+        .await;
+    assert_eq!(next, vec![Some(survivor)]);
+    assert_eq!(f.live(survivor).await.event_count, 5);
+
+    // Unmerged elsewhere: the phone is Bob's again, and so is this process's next event.
+    let merge = f.live(survivor).await.merges[0].id;
+    other.unmerge(&f.ws, merge, r).await.unwrap().expect("unmerged");
+    let bobs = f.holder("phone", "+447700900999").await.unwrap();
+    assert_ne!(bobs, f.holder("email", "ada@example.com").await.unwrap());
+    let next = f.send(&[event(r, day(6), &[("phone", "+447700900999")])]).await;
+    assert_eq!(next, vec![Some(bobs)]);
+
+    // Erased elsewhere: the phone is blocked, and names no one here either.
+    let receipt = |_: &Removed| Vec::new();
+    other
+        .forget(&f.ws, bobs, true, &receipt)
+        .await
+        .unwrap()
+        .expect("erased");
+    let next = f.send(&[event(r, day(7), &[("phone", "+447700900999")])]).await;
+    assert_eq!(next, vec![None]);
+    assert_eq!(f.holder("phone", "+447700900999").await, None);
 }

@@ -9,6 +9,8 @@
 //!   batch reads and writes, with arrays on Postgres and prepared statements in a loop on
 //!   SQLite;
 //! - `resolved(events)`: told after each batch, to keep the planner's statistics;
+//! - `hints()`: where identifiers were last seen held (`hints.rs`), on Postgres, where it
+//!   spares a lookup per identifier; none on SQLite, whose lookups are in process;
 //! - `retries()`: how often a batch is run again after contention (none on SQLite,
 //!   where writers take turns).
 
@@ -20,7 +22,7 @@ mod graph;
 macro_rules! identity_store {
     ($Store:ident, $Db:ty) => {
         use super::{
-            Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure,
+            Applied, CANDIDATE_OBSOLETE, CANDIDATE_PENDING, CANDIDATE_REJECTED, CandidateRecord, Erasure, Hints,
             IdentityStore, Lookup, MatchMerge, MergeRecord, ProfileData, RecentEvent, Removed, ReviewRefused,
             NEWER_CONSENT, NEWER_TRAIT, SideSummary, UnmergeRefused, Unmerged, decode_identifiers, digest, identifier,
             is_contention, micros,
@@ -50,7 +52,9 @@ macro_rules! identity_store {
             ) -> Result<Applied, StorageError> {
                 let mut attempt = 0;
                 loop {
-                    match self.resolve_once(ws, events, rules).await {
+                    // Guesses are made on the first attempt only (see `load_batch`): a wrong
+                    // one has sent the batch round again.
+                    match self.resolve_once(ws, events, rules, attempt == 0).await {
                         Err(ResolveError::Sql(err)) if is_contention(&err) && attempt < self.retries() => {}
                         Err(ResolveError::Moved) if attempt < self.retries() => {}
                         Err(ResolveError::Moved) => {
@@ -376,19 +380,36 @@ macro_rules! identity_store {
         }
 
         impl $Store {
-            /// One attempt at a batch: load and lock, plan, write, commit.
+            /// One attempt at a batch: load and lock, plan, write, commit; then remember
+            /// where the batch left every identifier it saw.
             async fn resolve_once(
                 &self,
                 ws: &WorkspaceId,
                 events: &[IncomingEvent],
                 rules: &IdentityRules,
+                first_attempt: bool,
             ) -> Result<Applied, ResolveError> {
                 let (_guard, mut tx) = self.begin().await?;
-                let loaded = self.load_batch(&mut tx, ws, events).await?;
+                let hints = self.hints();
+                let loaded = self.load_batch(&mut tx, ws, events, first_attempt).await?;
+                let held: Vec<(u64, ProfileId)> = match hints {
+                    Some(_) => loaded
+                        .candidates
+                        .iter()
+                        .flat_map(|c| c.identifiers.iter().map(|h| (Hints::key(ws, &h.identifier), c.profile)))
+                        .collect(),
+                    None => Vec::new(),
+                };
                 let plan = plan(events, loaded, rules, Utc::now(), ProfileId::new);
                 let versions = self.write_plan(&mut tx, ws, &plan).await?;
                 tx.commit().await?;
                 self.resolved(events.len());
+                if let Some(hints) = hints {
+                    let merged: std::collections::HashMap<ProfileId, ProfileId> = plan.merges.iter().copied().collect();
+                    let moved = held.into_iter().map(|(key, p)| (key, merged.get(&p).copied().unwrap_or(p)));
+                    let new = plan.identifiers.iter().map(|(i, p, _)| (Hints::key(ws, i), *p));
+                    hints.learn(moved.chain(new));
+                }
                 Ok(Applied {
                     outcomes: plan.outcomes,
                     versions,
@@ -400,13 +421,31 @@ macro_rules! identity_store {
             /// between the first read and the locks is then held by none of them: the batch
             /// takes it for new, and its insert, meeting the primary key, starts the batch
             /// over. A locked profile merged or erased meanwhile starts it over too.
-            async fn load_batch(&self, conn: &mut Conn, ws: &WorkspaceId, events: &[IncomingEvent]) -> Result<Loaded, ResolveError> {
+            ///
+            /// A backend that can run a batch again guesses on the first attempt, and looks
+            /// on the next: it takes every event for new (a redelivered one then breaks
+            /// the primary key of `profile_events`), and locks the profiles the hints
+            /// (`hints.rs`) name without looking those identifiers up, starting over if
+            /// the locked profiles do not bear a hint out.
+            async fn load_batch(
+                &self,
+                conn: &mut Conn,
+                ws: &WorkspaceId,
+                events: &[IncomingEvent],
+                first_attempt: bool,
+            ) -> Result<Loaded, ResolveError> {
+                let guess = first_attempt && self.retries() > 0;
+                let hints = self.hints().filter(|_| guess);
                 let mut identifiers: Vec<&Identifier> =
                     events.iter().flat_map(|e| &e.identity.identifiers).collect();
                 identifiers.sort();
                 identifiers.dedup();
-                let event_ids: Vec<EventId> = events.iter().map(|e| e.identity.event).collect();
-                let seen = Self::seen_events(conn, ws, &event_ids).await?;
+                let seen = if guess {
+                    Default::default()
+                } else {
+                    let event_ids: Vec<EventId> = events.iter().map(|e| e.identity.event).collect();
+                    Self::seen_events(conn, ws, &event_ids).await?
+                };
                 // Most workspaces have erased no one: one probe then spares one per identifier
                 // (and its digest).
                 let any_erased: bool = sqlx::query_scalar(
@@ -420,7 +459,23 @@ macro_rules! identity_store {
                 } else {
                     Default::default()
                 };
-                let mut profiles = Self::holders(conn, ws, &identifiers).await?;
+                let guesses = match hints {
+                    Some(hints) => hints.get(&identifiers.iter().map(|i| Hints::key(ws, i)).collect::<Vec<_>>()),
+                    None => vec![None; identifiers.len()],
+                };
+                let (mut hinted, mut unknown) = (Vec::new(), Vec::new());
+                for (identifier, guess) in identifiers.iter().zip(guesses) {
+                    match guess {
+                        Some(profile) => hinted.push((*identifier, profile)),
+                        None => unknown.push(*identifier),
+                    }
+                }
+                let mut profiles = if unknown.is_empty() {
+                    Vec::new()
+                } else {
+                    Self::holders(conn, ws, &unknown).await?
+                };
+                profiles.extend(hinted.iter().map(|h| h.1));
                 profiles.sort();
                 profiles.dedup();
                 let rows = Self::lock_profiles(conn, ws, &profiles).await?;
@@ -428,6 +483,15 @@ macro_rules! identity_store {
                     return Err(ResolveError::Moved);
                 }
                 let candidates = Self::candidates_of(conn, ws, &rows).await?;
+                if !hinted.is_empty() {
+                    let holder: std::collections::HashMap<&Identifier, ProfileId> = candidates
+                        .iter()
+                        .flat_map(|c| c.identifiers.iter().map(|h| (&h.identifier, c.profile)))
+                        .collect();
+                    if hinted.iter().any(|(identifier, profile)| holder.get(identifier) != Some(profile)) {
+                        return Err(ResolveError::Moved);
+                    }
+                }
                 Ok(Loaded {
                     seen,
                     erased,
