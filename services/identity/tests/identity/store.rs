@@ -531,14 +531,15 @@ async fn what_another_process_changed_is_seen(backend: Backend) {
     let other = storage::connect(&f.config).await.expect("a second store");
     let ada = f.send(&[event(r, day(1), &[("email", "ada@example.com")])]).await[0].unwrap();
     let bob = f.send(&[event(r, day(2), &[("phone", "+447700900999")])]).await[0].unwrap();
-    let send_elsewhere = |ids: &'static [(&'static str, &'static str)], n| {
-        let (other, ws, e) = (other.clone(), f.ws.clone(), event(r, day(n), ids));
-        async move { other.resolve(&ws, &[e], r).await.expect("resolve elsewhere").outcomes[0].1 }
-    };
 
     // Merged elsewhere: both of this process's next events land on the survivor.
-    let survivor = send_elsewhere(&[("email", "ada@example.com"), ("phone", "+447700900999")], 3)
+    let both = event(r, day(3), &[("email", "ada@example.com"), ("phone", "+447700900999")]);
+    let survivor = other
+        .resolve(&f.ws, &[both], r)
         .await
+        .expect("resolve elsewhere")
+        .outcomes[0]
+        .1
         .unwrap();
     assert!(survivor == ada || survivor == bob);
     let next = f
