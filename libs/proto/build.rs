@@ -28,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::StrictProstCodec")
         // Free-form data stays encoded until someone needs it: see src/raw.rs.
         .extern_path(".google.protobuf.Struct", "crate::raw::RawStruct")
+        // A profile read from the cache is sent as the bytes it is kept in: see
+        // src/profile_response.rs.
+        .extern_path(
+            ".corvus.identity.v1.GetProfileResponse",
+            "crate::identity::v1::GetProfileResponse",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod ids;
 pub mod json;
+mod profile_response;
 pub mod raw;
 
 pub mod common {
@@ -15,6 +16,7 @@ pub mod common {
 pub mod identity {
     pub mod v1 {
         tonic::include_proto!("corvus.identity.v1");
+        pub use crate::profile_response::GetProfileResponse;
     }
 }
 

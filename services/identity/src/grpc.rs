@@ -95,11 +95,12 @@ impl IdentityService for IdentityApi {
         let ProfileRead {
             profile,
             redirected_from,
+            ..
         } = read;
-        Ok(Response::new(pb::GetProfileResponse {
-            profile: Some(profile),
-            redirected_from: redirected_from.map(|p| p.to_string()).unwrap_or_default(),
-        }))
+        Ok(Response::new(pb::GetProfileResponse::encoded(
+            profile,
+            redirected_from.map(|p| p.to_string()).unwrap_or_default(),
+        )))
     }
 
     async fn list_merges(

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use corvus_proto::WorkspaceId;
 use corvus_proto::identity::v1 as pb;
@@ -40,7 +41,9 @@ pub fn identifier_key(ws: &WorkspaceId, identifier: &Identifier) -> String {
 /// A read model entry.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Live(Box<pb::Profile>),
+    /// The encoded `corvus.identity.v1.Profile`, kept encoded: GetProfile sends it as it
+    /// is, and whoever needs its fields decodes it.
+    Live(Bytes),
     Merged(ProfileId),
     Erased,
 }
@@ -50,7 +53,7 @@ impl Entry {
         match lookup {
             Lookup::Live(data) => {
                 let version = data.version;
-                Some((Entry::Live(Box::new(profile(*data, rules))), version))
+                Some((Entry::Live(profile(*data, rules).encode_to_vec().into()), version))
             }
             Lookup::Merged { into, version } => Some((Entry::Merged(into), version)),
             Lookup::Erased { version } => Some((Entry::Erased, version)),
@@ -60,12 +63,7 @@ impl Entry {
 
     fn encode(&self) -> Vec<u8> {
         match self {
-            Entry::Live(profile) => {
-                let mut out = Vec::with_capacity(1 + profile.encoded_len());
-                out.push(LIVE);
-                profile.encode(&mut out).expect("a Vec grows");
-                out
-            }
+            Entry::Live(profile) => [&[LIVE], profile.as_ref()].concat(),
             Entry::Merged(into) => {
                 let mut out = vec![MERGED];
                 out.extend_from_slice(into.as_uuid().as_bytes());
@@ -75,10 +73,12 @@ impl Entry {
         }
     }
 
-    fn decode(bytes: &[u8]) -> Option<Entry> {
+    /// The entry, or none for a stale mark. A live entry's body is taken as written (only
+    /// this module writes entries, under keys that name their layout), without a copy.
+    fn decode(bytes: Vec<u8>) -> Option<Entry> {
         let (tag, body) = bytes.split_first()?;
         match *tag {
-            LIVE => pb::Profile::decode(body).ok().map(|p| Entry::Live(Box::new(p))),
+            LIVE => Some(Entry::Live(Bytes::from(bytes).slice(1..))),
             MERGED => Some(Entry::Merged(uuid::Uuid::from_slice(body).ok()?.into())),
             ERASED => Some(Entry::Erased),
             _ => None,
@@ -100,7 +100,7 @@ impl ReadModel {
             .cache
             .get_versioned(&profile_key(ws, profile))
             .await?
-            .and_then(|(_, bytes)| Entry::decode(&bytes)))
+            .and_then(|(_, bytes)| Entry::decode(bytes)))
     }
 
     /// Stores an entry built from the store at `version`, unless a newer one is there.
@@ -267,16 +267,17 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let live = Entry::Live(Box::new(pb::Profile {
+        let profile = pb::Profile {
             profile_id: "p".into(),
             version: 7,
             ..Default::default()
-        }));
+        };
+        let live = Entry::Live(profile.encode_to_vec().into());
         let merged = Entry::Merged(ProfileId::new());
         for entry in [live, merged, Entry::Erased] {
-            assert_eq!(Entry::decode(&entry.encode()), Some(entry));
+            assert_eq!(Entry::decode(entry.encode()), Some(entry));
         }
-        assert_eq!(Entry::decode(&[STALE]), None, "a stale mark is a miss");
-        assert_eq!(Entry::decode(&[]), None);
+        assert_eq!(Entry::decode(vec![STALE]), None, "a stale mark is a miss");
+        assert_eq!(Entry::decode(Vec::new()), None);
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use corvus_proto::WorkspaceId;
 use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1 as pb;
@@ -66,8 +67,17 @@ pub struct Resolved {
 /// A profile read: the profile, and the id asked for when it was merged into it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfileRead {
-    pub profile: pb::Profile,
+    pub id: ProfileId,
+    /// The encoded `corvus.identity.v1.Profile`, as the read model holds it.
+    pub profile: Bytes,
     pub redirected_from: Option<ProfileId>,
+}
+
+impl ProfileRead {
+    pub fn decode(&self) -> Result<pb::Profile, StorageError> {
+        pb::Profile::decode(self.profile.clone())
+            .map_err(|e| StorageError::Internal(format!("a profile in the read model does not decode: {e}")))
+    }
 }
 
 #[derive(Clone)]
@@ -191,7 +201,8 @@ impl Identity {
             match self.entry(ws, asked).await? {
                 Some(Entry::Live(profile)) => {
                     return Ok(Some(ProfileRead {
-                        profile: *profile,
+                        id: asked,
+                        profile,
                         redirected_from,
                     }));
                 }
@@ -239,11 +250,15 @@ impl Identity {
         ws: &WorkspaceId,
         identifier: &Identifier,
     ) -> Result<Option<ProfileRead>, IdentityError> {
+        // A profile that does not decode holds nothing: the store is read instead, and the
+        // entry made again.
         let holds = |read: &ProfileRead| {
-            read.profile
-                .identifiers
-                .iter()
-                .any(|i| i.kind == identifier.kind.as_str() && i.value == identifier.value)
+            read.decode().is_ok_and(|profile| {
+                profile
+                    .identifiers
+                    .iter()
+                    .any(|i| i.kind == identifier.kind.as_str() && i.value == identifier.value)
+            })
         };
         if let Ok(Some(hint)) = self.read_model.holder(ws, identifier).await
             && let Some(read) = self.profile(ws, hint).await?
@@ -268,7 +283,8 @@ impl Identity {
                         tracing::warn!(error = %err, "read model not refreshed");
                     }
                     Some(ProfileRead {
-                        profile: *profile,
+                        id: holder,
+                        profile,
                         redirected_from: None,
                     })
                 }
@@ -297,12 +313,7 @@ impl Identity {
         let Some(read) = self.profile(ws, id).await? else {
             return Err(IdentityError::NotFound(format!("no profile {id} in this workspace")));
         };
-        let root: ProfileId = read
-            .profile
-            .profile_id
-            .parse()
-            .map_err(|_| StorageError::Internal("a profile id in the read model is not a UUID".to_owned()))?;
-        Ok(self.store.merges(ws, root, before, limit).await?)
+        Ok(self.store.merges(ws, read.id, before, limit).await?)
     }
 
     pub async fn unmerge(&self, ws: &WorkspaceId, merge: i64) -> Result<Unmerged, IdentityError> {
@@ -417,7 +428,7 @@ impl Identity {
             merge = made.first().map(merge_message);
             if merge.is_none() {
                 let (a, b) = (self.profile(ws, record.a).await?, self.profile(ws, record.b).await?);
-                let same = matches!((&a, &b), (Some(a), Some(b)) if a.profile.profile_id == b.profile.profile_id);
+                let same = matches!((&a, &b), (Some(a), Some(b)) if a.id == b.id);
                 if !same {
                     return Err(IdentityError::Precondition(
                         "the two profiles cannot be merged: they were erased, or hold different values of a unique \
