@@ -299,3 +299,17 @@ pub(super) fn value_of(text: &str, name: &str, labels: &str) -> Option<f64> {
             (series.split('{').next()? == name).then(|| value.parse().ok())?
         })
 }
+
+/// The GetProfile requests the server has answered so far, by gRPC code
+/// (`corvus_requests_total`).
+pub(super) fn get_profile_codes() -> std::collections::BTreeMap<String, f64> {
+    let text = corvus_platform::metrics::recorder().render();
+    text.lines()
+        .filter(|l| l.starts_with("corvus_requests_total{") && l.contains("GetProfile"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let code = series.split("code=\"").nth(1)?.split('"').next()?;
+            Some((code.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 
 mod diagnostics;
 mod freshness;
+mod h2load;
 mod reads;
 
 use std::sync::Arc;
