@@ -3,6 +3,7 @@
 //! graph that each decision updates, so the tenth event of a batch sees what the first
 //! one created or merged.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -60,17 +61,9 @@ pub struct NewProfile {
 
 /// A resolved event, on the profile it ends the batch on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
-    pub event: EventId,
-    pub message_id: String,
+pub struct EventRow<'a> {
+    pub event: &'a IncomingEvent,
     pub profile: ProfileId,
-    pub at: DateTime<Utc>,
-    pub event_type: i16,
-    pub channel: i16,
-    pub name: String,
-    pub identifiers: Vec<Identifier>,
-    pub traits: Option<serde_json::Map<String, serde_json::Value>>,
-    pub consents: Vec<ConsentChange>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,14 +94,14 @@ pub struct Touched {
 
 /// Everything to write for a batch, in the order the store writes it.
 #[derive(Debug, Default, PartialEq)]
-pub struct Plan {
+pub struct Plan<'a> {
     pub new_profiles: Vec<NewProfile>,
     /// Profiles that existed before the batch and were merged: `(merged, into)`, `into`
     /// being where the batch ends. Their rows move to `into`.
     pub merges: Vec<(ProfileId, ProfileId)>,
     /// Identifiers new to the graph, on their final profile, with when first seen.
     pub identifiers: Vec<(Identifier, ProfileId, DateTime<Utc>)>,
-    pub events: Vec<EventRow>,
+    pub events: Vec<EventRow<'a>>,
     /// The newest value per profile and trait within the batch.
     pub traits: Vec<TraitRow>,
     /// The newest change per profile, purpose and channel within the batch.
@@ -136,11 +129,11 @@ impl Graph {
         profile
     }
 
-    fn candidates_for(&self, identifiers: &[Identifier]) -> Vec<Candidate> {
+    fn candidates_for(&self, identifiers: &[Identifier]) -> Vec<&Candidate> {
         let mut ids: Vec<ProfileId> = identifiers.iter().filter_map(|i| self.holder.get(i).copied()).collect();
         ids.sort();
         ids.dedup();
-        ids.iter().filter_map(|id| self.profiles.get(id).cloned()).collect()
+        ids.iter().filter_map(|id| self.profiles.get(id)).collect()
     }
 
     fn give(&mut self, profile: ProfileId, identifiers: &[Identifier], at: DateTime<Utc>) {
@@ -169,13 +162,13 @@ impl Graph {
 
 /// Resolves `events` in order against `loaded`. `new_id` gives the id of each profile
 /// created; `now` is when.
-pub fn plan(
-    events: &[IncomingEvent],
+pub fn plan<'a>(
+    events: &'a [IncomingEvent],
     loaded: Loaded,
     rules: &IdentityRules,
     now: DateTime<Utc>,
     mut new_id: impl FnMut() -> ProfileId,
-) -> Plan {
+) -> Plan<'a> {
     let existing: HashSet<ProfileId> = loaded.candidates.iter().map(|c| c.profile).collect();
     let mut graph = Graph {
         holder: loaded
@@ -195,20 +188,9 @@ pub fn plan(
             plan.outcomes.push((id, Some(*profile), Vec::new()));
             continue;
         }
-        let mut identity = event.identity.clone();
-        identity.identifiers.retain(|identifier| {
-            let erased = loaded.erased.contains(identifier);
-            if erased {
-                identity.dropped.push(Dropped {
-                    kind: identifier.kind.as_str().to_owned(),
-                    value: identifier.value.clone(),
-                    reason: DropReason::Blocked,
-                });
-            }
-            !erased
-        });
+        let identity = without_erased(&event.identity, &loaded.erased);
         let candidates = graph.candidates_for(&identity.identifiers);
-        let resolution = resolve(&identity, &candidates, rules, new_id());
+        let resolution = resolve(&identity, &candidates, rules, &mut new_id);
         let profile = resolution.profile();
         match resolution.outcome {
             Outcome::Unidentified => {}
@@ -338,18 +320,7 @@ pub fn plan(
                 last_seen: at,
                 events: 1,
             });
-        plan.events.push(EventRow {
-            event: id,
-            message_id: event.message_id.clone(),
-            profile,
-            at,
-            event_type: event.event_type,
-            channel: event.channel,
-            name: event.name.clone(),
-            identifiers: event.identity.identifiers.clone(),
-            traits: event.traits.clone(),
-            consents: event.consents.clone(),
-        });
+        plan.events.push(EventRow { event, profile });
     }
     // A merge touches the survivor even when no event of the batch landed on it directly.
     for (_, into) in &plan.merges {
@@ -369,6 +340,27 @@ pub fn plan(
     plan.consents = consents.into_values().collect();
     plan.touched = touched.into_values().collect();
     plan
+}
+
+/// The event's identity with its erased identifiers dropped (reason: blocked); as it is,
+/// without a copy, when it has none.
+fn without_erased<'e>(identity: &'e EventIdentity, erased: &HashSet<Identifier>) -> Cow<'e, EventIdentity> {
+    if erased.is_empty() || !identity.identifiers.iter().any(|i| erased.contains(i)) {
+        return Cow::Borrowed(identity);
+    }
+    let mut identity = identity.clone();
+    identity.identifiers.retain(|identifier| {
+        let erased = erased.contains(identifier);
+        if erased {
+            identity.dropped.push(Dropped {
+                kind: identifier.kind.as_str().to_owned(),
+                value: identifier.value.clone(),
+                reason: DropReason::Blocked,
+            });
+        }
+        !erased
+    });
+    Cow::Owned(identity)
 }
 
 /// Whether two profiles may be merged by matching or review: never when both hold a

@@ -208,7 +208,7 @@ impl PgIdentityStore {
         &self,
         conn: &mut PgConnection,
         ws: &WorkspaceId,
-        plan: &Plan,
+        plan: &Plan<'_>,
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         if !plan.new_profiles.is_empty() {
@@ -270,16 +270,24 @@ impl PgIdentityStore {
                  $8::text[], $9::text[], $10::text[], $11::text[])",
             )
             .bind(ws)
-            .bind(e.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.identity.event.as_uuid()).collect::<Vec<_>>())
             .bind(uuids(e.iter().map(|r| r.profile)))
-            .bind(e.iter().map(|r| micros(r.at)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.event_type).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.channel).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| encode_identifiers(&r.identifiers)).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| traits_json(r.traits.as_ref())).collect::<Vec<_>>())
-            .bind(e.iter().map(|r| consents_json(&r.consents)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| micros(r.event.identity.at)).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.event_type).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.channel).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.name.as_str()).collect::<Vec<_>>())
+            .bind(e.iter().map(|r| r.event.message_id.as_str()).collect::<Vec<_>>())
+            .bind(
+                e.iter()
+                    .map(|r| encode_identifiers(&r.event.identity.identifiers))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                e.iter()
+                    .map(|r| traits_json(r.event.traits.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(e.iter().map(|r| consents_json(&r.event.consents)).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -499,7 +507,7 @@ impl EvidenceColumns {
 }
 
 /// One column of the new profiles' seen times and counts.
-fn seen(plan: &Plan, column: impl Fn(&Touched) -> i64) -> Vec<Option<i64>> {
+fn seen(plan: &Plan<'_>, column: impl Fn(&Touched) -> i64) -> Vec<Option<i64>> {
     plan.new_profiles.iter().map(|p| p.seen.as_ref().map(&column)).collect()
 }
 

@@ -12,7 +12,7 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::{consents_json, encode_identifiers, traits_json};
-use crate::domain::batch::Plan;
+use crate::domain::batch::{EventRow, Plan};
 
 #[derive(Debug)]
 pub struct SqliteIdentityStore {
@@ -141,7 +141,7 @@ impl SqliteIdentityStore {
         &self,
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,
-        plan: &Plan,
+        plan: &Plan<'_>,
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         for new in &plan.new_profiles {
@@ -177,20 +177,20 @@ impl SqliteIdentityStore {
             .execute(&mut *conn)
             .await?;
         }
-        for e in &plan.events {
+        for &EventRow { event: e, profile } in &plan.events {
             sqlx::query(
                 "INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, name, \
                  message_id, identifiers, traits, consents) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(ws)
-            .bind(e.event)
-            .bind(e.profile)
-            .bind(micros(e.at))
+            .bind(e.identity.event)
+            .bind(profile)
+            .bind(micros(e.identity.at))
             .bind(e.event_type)
             .bind(e.channel)
             .bind(&e.name)
             .bind(&e.message_id)
-            .bind(encode_identifiers(&e.identifiers))
+            .bind(encode_identifiers(&e.identity.identifiers))
             .bind(traits_json(e.traits.as_ref()))
             .bind(consents_json(&e.consents))
             .execute(&mut *conn)

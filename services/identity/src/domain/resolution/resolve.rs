@@ -93,11 +93,12 @@ impl Resolution {
 /// several → [`Outcome::Merge`] into the profile with the strongest identifier of all it
 /// holds, then the oldest, then the smallest id. Resolving an event again gives an attach
 /// with nothing new. `candidates` holding none of the identifiers are ignored.
+/// `new_profile` is asked for an id only when a profile is created.
 pub fn resolve(
     event: &EventIdentity,
-    candidates: &[Candidate],
+    candidates: &[&Candidate],
     rules: &IdentityRules,
-    new_profile: ProfileId,
+    new_profile: impl FnOnce() -> ProfileId,
 ) -> Resolution {
     let mut identifiers: Vec<&Identifier> = event.identifiers.iter().collect();
     identifiers.sort_by(|a, b| rules.order(a).cmp(&rules.order(b)));
@@ -109,9 +110,19 @@ pub fn resolve(
     for identifier in identifiers {
         let joining: Vec<&Candidate> = candidates
             .iter()
+            .copied()
             .filter(|c| c.holds(identifier) && !joined.iter().any(|j| j.profile == c.profile))
             .collect();
         let held = candidates.iter().any(|c| c.holds(identifier));
+        // A rule can only be broken by joining something (a profile, or a value the
+        // profiles do not hold) to something: the first identifier, and one held only by
+        // profiles already joined, are taken without counting (most events are these).
+        let adds = !joining.is_empty() || !held;
+        if !adds || (joined.is_empty() && accepted.is_empty()) {
+            joined.extend(joining);
+            accepted.push(identifier);
+            continue;
+        }
         let before = Tally::of(&joined, &accepted, event.at);
         let addition = if held {
             Tally::of(&joining, &[], event.at)
@@ -140,7 +151,7 @@ fn decide(
     joined: &[&Candidate],
     accepted: &[&Identifier],
     rules: &IdentityRules,
-    new_profile: ProfileId,
+    new_profile: impl FnOnce() -> ProfileId,
 ) -> (Outcome, Vec<Evidence>) {
     let record = |kind| Evidence::deterministic(event.event, event.at, kind);
     let new_identifiers: Vec<Identifier> = accepted
@@ -154,6 +165,7 @@ fn decide(
         if new_identifiers.is_empty() {
             return (Outcome::Unidentified, Vec::new());
         }
+        let new_profile = new_profile();
         let links = new_identifiers
             .iter()
             .map(|identifier| {

@@ -43,7 +43,8 @@ fn event(rules: &IdentityRules, at: i64, raw: &[(&str, &str)]) -> EventIdentity 
 
 fn run(raw: &[(&str, &str)], candidates: &[Candidate]) -> Resolution {
     let rules = IdentityRules::default();
-    resolve(&event(&rules, 10, raw), candidates, &rules, profile_id(NEW))
+    let candidates: Vec<&Candidate> = candidates.iter().collect();
+    resolve(&event(&rules, 10, raw), &candidates, &rules, || profile_id(NEW))
 }
 
 fn link(profile: u128, identifier: Identifier, via: Option<Identifier>) -> EvidenceKind {
@@ -154,7 +155,7 @@ fn spellings_of_one_identifier_meet() {
 fn resolving_the_same_event_twice_attaches_nothing_new() {
     let rules = IdentityRules::default();
     let raw = [("anonymous_id", "a1"), ("user_id", "u1"), ("device_id", "d1")];
-    let first = resolve(&event(&rules, 10, &raw), &[], &rules, profile_id(NEW));
+    let first = resolve(&event(&rules, 10, &raw), &[], &rules, || profile_id(NEW));
     let Outcome::Create { profile, identifiers } = first.outcome else {
         panic!("expected a new profile, got {:?}", first.outcome);
     };
@@ -169,7 +170,7 @@ fn resolving_the_same_event_twice_attaches_nothing_new() {
             })
             .collect(),
     };
-    let again = resolve(&event(&rules, 10, &raw), &[stored], &rules, profile_id(NEW + 1));
+    let again = resolve(&event(&rules, 10, &raw), &[&stored], &rules, || profile_id(NEW + 1));
     assert_eq!(
         again.outcome,
         Outcome::Attach {
@@ -426,7 +427,7 @@ fn workspace_kinds_take_part_with_their_rules() {
         ("phone", "+447700900123"),
         ("member_no", " M2 "),
     ];
-    let resolution = resolve(&event(&rules, 10, &raw), &[p1, p2], &rules, profile_id(NEW));
+    let resolution = resolve(&event(&rules, 10, &raw), &[&p1, &p2], &rules, || profile_id(NEW));
     // member_no outranks email, so M2 decides; the email's profile holds M1 and stays apart.
     assert_eq!(
         resolution.outcome,

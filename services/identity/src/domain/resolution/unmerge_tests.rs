@@ -27,13 +27,13 @@ impl Store {
 
     fn ingest(&mut self, event: u128, at: i64, raw: &[(&str, &str)]) -> Resolution {
         let event = self.rules.prepare(event_id(event), day(at), raw.iter().copied());
-        let candidates: Vec<Candidate> = self
+        let candidates: Vec<&Candidate> = self
             .profiles
             .values()
             .filter(|c| c.identifiers.iter().any(|h| event.identifiers.contains(&h.identifier)))
-            .cloned()
             .collect();
-        let resolution = resolve(&event, &candidates, &self.rules, profile_id(self.next_profile));
+        let next = profile_id(self.next_profile);
+        let resolution = resolve(&event, &candidates, &self.rules, || next);
         let held = |identifiers: &[Identifier]| {
             identifiers
                 .iter()
