@@ -51,7 +51,11 @@ pub(super) async fn run(
         .await
         .context("running h2load")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "h2load failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "h2load failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = Summary::parse(&stdout)?;
     ensure!(
         summary.failed == 0,
@@ -67,7 +71,10 @@ pub(super) async fn run(
         let (Some(_start), Some(status), Some(micros)) = (columns.next(), columns.next(), columns.next()) else {
             bail!("h2load's log has a line of an unknown shape: {line:?}");
         };
-        ensure!(status == "200", "h2load: a request was answered with HTTP status {status}");
+        ensure!(
+            status == "200",
+            "h2load: a request was answered with HTTP status {status}"
+        );
         measured.latencies.push(Duration::from_micros(micros.parse()?));
     }
     measured.events = measured.latencies.len() as u64;
@@ -142,4 +149,3 @@ impl Summary {
         Ok(Self { elapsed, failed, data })
     }
 }
-

@@ -92,9 +92,9 @@ pub(super) async fn reads(
     if h2load::available().await {
         points.extend(H2LOAD_POINTS.map(|(connections, streams)| ReadPoint::H2load { connections, streams }));
     } else {
-        results
-            .notes
-            .push("GetProfile driven by h2load: left out, h2load is not on the PATH (Debian's nghttp2-client)".to_owned());
+        results.notes.push(
+            "GetProfile driven by h2load: left out, h2load is not on the PATH (Debian's nghttp2-client)".to_owned(),
+        );
     }
     let mut rows = Vec::new();
     for point in points {
@@ -132,7 +132,17 @@ pub(super) async fn reads(
         .encode_to_vec(),
     )]);
     let label = format!("gRPC floor: GetProfile refused (bad id), {point}");
-    read_point(app, keys, label, &refused, *point, tonic::Code::InvalidArgument, plan, results).await?;
+    read_point(
+        app,
+        keys,
+        label,
+        &refused,
+        *point,
+        tonic::Code::InvalidArgument,
+        plan,
+        results,
+    )
+    .await?;
     Ok(())
 }
 
@@ -146,7 +156,10 @@ struct Requests {
 impl Requests {
     fn new(all: Vec<Bytes>) -> Self {
         let one = all.first().cloned().unwrap_or_default();
-        Self { all: Arc::new(all), one }
+        Self {
+            all: Arc::new(all),
+            one,
+        }
     }
 }
 
@@ -197,7 +210,15 @@ async fn read_point(
         }
         ReadPoint::H2load { connections, streams } => {
             let shape = (connections, streams);
-            let (m, bytes) = h2load::run(&app.grpc_url, GET_PROFILE_PATH, &keys.read, &requests.one, shape, plan.read_secs).await?;
+            let (m, bytes) = h2load::run(
+                &app.grpc_url,
+                GET_PROFILE_PATH,
+                &keys.read,
+                &requests.one,
+                shape,
+                plan.read_secs,
+            )
+            .await?;
             // h2load sees HTTP only: the gRPC codes are the server's count of its answers.
             // Those still in flight when h2load stops are cut off (the server counts them
             // Unknown or Cancelled), so up to that many others are the stop, not an error.
@@ -217,7 +238,11 @@ async fn read_point(
         }
     };
     // h2load counts each answer's gRPC frame header and trailers-only errors as data too.
-    let mean_bytes = if expect == tonic::Code::Ok { bytes / m.events.max(1) } else { 0 };
+    let mean_bytes = if expect == tonic::Code::Ok {
+        bytes / m.events.max(1)
+    } else {
+        0
+    };
     let server = Histogram::server_time().since(&before);
     let mut row = Row::new(label, &mut m, cpu.cores_since());
     row.writes = false;
