@@ -114,11 +114,16 @@ pub struct Plan<'a> {
     pub outcomes: Vec<(EventId, Option<ProfileId>, Vec<Dropped>)>,
 }
 
+/// A map of a batch's own keys, hashed fast (with a seed drawn per map, so that no one
+/// can choose keys that collide).
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// The graph as the batch goes: live profiles and who holds each identifier.
 struct Graph {
     profiles: BTreeMap<ProfileId, Candidate>,
-    holder: HashMap<Identifier, ProfileId>,
-    merged_into: HashMap<ProfileId, ProfileId>,
+    holder: FastMap<Identifier, ProfileId>,
+    merged_into: FastMap<ProfileId, ProfileId>,
 }
 
 impl Graph {
@@ -177,11 +182,11 @@ pub fn plan<'a>(
             .flat_map(|c| c.identifiers.iter().map(|h| (h.identifier.clone(), c.profile)))
             .collect(),
         profiles: loaded.candidates.into_iter().map(|c| (c.profile, c)).collect(),
-        merged_into: HashMap::new(),
+        merged_into: FastMap::default(),
     };
     let mut plan = Plan::default();
     let mut placed: Vec<(usize, ProfileId)> = Vec::new();
-    let mut first_seen: HashMap<Identifier, DateTime<Utc>> = HashMap::new();
+    let mut first_seen: FastMap<Identifier, DateTime<Utc>> = FastMap::default();
     for (index, event) in events.iter().enumerate() {
         let id = event.identity.event;
         if let Some(profile) = loaded.seen.get(&id) {

@@ -8,10 +8,11 @@
 //! locking that profile, so that check is as good as the lookup. A hint that fails it (an
 //! identifier moved by an unmerge or a merge elsewhere, a profile erased, another process
 //! that resolved the same person) runs the batch again without hints. Keys are 64-bit
-//! digests of workspace, kind and value: a collision is such a failed hint, nothing worse.
+//! digests of workspace, kind and value, seeded at random per process (so no one can aim
+//! identifiers at one slot of the table): a collision is such a failed hint, nothing worse.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use corvus_proto::WorkspaceId;
@@ -27,6 +28,7 @@ const GENERATION: usize = 450_000;
 #[derive(Debug, Default)]
 pub struct Hints {
     generations: Mutex<Generations>,
+    digest: foldhash::fast::RandomState,
 }
 
 #[derive(Debug, Default)]
@@ -69,10 +71,8 @@ impl Generations {
 
 impl Hints {
     /// The digest an identifier is remembered by.
-    pub fn key(ws: &WorkspaceId, identifier: &Identifier) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        (ws, identifier).hash(&mut hasher);
-        hasher.finish()
+    pub fn key(&self, ws: &WorkspaceId, identifier: &Identifier) -> u64 {
+        self.digest.hash_one((ws, identifier))
     }
 
     /// The hinted holder of each key, where there is one.
@@ -122,11 +122,13 @@ mod tests {
     #[test]
     fn keys_tell_workspaces_kinds_and_values_apart() {
         let (acme, other): (WorkspaceId, WorkspaceId) = ("acme".parse().unwrap(), "other".parse().unwrap());
-        let a = Hints::key(&acme, &email("a@x.io"));
-        assert_eq!(a, Hints::key(&acme, &email("a@x.io")));
-        assert_ne!(a, Hints::key(&other, &email("a@x.io")));
-        assert_ne!(a, Hints::key(&acme, &email("b@x.io")));
-        assert_ne!(a, Hints::key(&acme, &id("user_id", "a@x.io")));
+        let hints = Hints::default();
+        let a = hints.key(&acme, &email("a@x.io"));
+        assert_eq!(a, hints.key(&acme, &email("a@x.io")));
+        assert_ne!(a, hints.key(&other, &email("a@x.io")));
+        assert_ne!(a, hints.key(&acme, &email("b@x.io")));
+        assert_ne!(a, hints.key(&acme, &id("user_id", "a@x.io")));
+        assert_ne!(a, Hints::default().key(&acme, &email("a@x.io")), "seeded per process");
     }
 
     #[test]

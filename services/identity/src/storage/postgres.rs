@@ -126,7 +126,7 @@ impl PgIdentityStore {
         .bind(uuids(rows.iter().map(|r| r.0)))
         .fetch_all(conn)
         .await?;
-        let mut candidates: HashMap<ProfileId, Candidate> = rows
+        let mut candidates: FastMap<ProfileId, Candidate> = rows
             .iter()
             .map(|r| {
                 let candidate = Candidate {

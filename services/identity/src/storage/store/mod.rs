@@ -28,7 +28,9 @@ macro_rules! identity_store {
             is_contention, micros,
             rule_code, rule_of, time,
         };
-        use crate::domain::batch::{ConsentChange, ConsentRow, IncomingEvent, Loaded, TraitRow, matched_merge, may_merge, plan};
+        use crate::domain::batch::{
+            ConsentChange, ConsentRow, FastMap, FastSet, IncomingEvent, Loaded, TraitRow, matched_merge, may_merge, plan,
+        };
         use crate::domain::resolution::{
             Candidate, EventId, EventIdentity, Evidence, EvidenceKind, HeldIdentifier, Identifier, IdentityRules,
             ProfileId, unmerge,
@@ -393,10 +395,10 @@ macro_rules! identity_store {
                 let hints = self.hints();
                 let loaded = self.load_batch(&mut tx, ws, events, first_attempt).await?;
                 let held: Vec<(u64, ProfileId)> = match hints {
-                    Some(_) => loaded
+                    Some(hints) => loaded
                         .candidates
                         .iter()
-                        .flat_map(|c| c.identifiers.iter().map(|h| (Hints::key(ws, &h.identifier), c.profile)))
+                        .flat_map(|c| c.identifiers.iter().map(|h| (hints.key(ws, &h.identifier), c.profile)))
                         .collect(),
                     None => Vec::new(),
                 };
@@ -407,7 +409,7 @@ macro_rules! identity_store {
                 if let Some(hints) = hints {
                     let merged: std::collections::HashMap<ProfileId, ProfileId> = plan.merges.iter().copied().collect();
                     let moved = held.into_iter().map(|(key, p)| (key, merged.get(&p).copied().unwrap_or(p)));
-                    let new = plan.identifiers.iter().map(|(i, p, _)| (Hints::key(ws, i), *p));
+                    let new = plan.identifiers.iter().map(|(i, p, _)| (hints.key(ws, i), *p));
                     hints.learn(moved.chain(new));
                 }
                 Ok(Applied {
@@ -436,10 +438,12 @@ macro_rules! identity_store {
             ) -> Result<Loaded, ResolveError> {
                 let guess = first_attempt && self.retries() > 0;
                 let hints = self.hints().filter(|_| guess);
-                let mut identifiers: Vec<&Identifier> =
-                    events.iter().flat_map(|e| &e.identity.identifiers).collect();
-                identifiers.sort();
-                identifiers.dedup();
+                let mut unique = FastSet::default();
+                let identifiers: Vec<&Identifier> = events
+                    .iter()
+                    .flat_map(|e| &e.identity.identifiers)
+                    .filter(|i| unique.insert(*i))
+                    .collect();
                 let seen = if guess {
                     Default::default()
                 } else {
@@ -460,7 +464,7 @@ macro_rules! identity_store {
                     Default::default()
                 };
                 let guesses = match hints {
-                    Some(hints) => hints.get(&identifiers.iter().map(|i| Hints::key(ws, i)).collect::<Vec<_>>()),
+                    Some(hints) => hints.get(&identifiers.iter().map(|i| hints.key(ws, i)).collect::<Vec<_>>()),
                     None => vec![None; identifiers.len()],
                 };
                 let (mut hinted, mut unknown) = (Vec::new(), Vec::new());
@@ -484,7 +488,7 @@ macro_rules! identity_store {
                 }
                 let candidates = Self::candidates_of(conn, ws, &rows).await?;
                 if !hinted.is_empty() {
-                    let holder: std::collections::HashMap<&Identifier, ProfileId> = candidates
+                    let holder: FastMap<&Identifier, ProfileId> = candidates
                         .iter()
                         .flat_map(|c| c.identifiers.iter().map(|h| (&h.identifier, c.profile)))
                         .collect();
