@@ -32,7 +32,7 @@ pub(super) async fn run(
     (connections, streams): (usize, usize),
     secs: f64,
 ) -> anyhow::Result<(Measured, u64)> {
-    let files = Files::new()?;
+    let files = Files::new();
     // The gRPC frame: not compressed, the message's length, the message.
     let mut body = Vec::with_capacity(5 + request.len());
     body.put_u8(0);
@@ -89,12 +89,12 @@ struct Files {
 }
 
 impl Files {
-    fn new() -> anyhow::Result<Self> {
+    fn new() -> Self {
         let stem = std::env::temp_dir().join(format!("corvus-bench-h2load-{}", std::process::id()));
-        Ok(Self {
+        Self {
             body: stem.with_extension("body"),
             log: stem.with_extension("log"),
-        })
+        }
     }
 }
 
