@@ -1,6 +1,7 @@
 //! (c) GetProfile by profile id over profiles already in the read model, in closed
 //! loops, and the same loop refused before any store: the floor of the transport.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -200,7 +201,6 @@ async fn read_point(
     progress(&label);
     let cpu = CpuSample::now();
     let before = Histogram::server_time();
-    let answered = get_profile_codes();
     let (mut m, bytes, who) = match point {
         ReadPoint::InProcess { tasks, shared } => {
             let key = bearer(&keys.read)?;
@@ -209,31 +209,17 @@ async fn read_point(
             (m, bytes, "in this process (client and server)")
         }
         ReadPoint::H2load { connections, streams } => {
-            let shape = (connections, streams);
+            let answered = get_profile_codes();
             let (m, bytes) = h2load::run(
                 &app.grpc_url,
                 GET_PROFILE_PATH,
                 &keys.read,
                 &requests.one,
-                shape,
+                (connections, streams),
                 plan.read_secs,
             )
             .await?;
-            // h2load sees HTTP only: the gRPC codes are the server's count of its answers.
-            // Those still in flight when h2load stops are cut off (the server counts them
-            // Unknown or Cancelled), so up to that many others are the stop, not an error.
-            let mut codes = get_profile_codes();
-            for (code, n) in &answered {
-                *codes.entry(code.clone()).or_default() -= n;
-            }
-            let expected = format!("{expect:?}");
-            let right = codes.remove(&expected).unwrap_or(0.0);
-            let others: f64 = codes.values().sum();
-            ensure!(
-                right >= m.events as f64 && others <= (connections * streams) as f64,
-                "GetProfile under h2load: {right} answered {expected} and {codes:?} otherwise, for {} requests",
-                m.events
-            );
+            check_codes(&answered, expect, m.events, connections * streams)?;
             (m, bytes, "in this process (the server alone; h2load's own is in other)")
         }
     };
@@ -268,6 +254,30 @@ async fn read_point(
     results.notes.push(note);
     results.rows.push(row.clone());
     Ok(row)
+}
+
+/// Checks, by the server's count of its answers since `before`, that the `requests` h2load
+/// made were answered `expect`. h2load sees HTTP only, so the gRPC codes are not its to
+/// tell. Those still in flight when it stops are cut off (the server counts them Unknown
+/// or Cancelled): up to `in_flight` other answers are the stop, not an error.
+fn check_codes(
+    before: &BTreeMap<String, f64>,
+    expect: tonic::Code,
+    requests: u64,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let mut codes = get_profile_codes();
+    for (code, n) in before {
+        *codes.entry(code.clone()).or_default() -= n;
+    }
+    let expected = format!("{expect:?}");
+    let right = codes.remove(&expected).unwrap_or(0.0);
+    let others: f64 = codes.values().sum();
+    ensure!(
+        right >= requests as f64 && others <= in_flight as f64,
+        "GetProfile under h2load: {right} answered {expected} and {codes:?} otherwise, for {requests} requests"
+    );
+    Ok(())
 }
 
 /// GetProfile for each lookup, [`WARM_TASKS`] at a time; the profile ids found.
