@@ -56,7 +56,7 @@ pub(crate) const NEWER_CONSENT: &str = "ON CONFLICT (workspace_id, profile_id, p
 /// `ANALYZE` (see `postgres.rs`) catches up. With no other shape left to choose, each
 /// statement is planned once per connection (a generic plan) rather than again for every
 /// batch: under 5,000 events/s a delivery of 50 events then takes 6.7 ms instead of
-/// 7.8–11.8 (docs/benchmarks.md, "Third round").
+/// 7.8–11.8 (docs/benchmarks-identity-rounds.md, "Third round").
 const PLANNER: &[(&str, &str)] = &[
     ("enable_seqscan", "off"),
     ("enable_bitmapscan", "off"),

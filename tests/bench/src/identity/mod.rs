@@ -78,7 +78,7 @@ async fn sections(plan: &Plan, scratch: &Scratch, app: &Running, results: &mut R
     let mut mix = Mix::new(SEED, (plan.identity_events / EVENTS_PER_PERSON).max(1));
     resolution(plan, scratch, app, &keys, workspace, &mut mix, results).await?;
     // The mix left a few hundred MB dirty; written back in the middle of a freshness run,
-    // it would stall every commit for a while (docs/benchmarks.md).
+    // it would stall every commit for a while (docs/benchmarks-identity-rounds.md, "Third round").
     scratch.checkpoint().await?;
     freshness(plan, app, &keys, &mut mix, results, 0.0).await?;
     freshness(plan, app, &keys, &mut mix, results, LOAD_PER_S).await?;
