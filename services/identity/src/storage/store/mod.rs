@@ -407,7 +407,7 @@ macro_rules! identity_store {
                 tx.commit().await?;
                 self.resolved(events.len());
                 if let Some(hints) = hints {
-                    let merged: std::collections::HashMap<ProfileId, ProfileId> = plan.merges.iter().copied().collect();
+                    let merged: FastMap<ProfileId, ProfileId> = plan.merges.iter().copied().collect();
                     let moved = held.into_iter().map(|(key, p)| (key, merged.get(&p).copied().unwrap_or(p)));
                     let new = plan.identifiers.iter().map(|(i, p, _)| (hints.key(ws, i), *p));
                     hints.learn(moved.chain(new));
