@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "corvus/common/v1/event.proto",
     "corvus/common/v1/paging.proto",
     "corvus/identity/v1/identity.proto",
+    "corvus/identity/v1/log.proto",
     "corvus/ingestion/v1/ingestion.proto",
 ];
 

@@ -14,6 +14,9 @@ pub mod common {
 }
 
 pub mod identity {
+    // `LogEntry` holds an event or a (much smaller) profile change; nearly every entry is
+    // an event, so boxing it would cost an allocation for the common case.
+    #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("corvus.identity.v1");
         pub use crate::profile_response::GetProfileResponse;

@@ -14,6 +14,7 @@ use corvus_ingestion::{Ingestion, IngestionConfig};
 use corvus_platform::server::{Listeners, Services};
 use corvus_platform::telemetry::TelemetryConfig;
 use corvus_platform::{Authenticator, KeyStore, ServerConfig};
+use corvus_proto::identity::v1::LogEntry;
 use corvus_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +71,7 @@ pub struct App {
     config: CorvusConfig,
     listeners: Listeners,
     extra_consumers: Vec<Consumer>,
-    after_identity: Vec<Consumer>,
+    after_identity: Vec<Consumer<LogEntry>>,
 }
 
 impl App {
@@ -104,8 +105,9 @@ impl App {
         self
     }
 
-    /// Registers an in-process consumer of identity's output: events with their profile id.
-    pub fn with_consumer_after_identity(mut self, consumer: Consumer) -> Self {
+    /// Registers an in-process consumer of identity's log: resolved events (with their
+    /// profile id) and profile changes.
+    pub fn with_consumer_after_identity(mut self, consumer: Consumer<LogEntry>) -> Self {
         self.after_identity.push(consumer);
         self
     }
@@ -133,26 +135,25 @@ impl App {
     /// Serves until `shutdown` is cancelled, then drains and stops the workers.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let auth = Arc::new(Authenticator::new(self.keys.clone(), Duration::from_secs(30)));
-        // Identity comes first: it is the consumer every later stage depends on.
-        let mut after_identity = self.after_identity;
-        after_identity.extend(self.ingestion.consumers(true)?);
-        let identity = Consumer {
-            name: corvus_identity::CONSUMER_NAME.to_owned(),
-            sink: Arc::new(identity_link::IdentitySink {
-                identity: self.identity.clone(),
-                next: after_identity,
-                onward_batch: self.config.ingestion.outbox.batch_size as usize,
-            }),
-            batch_size: Some(self.config.identity.batch_size),
-        };
         let mut consumers = Vec::new();
         if self.config.identity.resolve_events {
-            consumers.push(identity);
+            consumers.push(Consumer {
+                name: corvus_identity::CONSUMER_NAME.to_owned(),
+                sink: Arc::new(self.identity.clone()),
+                batch_size: Some(self.config.identity.batch_size),
+            });
         }
         consumers.extend(self.extra_consumers);
-        consumers.extend(self.ingestion.consumers(false)?);
+        consumers.extend(self.ingestion.consumers()?);
+        let mut downstream = self.after_identity;
+        downstream.extend(Identity::configured_consumers(&self.config.identity)?);
         let workers_stop = CancellationToken::new();
         let mut workers = self.ingestion.spawn_outbox(consumers, workers_stop.clone());
+        // Identity's own log, a cursor per downstream service: none of them holds up
+        // identity's cursor on the event log, nor each other.
+        let mut log_workers = self
+            .identity
+            .spawn_log(downstream, &self.config.identity.log, workers_stop.clone());
 
         let mut routes = tonic::service::RoutesBuilder::default();
         routes.add_service(self.ingestion.grpc_service());
@@ -181,6 +182,7 @@ impl App {
         // Requests are drained; now the workers finish the delivery in hand and stop.
         workers_stop.cancel();
         while workers.join_next().await.is_some() {}
+        while log_workers.join_next().await.is_some() {}
         served
     }
 }

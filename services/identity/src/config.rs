@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use corvus_log::outbox::{ConsumerConfig, OutboxConfig};
 use corvus_proto::WorkspaceId;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,11 @@ pub struct IdentityConfig {
     /// Transactions a delivered batch is split into and resolved at once. Events that
     /// share an identifier stay in one; 1 resolves each batch in a single transaction.
     pub resolve_parts: usize,
+    /// How identity's log hands resolved events and profile changes on.
+    pub log: OutboxConfig,
+    /// Services that receive identity's log over gRPC
+    /// (`corvus.ingestion.v1.EventConsumerService`, the `entries` of each delivery).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -41,6 +47,8 @@ impl Default for IdentityConfig {
             resolve_events: true,
             batch_size: 8000,
             resolve_parts: 4,
+            log: OutboxConfig::default(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -81,6 +89,13 @@ impl IdentityConfig {
         anyhow::ensure!(
             (1..=64).contains(&self.resolve_parts),
             "identity.resolve_parts must be between 1 and 64"
+        );
+        self.log.validate("identity.log").map_err(anyhow::Error::msg)?;
+        ConsumerConfig::validate_all("identity.consumers", &self.consumers).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !self.consumers.iter().any(|c| c.name == crate::CONSUMER_NAME),
+            "identity.consumers: {:?} is identity's own name on ingestion's log",
+            crate::CONSUMER_NAME
         );
         Ok(())
     }

@@ -65,6 +65,7 @@ pub fn incoming(stored: &StoredEvent, rules: &IdentityRules) -> Result<IncomingE
         name,
         traits,
         consents,
+        onward: crate::log::onward(stored),
     })
 }
 

@@ -11,6 +11,9 @@ use corvus_proto::identity::v1::identity_service_server::IdentityService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use corvus_log::outbox::Entry;
+use corvus_log::store::known_consumer;
+
 use crate::domain::resolution::ProfileId;
 use crate::matching_job::Job;
 use crate::read_model::{identifier_message, merge_message, timestamp};
@@ -232,6 +235,82 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(pb::ReviewMatchCandidateResponse {
             candidate: Some(candidate_message(&candidate)),
             merge,
+        }))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read consumer status")?;
+        let consumers = self
+            .identity
+            .log
+            .consumers(&principal.workspace)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::ListConsumersResponse {
+            consumers: consumers
+                .into_iter()
+                .map(|c| pb::ConsumerStatus {
+                    name: c.name,
+                    lag: c.lag,
+                    dead_letters: c.dead_letters,
+                    last_delivery_at: c.last_delivery_at.and_then(timestamp),
+                    last_error: c.last_error.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read dead letters")?;
+        let req = request.get_ref();
+        let (size, after) = page::<i64>(req.page.as_ref())?;
+        let log = &*self.identity.log;
+        let consumer = known_consumer(log, &principal.workspace, &req.consumer).await?;
+        let dead = log
+            .list_dead_letters(&principal.workspace, consumer, after.unwrap_or(0), size)
+            .await
+            .map_err(storage_status)?;
+        let last = dead.last().map(|d| d.id);
+        let dead_letters = dead
+            .into_iter()
+            .map(|d| {
+                Ok(pb::DeadLetter {
+                    id: d.id,
+                    consumer: d.consumer,
+                    entry: Some(pb::LogEntry::from_logged(&d.event)?),
+                    reason: d.reason,
+                    attempts: d.attempts,
+                    failed_at: timestamp(d.failed_at),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| Status::internal(format!("in identity's log: {e}")))?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            page: next_page(dead_letters.len(), size, last),
+            dead_letters,
+        }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "replay dead letters")?;
+        let req = request.get_ref();
+        let log = &*self.identity.log;
+        let consumer = known_consumer(log, &principal.workspace, &req.consumer).await?;
+        let replayed = log
+            .request_replay(&principal.workspace, &req.ids, consumer)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            replayed: replayed as u32,
         }))
     }
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
+pub mod log;
 pub mod matching_job;
 pub mod read_model;
 pub mod service;
@@ -12,8 +13,14 @@ pub mod storage;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use corvus_log::outbox::{self, Consumer, ConsumerConfig, EventSink, Failure, OutboxConfig};
 use corvus_platform::server::ReadinessCheck;
+use corvus_proto::common::v1::StoredEvent;
+use corvus_proto::identity::v1::LogEntry;
 use corvus_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use config::IdentityConfig;
 pub use service::{EventEraser, Identity, IdentityError, Resolved};
@@ -31,6 +38,27 @@ impl Identity {
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }
 
+    /// Starts identity's log: a dispatcher per consumer, each with its own cursor, so
+    /// that a slow or failing consumer holds up neither identity nor another consumer.
+    /// They stop when `stop` is cancelled.
+    pub fn spawn_log(
+        &self,
+        consumers: Vec<Consumer<LogEntry>>,
+        config: &OutboxConfig,
+        stop: CancellationToken,
+    ) -> JoinSet<()> {
+        outbox::spawn(self.log.clone(), consumers, config.clone(), stop)
+    }
+
+    /// The consumers of identity's log the configuration lists, over gRPC.
+    pub fn configured_consumers(config: &IdentityConfig) -> anyhow::Result<Vec<Consumer<LogEntry>>> {
+        Ok(config
+            .consumers
+            .iter()
+            .map(ConsumerConfig::consumer)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Ready while the store and the cache answer.
     pub fn readiness(&self) -> ReadinessCheck {
         let (store, cache) = (self.store.clone(), self.read_model.cache.clone());
@@ -42,5 +70,22 @@ impl Identity {
                 Ok(())
             })
         })
+    }
+}
+
+/// Identity as a consumer of ingestion's event log: each delivery resolved, and the
+/// events it could not read named.
+#[async_trait]
+impl EventSink for Identity {
+    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
+        let started = std::time::Instant::now();
+        let resolved = self.resolve(events).await.map_err(|e| e.to_string())?;
+        metrics::histogram!("corvus_identity_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("corvus_identity_events_resolved_total").increment(events.len() as u64);
+        Ok(resolved
+            .failures
+            .into_iter()
+            .map(|(event_id, reason)| Failure { event_id, reason })
+            .collect())
     }
 }

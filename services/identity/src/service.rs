@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use corvus_log::store::EventLog;
 use corvus_proto::WorkspaceId;
 use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1 as pb;
@@ -83,6 +84,8 @@ impl ProfileRead {
 #[derive(Clone)]
 pub struct Identity {
     pub store: Arc<dyn IdentityStore>,
+    /// Identity's log: resolved events and profile changes, for the services after it.
+    pub log: Arc<dyn EventLog>,
     pub read_model: ReadModel,
     rules: Arc<Rules>,
     erasers: Vec<Arc<dyn EventEraser>>,
@@ -92,14 +95,20 @@ pub struct Identity {
 impl Identity {
     /// Connects the store (running its migrations) and the cache.
     pub async fn connect(storage: &StorageConfig, config: &IdentityConfig) -> anyhow::Result<Self> {
-        let store = storage::connect(storage).await?;
+        let (store, log) = storage::connect_with_log(storage).await?;
         let cache = <dyn Cache>::connect(storage).await?;
-        Self::new(store, cache, config)
+        Self::new(store, log, cache, config)
     }
 
-    pub fn new(store: Arc<dyn IdentityStore>, cache: Arc<dyn Cache>, config: &IdentityConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Arc<dyn IdentityStore>,
+        log: Arc<dyn EventLog>,
+        cache: Arc<dyn Cache>,
+        config: &IdentityConfig,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             store,
+            log,
             read_model: ReadModel {
                 cache,
                 ttl: config.cache_ttl,
@@ -186,6 +195,7 @@ impl Identity {
                     resolved.profiles[indices[j]] = profile;
                 }
             }
+            self.log.wake();
         }
         Ok(resolved)
     }
@@ -319,6 +329,7 @@ impl Identity {
     pub async fn unmerge(&self, ws: &WorkspaceId, merge: i64) -> Result<Unmerged, IdentityError> {
         match self.store.unmerge(ws, merge, self.rules(ws)).await? {
             Ok(unmerged) => {
+                self.log.wake();
                 mark_stale(&self.read_model, ws, &unmerged.versions).await;
                 Ok(unmerged)
             }
@@ -365,6 +376,7 @@ impl Identity {
             return Ok((receipt, true));
         }
         if !erasure.already_erased {
+            self.log.wake();
             // The read model: every id of the person now reads as erased.
             let entries = erasure.versions.len() as u64;
             for (profile, version) in &erasure.versions {
@@ -394,6 +406,7 @@ impl Identity {
         merges: &[MatchMerge],
     ) -> Result<Vec<MergeRecord>, IdentityError> {
         let (made, versions) = self.store.merge_matches(ws, merges, self.rules(ws)).await?;
+        self.log.wake();
         mark_stale(&self.read_model, ws, &versions).await;
         Ok(made)
     }

@@ -6,8 +6,10 @@ pub mod domain;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
-pub mod outbox;
 pub mod storage;
+
+/// The outbox that hands the event log on: the shared machinery of `corvus_log`.
+pub use corvus_log::outbox;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::Limits;
 use crate::ingest::Ingestor;
-use crate::outbox::{Consumer, GrpcSink, OutboxConfig};
+use crate::outbox::{Consumer, ConsumerConfig, OutboxConfig};
 use crate::storage::EventLog;
 
 /// The gRPC service name, as health reports it.
@@ -45,17 +47,6 @@ pub struct IngestionConfig {
     /// Services that receive every committed event over gRPC
     /// (`corvus.ingestion.v1.EventConsumerService`).
     pub consumers: Vec<ConsumerConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerConfig {
-    pub name: String,
-    pub endpoint: String,
-    /// Receive each batch once identity has resolved it, with `profile_id` set. Such a
-    /// consumer moves with identity's cursor: a batch it refuses is retried through identity.
-    #[serde(default)]
-    pub after_identity: bool,
 }
 
 impl Default for IngestionConfig {
@@ -82,23 +73,8 @@ impl IngestionConfig {
             self.max_batch_bytes >= self.max_event_bytes,
             "ingestion.max_batch_bytes must be at least ingestion.max_event_bytes"
         );
-        anyhow::ensure!(
-            self.outbox.batch_size > 0,
-            "ingestion.outbox.batch_size must be at least 1"
-        );
-        anyhow::ensure!(
-            self.outbox.max_attempts > 0,
-            "ingestion.outbox.max_attempts must be at least 1"
-        );
-        for c in &self.consumers {
-            anyhow::ensure!(!c.name.is_empty(), "ingestion.consumers: every consumer needs a name");
-            anyhow::ensure!(
-                c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://"),
-                "ingestion.consumers.{}: endpoint must be an http:// or https:// URL",
-                c.name
-            );
-        }
-        Ok(())
+        self.outbox.validate("ingestion.outbox").map_err(anyhow::Error::msg)?;
+        ConsumerConfig::validate_all("ingestion.consumers", &self.consumers).map_err(anyhow::Error::msg)
     }
 
     pub fn limits(&self) -> Limits {
@@ -151,23 +127,14 @@ impl Ingestion {
         http::router(self.ingestor.clone(), auth)
     }
 
-    /// The consumers of the configuration that read the log directly (`after_identity`
-    /// false) or those that take identity's output (true).
-    pub fn consumers(&self, after_identity: bool) -> anyhow::Result<Vec<Consumer>> {
-        let mut consumers = Vec::new();
-        for c in self
+    /// The consumers of the configuration, over gRPC.
+    pub fn consumers(&self) -> anyhow::Result<Vec<Consumer>> {
+        Ok(self
             .config
             .consumers
             .iter()
-            .filter(|c| c.after_identity == after_identity)
-        {
-            consumers.push(Consumer {
-                name: c.name.clone(),
-                sink: Arc::new(GrpcSink::new(&c.name, &c.endpoint)?),
-                batch_size: None,
-            });
-        }
-        Ok(consumers)
+            .map(ConsumerConfig::consumer)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Starts the outbox for `consumers`; it stops when `stop` is cancelled.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use corvus_proto::common::v1::{Channel, Context, Event, EventType, Identifier};
 use corvus_proto::identity::v1 as pb;
 use corvus_proto::identity::v1::get_profile_request::Lookup;
+use corvus_proto::identity::v1::{log_entry, profile_change};
 use corvus_proto::ingestion::v1::IngestRequest;
 use corvus_proto::raw::RawStruct;
 use corvus_test_support::{Backend, on_both_backends};
@@ -20,7 +21,7 @@ on_both_backends!(
     bad_identity_requests_are_refused_and_change_nothing,
 );
 
-fn event(message_id: &str, ids: &[(&str, &str)]) -> Event {
+pub fn event(message_id: &str, ids: &[(&str, &str)]) -> Event {
     let mut e = Event {
         message_id: message_id.to_owned(),
         r#type: EventType::Track as i32,
@@ -53,7 +54,7 @@ fn identify(message_id: &str, ids: &[(&str, &str)], traits: serde_json::Value) -
     }
 }
 
-async fn send(app: &TestApp, events: Vec<Event>) {
+pub async fn send(app: &TestApp, events: Vec<Event>) {
     let response = app
         .client(&app.admin_key)
         .await
@@ -64,7 +65,7 @@ async fn send(app: &TestApp, events: Vec<Event>) {
     assert_eq!(response.rejected, 0, "{response:?}");
 }
 
-async fn by_identifier(
+pub async fn by_identifier(
     client: &mut IdentityClient,
     kind: &str,
     value: &str,
@@ -80,7 +81,7 @@ async fn by_identifier(
         .map(|r| r.into_inner())
 }
 
-async fn by_id(client: &mut IdentityClient, id: &str) -> Result<pb::GetProfileResponse, tonic::Status> {
+pub async fn by_id(client: &mut IdentityClient, id: &str) -> Result<pb::GetProfileResponse, tonic::Status> {
     client
         .get_profile(pb::GetProfileRequest {
             lookup: Some(Lookup::ProfileId(id.to_owned())),
@@ -183,18 +184,28 @@ async fn profiles_form_merge_and_redirect(backend: Backend) {
     assert_eq!(counts, 4);
     assert_eq!(merged.merges.len(), 1);
 
-    // Consumers after identity get every event with its profile id.
-    let resolved = corvus_test_support::eventually(Duration::from_secs(10), || {
-        app.resolved.received.lock().unwrap().len() >= 4
-    })
-    .await;
+    // Consumers after identity get every event with its profile id, and the merge
+    // before the event that made it.
+    let resolved = corvus_test_support::eventually(Duration::from_secs(10), || app.resolved.events().len() >= 4).await;
     assert!(resolved, "the events reached the consumer after identity");
     let received = app.resolved.received.lock().unwrap().clone();
-    let m4 = received
-        .iter()
-        .find(|e| e.event.as_ref().unwrap().message_id == "m4")
-        .unwrap();
-    assert_eq!(m4.profile_id, merged.profile_id);
+    let position = |wanted: &dyn Fn(&log_entry::Entry) -> bool| {
+        received
+            .iter()
+            .position(|e| e.entry.as_ref().is_some_and(wanted))
+            .expect("in identity's log")
+    };
+    let m4 = position(&|e| matches!(e, log_entry::Entry::Event(s) if s.event.as_ref().unwrap().message_id == "m4"));
+    let Some(log_entry::Entry::Event(m4_event)) = &received[m4].entry else {
+        unreachable!()
+    };
+    assert_eq!(m4_event.profile_id, merged.profile_id);
+    let merge = position(&|e| {
+        matches!(e, log_entry::Entry::Change(c) if matches!(&c.change,
+            Some(profile_change::Change::Merged(m)) if m.survivor_id == merged.profile_id
+                && m.merged_ids == [shopper.profile_id.clone()]))
+    });
+    assert!(merge < m4, "the merge comes before the event resolved to the survivor");
     app.stop().await;
 }
 

@@ -8,6 +8,7 @@ use corvus_platform::Role;
 use corvus_platform::server::Listeners;
 use corvus_proto::common::v1::{Event, EventType, StoredEvent};
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use corvus_proto::identity::v1::{LogEntry, log_entry};
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{ConsumerStatus, IngestRequest, ListConsumersRequest, ListEventsRequest};
 use corvus_test_support::{Backend, TempDir};
@@ -39,16 +40,37 @@ impl Interceptor for Key {
     }
 }
 
-/// Records what the outbox hands it.
-#[derive(Default)]
-pub struct Recorder {
-    pub received: Mutex<Vec<StoredEvent>>,
+/// Records what a log hands it: ingestion's events, or identity's entries.
+pub struct Recorder<E = StoredEvent> {
+    pub received: Mutex<Vec<E>>,
+}
+
+impl<E> Default for Recorder<E> {
+    fn default() -> Self {
+        Self {
+            received: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Recorder<LogEntry> {
+    /// The resolved events received, in order.
+    pub fn events(&self) -> Vec<StoredEvent> {
+        let received = self.received.lock().unwrap();
+        received
+            .iter()
+            .filter_map(|e| match &e.entry {
+                Some(log_entry::Entry::Event(event)) => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
-impl EventSink for Recorder {
-    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
-        self.received.lock().unwrap().extend_from_slice(events);
+impl<E: Clone + Send + Sync + 'static> EventSink<E> for Recorder<E> {
+    async fn deliver(&self, entries: &[E]) -> Result<Vec<Failure>, String> {
+        self.received.lock().unwrap().extend_from_slice(entries);
         Ok(Vec::new())
     }
 }
@@ -64,8 +86,8 @@ pub struct TestApp {
     /// The admin key of workspace `globex`.
     pub other_key: String,
     pub recorder: Arc<Recorder>,
-    /// Receives what identity hands on: events with their profile ids.
-    pub resolved: Arc<Recorder>,
+    /// Receives identity's log: events with their profile ids, and profile changes.
+    pub resolved: Arc<Recorder<LogEntry>>,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub config: CorvusConfig,
@@ -78,6 +100,15 @@ pub async fn spawn(backend: Backend) -> Option<TestApp> {
 
 /// Starts the app on ephemeral ports with fresh storage; `tweak` adjusts the config.
 pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig)) -> Option<TestApp> {
+    spawn_downstream(backend, tweak, Vec::new()).await
+}
+
+/// The same, with more in-process consumers of identity's log than `resolved`.
+pub async fn spawn_downstream(
+    backend: Backend,
+    tweak: impl FnOnce(&mut CorvusConfig),
+    downstream: Vec<Consumer<LogEntry>>,
+) -> Option<TestApp> {
     // As `main` does: the subscriber with the OpenTelemetry layer that gives spans their
     // W3C context (a no-op after the first call).
     let _ = corvus_platform::telemetry::init(&corvus_platform::telemetry::TelemetryConfig {
@@ -106,6 +137,9 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut CorvusConfig))
             sink: resolved.clone(),
             batch_size: None,
         });
+    let app = downstream
+        .into_iter()
+        .fold(app, |app, consumer| app.with_consumer_after_identity(consumer));
     let (acme, globex) = ("acme".parse().unwrap(), "globex".parse().unwrap());
     app.keys.upsert_workspace(&acme, "Acme", None).await.unwrap();
     app.keys.upsert_workspace(&globex, "Globex", None).await.unwrap();
@@ -152,6 +186,31 @@ impl TestApp {
                 .unwrap()
                 .into_inner()
                 .consumers;
+            if consumers.iter().all(|c| c.lag == 0) {
+                return consumers;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "lag stayed at {consumers:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Identity's log as its consumers stand (`IdentityService.ListConsumers`).
+    pub async fn downstream(&self) -> Vec<corvus_proto::identity::v1::ConsumerStatus> {
+        self.identity(&self.admin_key)
+            .await
+            .list_consumers(corvus_proto::identity::v1::ListConsumersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .consumers
+    }
+
+    /// Waits (up to 20 s) until every consumer of identity's log has a cursor past all
+    /// its entries, and returns them.
+    pub async fn downstream_caught_up(&self) -> Vec<corvus_proto::identity::v1::ConsumerStatus> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let consumers = self.downstream().await;
             if consumers.iter().all(|c| c.lag == 0) {
                 return consumers;
             }

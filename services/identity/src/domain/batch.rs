@@ -26,6 +26,17 @@ pub struct IncomingEvent {
     /// Traits the event sets (a JSON object), each as of `identity.at`.
     pub traits: Option<serde_json::Map<String, serde_json::Value>>,
     pub consents: Vec<ConsentChange>,
+    /// What identity's log hands on once the event is resolved.
+    pub onward: Onward,
+}
+
+/// An event as identity's log keeps it for handing on, before its profile is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Onward {
+    /// The `corvus.common.v1.StoredEvent` as delivered, encoded, without a profile id.
+    pub stored: Vec<u8>,
+    pub received_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
 }
 
 /// Consent given or withdrawn for a purpose on a channel (0: every channel).

@@ -100,6 +100,7 @@ mod tests {
             name: String::new(),
             traits: None,
             consents: Vec::new(),
+            onward: Default::default(),
         }
     }
 

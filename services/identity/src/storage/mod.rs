@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corvus_log::store::{EventLog, PgEventLog, SqliteEventLog};
 use corvus_proto::WorkspaceId;
 use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
 
@@ -67,10 +68,24 @@ const PLANNER: &[(&str, &str)] = &[
 
 /// Connects the store the configuration names and runs its migrations.
 pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn IdentityStore>, StorageError> {
+    Ok(connect_with_log(config).await?.0)
+}
+
+/// The store, and identity's log over the same database (the store writes the log's
+/// entries in its own transactions).
+pub async fn connect_with_log(
+    config: &StorageConfig,
+) -> Result<(Arc<dyn IdentityStore>, Arc<dyn EventLog>), StorageError> {
     Ok(
         match Database::connect_with(config, SCHEMA, &migrators(), PLANNER).await? {
-            Database::Postgres(pool) => Arc::new(PgIdentityStore::new(pool)),
-            Database::Sqlite(pool) => Arc::new(SqliteIdentityStore::new(pool)),
+            Database::Postgres(pool) => (
+                Arc::new(PgIdentityStore::new(pool.clone())),
+                Arc::new(PgEventLog::new(pool, crate::log::CHANNEL)),
+            ),
+            Database::Sqlite(pool) => (
+                Arc::new(SqliteIdentityStore::new(pool.clone())),
+                Arc::new(SqliteEventLog::new(pool)),
+            ),
         },
     )
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corvus_log::store::{NewEvent, PgEventLog};
 use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -79,6 +80,19 @@ impl PgIdentityStore {
             }
             stats.running.store(false, Ordering::Release);
         });
+    }
+
+    /// Adds entries to identity's log, as the last thing before the commit: the lock
+    /// taken here, held to the commit, makes the log's order the order of commits (see
+    /// the migration `0004_log.sql`).
+    async fn log_in(conn: &mut PgConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('corvus.identity.log', 0))")
+            .execute(&mut *conn)
+            .await?;
+        PgEventLog::insert_in(conn, ws, entries).await
     }
 
     async fn begin(&self) -> Result<((), Transaction<'static, Postgres>), sqlx::Error> {

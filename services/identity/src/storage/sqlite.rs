@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corvus_log::store::{NewEvent, SqliteEventLog};
 use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
@@ -28,9 +29,13 @@ impl SqliteIdentityStore {
         }
     }
 
+    /// A write transaction. `IMMEDIATE` takes the file's write lock at once: the log's
+    /// dispatchers write to the same file (cursors, dead letters), and a transaction
+    /// that read first and wrote later would fail at once (SQLITE_BUSY) had one of them
+    /// written meanwhile, where this one waits for the lock (the busy timeout).
     async fn begin(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Sqlite>), sqlx::Error> {
         let guard = self.writer.lock().await;
-        Ok((guard, self.pool.begin().await?))
+        Ok((guard, self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     /// Lookups in process cost microseconds: nothing to spare them.
@@ -40,6 +45,10 @@ impl SqliteIdentityStore {
 
     /// SQLite plans by index without statistics: nothing to keep up.
     fn resolved(&self, _events: usize) {}
+
+    async fn log_in(conn: &mut SqliteConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
+        SqliteEventLog::insert_in(conn, ws, entries).await
+    }
 
     fn retries(&self) -> u32 {
         0

@@ -57,6 +57,7 @@ fn event(rules: &IdentityRules, at: DateTime<Utc>, ids: &[(&str, &str)]) -> Inco
         name: "Page Viewed".to_owned(),
         traits: None,
         consents: Vec::new(),
+        onward: Default::default(),
     }
 }
 

@@ -8,14 +8,15 @@ use corvus_platform::error::{invalid_argument, retryable, storage_status};
 use corvus_platform::paging::{next_page, page};
 use corvus_platform::server::principal;
 use corvus_platform::{Principal, Role};
+use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::ingestion::v1 as pb;
 use corvus_proto::ingestion::v1::ingestion_service_server::IngestionService;
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::ingest::{IngestError, Ingestor, Outcome};
-use crate::outbox::stored_event;
-use crate::storage::{EventLog, Position};
+use crate::outbox::Entry;
+use crate::storage::{EventLog, Position, known_consumer};
 
 pub struct IngestionApi {
     pub ingestor: Ingestor,
@@ -136,9 +137,9 @@ impl IngestionService for IngestionApi {
         let last = events.last().map(|e| e.position.seq);
         let events = events
             .iter()
-            .map(stored_event)
+            .map(StoredEvent::from_logged)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::internal(format!("undecodable event in the log: {e}")))?;
+            .map_err(|e| Status::internal(format!("in the log: {e}")))?;
         Ok(Response::new(pb::ListEventsResponse {
             page: next_page(events.len(), size, last),
             events,
@@ -178,7 +179,7 @@ impl IngestionService for IngestionApi {
             .map_err(Status::from)?;
         let req = request.get_ref();
         let (size, after) = page::<i64>(req.page.as_ref())?;
-        let consumer = Some(req.consumer.as_str()).filter(|c| !c.is_empty());
+        let consumer = known_consumer(&*self.log, &principal.workspace, &req.consumer).await?;
         let dead = self
             .log
             .list_dead_letters(&principal.workspace, consumer, after.unwrap_or(0), size)
@@ -191,14 +192,14 @@ impl IngestionService for IngestionApi {
                 Ok(pb::DeadLetter {
                     id: d.id,
                     consumer: d.consumer,
-                    event: Some(stored_event(&d.event)?),
+                    event: Some(StoredEvent::from_logged(&d.event)?),
                     reason: d.reason,
                     attempts: d.attempts,
                     failed_at: Some(crate::domain::validate::to_timestamp(d.failed_at)),
                 })
             })
-            .collect::<Result<Vec<_>, prost::DecodeError>>()
-            .map_err(|e| Status::internal(format!("undecodable event in the log: {e}")))?;
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| Status::internal(format!("in the log: {e}")))?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             page: next_page(dead_letters.len(), size, last),
             dead_letters,
@@ -214,7 +215,7 @@ impl IngestionService for IngestionApi {
             .require(Role::Admin, "replay dead letters")
             .map_err(Status::from)?;
         let req = request.get_ref();
-        let consumer = Some(req.consumer.as_str()).filter(|c| !c.is_empty());
+        let consumer = known_consumer(&*self.log, &principal.workspace, &req.consumer).await?;
         let replayed = self
             .log
             .request_replay(&principal.workspace, &req.ids, consumer)

@@ -232,7 +232,7 @@ async fn postgres_late_commit_is_never_skipped() {
     else {
         unreachable!("a database url was given")
     };
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone()));
+    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone(), corvus_ingestion::storage::CHANNEL));
     let sink = Arc::new(RecordingSink::default());
     let running = start(&log, &[("identity", sink.clone())]);
 

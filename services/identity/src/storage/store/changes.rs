@@ -139,6 +139,19 @@ macro_rules! changes_sql {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            let placed: Vec<(ProfileId, Vec<EventId>)> = split
+                .sides
+                .iter()
+                .enumerate()
+                .map(|(i, side)| {
+                    let mut events = side.events.clone();
+                    if i == 0 {
+                        events.extend(split.unplaced.iter().copied());
+                    }
+                    (side.profile, events)
+                })
+                .collect();
+            <$Store>::log_in(&mut tx, ws, &[crate::log::unmerged_entry(ws, merge, &placed)]).await?;
             tx.commit().await?;
             Ok(Ok(Unmerged { sides, versions }))
         }
@@ -188,7 +201,20 @@ macro_rules! changes_sql {
                 message_ids: message_ids.into_iter().map(|m| m.0).collect(),
                 rows: Vec::new(),
             };
+            // Identity's log first: its entries of the person's events are found through
+            // `profile_events`, and a consumer not yet past them never receives them.
             for (table, sql) in [
+                (
+                    "log_dead_letters",
+                    "DELETE FROM dead_letters WHERE workspace_id = $1 AND (tx_id, seq) IN (SELECT l.tx_id, l.seq \
+                     FROM events l JOIN profile_events p ON l.workspace_id = p.workspace_id \
+                     AND l.event_id = p.event_id WHERE p.workspace_id = $1 AND p.profile_id = $2)",
+                ),
+                (
+                    "log",
+                    "DELETE FROM events WHERE workspace_id = $1 AND event_id IN \
+                     (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2)",
+                ),
                 (
                     "identifiers",
                     "DELETE FROM identifiers WHERE workspace_id = $1 AND profile_id = $2",
@@ -261,6 +287,7 @@ macro_rules! changes_sql {
                     .await?;
                 }
             }
+            <$Store>::log_in(&mut tx, ws, &[crate::log::erased_entry(ws, &members)]).await?;
             let receipt = receipt(&removed);
             let pending = (!removed.message_ids.is_empty()).then(|| removed.message_ids.join("\n"));
             sqlx::query("INSERT INTO erasures (workspace_id, profile_id, receipt, pending) VALUES ($1, $2, $3, $4)")
@@ -289,6 +316,7 @@ macro_rules! changes_sql {
             let now = Utc::now();
             let mut made = Vec::new();
             let mut versions = Vec::new();
+            let mut entries = Vec::new();
             for m in merges {
                 let (Some((a, false)), Some((b, false))) = (
                     current_root(&mut tx, ws, m.a).await?,
@@ -329,8 +357,17 @@ macro_rules! changes_sql {
                 };
                 let id = insert_evidence(&mut tx, ws, &evidence).await?;
                 versions.extend(move_profile(&mut tx, ws, merged.profile, survivor.profile, micros(now)).await?);
+                entries.push(crate::log::merged_entry(
+                    ws,
+                    survivor.profile,
+                    &[merged.profile],
+                    None,
+                    None,
+                ));
                 made.extend(merge_record(id, evidence, None));
             }
+            // Last before the commit, once every profile is locked (see `log_in`).
+            <$Store>::log_in(&mut tx, ws, &entries).await?;
             tx.commit().await?;
             Ok((made, versions))
         }

@@ -8,6 +8,7 @@
 //! - `seen_events`, `erased_among`, `holders`, `candidates_of` and `write_plan`: the
 //!   batch reads and writes, with arrays on Postgres and prepared statements in a loop on
 //!   SQLite;
+//! - `log_in`: entries added to identity's log in the transaction;
 //! - `resolved(events)`: told after each batch, to keep the planner's statistics;
 //! - `hints()`: where identifiers were last seen held (`hints.rs`), on Postgres, where it
 //!   spares a lookup per identifier; none on SQLite, whose lookups are in process;
@@ -404,6 +405,7 @@ macro_rules! identity_store {
                 };
                 let plan = plan(events, loaded, rules, Utc::now(), ProfileId::new);
                 let versions = self.write_plan(&mut tx, ws, &plan).await?;
+                <$Store>::log_in(&mut tx, ws, &crate::log::of_plan(ws, &plan)).await?;
                 tx.commit().await?;
                 self.resolved(events.len());
                 if let Some(hints) = hints {

@@ -1,4 +1,4 @@
-//! The outbox: committed events handed on in log order to every registered consumer,
+//! The outbox: committed entries handed on in log order to every registered consumer,
 //! each with its own cursor and task, so a slow or failing consumer never holds up
 //! another. Woken by commits (and NOTIFY from other replicas), with a slow poll as the
 //! fallback. A consumer that cannot be reached is retried with backoff for as long as
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corvus_proto::common::v1::{Event, StoredEvent};
+use corvus_proto::identity::v1::{LogEntry, log_entry};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -20,31 +21,99 @@ use tracing::Instrument;
 
 pub use grpc_sink::GrpcSink;
 
-use crate::storage::{EventLog, LoggedEvent, Position, ReadBatch};
+use crate::store::{EventLog, LoggedEvent, Position, ReadBatch};
 
-/// An event a consumer could not process.
+/// An event (or change) a consumer could not process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// The entry's id (`Entry::id`).
     pub event_id: String,
     pub reason: String,
 }
 
-/// Where a consumer's events go: in process, or a service over gRPC.
+/// What a log hands on: ingestion's log hands `StoredEvent`s, identity's `LogEntry`s.
+pub trait Entry: Send + Sync + Sized + 'static {
+    /// The entry as the consumer receives it.
+    fn from_logged(logged: &LoggedEvent) -> Result<Self, String>;
+    /// The id a consumer names it by in a `Failure`.
+    fn id(&self) -> &str;
+    /// When the entry entered the platform, for the lag gauge.
+    fn received_at(&self) -> Option<&prost_types::Timestamp>;
+}
+
+impl Entry for StoredEvent {
+    /// The log row holds the event alone; the rest of the message is in its columns.
+    fn from_logged(e: &LoggedEvent) -> Result<Self, String> {
+        Ok(StoredEvent {
+            workspace_id: e.workspace.to_string(),
+            event_id: e.event_id.to_string(),
+            event: Some(Event::decode(e.payload.as_slice()).map_err(|e| format!("undecodable event: {e}"))?),
+            profile_id: String::new(),
+            traceparent: e.traceparent.clone().unwrap_or_default(),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn received_at(&self) -> Option<&prost_types::Timestamp> {
+        self.event.as_ref()?.received_at.as_ref()
+    }
+}
+
+impl Entry for LogEntry {
+    /// The log row holds the whole entry.
+    fn from_logged(e: &LoggedEvent) -> Result<Self, String> {
+        match LogEntry::decode(e.payload.as_slice()) {
+            Ok(entry) if entry.entry.is_some() => Ok(entry),
+            Ok(_) => Err("a log entry with neither an event nor a change".to_owned()),
+            Err(err) => Err(format!("undecodable log entry: {err}")),
+        }
+    }
+
+    fn id(&self) -> &str {
+        match &self.entry {
+            Some(log_entry::Entry::Event(e)) => &e.event_id,
+            Some(log_entry::Entry::Change(c)) => &c.change_id,
+            None => "",
+        }
+    }
+
+    fn received_at(&self) -> Option<&prost_types::Timestamp> {
+        match &self.entry {
+            Some(log_entry::Entry::Event(e)) => e.received_at(),
+            Some(log_entry::Entry::Change(c)) => c.at.as_ref(),
+            None => None,
+        }
+    }
+}
+
+/// Where a consumer's entries go: in process, or a service over gRPC.
 #[async_trait]
-pub trait EventSink: Send + Sync {
+pub trait EventSink<E = StoredEvent>: Send + Sync {
     /// Hands over a batch in log order. `Err` means nothing can be said of the batch
     /// (the consumer is unreachable) and the whole batch is retried; `Ok` lists the
-    /// events that failed, which are retried on their own.
-    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String>;
+    /// entries that failed, which are retried on their own.
+    async fn deliver(&self, entries: &[E]) -> Result<Vec<Failure>, String>;
 }
 
 /// A registered consumer.
-#[derive(Clone)]
-pub struct Consumer {
+pub struct Consumer<E = StoredEvent> {
     pub name: String,
-    pub sink: Arc<dyn EventSink>,
-    /// Events per delivery for this consumer, instead of `OutboxConfig::batch_size`.
+    pub sink: Arc<dyn EventSink<E>>,
+    /// Entries per delivery for this consumer, instead of `OutboxConfig::batch_size`.
     pub batch_size: Option<u32>,
+}
+
+impl<E> Clone for Consumer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            sink: self.sink.clone(),
+            batch_size: self.batch_size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,10 +149,77 @@ impl Default for OutboxConfig {
     }
 }
 
+impl OutboxConfig {
+    /// Checks the settings of the section at `section` (`ingestion.outbox`, …).
+    pub fn validate(&self, section: &str) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err(format!("{section}.batch_size must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(format!("{section}.max_attempts must be at least 1"));
+        }
+        if self.retry_base.is_zero() || self.retry_max < self.retry_base {
+            return Err(format!("{section}.retry_base must be positive and at most retry_max"));
+        }
+        Ok(())
+    }
+}
+
+/// A consumer of the configuration: a service implementing
+/// `corvus.ingestion.v1.EventConsumerService`, reached over gRPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub name: String,
+    pub endpoint: String,
+}
+
+impl ConsumerConfig {
+    /// Checks the consumers listed at `section` (`ingestion.consumers`, …).
+    pub fn validate_all(section: &str, consumers: &[Self]) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for c in consumers {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(format!(
+                    "{section}: consumer name {:?} must be letters, digits, '-', '_' or '.'",
+                    c.name
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(format!("{section}: consumer {:?} is listed twice", c.name));
+            }
+            if !(c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "{section}.{}: endpoint must be an http:// or https:// URL",
+                    c.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer, delivered to over gRPC.
+    pub fn consumer<E: Entry>(&self) -> Result<Consumer<E>, tonic::transport::Error>
+    where
+        GrpcSink: EventSink<E>,
+    {
+        Ok(Consumer {
+            name: self.name.clone(),
+            sink: Arc::new(GrpcSink::new(&self.name, &self.endpoint)?),
+            batch_size: None,
+        })
+    }
+}
+
 /// Starts one dispatcher task per consumer; they stop when `stop` is cancelled.
-pub fn spawn(
+pub fn spawn<E: Entry>(
     log: Arc<dyn EventLog>,
-    consumers: Vec<Consumer>,
+    consumers: Vec<Consumer<E>>,
     config: OutboxConfig,
     stop: CancellationToken,
 ) -> JoinSet<()> {
@@ -100,20 +236,9 @@ pub fn spawn(
     tasks
 }
 
-/// Decodes a logged event for delivery.
-pub fn stored_event(e: &LoggedEvent) -> Result<StoredEvent, prost::DecodeError> {
-    Ok(StoredEvent {
-        workspace_id: e.workspace.to_string(),
-        event_id: e.event_id.to_string(),
-        event: Some(Event::decode(e.payload.as_slice())?),
-        profile_id: String::new(),
-        traceparent: e.traceparent.clone().unwrap_or_default(),
-    })
-}
-
-struct Dispatcher {
+struct Dispatcher<E> {
     log: Arc<dyn EventLog>,
-    consumer: Consumer,
+    consumer: Consumer<E>,
     config: OutboxConfig,
     stop: CancellationToken,
 }
@@ -125,7 +250,7 @@ enum Stop {
     LostLease(String),
 }
 
-impl Dispatcher {
+impl<E: Entry> Dispatcher<E> {
     fn batch_size(&self) -> u32 {
         self.consumer.batch_size.unwrap_or(self.config.batch_size)
     }
@@ -284,14 +409,14 @@ impl Dispatcher {
         // What is still to go, in two lists kept in step: the sink takes the decoded
         // events as a slice, so they are not copied for each attempt.
         let mut logged: Vec<&LoggedEvent> = Vec::with_capacity(events.len());
-        let mut pending: Vec<StoredEvent> = Vec::with_capacity(events.len());
+        let mut pending: Vec<E> = Vec::with_capacity(events.len());
         for e in events {
-            match stored_event(e) {
+            match E::from_logged(e) {
                 Ok(stored) => {
                     logged.push(e);
                     pending.push(stored);
                 }
-                Err(err) => self.bury(e, &format!("undecodable event: {err}"), 1).await?,
+                Err(err) => self.bury(e, &err, 1).await?,
             }
         }
         let span = tracing::info_span!("outbox.deliver", consumer = %name, events = events.len());
@@ -316,11 +441,18 @@ impl Dispatcher {
                     self.sleep(transport_pause).await;
                     transport_pause = (transport_pause * 2).min(self.config.retry_max);
                 }
-                Ok(failures) => {
-                    let delivered = pending.len() - failures.len().min(pending.len());
+                Ok(mut failures) => {
+                    // A failure naming nothing of this batch is the consumer's mistake:
+                    // noted, and otherwise the batch counts as delivered.
+                    let before = failures.len();
+                    failures.retain(|f| pending.iter().any(|s| s.id() == f.event_id));
+                    if failures.len() < before {
+                        tracing::warn!(consumer = %name, unknown = before - failures.len(), "consumer named failures of entries it was not sent");
+                    }
+                    let delivered = pending.len() - failures.len();
                     metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
                         .increment(delivered as u64);
-                    if let Some(received) = pending.last().and_then(|s| s.event.as_ref()?.received_at) {
+                    if let Some(received) = pending.last().and_then(E::received_at) {
                         let lag = chrono::Utc::now().timestamp_millis() - received.seconds * 1000;
                         metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
                             .set(lag.max(0) as f64 / 1000.0);
@@ -335,13 +467,13 @@ impl Dispatcher {
                     (logged, pending) = std::mem::take(&mut logged)
                         .into_iter()
                         .zip(std::mem::take(&mut pending))
-                        .filter(|(_, s)| failures.iter().any(|f| f.event_id == s.event_id))
+                        .filter(|(_, s)| failures.iter().any(|f| f.event_id == s.id()))
                         .unzip();
                     if attempts >= self.config.max_attempts {
                         for (logged, stored) in logged.iter().zip(&pending) {
                             let reason = failures
                                 .iter()
-                                .find(|f| f.event_id == stored.event_id)
+                                .find(|f| f.event_id == stored.id())
                                 .map_or("failed", |f| f.reason.as_str());
                             self.bury(logged, reason, attempts).await?;
                         }
@@ -369,8 +501,8 @@ impl Dispatcher {
     async fn replay_dead_letters(&self) -> Result<(), corvus_storage::StorageError> {
         let name = &self.consumer.name;
         for dead in self.log.replays(name, self.config.batch_size).await? {
-            let failure = match stored_event(&dead.event) {
-                Err(err) => Some(format!("undecodable event: {err}")),
+            let failure = match E::from_logged(&dead.event) {
+                Err(err) => Some(err),
                 Ok(stored) => match self.consumer.sink.deliver(std::slice::from_ref(&stored)).await {
                     Ok(failures) => failures.into_iter().next().map(|f| f.reason),
                     Err(cause) => Some(cause),

@@ -1,25 +1,19 @@
-//! The event log, consumer cursors and dead letters: one trait, a Postgres and a
-//! SQLite implementation, held to one conformance suite (`tests/ingestion/log.rs`).
+//! A log, its consumer cursors and dead letters: one trait, a Postgres and a SQLite
+//! implementation, held to one conformance suite (ingestion's `tests/ingestion/log.rs`).
+//! The tables (`events`, `consumers`, `dead_letters`) are created by the migrations of
+//! the service that owns the log, in its own schema or file.
 
 mod postgres;
 mod sqlite;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_proto::{EventId, WorkspaceId};
-use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
+use corvus_storage::StorageError;
 use tokio::sync::watch;
 
 pub use postgres::PgEventLog;
 pub use sqlite::SqliteEventLog;
-
-static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
-static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-/// The schema (Postgres) or file (SQLite) of the ingestion service.
-pub const SCHEMA: &str = "ingestion";
 
 /// A place in the log. Postgres orders by (transaction id, seq); SQLite by seq alone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,6 +103,10 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Ticks whenever events commit (in this process, or in any replica on Postgres).
     fn wakeups(&self) -> watch::Receiver<u64>;
 
+    /// Wakes this process's dispatchers: for entries the owning service committed in a
+    /// transaction of its own rather than through `append`.
+    fn wake(&self);
+
     /// Creates the consumer's cursor at the start of the log if it has none.
     async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError>;
 
@@ -162,22 +160,6 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Every registered consumer, with its lag and dead letters in the workspace.
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
-}
-
-/// The ingestion schema's migrations.
-pub fn migrators() -> Migrators {
-    Migrators {
-        postgres: &MIGRATE_POSTGRES,
-        sqlite: &MIGRATE_SQLITE,
-    }
-}
-
-/// Connects the log the configuration names and runs its migrations.
-pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn EventLog>, StorageError> {
-    Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
-        Database::Postgres(pool) => Arc::new(PgEventLog::new(pool)),
-        Database::Sqlite(pool) => Arc::new(SqliteEventLog::new(pool)),
-    })
 }
 
 /// A row of `events`, as both backends return it.
@@ -260,4 +242,29 @@ impl From<ConsumerRow> for ConsumerStatus {
 /// Converts every row, failing on the first that does not convert.
 fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
     rows.into_iter().map(T::try_from).collect()
+}
+
+/// The consumer a request names (`None` when it names none), or INVALID_ARGUMENT when
+/// no consumer of that name has a cursor on the log.
+pub async fn known_consumer<'a>(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    name: &'a str,
+) -> Result<Option<&'a str>, tonic::Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let consumers = log
+        .consumers(workspace)
+        .await
+        .map_err(corvus_platform::error::storage_status)?;
+    if consumers.iter().any(|c| c.name == name) {
+        Ok(Some(name))
+    } else {
+        let known: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
+        Err(corvus_platform::error::invalid_argument(
+            "consumer",
+            format!("no consumer {name:?} on this log (known: {})", known.join(", ")),
+        ))
+    }
 }

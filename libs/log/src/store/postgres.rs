@@ -16,8 +16,6 @@ use super::{
     Position, ReadBatch, convert,
 };
 
-const CHANNEL: &str = "corvus_ingestion_events";
-
 const INSERT: &str = "INSERT INTO events \
      (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[])";
@@ -27,25 +25,29 @@ const INSERT_NEW_ONLY: &str = "INSERT INTO events \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
      ON CONFLICT (workspace_id, message_id) DO NOTHING";
 
-/// The event log in Postgres: UNNEST batch inserts, the snapshot horizon for safe
-/// reads, advisory locks for one dispatcher per consumer, LISTEN/NOTIFY wake-ups.
+/// A log in Postgres: UNNEST batch inserts, the snapshot horizon for safe reads,
+/// advisory locks for one dispatcher per consumer, LISTEN/NOTIFY wake-ups.
 #[derive(Debug)]
 pub struct PgEventLog {
     pool: PgPool,
+    /// The NOTIFY channel the schema's trigger on `events` signals.
+    channel: &'static str,
     wakeups: watch::Sender<u64>,
     _listener: DropGuard,
 }
 
 impl PgEventLog {
-    pub fn new(pool: PgPool) -> Self {
+    /// The log in the schema `pool` is set to, woken through `channel`.
+    pub fn new(pool: PgPool, channel: &'static str) -> Self {
         let (wakeups, _) = watch::channel(0);
         let stop = CancellationToken::new();
         tokio::spawn({
             let (pool, wakeups, stop) = (pool.clone(), wakeups.clone(), stop.clone());
-            async move { stop.run_until_cancelled(listen(pool, wakeups)).await }
+            async move { stop.run_until_cancelled(listen(pool, channel, wakeups)).await }
         });
         Self {
             pool,
+            channel,
             wakeups,
             _listener: stop.drop_guard(),
         }
@@ -54,7 +56,7 @@ impl PgEventLog {
 
 /// Forwards the NOTIFY of every replica's commits to the local wake-up channel; while
 /// the database is away it retries, and the dispatchers' fallback poll covers the gap.
-async fn listen(pool: PgPool, wakeups: watch::Sender<u64>) {
+async fn listen(pool: PgPool, channel: &str, wakeups: watch::Sender<u64>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -64,7 +66,7 @@ async fn listen(pool: PgPool, wakeups: watch::Sender<u64>) {
                 continue;
             }
         };
-        if let Err(err) = listener.listen(CHANNEL).await {
+        if let Err(err) = listener.listen(channel).await {
             tracing::debug!(error = %err, "LISTEN failed, retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -84,6 +86,63 @@ async fn listen(pool: PgPool, wakeups: watch::Sender<u64>) {
     }
 }
 
+/// New entries as the UNNEST of `INSERT` takes them: a column each.
+struct Columns<'a> {
+    message_ids: Vec<&'a str>,
+    event_ids: Vec<Uuid>,
+    types: Vec<i16>,
+    received: Vec<DateTime<Utc>>,
+    payloads: Vec<&'a [u8]>,
+    traces: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &'a [NewEvent]) -> Self {
+        Self {
+            message_ids: events.iter().map(|e| e.message_id.as_str()).collect(),
+            event_ids: events.iter().map(|e| e.event_id.as_uuid()).collect(),
+            types: events.iter().map(|e| e.event_type).collect(),
+            received: events.iter().map(|e| e.received_at).collect(),
+            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
+            traces: events.iter().map(|e| e.traceparent.as_deref()).collect(),
+        }
+    }
+
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        workspace: &'q WorkspaceId,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(workspace)
+            .bind(&self.message_ids)
+            .bind(&self.event_ids)
+            .bind(&self.types)
+            .bind(&self.received)
+            .bind(&self.payloads)
+            .bind(&self.traces)
+    }
+}
+
+impl PgEventLog {
+    /// Appends new entries in the owning service's own transaction (their keys must be
+    /// new: a repeat fails the statement). The schema's trigger wakes every replica's
+    /// dispatchers when it commits; `wake` wakes this process's at once.
+    pub async fn insert_in(
+        conn: &mut sqlx::PgConnection,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<(), sqlx::Error> {
+        if !events.is_empty() {
+            Columns::of(events)
+                .bind(sqlx::query(INSERT), workspace)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 const DEAD_LETTER_COLUMNS: &str = "d.id, d.consumer, d.reason, d.attempts::int8 AS attempts, d.failed_at, \
      e.tx_id, e.seq, e.workspace_id, e.event_id, e.payload, e.traceparent";
 
@@ -98,22 +157,8 @@ impl EventLog for PgEventLog {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let message_ids: Vec<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
-        let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-        let types: Vec<i16> = events.iter().map(|e| e.event_type).collect();
-        let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_at).collect();
-        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        let traces: Vec<Option<&str>> = events.iter().map(|e| e.traceparent.as_deref()).collect();
-        let insert = |sql| {
-            sqlx::query(sql)
-                .bind(workspace)
-                .bind(&message_ids)
-                .bind(&event_ids)
-                .bind(&types)
-                .bind(&received)
-                .bind(&payloads)
-                .bind(&traces)
-        };
+        let columns = Columns::of(events);
+        let insert = |sql| columns.bind(sqlx::query(sql), workspace);
         // One statement, so one implicit transaction: the batch commits whole or not at
         // all. Repeats are rare (client retries), so the plain INSERT goes first; only
         // when it meets one does the batch go again with ON CONFLICT DO NOTHING.
@@ -131,10 +176,11 @@ impl EventLog for PgEventLog {
             return Ok(vec![Appended::Inserted; events.len()]);
         }
         // Which were repeats: the stored event id of each message id says.
+        let message_ids = &columns.message_ids;
         let stored: HashMap<String, Uuid> =
             sqlx::query_as("SELECT message_id, event_id FROM events WHERE workspace_id = $1 AND message_id = ANY($2)")
                 .bind(workspace)
-                .bind(&message_ids)
+                .bind(message_ids)
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
@@ -175,6 +221,10 @@ impl EventLog for PgEventLog {
         self.wakeups.subscribe()
     }
 
+    fn wake(&self) {
+        self.wakeups.send_modify(|n| *n += 1);
+    }
+
     async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError> {
         sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(consumer)
@@ -191,7 +241,7 @@ impl EventLog for PgEventLog {
         // A session-level advisory lock on a connection of its own: held while the
         // connection lives, released by the server if this process dies.
         let mut conn = self.pool.acquire().await?.detach();
-        let key = format!("corvus.ingestion.outbox.{consumer}");
+        let key = format!("corvus.{}.{consumer}", self.channel);
         let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
             .bind(&key)
             .fetch_one(&mut conn)
@@ -343,7 +393,7 @@ impl EventLog for PgEventLog {
         if done.rows_affected() > 0 {
             self.wakeups.send_modify(|n| *n += 1);
             sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
+                .bind(self.channel)
                 .execute(&self.pool)
                 .await?;
         }

@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use corvus_platform::telemetry::TraceContextInterceptor;
 use corvus_proto::common::v1::StoredEvent;
+use corvus_proto::identity::v1::LogEntry;
 use corvus_proto::ingestion::v1::DeliverRequest;
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -8,7 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{EventSink, Failure};
 
-/// A consumer that is a service implementing `corvus.ingestion.v1.EventConsumerService`.
+/// A consumer that is a service implementing `corvus.ingestion.v1.EventConsumerService`:
+/// of ingestion's log (`events`) or of identity's (`entries`).
 /// The channel connects lazily and reconnects by itself; the trace context of the
 /// delivery travels in the call's metadata.
 #[derive(Debug, Clone)]
@@ -30,13 +32,8 @@ impl GrpcSink {
     }
 }
 
-#[async_trait]
-impl EventSink for GrpcSink {
-    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
-        let request = DeliverRequest {
-            consumer: self.consumer.clone(),
-            events: events.to_vec(),
-        };
+impl GrpcSink {
+    async fn send(&self, request: DeliverRequest) -> Result<Vec<Failure>, String> {
         let response = self
             .client
             .clone()
@@ -52,5 +49,29 @@ impl EventSink for GrpcSink {
                 reason: f.reason,
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl EventSink<StoredEvent> for GrpcSink {
+    async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
+        self.send(DeliverRequest {
+            consumer: self.consumer.clone(),
+            events: events.to_vec(),
+            entries: Vec::new(),
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventSink<LogEntry> for GrpcSink {
+    async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
+        self.send(DeliverRequest {
+            consumer: self.consumer.clone(),
+            events: Vec::new(),
+            entries: entries.to_vec(),
+        })
+        .await
     }
 }

@@ -93,6 +93,10 @@ impl EventLog for SqliteEventLog {
         self.wakeups.subscribe()
     }
 
+    fn wake(&self) {
+        self.wakeups.send_modify(|n| *n += 1);
+    }
+
     async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError> {
         sqlx::query("INSERT INTO consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
             .bind(consumer)
@@ -295,6 +299,37 @@ impl EventLog for SqliteEventLog {
 
 /// Inserts `events` in statements of many rows each; the outcome of each, and whether
 /// any was new.
+fn insert_values<'a>(workspace: &'a WorkspaceId, events: &'a [NewEvent]) -> QueryBuilder<'a, Sqlite> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) ",
+    );
+    insert.push_values(events, |mut row, e| {
+        row.push_bind(workspace)
+            .push_bind(&e.message_id)
+            .push_bind(e.event_id.as_uuid())
+            .push_bind(e.event_type)
+            .push_bind(e.received_at)
+            .push_bind(&e.payload)
+            .push_bind(e.traceparent.as_deref());
+    });
+    insert
+}
+
+impl SqliteEventLog {
+    /// Appends new entries in the owning service's own transaction (their keys must be
+    /// new: a repeat fails the statement). Call `wake` once it has committed.
+    pub async fn insert_in(
+        conn: &mut SqliteConnection,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            insert_values(workspace, chunk).build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
 async fn insert_batch(
     conn: &mut SqliteConnection,
     workspace: &WorkspaceId,
@@ -302,18 +337,7 @@ async fn insert_batch(
 ) -> Result<(Vec<Appended>, bool), StorageError> {
     let mut inserted: HashSet<String> = HashSet::with_capacity(events.len());
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) ",
-        );
-        insert.push_values(chunk, |mut row, e| {
-            row.push_bind(workspace)
-                .push_bind(&e.message_id)
-                .push_bind(e.event_id.as_uuid())
-                .push_bind(e.event_type)
-                .push_bind(e.received_at)
-                .push_bind(&e.payload)
-                .push_bind(e.traceparent.as_deref());
-        });
+        let mut insert = insert_values(workspace, chunk);
         insert.push(" ON CONFLICT (workspace_id, message_id) DO NOTHING RETURNING message_id");
         let rows: Vec<String> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
         inserted.extend(rows);
