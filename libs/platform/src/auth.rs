@@ -20,12 +20,15 @@ const KEY_PREFIX: &str = "cvs_";
 
 const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(1);
 
-/// What a key may do. `Admin` may do everything; `Read` reads; `Ingest` only sends events.
+/// What a key may do. `Admin` may do everything in its workspace; `Read` reads; `Ingest`
+/// only sends events. `Service` only delivers a log's entries from one Corvus service to
+/// another (a consumer's `Deliver`), across workspaces: no other key may, admin included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Ingest,
     Read,
     Admin,
+    Service,
 }
 
 impl Role {
@@ -34,12 +37,13 @@ impl Role {
             Self::Ingest => "ingest",
             Self::Read => "read",
             Self::Admin => "admin",
+            Self::Service => "service",
         }
     }
 
     /// Whether a key of this role may act as `needed`.
     pub fn allows(self, needed: Role) -> bool {
-        self == Role::Admin || self == needed
+        self == needed || (self == Role::Admin && needed != Role::Service)
     }
 }
 
@@ -50,7 +54,10 @@ impl std::str::FromStr for Role {
             "ingest" => Ok(Self::Ingest),
             "read" => Ok(Self::Read),
             "admin" => Ok(Self::Admin),
-            other => Err(format!("unknown role {other:?}: expected ingest, read or admin")),
+            "service" => Ok(Self::Service),
+            other => Err(format!(
+                "unknown role {other:?}: expected ingest, read, admin or service"
+            )),
         }
     }
 }
@@ -317,10 +324,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_allows_everything_and_others_only_themselves() {
+    fn admin_allows_its_workspace_and_others_only_themselves() {
         assert!(Role::Admin.allows(Role::Ingest) && Role::Admin.allows(Role::Read));
         assert!(Role::Ingest.allows(Role::Ingest) && !Role::Ingest.allows(Role::Read));
         assert!(!Role::Read.allows(Role::Ingest) && !Role::Read.allows(Role::Admin));
+        // Deliveries cross workspaces: an admin of one may not make them, and a service
+        // key may do nothing else.
+        assert!(!Role::Admin.allows(Role::Service) && Role::Service.allows(Role::Service));
+        assert!(!Role::Service.allows(Role::Read) && !Role::Service.allows(Role::Ingest));
+        assert_eq!("service".parse::<Role>(), Ok(Role::Service));
     }
 
     #[test]

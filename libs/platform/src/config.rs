@@ -49,6 +49,11 @@ pub struct ServerConfig {
     /// How long in-flight requests get to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The key of role `service` this process presents when it delivers a log to
+    /// another Corvus service (`CORVUS_SERVER__SERVICE_KEY`, from a Secret), for every
+    /// consumer that names no `key` of its own.
+    #[serde(skip_serializing)]
+    pub service_key: Option<secrecy::SecretString>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 1024,
             drain_timeout: Duration::from_secs(25),
+            service_key: None,
         }
     }
 }

@@ -45,28 +45,67 @@ impl CorvusConfig {
     }
 }
 
-/// The stores of every service in the process, connected and migrated.
+/// Which services a process runs: all of them (`corvus dev`, `corvus serve all`), or
+/// one (`corvus serve ingestion`, `corvus serve identity`), the others reached over gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    All,
+    Ingestion,
+    Identity,
+}
+
+impl std::str::FromStr for Deployment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "ingestion" => Ok(Self::Ingestion),
+            "identity" => Ok(Self::Identity),
+            other => Err(format!(
+                "unknown service {other:?}: expected all, ingestion or identity"
+            )),
+        }
+    }
+}
+
+impl Deployment {
+    fn runs_ingestion(self) -> bool {
+        self != Self::Identity
+    }
+
+    fn runs_identity(self) -> bool {
+        self != Self::Ingestion
+    }
+}
+
+/// The stores of the services a process runs, connected and migrated.
 pub struct Stores {
     pub keys: KeyStore,
-    pub ingestion: Ingestion,
-    pub identity: Identity,
+    pub ingestion: Option<Ingestion>,
+    pub identity: Option<Identity>,
 }
 
 impl Stores {
     /// Connects each service's storage and runs its migrations.
-    pub async fn connect(config: &CorvusConfig) -> anyhow::Result<Self> {
+    pub async fn connect(config: &CorvusConfig, deployment: Deployment) -> anyhow::Result<Self> {
         Ok(Self {
             keys: KeyStore::connect(&config.storage).await?,
-            ingestion: Ingestion::connect(&config.storage, &config.ingestion).await?,
-            identity: Identity::connect(&config.storage, &config.identity).await?,
+            ingestion: match deployment.runs_ingestion() {
+                true => Some(Ingestion::connect(&config.storage, &config.ingestion).await?),
+                false => None,
+            },
+            identity: match deployment.runs_identity() {
+                true => Some(Identity::connect(&config.storage, &config.identity).await?),
+                false => None,
+            },
         })
     }
 }
 
 /// A running Corvus: the services, their outbox workers and the servers.
 pub struct App {
-    pub ingestion: Ingestion,
-    pub identity: Identity,
+    pub ingestion: Option<Ingestion>,
+    pub identity: Option<Identity>,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
@@ -75,16 +114,32 @@ pub struct App {
 }
 
 impl App {
-    /// Connects storage (running migrations) and prepares the servers on `listeners`.
+    /// Connects storage (running migrations) and prepares the servers of every service
+    /// on `listeners`.
     pub async fn build(config: CorvusConfig, listeners: Listeners) -> anyhow::Result<Self> {
-        let stores = Stores::connect(&config).await?;
+        let stores = Stores::connect(&config, Deployment::All).await?;
         Ok(Self::new(config, stores, listeners))
     }
 
-    pub fn new(config: CorvusConfig, stores: Stores, listeners: Listeners) -> Self {
-        let eraser = Arc::new(identity_link::LogEraser(stores.ingestion.log.clone()));
+    pub fn new(mut config: CorvusConfig, stores: Stores, listeners: Listeners) -> Self {
+        let consumers = config
+            .ingestion
+            .consumers
+            .iter_mut()
+            .chain(&mut config.identity.consumers);
+        for consumer in consumers.filter(|c| c.key.is_none()) {
+            consumer.key.clone_from(&config.server.service_key);
+        }
+        // In one process, erasure reaches into the event log directly; apart, ingestion
+        // erases when identity's log brings it the erasure.
+        let identity = match (stores.identity, &stores.ingestion) {
+            (Some(identity), Some(ingestion)) => {
+                Some(identity.with_eraser(Arc::new(identity_link::LogEraser(ingestion.log.clone()))))
+            }
+            (identity, _) => identity,
+        };
         Self {
-            identity: stores.identity.with_eraser(eraser),
+            identity,
             ingestion: stores.ingestion,
             keys: stores.keys,
             config,
@@ -135,38 +190,50 @@ impl App {
     /// Serves until `shutdown` is cancelled, then drains and stops the workers.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let auth = Arc::new(Authenticator::new(self.keys.clone(), Duration::from_secs(30)));
-        let mut consumers = Vec::new();
-        if self.config.identity.resolve_events {
-            consumers.push(Consumer {
-                name: corvus_identity::CONSUMER_NAME.to_owned(),
-                sink: Arc::new(self.identity.clone()),
-                batch_size: Some(self.config.identity.batch_size),
-            });
-        }
-        consumers.extend(self.extra_consumers);
-        consumers.extend(self.ingestion.consumers()?);
-        let mut downstream = self.after_identity;
-        downstream.extend(Identity::configured_consumers(&self.config.identity)?);
         let workers_stop = CancellationToken::new();
-        let mut workers = self.ingestion.spawn_outbox(consumers, workers_stop.clone());
-        // Identity's own log, a cursor per downstream service: none of them holds up
-        // identity's cursor on the event log, nor each other.
-        let mut log_workers = self
-            .identity
-            .spawn_log(downstream, &self.config.identity.log, workers_stop.clone());
-
+        let mut workers = Vec::new();
         let mut routes = tonic::service::RoutesBuilder::default();
-        routes.add_service(self.ingestion.grpc_service());
-        routes.add_service(self.identity.grpc_service());
+        let mut names = Vec::new();
+        let mut checks = Vec::new();
+        let mut http = None;
+        if let Some(ingestion) = &self.ingestion {
+            let mut consumers = Vec::new();
+            if let Some(identity) = self.identity.as_ref().filter(|_| self.config.identity.resolve_events) {
+                consumers.push(Consumer {
+                    name: corvus_identity::CONSUMER_NAME.to_owned(),
+                    sink: Arc::new(identity.clone()),
+                    batch_size: Some(self.config.identity.batch_size),
+                });
+            }
+            consumers.extend(self.extra_consumers);
+            consumers.extend(ingestion.consumers()?);
+            workers.push(ingestion.spawn_outbox(consumers, workers_stop.clone()));
+            routes.add_service(ingestion.grpc_service());
+            if self.identity.is_none() {
+                routes.add_service(ingestion.erasure_consumer());
+            }
+            names.push(corvus_ingestion::SERVICE_NAME.to_owned());
+            checks.push(ingestion.readiness());
+            http = Some(ingestion.http_router(auth.clone()));
+        }
+        if let Some(identity) = &self.identity {
+            // Identity's own log, a cursor per downstream service: none of them holds up
+            // identity's cursor on the event log, nor each other.
+            let mut downstream = self.after_identity;
+            downstream.extend(Identity::configured_consumers(&self.config.identity)?);
+            workers.push(identity.spawn_log(downstream, &self.config.identity.log, workers_stop.clone()));
+            routes.add_service(identity.grpc_service());
+            if self.ingestion.is_none() {
+                routes.add_service(identity.resolving_consumer());
+            }
+            names.push(corvus_identity::SERVICE_NAME.to_owned());
+            checks.push(identity.readiness());
+        }
         let services = Services {
             grpc: routes.routes(),
-            names: vec![
-                corvus_ingestion::SERVICE_NAME.to_owned(),
-                corvus_identity::SERVICE_NAME.to_owned(),
-            ],
-            http: Some(self.ingestion.http_router(auth.clone())),
+            names,
+            http,
         };
-        let checks = [self.ingestion.readiness(), self.identity.readiness()];
         let readiness: corvus_platform::server::ReadinessCheck = Arc::new(move || {
             let checks: Vec<_> = checks.iter().map(|check| check()).collect();
             Box::pin(async move {
@@ -181,8 +248,9 @@ impl App {
                 .await;
         // Requests are drained; now the workers finish the delivery in hand and stop.
         workers_stop.cancel();
-        while workers.join_next().await.is_some() {}
-        while log_workers.join_next().await.is_some() {}
+        for mut set in workers {
+            while set.join_next().await.is_some() {}
+        }
         served
     }
 }

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use corvus::{App, CorvusConfig, Stores};
+use corvus::{App, CorvusConfig, Deployment, Stores};
 use corvus_platform::server::{Listeners, cancel_on_signal};
 use corvus_platform::{KeyStore, Role};
 use corvus_storage::StorageError;
@@ -40,9 +40,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
     },
-    /// Run one service as configured (for Kubernetes): `corvus serve ingestion`.
+    /// Run services as configured (for Kubernetes): `corvus serve ingestion`, `corvus serve
+    /// identity`, each reaching the other over gRPC, or `corvus serve all` in one process.
     Serve {
-        #[arg(value_parser = ["ingestion"])]
+        #[arg(value_parser = ["all", "ingestion", "identity"])]
         service: String,
     },
     /// Create or update every schema, then exit.
@@ -80,7 +81,7 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         workspace: String,
-        #[arg(long, value_parser = ["ingest", "read", "admin"])]
+        #[arg(long, value_parser = ["ingest", "read", "admin", "service"])]
         role: String,
         #[arg(long, default_value = "")]
         name: String,
@@ -92,15 +93,17 @@ enum KeysCommand {
     Revoke { prefix: String },
 }
 
+/// Global, so that `corvus keys create --data-dir DIR` and `corvus keys --data-dir DIR
+/// create` both work.
 #[derive(clap::Args)]
 struct StorageArgs {
     /// Postgres URL; without one, SQLite files in --data-dir.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// Redis URL; without one, an in-process cache.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", global = true)]
     redis_url: Option<String>,
-    #[arg(long, env = "CORVUS_DATA_DIR")]
+    #[arg(long, env = "CORVUS_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -139,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
             let app = App::new(
                 config.clone(),
-                connect(&config).await?,
+                connect(&config, Deployment::All).await?,
                 Listeners::bind(&config.server, true).await?,
             );
             let key = corvus::ensure_dev_key(&app.keys, &config.storage).await?;
@@ -165,20 +168,23 @@ async fn main() -> anyhow::Result<()> {
             );
             run(app).await
         }
-        Command::Serve { service: _ } => {
+        Command::Serve { service } => {
+            let deployment: Deployment = service.parse().map_err(anyhow::Error::msg)?;
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
-            let stores = connect(&config).await?;
+            let stores = connect(&config, deployment).await?;
+            // The Segment HTTP API is ingestion's.
+            let http = deployment != Deployment::Identity;
             run(App::new(
                 config.clone(),
                 stores,
-                Listeners::bind(&config.server, true).await?,
+                Listeners::bind(&config.server, http).await?,
             ))
             .await
         }
         Command::Migrate { storage } => {
             storage.apply(&mut config);
             // Connecting runs every migration.
-            connect(&config).await?;
+            connect(&config, Deployment::All).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -242,10 +248,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// Connects storage (running migrations), retrying for up to five minutes while it is
 /// unavailable, as it is when a pod starts before its database.
-async fn connect(config: &CorvusConfig) -> anyhow::Result<Stores> {
+async fn connect(config: &CorvusConfig, deployment: Deployment) -> anyhow::Result<Stores> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        match Stores::connect(config).await {
+        match Stores::connect(config, deployment).await {
             Ok(stores) => return Ok(stores),
             Err(err)
                 if tokio::time::Instant::now() < deadline

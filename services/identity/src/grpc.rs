@@ -11,8 +11,10 @@ use corvus_proto::identity::v1::identity_service_server::IdentityService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use corvus_log::outbox::Entry;
+use corvus_log::outbox::{Entry, EventSink};
 use corvus_log::store::known_consumer;
+use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
 
 use crate::domain::resolution::ProfileId;
 use crate::matching_job::Job;
@@ -311,6 +313,38 @@ impl IdentityService for IdentityApi {
             .map_err(storage_status)?;
         Ok(Response::new(pb::ReplayDeadLettersResponse {
             replayed: replayed as u32,
+        }))
+    }
+}
+
+/// Identity as a consumer of ingestion's event log over gRPC, when the two run apart:
+/// each delivery resolved, the events it could not read named.
+pub struct ResolvingConsumer {
+    pub identity: Identity,
+}
+
+#[tonic::async_trait]
+impl EventConsumerService for ResolvingConsumer {
+    async fn deliver(&self, request: Request<DeliverRequest>) -> Result<Response<DeliverResponse>, Status> {
+        authorise(&request, Role::Service, "deliver a log's entries")?;
+        let request = request.into_inner();
+        if !request.entries.is_empty() {
+            return Err(invalid_argument(
+                "entries",
+                "identity consumes ingestion's event log (events), not its own",
+            ));
+        }
+        let failures = EventSink::deliver(&self.identity, &request.events)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(DeliverResponse {
+            failures: failures
+                .into_iter()
+                .map(|f| DeliveryFailure {
+                    event_id: f.event_id,
+                    reason: f.reason,
+                })
+                .collect(),
         }))
     }
 }

@@ -19,6 +19,7 @@ use corvus_platform::server::ReadinessCheck;
 use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1::LogEntry;
 use corvus_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerServiceServer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,14 @@ impl Identity {
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }
 
+    /// Identity as a consumer of ingestion's event log over gRPC, when the two run apart.
+    pub fn resolving_consumer(&self) -> EventConsumerServiceServer<grpc::ResolvingConsumer> {
+        EventConsumerServiceServer::new(grpc::ResolvingConsumer { identity: self.clone() })
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            // A delivery is up to the log's `batch_bytes` (16 MiB by default) of events.
+            .max_decoding_message_size(corvus_log::outbox::MAX_DELIVERY_BYTES)
+    }
+
     /// Starts identity's log: a dispatcher per consumer, each with its own cursor, so
     /// that a slow or failing consumer holds up neither identity nor another consumer.
     /// They stop when `stop` is cancelled.
@@ -52,11 +61,12 @@ impl Identity {
 
     /// The consumers of identity's log the configuration lists, over gRPC.
     pub fn configured_consumers(config: &IdentityConfig) -> anyhow::Result<Vec<Consumer<LogEntry>>> {
-        Ok(config
+        config
             .consumers
             .iter()
             .map(ConsumerConfig::consumer)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)
     }
 
     /// Ready while the store and the cache answer.

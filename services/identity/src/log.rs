@@ -143,14 +143,16 @@ pub fn unmerged_entry(ws: &WorkspaceId, merge: i64, sides: &[(ProfileId, Vec<Eve
     )
 }
 
-/// `profiles` (a survivor and all merged into it) erased.
-pub fn erased_entry(ws: &WorkspaceId, profiles: &[ProfileId]) -> NewEvent {
+/// `profiles` (a survivor and all merged into it) erased, with the message ids of the
+/// person's events.
+pub fn erased_entry(ws: &WorkspaceId, profiles: &[ProfileId], message_ids: &[String]) -> NewEvent {
     change(
         ws,
         -3,
         None,
         profile_change::Change::Erased(ProfilesErased {
             profile_ids: profiles.iter().map(ToString::to_string).collect(),
+            message_ids: message_ids.to_vec(),
         }),
     )
 }

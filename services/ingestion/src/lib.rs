@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use corvus_platform::Authenticator;
 use corvus_platform::server::ReadinessCheck;
+use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerServiceServer;
 use corvus_proto::ingestion::v1::ingestion_service_server::IngestionServiceServer;
 use corvus_storage::{Cache, StorageConfig};
 use serde::{Deserialize, Serialize};
@@ -123,18 +124,25 @@ impl Ingestion {
             .send_compressed(tonic::codec::CompressionEncoding::Gzip)
     }
 
+    /// Ingestion as a consumer of identity's log, for erasures, when the two run apart.
+    pub fn erasure_consumer(&self) -> EventConsumerServiceServer<grpc::ErasureConsumer> {
+        EventConsumerServiceServer::new(grpc::ErasureConsumer { log: self.log.clone() })
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(corvus_log::outbox::MAX_DELIVERY_BYTES)
+    }
+
     pub fn http_router(&self, auth: Arc<Authenticator>) -> axum::Router {
         http::router(self.ingestor.clone(), auth)
     }
 
     /// The consumers of the configuration, over gRPC.
     pub fn consumers(&self) -> anyhow::Result<Vec<Consumer>> {
-        Ok(self
-            .config
+        self.config
             .consumers
             .iter()
             .map(ConsumerConfig::consumer)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)
     }
 
     /// Starts the outbox for `consumers`; it stops when `stop` is cancelled.

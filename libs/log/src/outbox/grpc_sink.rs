@@ -1,38 +1,76 @@
 use async_trait::async_trait;
 use corvus_platform::telemetry::TraceContextInterceptor;
 use corvus_proto::common::v1::StoredEvent;
-use corvus_proto::identity::v1::LogEntry;
+use corvus_proto::identity::v1::{LogEntry, log_entry};
 use corvus_proto::ingestion::v1::DeliverRequest;
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
+use secrecy::{ExposeSecret, SecretString};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{EventSink, Failure};
+use super::{ConsumerConfig, EventSink, Failure};
 
 /// A consumer that is a service implementing `corvus.ingestion.v1.EventConsumerService`:
-/// of ingestion's log (`events`) or of identity's (`entries`).
-/// The channel connects lazily and reconnects by itself; the trace context of the
-/// delivery travels in the call's metadata.
+/// of ingestion's log (`events`) or of identity's (`entries`). The channel connects
+/// lazily and reconnects by itself; the trace context of the delivery and the key (a
+/// Corvus service's consumer requires one of role `service`) travel in the metadata.
 #[derive(Debug, Clone)]
 pub struct GrpcSink {
     consumer: String,
-    client: EventConsumerServiceClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    changes_only: bool,
+    client: EventConsumerServiceClient<InterceptedService<Channel, Metadata>>,
 }
 
-impl GrpcSink {
-    pub fn new(consumer: &str, endpoint: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(30))
-            .connect_lazy();
-        Ok(Self {
-            consumer: consumer.to_owned(),
-            client: EventConsumerServiceClient::with_interceptor(channel, TraceContextInterceptor),
-        })
+/// What every call carries.
+#[derive(Debug, Clone)]
+struct Metadata {
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Metadata {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = TraceContextInterceptor.call(request)?;
+        if let Some(bearer) = &self.bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
+        }
+        Ok(request)
     }
 }
 
+/// Why a consumer's configuration does not make a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("endpoint: {0}")]
+    Endpoint(#[from] tonic::transport::Error),
+    #[error("key: not a valid header value")]
+    Key,
+}
+
 impl GrpcSink {
+    pub fn new(config: &ConsumerConfig) -> Result<Self, SinkError> {
+        let channel = Endpoint::from_shared(config.endpoint.clone())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            // A consumer that hangs past this is retried like one that cannot be reached.
+            .timeout(config.timeout)
+            .connect_lazy();
+        let bearer = config
+            .key
+            .as_ref()
+            .map(|k| {
+                format!("Bearer {}", k.expose_secret())
+                    .parse()
+                    .map_err(|_| SinkError::Key)
+            })
+            .transpose()?;
+        Ok(Self {
+            consumer: config.name.clone(),
+            changes_only: config.changes_only,
+            client: EventConsumerServiceClient::with_interceptor(channel, Metadata { bearer }),
+        })
+    }
+
     async fn send(&self, request: DeliverRequest) -> Result<Vec<Failure>, String> {
         let response = self
             .client
@@ -52,6 +90,11 @@ impl GrpcSink {
     }
 }
 
+/// A key for a consumer's configuration, as `SecretString` takes it.
+pub fn secret(key: &str) -> SecretString {
+    SecretString::from(key.to_owned())
+}
+
 #[async_trait]
 impl EventSink<StoredEvent> for GrpcSink {
     async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
@@ -67,10 +110,18 @@ impl EventSink<StoredEvent> for GrpcSink {
 #[async_trait]
 impl EventSink<LogEntry> for GrpcSink {
     async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
+        let entries: Vec<LogEntry> = entries
+            .iter()
+            .filter(|e| !self.changes_only || matches!(e.entry, Some(log_entry::Entry::Change(_))))
+            .cloned()
+            .collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
         self.send(DeliverRequest {
             consumer: self.consumer.clone(),
             events: Vec::new(),
-            entries: entries.to_vec(),
+            entries,
         })
         .await
     }

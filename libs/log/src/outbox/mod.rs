@@ -14,12 +14,13 @@ use async_trait::async_trait;
 use corvus_proto::common::v1::{Event, StoredEvent};
 use corvus_proto::identity::v1::{LogEntry, log_entry};
 use prost::Message;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use grpc_sink::GrpcSink;
+pub use grpc_sink::{GrpcSink, SinkError, secret};
 
 use crate::store::{EventLog, LoggedEvent, Position, ReadBatch};
 
@@ -158,12 +159,23 @@ impl OutboxConfig {
         if self.max_attempts == 0 {
             return Err(format!("{section}.max_attempts must be at least 1"));
         }
+        if self.batch_bytes == 0 || self.batch_bytes > (MAX_DELIVERY_BYTES / 2) as u64 {
+            return Err(format!(
+                "{section}.batch_bytes must be between 1 and {}",
+                MAX_DELIVERY_BYTES / 2
+            ));
+        }
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
             return Err(format!("{section}.retry_base must be positive and at most retry_max"));
         }
         Ok(())
     }
 }
+
+/// The largest delivery a Corvus consumer takes over gRPC: room for a delivery of the
+/// default `batch_bytes` and then some (a delivery always holds at least one event, and
+/// `batch_bytes` can be raised to this).
+pub const MAX_DELIVERY_BYTES: usize = 64 * 1024 * 1024;
 
 /// A consumer of the configuration: a service implementing
 /// `corvus.ingestion.v1.EventConsumerService`, reached over gRPC.
@@ -172,9 +184,38 @@ impl OutboxConfig {
 pub struct ConsumerConfig {
     pub name: String,
     pub endpoint: String,
+    /// Sent as `authorization: Bearer …`. Corvus's own services take deliveries only
+    /// with a key of role `service` (`corvus keys create --role service`).
+    #[serde(default, skip_serializing)]
+    pub key: Option<SecretString>,
+    /// Entries per delivery, instead of the log's `batch_size`.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// Identity's log only: deliver the profile changes and leave out the events.
+    #[serde(default)]
+    pub changes_only: bool,
+    /// A delivery not answered within this is given up and retried.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl ConsumerConfig {
+    /// A consumer at `endpoint`, the other settings at their defaults.
+    pub fn new(name: &str, endpoint: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+            key: None,
+            batch_size: None,
+            changes_only: false,
+            timeout: default_timeout(),
+        }
+    }
+
     /// Checks the consumers listed at `section` (`ingestion.consumers`, …).
     pub fn validate_all(section: &str, consumers: &[Self]) -> Result<(), String> {
         let mut names = std::collections::HashSet::new();
@@ -199,19 +240,22 @@ impl ConsumerConfig {
                     c.name
                 ));
             }
+            if c.batch_size == Some(0) || c.timeout.is_zero() {
+                return Err(format!("{section}.{}: batch_size and timeout must be positive", c.name));
+            }
         }
         Ok(())
     }
 
     /// The consumer, delivered to over gRPC.
-    pub fn consumer<E: Entry>(&self) -> Result<Consumer<E>, tonic::transport::Error>
+    pub fn consumer<E: Entry>(&self) -> Result<Consumer<E>, String>
     where
         GrpcSink: EventSink<E>,
     {
         Ok(Consumer {
             name: self.name.clone(),
-            sink: Arc::new(GrpcSink::new(&self.name, &self.endpoint)?),
-            batch_size: None,
+            sink: Arc::new(GrpcSink::new(self).map_err(|e| format!("consumer {}: {e}", self.name))?),
+            batch_size: self.batch_size,
         })
     }
 }

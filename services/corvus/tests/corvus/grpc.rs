@@ -412,10 +412,9 @@ async fn a_remote_consumer_gets_events_and_the_trace_over_grpc() {
     let server = tokio::spawn(server);
 
     let Some(app) = spawn_with(Backend::Embedded, |c| {
-        c.ingestion.consumers.push(corvus_ingestion::outbox::ConsumerConfig {
-            name: "remote".into(),
-            endpoint: endpoint.clone(),
-        });
+        c.ingestion
+            .consumers
+            .push(corvus_ingestion::outbox::ConsumerConfig::new("remote", &endpoint));
     })
     .await
     else {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the all-in-one process through its public APIs: gRPC, the
 //! Segment HTTP API with the real SDKs, health, reflection, metrics, faults.
 
+mod apart;
 mod downstream;
 mod fault;
 mod grpc;

@@ -28,6 +28,15 @@ pub struct Key {
     workspace: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+impl Key {
+    pub fn bearer(key: &str) -> Self {
+        Self {
+            bearer: Some(format!("Bearer {key}").parse().unwrap()),
+            workspace: None,
+        }
+    }
+}
+
 impl Interceptor for Key {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(b) = &self.bearer {

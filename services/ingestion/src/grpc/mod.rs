@@ -1,6 +1,10 @@
 //! gRPC handlers: check the role, convert, call the ingest path or the log, map the
 //! error. No SQL here.
 
+mod erasures;
+
+pub use erasures::ErasureConsumer;
+
 use std::pin::Pin;
 use std::sync::Arc;
 

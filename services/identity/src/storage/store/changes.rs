@@ -287,7 +287,12 @@ macro_rules! changes_sql {
                     .await?;
                 }
             }
-            <$Store>::log_in(&mut tx, ws, &[crate::log::erased_entry(ws, &members)]).await?;
+            <$Store>::log_in(
+                &mut tx,
+                ws,
+                &[crate::log::erased_entry(ws, &members, &removed.message_ids)],
+            )
+            .await?;
             let receipt = receipt(&removed);
             let pending = (!removed.message_ids.is_empty()).then(|| removed.message_ids.join("\n"));
             sqlx::query("INSERT INTO erasures (workspace_id, profile_id, receipt, pending) VALUES ($1, $2, $3, $4)")
