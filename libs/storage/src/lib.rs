@@ -9,8 +9,10 @@ mod cache;
 mod config;
 mod database;
 mod error;
+mod scrub;
 
 pub use cache::{Cache, MemoryCache, RedisCache, Versioned};
 pub use config::StorageConfig;
 pub use database::{Database, Migrators};
 pub use error::StorageError;
+pub use scrub::{Vacuum, checkpoint_sqlite};

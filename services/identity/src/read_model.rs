@@ -34,8 +34,14 @@ pub fn profile_key(ws: &WorkspaceId, profile: ProfileId) -> String {
     format!("identity:{LAYOUT}:{ws}:p:{profile}")
 }
 
+/// Named by the identifier's digest, not the identifier: no key shows a person's email,
+/// and what an erasure leaves behind names no one.
 pub fn identifier_key(ws: &WorkspaceId, identifier: &Identifier) -> String {
-    format!("identity:{LAYOUT}:{ws}:i:{}:{}", identifier.kind, identifier.value)
+    let digest: String = crate::storage::digest(identifier)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("identity:{LAYOUT}:{ws}:i:{digest}")
 }
 
 /// A read model entry.
@@ -139,6 +145,14 @@ impl ReadModel {
     pub async fn holder(&self, ws: &WorkspaceId, identifier: &Identifier) -> Result<Option<ProfileId>, StorageError> {
         let bytes = self.cache.get(&identifier_key(ws, identifier)).await?;
         Ok(bytes.and_then(|b| uuid::Uuid::from_slice(&b).ok()).map(ProfileId::from))
+    }
+
+    /// Forgets who held these identifiers (an erasure).
+    pub async fn forget_holders(&self, ws: &WorkspaceId, identifiers: &[Identifier]) -> Result<(), StorageError> {
+        for identifier in identifiers {
+            self.cache.delete(&identifier_key(ws, identifier)).await?;
+        }
+        Ok(())
     }
 
     /// Remembers who holds an identifier. A hint only: a reader checks that the profile

@@ -377,14 +377,20 @@ impl Identity {
         }
         if !erasure.already_erased {
             self.log.wake();
+            self.store.scrub().await?;
             // The read model: every id of the person now reads as erased.
             let entries = erasure.versions.len() as u64;
             for (profile, version) in &erasure.versions {
                 self.read_model.put(ws, *profile, &Entry::Erased, *version).await?;
             }
+            self.read_model.forget_holders(ws, &erasure.identifiers).await?;
             receipt.stores.push(pb::ErasedStore {
                 store: "identity-cache".to_owned(),
-                removed: [("profile_entries".to_owned(), entries)].into(),
+                removed: [
+                    ("profile_entries".to_owned(), entries),
+                    ("identifier_entries".to_owned(), erasure.identifiers.len() as u64),
+                ]
+                .into(),
             });
         }
         for eraser in &self.erasers {

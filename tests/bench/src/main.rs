@@ -13,6 +13,7 @@
 
 mod copy;
 mod corpus;
+mod handoff;
 mod identity;
 mod load;
 mod people;
@@ -38,6 +39,8 @@ enum Section {
     Latency,
     Copy,
     Identity,
+    /// Identity's log to three consumers, against none; freshness downstream.
+    Handoff,
 }
 
 #[derive(Debug, Parser)]
@@ -115,6 +118,7 @@ impl Args {
             latency: on(Section::Latency),
             copy: on(Section::Copy),
             identity: on(Section::Identity),
+            handoff: on(Section::Handoff),
             identity_events,
             probes,
             read_secs,
@@ -223,6 +227,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let dropped = scratch.drop_database().await;
         outcome?;
         dropped.context("drop the scratch database")?;
+    }
+    if plan.handoff {
+        header.push_str(&format!(
+            "hand-off: the identity mix ({} events) with no consumer of identity's log and with 3, on fresh \
+             databases; then {} probes to a consumer under 5,000 events/s, twice\n",
+            plan.identity_events, plan.probes
+        ));
+        handoff::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
     }
 
     header.push_str(&format!(

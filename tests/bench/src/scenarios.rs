@@ -37,6 +37,7 @@ pub struct Plan {
     pub latency: bool,
     pub copy: bool,
     pub identity: bool,
+    pub handoff: bool,
     /// Events of the identity mix.
     pub identity_events: usize,
     /// Freshness probes.

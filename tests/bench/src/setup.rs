@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use corvus::{App, CorvusConfig};
+use corvus_ingestion::outbox::Consumer;
 use corvus_platform::server::Listeners;
 use corvus_platform::{KeyStore, Role};
+use corvus_proto::identity::v1::LogEntry;
 use sqlx::{Connection as _, PgConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -148,7 +150,15 @@ pub fn embedded_config(dir: &Path, resolution: Resolution) -> CorvusConfig {
 
 impl Running {
     pub async fn start(config: CorvusConfig) -> anyhow::Result<Self> {
-        let app = App::build(config, Listeners::ephemeral().await?).await?;
+        Self::start_with(config, Vec::new()).await
+    }
+
+    /// The app with in-process consumers of identity's log.
+    pub async fn start_with(config: CorvusConfig, downstream: Vec<Consumer<LogEntry>>) -> anyhow::Result<Self> {
+        let app = downstream.into_iter().fold(
+            App::build(config, Listeners::ephemeral().await?).await?,
+            App::with_consumer_after_identity,
+        );
         let grpc_url = format!("http://127.0.0.1:{}", app.grpc_port());
         let http_url = format!(
             "http://127.0.0.1:{}",

@@ -33,6 +33,8 @@ pub struct PgEventLog {
     /// The NOTIFY channel the schema's trigger on `events` signals.
     channel: &'static str,
     wakeups: watch::Sender<u64>,
+    /// Erased events' rows removed from the heap soon after.
+    vacuum: corvus_storage::Vacuum,
     _listener: DropGuard,
 }
 
@@ -49,6 +51,7 @@ impl PgEventLog {
             pool,
             channel,
             wakeups,
+            vacuum: Default::default(),
             _listener: stop.drop_guard(),
         }
     }
@@ -452,6 +455,7 @@ impl EventLog for PgEventLog {
             .await?
             .rows_affected();
         tx.commit().await?;
+        self.vacuum.soon(&self.pool, "events, dead_letters");
         Ok(erased)
     }
 

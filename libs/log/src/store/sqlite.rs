@@ -280,6 +280,7 @@ impl EventLog for SqliteEventLog {
                 .rows_affected();
         }
         tx.commit().await?;
+        corvus_storage::checkpoint_sqlite(&self.pool).await?;
         Ok(erased)
     }
 

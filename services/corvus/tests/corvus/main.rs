@@ -3,6 +3,7 @@
 
 mod apart;
 mod downstream;
+mod erasure;
 mod fault;
 mod grpc;
 mod http;

@@ -194,6 +194,8 @@ pub struct Unmerged {
 pub struct Erasure {
     /// A `corvus.identity.v1.ErasureReceipt`, encoded.
     pub receipt: Vec<u8>,
+    /// The identifiers the person held (none when erased before).
+    pub identifiers: Vec<Identifier>,
     pub pending: Vec<String>,
     pub already_erased: bool,
     pub versions: Vec<(ProfileId, i64)>,
@@ -257,6 +259,10 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug {
         events: &[IncomingEvent],
         rules: &IdentityRules,
     ) -> Result<Applied, StorageError>;
+
+    /// Removes what is left of deleted rows after an erasure (`corvus_storage::scrub`):
+    /// at once on SQLite, in the background on Postgres.
+    async fn scrub(&self) -> Result<(), StorageError>;
 
     async fn lookup(&self, workspace: &WorkspaceId, profile: ProfileId) -> Result<Lookup, StorageError>;
 

@@ -22,6 +22,7 @@ pub struct PgIdentityStore {
     pool: PgPool,
     statistics: Arc<Statistics>,
     hints: Arc<Hints>,
+    vacuum: corvus_storage::Vacuum,
 }
 
 /// Keeps the planner's statistics of identity's tables in step with their growth.
@@ -58,6 +59,7 @@ impl PgIdentityStore {
             pool,
             statistics: Arc::new(statistics),
             hints: Arc::default(),
+            vacuum: Default::default(),
         }
     }
 
@@ -93,6 +95,15 @@ impl PgIdentityStore {
             .execute(&mut *conn)
             .await?;
         PgEventLog::insert_in(conn, ws, entries).await
+    }
+
+    /// The tables an erasure deletes from, vacuumed in the background.
+    async fn scrub_deleted(&self) -> Result<(), StorageError> {
+        self.vacuum.soon(
+            &self.pool,
+            "identifiers, profile_events, traits, consents, evidence, match_candidates, events, dead_letters",
+        );
+        Ok(())
     }
 
     async fn begin(&self) -> Result<((), Transaction<'static, Postgres>), sqlx::Error> {

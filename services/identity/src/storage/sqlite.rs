@@ -46,6 +46,10 @@ impl SqliteIdentityStore {
     /// SQLite plans by index without statistics: nothing to keep up.
     fn resolved(&self, _events: usize) {}
 
+    async fn scrub_deleted(&self) -> Result<(), StorageError> {
+        corvus_storage::checkpoint_sqlite(&self.pool).await
+    }
+
     async fn log_in(conn: &mut SqliteConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
         SqliteEventLog::insert_in(conn, ws, entries).await
     }

@@ -207,7 +207,7 @@ fn ms(d: Option<Duration>) -> String {
 
 /// One event per probe, each under its own message id: an account holder's user id and
 /// an email no one had, `probe-<n>@bench.example`.
-fn probe_batches(mix: &Mix, first: usize, probes: usize) -> anyhow::Result<Vec<(Batch, String)>> {
+pub(crate) fn probe_batches(mix: &Mix, first: usize, probes: usize) -> anyhow::Result<Vec<(Batch, String)>> {
     let now = chrono::Utc::now();
     (first..first + probes)
         .map(|n| {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use self::diagnostics::{Histogram, graph_note, index_scans, round_trip, sample_sessions, scans_note, value_of};
+pub(crate) use self::freshness::probe_batches;
 use self::freshness::{LOAD_PER_S, freshness};
 use self::reads::reads;
 use crate::load::{self, Measured, Work, bearer};

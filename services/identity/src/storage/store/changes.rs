@@ -176,6 +176,7 @@ macro_rules! changes_sql {
             if let Some((receipt, pending)) = done {
                 return Ok(Some(Erasure {
                     receipt,
+                    identifiers: Vec::new(),
                     pending: pending
                         .map(|p| p.lines().map(str::to_owned).collect())
                         .unwrap_or_default(),
@@ -305,6 +306,7 @@ macro_rules! changes_sql {
             tx.commit().await?;
             Ok(Some(Erasure {
                 receipt,
+                identifiers: removed.identifiers,
                 pending: removed.message_ids,
                 already_erased: false,
                 versions,

@@ -10,6 +10,7 @@
 //!   SQLite;
 //! - `log_in`: entries added to identity's log in the transaction;
 //! - `resolved(events)`: told after each batch, to keep the planner's statistics;
+//! - `scrub_deleted()`: what is left of deleted rows removed, after an erasure;
 //! - `hints()`: where identifiers were last seen held (`hints.rs`), on Postgres, where it
 //!   spares a lookup per identifier; none on SQLite, whose lookups are in process;
 //! - `retries()`: how often a batch is run again after contention (none on SQLite,
@@ -74,6 +75,10 @@ macro_rules! identity_store {
                     let pause = 1 + (attempt as u64 * 7 + u64::from(uuid::Uuid::new_v4().as_bytes()[0])) % 20;
                     tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
+            }
+
+            async fn scrub(&self) -> Result<(), StorageError> {
+                self.scrub_deleted().await
             }
 
             async fn lookup(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Lookup, StorageError> {

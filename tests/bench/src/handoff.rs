@@ -1,0 +1,236 @@
+//! The hand-off after identity: its log, a cursor per downstream consumer.
+//!
+//! (a) The identity mix resolved end to end on a fresh database, once with no consumer
+//! of identity's log and once with three (in process, each counting what it receives):
+//! from the first send until identity's lag is 0 and, with consumers, until each has
+//! received every event. The run with consumers must reach 0.9 of the one without.
+//! (b) Freshness downstream: under 5,000 events/s, a probe event every 20 ms, timed from
+//! its ack until the first consumer has it; then the same with the third consumer dead
+//! (every delivery to it fails and is retried), which must not move the figure.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use async_trait::async_trait;
+use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
+use corvus_proto::identity::v1::{LogEntry, log_entry};
+use tokio::task::JoinSet;
+
+use crate::identity::{EVENTS_PER_PERSON, caught_up, ingestion_client, probe_batches, progress, resolved};
+use crate::load::{self, Measured, Work};
+use crate::people::Mix;
+use crate::report::{CpuSample, Row, Target};
+use crate::scenarios::{BATCH, Plan, Results, SEED};
+use crate::setup::{Resolution, Running, Scratch, durable_config};
+
+const CONSUMERS: usize = 3;
+const INGEST_TASKS: usize = 4;
+/// Of the run without consumers.
+const SHARE: f64 = 0.9;
+const LOAD_PER_S: f64 = 5_000.0;
+const LOAD_BATCH: usize = 50;
+const LOAD_CONNECTIONS: usize = 4;
+const LOAD_LEAD: Duration = Duration::from_secs(1);
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+const FRESH_P99: Duration = Duration::from_millis(50);
+
+/// A downstream service in process: counts the events it receives, notes when each
+/// probe arrived, and can be dead (every delivery fails, as an unreachable one does).
+#[derive(Default)]
+struct Downstream {
+    events: AtomicU64,
+    dead: AtomicBool,
+    probes: Mutex<HashMap<String, Instant>>,
+}
+
+#[async_trait]
+impl EventSink<LogEntry> for Downstream {
+    async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err("unavailable: the bench took it down".into());
+        }
+        let now = Instant::now();
+        let mut events = 0;
+        for entry in entries {
+            if let Some(log_entry::Entry::Event(e)) = &entry.entry {
+                events += 1;
+                let message_id = e.event.as_ref().map_or("", |e| e.message_id.as_str());
+                if message_id.starts_with("probe-") {
+                    self.probes.lock().unwrap().insert(message_id.to_owned(), now);
+                }
+            }
+        }
+        self.events.fetch_add(events, Ordering::Relaxed);
+        Ok(Vec::new())
+    }
+}
+
+pub async fn run(plan: &Plan, server_url: &str, redis_url: &str, results: &mut Results) -> anyhow::Result<()> {
+    let (without, _) = resolution_run(plan, server_url, redis_url, 0).await?;
+    let (with, freshness) = resolution_run(plan, server_url, redis_url, CONSUMERS).await?;
+    results.notes.push(format!(
+        "hand-off: the mix resolved and handed to {CONSUMERS} consumers of identity's log at {:.0} events/s, \
+         {:.2} of the {:.0} with none (target {SHARE})",
+        with.events_per_s,
+        with.events_per_s / without.events_per_s.max(1e-9),
+        without.events_per_s
+    ));
+    let target = Target::AtLeastPerSec(SHARE * without.events_per_s);
+    results.rows.push(without);
+    results.rows.push(with.with_target(target));
+    results.rows.extend(freshness);
+    Ok(())
+}
+
+/// (a) One run of the mix on a database of its own: its row, end to end. With
+/// consumers, (b) follows on the same app: its rows.
+async fn resolution_run(
+    plan: &Plan,
+    server_url: &str,
+    redis_url: &str,
+    consumers: usize,
+) -> anyhow::Result<(Row, Vec<Row>)> {
+    let scratch = Scratch::create(server_url).await?;
+    let downstream: Vec<Arc<Downstream>> = (0..consumers).map(|_| Arc::default()).collect();
+    let config = durable_config(&scratch, redis_url, Resolution::On);
+    let sinks = downstream
+        .iter()
+        .enumerate()
+        .map(|(n, sink)| Consumer {
+            name: format!("downstream-{n}"),
+            sink: sink.clone() as Arc<dyn EventSink<LogEntry>>,
+            batch_size: None,
+        })
+        .collect();
+    let app = Running::start_with(config, sinks).await?;
+    let outcome = async {
+        let keys = app.workspace_keys("handoff").await?;
+        let mut mix = Mix::new(SEED, (plan.identity_events / EVENTS_PER_PERSON).max(1));
+        progress(&format!("hand-off: encoding the mix for {consumers} consumers"));
+        let batches = Arc::new(mix.batches(plan.identity_events, BATCH)?);
+        let work = Arc::new(Work {
+            batches: batches.clone(),
+            keys: vec![keys.ingest.clone()],
+            requests: batches.len(),
+        });
+        let mut ingestion = ingestion_client(&app.grpc_url).await?;
+        let resolved_before = resolved();
+        let cpu = CpuSample::now();
+        let start = Instant::now();
+        let ingest = load::grpc_closed(&app.grpc_url, work, INGEST_TASKS).await?;
+        caught_up(&mut ingestion, &keys.read, resolved_before + ingest.events).await?;
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        while downstream
+            .iter()
+            .any(|d| d.events.load(Ordering::Relaxed) < ingest.events)
+        {
+            ensure!(Instant::now() < deadline, "the consumers did not get every event");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut whole = Measured {
+            events: ingest.events,
+            elapsed: start.elapsed(),
+            latencies: Vec::new(),
+        };
+        let label = match consumers {
+            0 => "hand-off: mix resolved end to end, no consumer of identity's log".to_owned(),
+            n => format!("hand-off: mix resolved and handed to {n} consumers of identity's log"),
+        };
+        let mut row = Row::new(label, &mut whole, cpu.cores_since());
+        row.writes = false;
+        eprintln!("corvus-bench:   {:.0} events/s", row.events_per_s);
+        let mut freshness_rows = Vec::new();
+        if consumers > 0 {
+            freshness_rows.push(freshness(plan, &app, &keys, &mut mix, &downstream, false).await?);
+            downstream[consumers - 1].dead.store(true, Ordering::Relaxed);
+            freshness_rows.push(freshness(plan, &app, &keys, &mut mix, &downstream, true).await?);
+        }
+        anyhow::Ok((row, freshness_rows))
+    }
+    .await;
+    let stopped = app.stop().await;
+    let dropped = scratch.drop_database().await;
+    let rows = outcome?;
+    stopped?;
+    dropped?;
+    Ok(rows)
+}
+
+/// (b) Probes under [`LOAD_PER_S`]: from each probe's ack until the first consumer has it.
+async fn freshness(
+    plan: &Plan,
+    app: &Running,
+    keys: &crate::setup::Keys,
+    mix: &mut Mix,
+    downstream: &[Arc<Downstream>],
+    one_dead: bool,
+) -> anyhow::Result<Row> {
+    let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
+    let secs = LOAD_LEAD.as_secs_f64() + plan.probes as f64 * PROBE_EVERY.as_secs_f64() + 0.5;
+    let requests = (secs * batches_per_s).ceil() as usize;
+    let work = Arc::new(Work {
+        batches: Arc::new(mix.batches(requests * LOAD_BATCH, LOAD_BATCH)?),
+        keys: vec![keys.ingest.clone()],
+        requests,
+    });
+    // Numbered apart from every other run's probes.
+    let first = if one_dead { 3 * plan.probes } else { 2 * plan.probes };
+    let probes = Arc::new(probe_batches(mix, first, plan.probes)?);
+    let label = format!(
+        "hand-off freshness: ack to a consumer, {} probes under {LOAD_PER_S:.0} events/s{}",
+        plan.probes,
+        if one_dead { ", another consumer dead" } else { "" }
+    );
+    progress(&label);
+    let ingest = load::connect(&app.grpc_url).await?;
+    let ingest_key = Arc::new(keys.ingest.clone());
+    let cpu = CpuSample::now();
+    let grpc_url = app.grpc_url.clone();
+    let background =
+        tokio::spawn(async move { load::grpc_open(&grpc_url, work, LOAD_CONNECTIONS, batches_per_s).await });
+    tokio::time::sleep(LOAD_LEAD).await;
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for n in 0..plan.probes {
+        tokio::time::sleep_until((started + PROBE_EVERY * n as u32).into()).await;
+        let (mut ingest, probes, ingest_key) = (ingest.clone(), probes.clone(), ingest_key.clone());
+        set.spawn(async move {
+            load::ingest(&mut ingest, &probes[n].0, &ingest_key).await?;
+            anyhow::Ok((format!("probe-{}", first + n), Instant::now()))
+        });
+    }
+    let mut acked = Vec::with_capacity(plan.probes);
+    while let Some(done) = set.join_next().await {
+        acked.push(done??);
+    }
+    let load = background.await??;
+    let receiver = &downstream[0];
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let mut latencies = Vec::with_capacity(acked.len());
+    for (message_id, ack) in &acked {
+        let arrived = loop {
+            if let Some(at) = receiver.probes.lock().unwrap().get(message_id) {
+                break *at;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "probe {message_id} never reached the consumer"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        latencies.push(arrived.saturating_duration_since(*ack));
+    }
+    let mut m = Measured {
+        events: load.events,
+        elapsed: load.elapsed,
+        latencies,
+    };
+    let mut row = Row::new(label, &mut m, cpu.cores_since()).with_target(Target::P99AtMost(FRESH_P99));
+    row.writes = false;
+    eprintln!("corvus-bench:   p50 {:?}, p99 {:?}", row.p50, row.p99);
+    Ok(row)
+}
