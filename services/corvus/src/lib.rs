@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corvus_identity::{Identity, IdentityConfig};
-use corvus_ingestion::outbox::Consumer;
+use corvus_ingestion::outbox::{Consumer, ConsumerConfig};
 use corvus_ingestion::{Ingestion, IngestionConfig};
 use corvus_platform::server::{Listeners, Services};
 use corvus_platform::telemetry::TelemetryConfig;
@@ -206,7 +206,7 @@ impl App {
                 });
             }
             consumers.extend(self.extra_consumers);
-            consumers.extend(ingestion.consumers()?);
+            consumers.extend(ConsumerConfig::consumers(&self.config.ingestion.consumers)?);
             workers.push(ingestion.spawn_outbox(consumers, workers_stop.clone()));
             routes.add_service(ingestion.grpc_service());
             if self.identity.is_none() {
@@ -220,7 +220,7 @@ impl App {
             // Identity's own log, a cursor per downstream service: none of them holds up
             // identity's cursor on the event log, nor each other.
             let mut downstream = self.after_identity;
-            downstream.extend(Identity::configured_consumers(&self.config.identity)?);
+            downstream.extend(ConsumerConfig::consumers(&self.config.identity.consumers)?);
             workers.push(identity.spawn_log(downstream, &self.config.identity.log, workers_stop.clone()));
             routes.add_service(identity.grpc_service());
             if self.ingestion.is_none() {

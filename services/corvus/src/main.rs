@@ -170,6 +170,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { service } => {
             let deployment: Deployment = service.parse().map_err(anyhow::Error::msg)?;
+            // Each service its own name in the traces, unless configured otherwise.
+            if deployment != Deployment::All && config.telemetry.service_name == "corvus" {
+                config.telemetry.service_name = format!("corvus-{service}");
+            }
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
             let stores = connect(&config, deployment).await?;
             // The Segment HTTP API is ingestion's.

@@ -14,7 +14,7 @@ pub mod storage;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use corvus_log::outbox::{self, Consumer, ConsumerConfig, EventSink, Failure, OutboxConfig};
+use corvus_log::outbox::{self, Consumer, EventSink, Failure, OutboxConfig};
 use corvus_platform::server::ReadinessCheck;
 use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1::LogEntry;
@@ -57,16 +57,6 @@ impl Identity {
         stop: CancellationToken,
     ) -> JoinSet<()> {
         outbox::spawn(self.log.clone(), consumers, config.clone(), stop)
-    }
-
-    /// The consumers of identity's log the configuration lists, over gRPC.
-    pub fn configured_consumers(config: &IdentityConfig) -> anyhow::Result<Vec<Consumer<LogEntry>>> {
-        config
-            .consumers
-            .iter()
-            .map(ConsumerConfig::consumer)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)
     }
 
     /// Ready while the store and the cache answer.

@@ -135,16 +135,6 @@ impl Ingestion {
         http::router(self.ingestor.clone(), auth)
     }
 
-    /// The consumers of the configuration, over gRPC.
-    pub fn consumers(&self) -> anyhow::Result<Vec<Consumer>> {
-        self.config
-            .consumers
-            .iter()
-            .map(ConsumerConfig::consumer)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)
-    }
-
     /// Starts the outbox for `consumers`; it stops when `stop` is cancelled.
     pub fn spawn_outbox(&self, consumers: Vec<Consumer>, stop: CancellationToken) -> JoinSet<()> {
         outbox::spawn(self.log.clone(), consumers, self.config.outbox.clone(), stop)

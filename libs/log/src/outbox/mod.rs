@@ -247,6 +247,18 @@ impl ConsumerConfig {
         Ok(())
     }
 
+    /// Every consumer listed, delivered to over gRPC.
+    pub fn consumers<E: Entry>(configs: &[Self]) -> anyhow::Result<Vec<Consumer<E>>>
+    where
+        GrpcSink: EventSink<E>,
+    {
+        configs
+            .iter()
+            .map(Self::consumer)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)
+    }
+
     /// The consumer, delivered to over gRPC.
     pub fn consumer<E: Entry>(&self) -> Result<Consumer<E>, String>
     where
@@ -472,6 +484,8 @@ impl<E: Entry> Dispatcher<E> {
         let mut failing = false;
         while !pending.is_empty() {
             let result = tokio::select! {
+                // Stopping wins over a sink that answers at once (one that is down).
+                biased;
                 () = self.stop.cancelled() => return Err(Stop::Cancelled),
                 r = self.consumer.sink.deliver(&pending).instrument(span.clone()) => r,
             };

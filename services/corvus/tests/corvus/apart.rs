@@ -3,7 +3,9 @@
 //! handing its log on to a downstream service (this test's own server). Identity is
 //! killed with SIGKILL in the middle of a load and started again; the downstream is
 //! stopped and started again. Afterwards every accepted event is resolved once and has
-//! reached the downstream, with no gap and no duplicate effect.
+//! reached the downstream, with no gap and no duplicate effect. And one trace follows an
+//! event from the HTTP request through both logs and both processes to the downstream,
+//! as an OTLP collector in the test receives it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,9 @@ use corvus_proto::ingestion::v1::{
     DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest, ListEventsRequest,
 };
 use corvus_test_support::TempDir;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -41,15 +46,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The downstream service: every resolved event it was handed, with how many times.
+/// The downstream service: every resolved event it was handed, with how many times,
+/// and the trace context each delivery came with.
 #[derive(Clone, Default)]
 struct Downstream {
     seen: Arc<Mutex<HashMap<String, (String, u32)>>>,
+    traceparents: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
 impl EventConsumerService for Downstream {
     async fn deliver(&self, request: Request<DeliverRequest>) -> Result<Response<DeliverResponse>, Status> {
+        if let Some(traceparent) = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()) {
+            self.traceparents.lock().unwrap().push(traceparent.to_owned());
+        }
         let mut seen = self.seen.lock().unwrap();
         for entry in request.into_inner().entries {
             if let Some(log_entry::Entry::Event(e)) = entry.entry {
@@ -116,11 +126,10 @@ fn write_config(dir: &Path, name: &str, toml: &str) -> PathBuf {
     path
 }
 
-fn server_section(grpc: u16) -> String {
+fn server_section(grpc: u16, http: u16) -> String {
     format!(
-        "[server]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{}\"\n\
+        "[server]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:{http}\"\n\
          metrics_addr = \"127.0.0.1:{}\"\ndrain_timeout = \"2s\"\n[telemetry]\nlog_filter = \"error\"\n",
-        free_port(),
         free_port()
     )
 }
@@ -149,73 +158,120 @@ fn load_event(n: usize) -> Event {
     )
 }
 
+/// Ingestion and identity as processes of their own over a fresh database, identity
+/// handing its log to this test's downstream, and the keys to call them with.
+struct Cluster {
+    _dir: TempDir,
+    admin: String,
+    ingestion_port: u16,
+    http_port: u16,
+    identity_port: u16,
+    downstream: Downstream,
+    downstream_addr: SocketAddr,
+    downstream_up: CancellationToken,
+    /// Held to keep the process (killed when dropped).
+    _ingestion: Process,
+    identity: Process,
+}
+
+impl Cluster {
+    /// `None` (skip) without the test servers; `env` goes to both processes.
+    async fn start(env: &[(&'static str, String)]) -> Option<Self> {
+        let (server, redis) = (corvus_test_support::postgres_url()?, corvus_test_support::redis_url()?);
+        let database = corvus_test_support::fresh_postgres_database(&server).await;
+        let dir = TempDir::new();
+        let storage = corvus_storage::StorageConfig {
+            database_url: Some(database.clone().into()),
+            redis_url: Some(redis.clone().into()),
+            cache_namespace: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            ..Default::default()
+        };
+        let keys = KeyStore::connect(&storage).await.unwrap();
+        let (acme, system) = ("acme".parse().unwrap(), "system".parse().unwrap());
+        keys.upsert_workspace(&acme, "Acme", None).await.unwrap();
+        keys.upsert_workspace(&system, "Corvus services", None).await.unwrap();
+        let admin = keys.create_key(&acme, Role::Admin, "test").await.unwrap().secret;
+        let service = keys
+            .create_key(&system, Role::Service, "delivery")
+            .await
+            .unwrap()
+            .secret;
+
+        let downstream = Downstream::default();
+        let downstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let downstream_up = serve_downstream(&downstream, downstream_addr);
+
+        let (ingestion_port, http_port, identity_port) = (free_port(), free_port(), free_port());
+        let identity_config = write_config(
+            dir.path(),
+            "identity",
+            &format!(
+                "{}[identity]\nbatch_size = 500\n[identity.log]\nretry_max = \"300ms\"\n\
+                 [[identity.consumers]]\nname = \"downstream\"\nendpoint = \"http://{downstream_addr}\"\n\
+                 [[identity.consumers]]\nname = \"ingestion\"\nendpoint = \"http://127.0.0.1:{ingestion_port}\"\n\
+                 changes_only = true\n",
+                server_section(identity_port, free_port())
+            ),
+        );
+        let ingestion_config = write_config(
+            dir.path(),
+            "ingestion",
+            &format!(
+                "{}[ingestion.outbox]\nretry_max = \"300ms\"\n\
+                 [[ingestion.consumers]]\nname = \"identity\"\nendpoint = \"http://127.0.0.1:{identity_port}\"\n\
+                 batch_size = 500\n",
+                server_section(ingestion_port, http_port)
+            ),
+        );
+        // The service key as a deployment gives it: one variable for every consumer.
+        let mut env: Vec<(&'static str, String)> = env.to_vec();
+        env.extend([
+            ("DATABASE_URL", database),
+            ("REDIS_URL", redis),
+            ("CORVUS_STORAGE__CACHE_NAMESPACE", storage.cache_namespace.clone()),
+            ("CORVUS_SERVER__SERVICE_KEY", service),
+        ]);
+        let identity = Process::start("identity", identity_config, env.clone());
+        let ingestion = Process::start("ingestion", ingestion_config, env);
+        Some(Self {
+            _dir: dir,
+            admin,
+            ingestion_port,
+            http_port,
+            identity_port,
+            downstream,
+            downstream_addr,
+            downstream_up,
+            _ingestion: ingestion,
+            identity,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_apart_lose_nothing_when_killed() {
-    let (Some(server), Some(redis)) = (corvus_test_support::postgres_url(), corvus_test_support::redis_url()) else {
+    let Some(mut cluster) = Cluster::start(&[]).await else {
         return;
     };
-    let database = corvus_test_support::fresh_postgres_database(&server).await;
-    let dir = TempDir::new();
-    let storage = corvus_storage::StorageConfig {
-        database_url: Some(database.clone().into()),
-        redis_url: Some(redis.clone().into()),
-        cache_namespace: format!("test-{}", uuid::Uuid::new_v4().simple()),
-        ..Default::default()
-    };
-    let keys = KeyStore::connect(&storage).await.unwrap();
-    let (acme, system) = ("acme".parse().unwrap(), "system".parse().unwrap());
-    keys.upsert_workspace(&acme, "Acme", None).await.unwrap();
-    keys.upsert_workspace(&system, "Corvus services", None).await.unwrap();
-    let admin = keys.create_key(&acme, Role::Admin, "test").await.unwrap().secret;
-    let service = keys
-        .create_key(&system, Role::Service, "delivery")
-        .await
-        .unwrap()
-        .secret;
-
-    let downstream = Downstream::default();
-    let downstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut downstream_up = serve_downstream(&downstream, downstream_addr);
-
-    let (ingestion_port, identity_port) = (free_port(), free_port());
-    let identity_config = write_config(
-        dir.path(),
-        "identity",
-        &format!(
-            "{}[identity]\nbatch_size = 500\n[identity.log]\nretry_max = \"300ms\"\n\
-             [[identity.consumers]]\nname = \"downstream\"\nendpoint = \"http://{downstream_addr}\"\n\
-             [[identity.consumers]]\nname = \"ingestion\"\nendpoint = \"http://127.0.0.1:{ingestion_port}\"\n\
-             key = \"{service}\"\nchanges_only = true\n",
-            server_section(identity_port)
-        ),
-    );
-    let ingestion_config = write_config(
-        dir.path(),
-        "ingestion",
-        &format!(
-            "{}[ingestion.outbox]\nretry_max = \"300ms\"\n\
-             [[ingestion.consumers]]\nname = \"identity\"\nendpoint = \"http://127.0.0.1:{identity_port}\"\n\
-             key = \"{service}\"\nbatch_size = 500\n",
-            server_section(ingestion_port)
-        ),
-    );
-    let env = vec![
-        ("DATABASE_URL", database.clone()),
-        ("REDIS_URL", redis.clone()),
-        ("CORVUS_STORAGE__CACHE_NAMESPACE", storage.cache_namespace.clone()),
-    ];
-    let mut identity = Process::start("identity", identity_config, env.clone());
-    let _ingestion = Process::start("ingestion", ingestion_config, env);
-
+    let Cluster {
+        admin,
+        ingestion_port,
+        identity_port,
+        downstream,
+        downstream_addr,
+        ..
+    } = &cluster;
+    let (admin, ingestion_port, identity_port) = (admin.clone(), *ingestion_port, *identity_port);
+    let (downstream, downstream_addr) = (downstream.clone(), *downstream_addr);
     let bearer = Key::bearer(&admin);
     let mut client = IngestionServiceClient::with_interceptor(connect(ingestion_port).await, bearer.clone());
     let (batches, per_batch) = (40, 50);
     for b in 0..batches {
         match b {
-            10 => identity.kill().await,
-            15 => identity.spawn(),
-            20 => downstream_up.cancel(),
-            30 => downstream_up = serve_downstream(&downstream, downstream_addr),
+            10 => cluster.identity.kill().await,
+            15 => cluster.identity.spawn(),
+            20 => cluster.downstream_up.cancel(),
+            30 => cluster.downstream_up = serve_downstream(&downstream, downstream_addr),
             _ => {}
         }
         let events = (b * per_batch..(b + 1) * per_batch).map(load_event).collect();
@@ -345,7 +401,7 @@ async fn services_apart_lose_nothing_when_killed() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    downstream_up.cancel();
+    cluster.downstream_up.cancel();
 }
 
 async fn stored_message_ids(client: &mut IngestionServiceClient<InterceptedService<Channel, Key>>) -> Vec<String> {
@@ -367,5 +423,125 @@ async fn stored_message_ids(client: &mut IngestionServiceClient<InterceptedServi
         if token.is_empty() {
             return out;
         }
+    }
+}
+
+/// An OTLP/gRPC collector in the test: the spans each process exports, as
+/// (service.name, span name, trace id in hex).
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                spans.push((service.clone(), span.name, trace));
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_event_across_processes() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        // Export within a tenth of a second rather than every five.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let Some(cluster) = Cluster::start(&env).await else {
+        return;
+    };
+    connect(cluster.ingestion_port).await;
+    connect(cluster.identity_port).await;
+
+    // Sent over the Segment HTTP API, as an SDK would, in a trace of the caller's.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let batch = serde_json::json!({"batch": [{
+        "type": "identify", "messageId": "traced-1", "userId": "u-traced",
+        "traits": {"email": "traced@example.com"},
+    }]});
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/v1/batch", cluster.http_port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = http
+            .post(&url)
+            .basic_auth(&cluster.admin, Some(""))
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .json(&batch)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => break,
+            other => assert!(tokio::time::Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The downstream is called in the trace, two logs and two processes later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cluster.downstream.seen.lock().unwrap().contains_key("traced-1") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event never reached the downstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let traceparents = cluster.downstream.traceparents.lock().unwrap().clone();
+    assert!(
+        traceparents.iter().any(|t| t.split('-').nth(1) == Some(trace)),
+        "{traceparents:?}"
+    );
+
+    // Each process exported its part of the same trace: ingestion took the request and
+    // delivered to identity; identity took the delivery and delivered to the downstream.
+    let wanted = [
+        ("corvus-ingestion", "request"),
+        ("corvus-ingestion", "outbox.deliver"),
+        ("corvus-identity", "request"),
+        ("corvus-identity", "outbox.deliver"),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(service, name)| !spans.iter().any(|s| s.0 == *service && s.1 == *name && s.2 == trace))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no span {missing:?} in trace {trace}; exported: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
