@@ -41,7 +41,20 @@ impl CorvusConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
         self.ingestion.validate()?;
-        self.identity.validate()
+        self.identity.validate()?;
+        // A consumer's metrics carry its name alone, whichever log it consumes.
+        if let Some(c) = self
+            .identity
+            .consumers
+            .iter()
+            .find(|c| self.ingestion.consumers.iter().any(|i| i.name == c.name))
+        {
+            anyhow::bail!(
+                "identity.consumers.{0}: ingestion.consumers has a consumer {0:?} too; name them apart",
+                c.name
+            );
+        }
+        Ok(())
     }
 }
 

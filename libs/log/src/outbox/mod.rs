@@ -6,6 +6,7 @@
 //! reason. Delivery is at least once; consumers are idempotent by event id.
 
 mod grpc_sink;
+mod shared_reads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,9 +281,11 @@ pub fn spawn<E: Entry>(
     stop: CancellationToken,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    let reads = Arc::new(shared_reads::SharedReads::default());
     for consumer in consumers {
         let dispatcher = Dispatcher {
             log: log.clone(),
+            reads: reads.clone(),
             consumer,
             config: config.clone(),
             stop: stop.clone(),
@@ -294,6 +297,8 @@ pub fn spawn<E: Entry>(
 
 struct Dispatcher<E> {
     log: Arc<dyn EventLog>,
+    /// Shared with the other dispatchers of the same log in this process.
+    reads: Arc<shared_reads::SharedReads>,
     consumer: Consumer<E>,
     config: OutboxConfig,
     stop: CancellationToken,
@@ -384,13 +389,9 @@ impl<E: Entry> Dispatcher<E> {
                 None => {
                     // Mark the wake-ups seen before reading, so a commit after the read wakes us.
                     wakeups.borrow_and_update();
-                    match self
-                        .log
-                        .read_after(delivered_to, self.batch_size(), self.config.batch_bytes)
-                        .await
-                    {
+                    match self.read_after(delivered_to).await {
                         Ok(b) => b,
-                        Err(err) => return Stop::LostLease(err.to_string()),
+                        Err(err) => return Stop::LostLease(err),
                     }
                 }
             };
@@ -422,11 +423,7 @@ impl<E: Entry> Dispatcher<E> {
             let behind = self.is_full(&batch);
             let reading_ahead = async {
                 if behind {
-                    Some(
-                        self.log
-                            .read_after(last, self.batch_size(), self.config.batch_bytes)
-                            .await,
-                    )
+                    Some(self.read_after(last).await)
                 } else {
                     None
                 }
@@ -442,6 +439,12 @@ impl<E: Entry> Dispatcher<E> {
             delivered_to = last;
             read_ahead = next.and_then(Result::ok).filter(|b| self.is_full(b));
         }
+    }
+
+    async fn read_after(&self, after: Position) -> Result<ReadBatch, String> {
+        self.reads
+            .read_after(&self.log, after, self.batch_size(), self.config.batch_bytes)
+            .await
     }
 
     /// Moves the cursor to where delivery has reached, if it is not there yet.

@@ -9,14 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
+use corvus_ingestion::outbox::{Consumer, ConsumerConfig, EventSink, Failure};
 use corvus_proto::identity::v1 as pb;
 use corvus_proto::identity::v1::{LogEntry, log_entry, profile_change};
+use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse};
 use corvus_test_support::{Backend, eventually, on_both_backends};
 use tonic::Code;
 
 use crate::identity::{by_id, by_identifier, event, send};
-use crate::support::{TestApp, spawn_downstream};
+use crate::support::{TestApp, spawn_downstream, spawn_with};
 
 on_both_backends!(
     a_dead_consumer_holds_up_neither_identity_nor_another,
@@ -381,5 +383,75 @@ async fn per_profile_state_follows_merges_unmerges_and_erasures(backend: Backend
         }
     }
     no_repeats(&counter.messages());
+    app.stop().await;
+}
+
+/// A remote consumer that hangs for a while, then answers.
+#[derive(Clone, Default)]
+struct Hanging {
+    hang: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl EventConsumerService for Hanging {
+    async fn deliver(
+        &self,
+        request: tonic::Request<DeliverRequest>,
+    ) -> Result<tonic::Response<DeliverResponse>, tonic::Status> {
+        if self.hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let mut received = self.received.lock().unwrap();
+        for entry in request.into_inner().entries {
+            if let Some(log_entry::Entry::Event(e)) = entry.entry {
+                received.push(e.event.unwrap().message_id);
+            }
+        }
+        Ok(tonic::Response::new(DeliverResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_hanging_past_its_deadline_is_retried_and_misses_nothing() {
+    let hanging = Hanging::default();
+    hanging.hang.store(true, Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EventConsumerServiceServer::new(hanging.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let Some(app) = spawn_with(Backend::Embedded, |c| {
+        fast_retries(c);
+        let mut consumer = ConsumerConfig::new("slowpoke", &endpoint);
+        consumer.timeout = Duration::from_millis(300);
+        c.identity.consumers.push(consumer);
+    })
+    .await
+    else {
+        return;
+    };
+    let names: Vec<String> = (0..5).map(|i| format!("h-{i}")).collect();
+    send(&app, names.iter().map(|m| event(m, &[("user_id", m)])).collect()).await;
+    // The others are not held up; the hanging one shows why it lags.
+    assert!(eventually(Duration::from_secs(10), || app.resolved.events().len() == 5).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let consumers = app.downstream().await;
+        let slowpoke = status(&consumers, "slowpoke");
+        if !slowpoke.last_error.is_empty() {
+            assert_eq!(slowpoke.lag, 5, "{slowpoke:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{slowpoke:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Answering again: everything once, in order.
+    hanging.hang.store(false, Ordering::SeqCst);
+    app.downstream_caught_up().await;
+    assert_eq!(*hanging.received.lock().unwrap(), names);
+    assert!(status(&app.downstream().await, "slowpoke").last_error.is_empty());
     app.stop().await;
 }
