@@ -377,7 +377,8 @@ impl<E: Entry> Dispatcher<E> {
                 let _ = self.settle(&mut cursor, delivered_to).await;
                 return Stop::Cancelled;
             }
-            // Dead letters marked for replay are looked for at most once a poll interval.
+            // Dead letters marked for replay are looked for at most once a poll interval
+            // (not on every wake-up: at the head of a busy log that is many a second).
             if replays_checked.is_none_or(|at| at.elapsed() >= self.config.poll_interval) {
                 if let Err(err) = self.replay_dead_letters().await {
                     return Stop::LostLease(err.to_string());
@@ -399,7 +400,6 @@ impl<E: Entry> Dispatcher<E> {
                 if let Err(stop) = self.settle(&mut cursor, delivered_to).await {
                     return stop;
                 }
-                replays_checked = None;
                 metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone()).set(0.0);
                 let pause = if batch.held_back {
                     Duration::from_millis(5)
