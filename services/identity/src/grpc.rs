@@ -240,6 +240,16 @@ impl IdentityService for IdentityApi {
         }))
     }
 
+    async fn get_erasure_receipt(
+        &self,
+        request: Request<pb::GetErasureReceiptRequest>,
+    ) -> Result<Response<pb::GetErasureReceiptResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "read erasure receipts")?;
+        let id = profile_id("profile_id", &request.get_ref().profile_id)?;
+        let receipt = self.identity.erasure_receipt(&principal.workspace, id).await?;
+        Ok(Response::new(pb::GetErasureReceiptResponse { receipt: Some(receipt) }))
+    }
+
     async fn list_consumers(
         &self,
         request: Request<pb::ListConsumersRequest>,
@@ -338,6 +348,7 @@ impl EventConsumerService for ResolvingConsumer {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(DeliverResponse {
+            erasures: Vec::new(),
             failures: failures
                 .into_iter()
                 .map(|f| DeliveryFailure {

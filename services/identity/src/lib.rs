@@ -14,9 +14,10 @@ pub mod storage;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use corvus_log::outbox::{self, Consumer, EventSink, Failure, OutboxConfig};
+use corvus_log::outbox::{self, Consumer, Erasure, ErasureLedger, EventSink, Failure, OutboxConfig};
 use corvus_platform::server::ReadinessCheck;
 use corvus_proto::common::v1::StoredEvent;
+use corvus_proto::identity::v1::ErasureAnswer;
 use corvus_proto::identity::v1::LogEntry;
 use corvus_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerServiceServer;
@@ -56,7 +57,10 @@ impl Identity {
         config: &OutboxConfig,
         stop: CancellationToken,
     ) -> JoinSet<()> {
-        outbox::spawn(self.log.clone(), consumers, config.clone(), stop)
+        let receipts: Arc<dyn ErasureLedger> = Arc::new(Receipts {
+            store: self.store.clone(),
+        });
+        outbox::spawn_with_ledger(self.log.clone(), consumers, config.clone(), Some(receipts), stop)
     }
 
     /// Ready while the store and the cache answer.
@@ -87,5 +91,37 @@ impl EventSink for Identity {
             .into_iter()
             .map(|(event_id, reason)| Failure { event_id, reason })
             .collect())
+    }
+}
+
+/// The erasure receipts, as the consumers of identity's log receive each erasure.
+struct Receipts {
+    store: Arc<dyn storage::IdentityStore>,
+}
+
+#[async_trait]
+impl ErasureLedger for Receipts {
+    async fn received(&self, consumer: &str, erasures: &[(Erasure<'_>, Option<&ErasureAnswer>)]) -> Result<(), String> {
+        for (erasure, answer) in erasures {
+            let (Ok(ws), Ok(profile)) = (erasure.workspace.parse(), erasure.profile.parse()) else {
+                tracing::warn!(
+                    consumer,
+                    change = erasure.change_id,
+                    "an erasure in identity's log names no profile"
+                );
+                continue;
+            };
+            let store = answer
+                .map(|a| a.store.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(consumer);
+            let removed = answer.map(|a| serde_json::to_string(&a.removed)).transpose();
+            let removed = removed.map_err(|e| e.to_string())?.unwrap_or_else(|| "{}".to_owned());
+            self.store
+                .erasure_answered(&ws, profile, consumer, store, &removed)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }

@@ -353,6 +353,7 @@ impl Identity {
                     .iter()
                     .map(|(table, n)| ((*table).to_owned(), *n))
                     .collect(),
+                pending: false,
             };
             pb::ErasureReceipt {
                 profile_id: removed.profile.to_string(),
@@ -391,6 +392,7 @@ impl Identity {
                     ("identifier_entries".to_owned(), erasure.identifiers.len() as u64),
                 ]
                 .into(),
+                pending: false,
             });
         }
         for eraser in &self.erasers {
@@ -399,10 +401,40 @@ impl Identity {
             receipt.stores.push(pb::ErasedStore {
                 store: eraser.name().to_owned(),
                 removed: [("events".to_owned(), n)].into(),
+                pending: false,
             });
         }
         self.store.erasure_done(ws, id, &receipt.encode_to_vec()).await?;
         Ok((receipt, erasure.already_erased))
+    }
+
+    /// The receipt of the erasure of `id` as it stands: what identity, its cache and (in
+    /// one process) the event log removed, and for each consumer of identity's log what
+    /// it answered, or that it has not received the erasure yet.
+    pub async fn erasure_receipt(&self, ws: &WorkspaceId, id: ProfileId) -> Result<pb::ErasureReceipt, IdentityError> {
+        let Some((receipt, answers)) = self.store.erasure_receipt(ws, id).await? else {
+            return Err(IdentityError::NotFound(format!(
+                "no erasure of profile {id} in this workspace"
+            )));
+        };
+        let mut receipt = pb::ErasureReceipt::decode(receipt.as_slice())
+            .map_err(|e| StorageError::Internal(format!("a stored receipt does not decode: {e}")))?;
+        for consumer in self.log.consumers(ws).await? {
+            let answer = answers.iter().find(|(name, _, _)| *name == consumer.name);
+            receipt.stores.push(match answer {
+                Some((_, store, removed)) => pb::ErasedStore {
+                    store: store.clone(),
+                    removed: serde_json::from_str(removed).unwrap_or_default(),
+                    pending: false,
+                },
+                None => pb::ErasedStore {
+                    store: consumer.name,
+                    removed: Default::default(),
+                    pending: true,
+                },
+            });
+        }
+        Ok(receipt)
     }
 
     /// Applies merges proposed by matching or review and refreshes the read model.

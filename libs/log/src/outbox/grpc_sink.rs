@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use corvus_platform::telemetry::TraceContextInterceptor;
 use corvus_proto::common::v1::StoredEvent;
-use corvus_proto::identity::v1::{LogEntry, log_entry};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry};
 use corvus_proto::ingestion::v1::DeliverRequest;
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
 use secrecy::{ExposeSecret, SecretString};
@@ -71,22 +71,23 @@ impl GrpcSink {
         })
     }
 
-    async fn send(&self, request: DeliverRequest) -> Result<Vec<Failure>, String> {
+    async fn send(&self, request: DeliverRequest) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), String> {
         let response = self
             .client
             .clone()
             .deliver(request)
             .await
-            .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
-        Ok(response
-            .into_inner()
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+            .into_inner();
+        let failures = response
             .failures
             .into_iter()
             .map(|f| Failure {
                 event_id: f.event_id,
                 reason: f.reason,
             })
-            .collect())
+            .collect();
+        Ok((failures, response.erasures))
     }
 }
 
@@ -98,25 +99,29 @@ pub fn secret(key: &str) -> SecretString {
 #[async_trait]
 impl EventSink<StoredEvent> for GrpcSink {
     async fn deliver(&self, events: &[StoredEvent]) -> Result<Vec<Failure>, String> {
-        self.send(DeliverRequest {
+        let request = DeliverRequest {
             consumer: self.consumer.clone(),
             events: events.to_vec(),
             entries: Vec::new(),
-        })
-        .await
+        };
+        Ok(self.send(request).await?.0)
     }
 }
 
 #[async_trait]
 impl EventSink<LogEntry> for GrpcSink {
     async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
+        Ok(self.deliver_answering(entries).await?.0)
+    }
+
+    async fn deliver_answering(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), String> {
         let entries: Vec<LogEntry> = entries
             .iter()
             .filter(|e| !self.changes_only || matches!(e.entry, Some(log_entry::Entry::Change(_))))
             .cloned()
             .collect();
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         self.send(DeliverRequest {
             consumer: self.consumer.clone(),

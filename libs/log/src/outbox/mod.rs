@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use corvus_proto::common::v1::{Event, StoredEvent};
-use corvus_proto::identity::v1::{LogEntry, log_entry};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
 use prost::Message;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,26 @@ pub trait Entry: Send + Sync + Sized + 'static {
     fn id(&self) -> &str;
     /// When the entry entered the platform, for the lag gauge.
     fn received_at(&self) -> Option<&prost_types::Timestamp>;
+    /// The erasure the entry is, if it is one: for its receipt.
+    fn erasure(&self) -> Option<Erasure<'_>> {
+        None
+    }
+}
+
+/// An erasure handed to a consumer: its workspace, the erased profile (the survivor of
+/// those erased together) and the change's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erasure<'a> {
+    pub workspace: &'a str,
+    pub profile: &'a str,
+    pub change_id: &'a str,
+}
+
+/// Where the outbox notes which consumer has received which erasure, and what it
+/// answered it deleted: identity's receipts.
+#[async_trait]
+pub trait ErasureLedger: Send + Sync {
+    async fn received(&self, consumer: &str, erasures: &[(Erasure<'_>, Option<&ErasureAnswer>)]) -> Result<(), String>;
 }
 
 impl Entry for StoredEvent {
@@ -89,6 +109,20 @@ impl Entry for LogEntry {
             None => None,
         }
     }
+
+    fn erasure(&self) -> Option<Erasure<'_>> {
+        let Some(log_entry::Entry::Change(change)) = &self.entry else {
+            return None;
+        };
+        let Some(profile_change::Change::Erased(erased)) = &change.change else {
+            return None;
+        };
+        Some(Erasure {
+            workspace: &change.workspace_id,
+            profile: erased.profile_ids.first()?,
+            change_id: &change.change_id,
+        })
+    }
 }
 
 /// Where a consumer's entries go: in process, or a service over gRPC.
@@ -98,6 +132,15 @@ pub trait EventSink<E = StoredEvent>: Send + Sync {
     /// (the consumer is unreachable) and the whole batch is retried; `Ok` lists the
     /// entries that failed, which are retried on their own.
     async fn deliver(&self, entries: &[E]) -> Result<Vec<Failure>, String>;
+
+    /// `deliver`, with what the consumer answered it deleted for the erasures among the
+    /// entries (identity's log). A sink that deletes nothing need not say so.
+    async fn deliver_answering(&self, entries: &[E]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), String>
+    where
+        E: Sync,
+    {
+        Ok((self.deliver(entries).await?, Vec::new()))
+    }
 }
 
 /// A registered consumer.
@@ -280,11 +323,23 @@ pub fn spawn<E: Entry>(
     config: OutboxConfig,
     stop: CancellationToken,
 ) -> JoinSet<()> {
+    spawn_with_ledger(log, consumers, config, None, stop)
+}
+
+/// `spawn`, noting in `ledger` which consumer received which erasure.
+pub fn spawn_with_ledger<E: Entry>(
+    log: Arc<dyn EventLog>,
+    consumers: Vec<Consumer<E>>,
+    config: OutboxConfig,
+    ledger: Option<Arc<dyn ErasureLedger>>,
+    stop: CancellationToken,
+) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let reads = Arc::new(shared_reads::SharedReads::default());
     for consumer in consumers {
         let dispatcher = Dispatcher {
             log: log.clone(),
+            ledger: ledger.clone(),
             reads: reads.clone(),
             consumer,
             config: config.clone(),
@@ -297,6 +352,7 @@ pub fn spawn<E: Entry>(
 
 struct Dispatcher<E> {
     log: Arc<dyn EventLog>,
+    ledger: Option<Arc<dyn ErasureLedger>>,
     /// Shared with the other dispatchers of the same log in this process.
     reads: Arc<shared_reads::SharedReads>,
     consumer: Consumer<E>,
@@ -490,7 +546,7 @@ impl<E: Entry> Dispatcher<E> {
                 // Stopping wins over a sink that answers at once (one that is down).
                 biased;
                 () = self.stop.cancelled() => return Err(Stop::Cancelled),
-                r = self.consumer.sink.deliver(&pending).instrument(span.clone()) => r,
+                r = self.consumer.sink.deliver_answering(&pending).instrument(span.clone()) => r,
             };
             match result {
                 Err(cause) => {
@@ -502,7 +558,7 @@ impl<E: Entry> Dispatcher<E> {
                     self.sleep(transport_pause).await;
                     transport_pause = (transport_pause * 2).min(self.config.retry_max);
                 }
-                Ok(mut failures) => {
+                Ok((mut failures, answers)) => {
                     // A failure naming nothing of this batch is the consumer's mistake:
                     // noted, and otherwise the batch counts as delivered.
                     let before = failures.len();
@@ -511,6 +567,7 @@ impl<E: Entry> Dispatcher<E> {
                         tracing::warn!(consumer = %name, unknown = before - failures.len(), "consumer named failures of entries it was not sent");
                     }
                     let delivered = pending.len() - failures.len();
+                    self.note_erasures(&pending, &failures, &answers).await?;
                     metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
                         .increment(delivered as u64);
                     if let Some(received) = pending.last().and_then(E::received_at) {
@@ -546,6 +603,27 @@ impl<E: Entry> Dispatcher<E> {
             }
         }
         Ok(())
+    }
+
+    /// Notes the erasures the consumer took (those it did not refuse) in the ledger.
+    async fn note_erasures(&self, pending: &[E], failures: &[Failure], answers: &[ErasureAnswer]) -> Result<(), Stop> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let taken: Vec<(Erasure<'_>, Option<&ErasureAnswer>)> = pending
+            .iter()
+            .filter_map(E::erasure)
+            .filter(|e| !failures.iter().any(|f| f.event_id == e.change_id))
+            .map(|e| (e, answers.iter().find(|a| a.change_id == e.change_id)))
+            .collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        // Not noted, it would stay pending on the receipt: the delivery goes again.
+        ledger
+            .received(&self.consumer.name, &taken)
+            .await
+            .map_err(|e| Stop::LostLease(format!("erasure receipts: {e}")))
     }
 
     async fn bury(&self, event: &LoggedEvent, reason: &str, attempts: u32) -> Result<(), Stop> {

@@ -374,11 +374,31 @@ async fn services_apart_lose_nothing_when_killed() {
         .unwrap();
     reader
         .forget_profile(identity_pb::ForgetProfileRequest {
-            profile_id: person0.profile_id,
+            profile_id: person0.profile_id.clone(),
             allow_recreate: false,
         })
         .await
         .unwrap();
+    // The receipt says what ingestion deleted, once it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let receipt = reader
+            .get_erasure_receipt(identity_pb::GetErasureReceiptRequest {
+                profile_id: person0.profile_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .receipt
+            .unwrap();
+        let ingestion = receipt.stores.iter().find(|s| s.store == "ingestion").unwrap();
+        if !ingestion.pending {
+            assert_eq!(ingestion.removed["events"], (total / 50) as u64, "{receipt:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{receipt:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = stored_message_ids(&mut client).await;

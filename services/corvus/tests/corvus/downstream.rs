@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use corvus_ingestion::outbox::{Consumer, ConsumerConfig, EventSink, Failure};
 use corvus_proto::identity::v1 as pb;
-use corvus_proto::identity::v1::{LogEntry, log_entry, profile_change};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse};
 use corvus_test_support::{Backend, eventually, on_both_backends};
@@ -104,6 +104,26 @@ impl Downstream {
 
 #[async_trait]
 impl EventSink<LogEntry> for Downstream {
+    /// Answers each erasure with the profiles it forgot.
+    async fn deliver_answering(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), String> {
+        let failures = self.deliver(entries).await?;
+        let answers = entries
+            .iter()
+            .filter_map(|e| match &e.entry {
+                Some(log_entry::Entry::Change(c)) => match &c.change {
+                    Some(profile_change::Change::Erased(x)) => Some(ErasureAnswer {
+                        change_id: c.change_id.clone(),
+                        removed: [("profiles".to_owned(), x.profile_ids.len() as u64)].into(),
+                        store: "warehouse-store".to_owned(),
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        Ok((failures, answers))
+    }
+
     async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
         if !self.up.load(Ordering::SeqCst) {
             return Err("unavailable: down for maintenance".into());
@@ -171,10 +191,63 @@ async fn a_dead_consumer_holds_up_neither_identity_nor_another(backend: Backend)
     assert_eq!(warehouse.lag, sent.len() as u64);
     assert!(warehouse.last_error.contains("down for maintenance"), "{warehouse:?}");
 
-    // Back up: it catches up from its own cursor, in order, each event once.
+    // An erasure while it is down: durably queued for it, and pending on the receipt.
+    let mut admin = app.identity(&app.admin_key).await;
+    let erased = by_identifier(&mut admin, "user_id", "u-0-0")
+        .await
+        .unwrap()
+        .profile
+        .unwrap();
+    admin
+        .forget_profile(pb::ForgetProfileRequest {
+            profile_id: erased.profile_id.clone(),
+            allow_recreate: false,
+        })
+        .await
+        .unwrap();
+    let receipt = |admin: &mut crate::support::IdentityClient| {
+        let request = pb::GetErasureReceiptRequest {
+            profile_id: erased.profile_id.clone(),
+        };
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_erasure_receipt(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .receipt
+                .unwrap()
+        }
+    };
+    let pending =
+        |receipt: &pb::ErasureReceipt, store: &str| receipt.stores.iter().find(|s| s.store == store).map(|s| s.pending);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = receipt(&mut admin).await;
+        if pending(&now, "resolved") == Some(false) {
+            assert_eq!(pending(&now, "warehouse"), Some(true), "{now:?}");
+            assert_eq!(pending(&now, "identity"), Some(false), "{now:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Back up: it catches up from its own cursor, in order, each event once, and the
+    // erasure with them; it answers what it deleted.
     dead.up.store(true, Ordering::SeqCst);
     assert!(eventually(Duration::from_secs(10), || dead.messages().len() >= sent.len()).await);
     app.downstream_caught_up().await;
+    let done = receipt(&mut admin).await;
+    let warehouse = done
+        .stores
+        .iter()
+        .find(|s| s.store == "warehouse-store")
+        .expect("answered");
+    assert!(!warehouse.pending);
+    assert_eq!(warehouse.removed["profiles"], 1);
+    assert_eq!(pending(&done, "warehouse"), None, "{done:?}");
     assert_eq!(dead.messages(), sent);
     assert_eq!(app.resolved.events().len(), sent.len());
     assert!(status(&app.downstream().await, "warehouse").last_error.is_empty());

@@ -297,6 +297,26 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug {
         receipt: &(dyn for<'r> Fn(&'r Removed) -> Vec<u8> + Sync),
     ) -> Result<Option<Erasure>, StorageError>;
 
+    /// The receipt kept for the erasure of the profile (or of the one it was merged
+    /// into), encoded, and what consumers of identity's log answered for it:
+    /// `(consumer, store, removed as JSON)`.
+    async fn erasure_receipt(
+        &self,
+        workspace: &WorkspaceId,
+        profile: ProfileId,
+    ) -> Result<Option<(Vec<u8>, Vec<(String, String, String)>)>, StorageError>;
+
+    /// Notes that `consumer` received the erasure of `profile` and what it deleted; a
+    /// repeat (a redelivery) changes nothing.
+    async fn erasure_answered(
+        &self,
+        workspace: &WorkspaceId,
+        profile: ProfileId,
+        consumer: &str,
+        store: &str,
+        removed: &str,
+    ) -> Result<(), StorageError>;
+
     /// Records that the event log erased the pending events, with the final receipt.
     async fn erasure_done(
         &self,

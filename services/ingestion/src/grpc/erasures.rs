@@ -9,7 +9,7 @@ use corvus_platform::Role;
 use corvus_platform::error::{invalid_argument, storage_status};
 use corvus_platform::server::principal;
 use corvus_proto::WorkspaceId;
-use corvus_proto::identity::v1::{log_entry, profile_change};
+use corvus_proto::identity::v1::{ErasureAnswer, log_entry, profile_change};
 use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
 use tonic::{Request, Response, Status};
@@ -32,6 +32,7 @@ impl EventConsumerService for ErasureConsumer {
             ));
         }
         let mut failures = Vec::new();
+        let mut erasures = Vec::new();
         for entry in &request.entries {
             let Some(log_entry::Entry::Change(change)) = &entry.entry else {
                 continue;
@@ -40,17 +41,24 @@ impl EventConsumerService for ErasureConsumer {
                 continue;
             };
             match change.workspace_id.parse::<WorkspaceId>() {
-                Ok(ws) if !erased.message_ids.is_empty() => {
-                    let n = self.log.erase(&ws, &erased.message_ids).await.map_err(storage_status)?;
+                Ok(ws) => {
+                    let n = match erased.message_ids.is_empty() {
+                        true => 0,
+                        false => self.log.erase(&ws, &erased.message_ids).await.map_err(storage_status)?,
+                    };
                     tracing::info!(workspace = %ws, change = %change.change_id, events = n, "erased events of a forgotten profile");
+                    erasures.push(ErasureAnswer {
+                        change_id: change.change_id.clone(),
+                        removed: [("events".to_owned(), n)].into(),
+                        store: "ingestion".to_owned(),
+                    });
                 }
-                Ok(_) => {}
                 Err(err) => failures.push(DeliveryFailure {
                     event_id: change.change_id.clone(),
                     reason: format!("workspace_id: {err}"),
                 }),
             }
         }
-        Ok(Response::new(DeliverResponse { failures }))
+        Ok(Response::new(DeliverResponse { failures, erasures }))
     }
 }

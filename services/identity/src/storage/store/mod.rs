@@ -244,6 +244,55 @@ macro_rules! identity_store {
                 forget_in(self, ws, profile, block_identifiers, receipt).await
             }
 
+            async fn erasure_receipt(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+            ) -> Result<Option<(Vec<u8>, Vec<(String, String, String)>)>, StorageError> {
+                let mut conn = self.pool.acquire().await?;
+                let root = current_root(&mut conn, ws, profile).await?.map_or(profile, |r| r.0);
+                let receipt: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT receipt FROM erasures WHERE workspace_id = $1 AND profile_id = $2")
+                        .bind(ws)
+                        .bind(root)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let Some((receipt,)) = receipt else {
+                    return Ok(None);
+                };
+                let answers: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT consumer, store, removed FROM erasure_answers \
+                     WHERE workspace_id = $1 AND profile_id = $2 ORDER BY consumer",
+                )
+                .bind(ws)
+                .bind(root)
+                .fetch_all(&mut *conn)
+                .await?;
+                Ok(Some((receipt, answers)))
+            }
+
+            async fn erasure_answered(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+                consumer: &str,
+                store: &str,
+                removed: &str,
+            ) -> Result<(), StorageError> {
+                sqlx::query(
+                    "INSERT INTO erasure_answers (workspace_id, profile_id, consumer, store, removed) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id, profile_id, consumer) DO NOTHING",
+                )
+                .bind(ws)
+                .bind(profile)
+                .bind(consumer)
+                .bind(store)
+                .bind(removed)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn erasure_done(&self, ws: &WorkspaceId, profile: ProfileId, receipt: &[u8]) -> Result<(), StorageError> {
                 let (_guard, mut tx) = self.begin().await?;
                 let root = current_root(&mut tx, ws, profile).await?.map_or(profile, |r| r.0);
