@@ -10,12 +10,16 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use std::time::Duration;
+
+use super::discovery::{self, Resolve};
 use super::{ConsumerConfig, EventSink, Failure};
 
 /// A consumer that is a service implementing `corvus.ingestion.v1.EventConsumerService`:
 /// of ingestion's log (`events`) or of identity's (`entries`). The channel connects
-/// lazily and reconnects by itself; the trace context of the delivery and the key (a
-/// Corvus service's consumer requires one of role `service`) travel in the metadata.
+/// lazily and reconnects by itself, balanced over the pods of a headless Service
+/// (`discovery`); the trace context of the delivery and the key (a Corvus service's
+/// consumer requires one of role `service`) travel in the metadata.
 #[derive(Debug, Clone)]
 pub struct GrpcSink {
     consumer: String,
@@ -50,11 +54,33 @@ pub enum SinkError {
 
 impl GrpcSink {
     pub fn new(config: &ConsumerConfig) -> Result<Self, SinkError> {
-        let channel = Endpoint::from_shared(config.endpoint.clone())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            // A consumer that hangs past this is retried like one that cannot be reached.
-            .timeout(config.timeout)
-            .connect_lazy();
+        Self::with_resolver(config, discovery::system(), discovery::EVERY)
+    }
+
+    /// A sink whose host name `resolve` looks up, every `every`. An `http://` endpoint
+    /// named by host is balanced over every address the name has (the pods of a headless
+    /// Service); an IP address, or `https://` (whose certificate names the host), is
+    /// one connection.
+    pub fn with_resolver(config: &ConsumerConfig, resolve: Resolve, every: Duration) -> Result<Self, SinkError> {
+        let timeout = config.timeout;
+        let configure = move |endpoint: Endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                // A consumer that hangs past this is retried like one that cannot be reached.
+                .timeout(timeout)
+        };
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())?;
+        let uri = endpoint.uri();
+        let by_name = uri.scheme_str() == Some("http")
+            && uri
+                .host()
+                .is_some_and(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err());
+        let channel = match (by_name, uri.host(), uri.port_u16()) {
+            (true, Some(host), port) => {
+                discovery::balanced(host.to_owned(), port.unwrap_or(80), resolve, every, configure)
+            }
+            _ => configure(endpoint).connect_lazy(),
+        };
         let bearer = config
             .key
             .as_ref()

@@ -5,6 +5,7 @@
 //! it takes; an event the consumer refuses is retried, then dead-lettered with the
 //! reason. Delivery is at least once; consumers are idempotent by event id.
 
+pub mod discovery;
 mod grpc_sink;
 mod shared_reads;
 
