@@ -19,7 +19,10 @@ use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
 use corvus_proto::identity::v1::{LogEntry, log_entry};
 use tokio::task::JoinSet;
 
-use crate::identity::{EVENTS_PER_PERSON, caught_up, ingestion_client, probe_batches, progress, resolved};
+use crate::identity::{
+    EVENTS_PER_PERSON, FRESH_P99, LOAD_BATCH, LOAD_CONNECTIONS, LOAD_LEAD, LOAD_PER_S, PROBE_EVERY, caught_up,
+    ingestion_client, probe_batches, progress, resolved,
+};
 use crate::load::{self, Measured, Work};
 use crate::people::Mix;
 use crate::report::{CpuSample, Row, Target};
@@ -30,13 +33,8 @@ const CONSUMERS: usize = 3;
 const INGEST_TASKS: usize = 4;
 /// Of the run without consumers.
 const SHARE: f64 = 0.9;
-const LOAD_PER_S: f64 = 5_000.0;
-const LOAD_BATCH: usize = 50;
-const LOAD_CONNECTIONS: usize = 4;
-const LOAD_LEAD: Duration = Duration::from_secs(1);
-const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// The load, probes and bound of the identity section's freshness.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-const FRESH_P99: Duration = Duration::from_millis(50);
 
 /// A downstream service in process: counts the events it receives, notes when each
 /// probe arrived, and can be dead (every delivery fails, as an unreachable one does).

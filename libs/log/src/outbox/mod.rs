@@ -5,7 +5,9 @@
 //! it takes; an event the consumer refuses is retried, then dead-lettered with the
 //! reason. Delivery is at least once; consumers are idempotent by event id.
 
+mod config;
 pub mod discovery;
+mod entry;
 mod grpc_sink;
 mod shared_reads;
 
@@ -13,15 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use corvus_proto::common::v1::{Event, StoredEvent};
-use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
-use prost::Message;
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use corvus_proto::common::v1::StoredEvent;
+use corvus_proto::identity::v1::ErasureAnswer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use config::{ConsumerConfig, MAX_DELIVERY_BYTES, OutboxConfig};
+pub use entry::{Entry, Erasure, ErasureLedger};
 pub use grpc_sink::{GrpcSink, SinkError, secret};
 
 use crate::store::{EventLog, LoggedEvent, Position, ReadBatch};
@@ -32,98 +33,6 @@ pub struct Failure {
     /// The entry's id (`Entry::id`).
     pub event_id: String,
     pub reason: String,
-}
-
-/// What a log hands on: ingestion's log hands `StoredEvent`s, identity's `LogEntry`s.
-pub trait Entry: Send + Sync + Sized + 'static {
-    /// The entry as the consumer receives it.
-    fn from_logged(logged: &LoggedEvent) -> Result<Self, String>;
-    /// The id a consumer names it by in a `Failure`.
-    fn id(&self) -> &str;
-    /// When the entry entered the platform, for the lag gauge.
-    fn received_at(&self) -> Option<&prost_types::Timestamp>;
-    /// The erasure the entry is, if it is one: for its receipt.
-    fn erasure(&self) -> Option<Erasure<'_>> {
-        None
-    }
-}
-
-/// An erasure handed to a consumer: its workspace, the erased profile (the survivor of
-/// those erased together) and the change's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Erasure<'a> {
-    pub workspace: &'a str,
-    pub profile: &'a str,
-    pub change_id: &'a str,
-}
-
-/// Where the outbox notes which consumer has received which erasure, and what it
-/// answered it deleted: identity's receipts.
-#[async_trait]
-pub trait ErasureLedger: Send + Sync {
-    async fn received(&self, consumer: &str, erasures: &[(Erasure<'_>, Option<&ErasureAnswer>)]) -> Result<(), String>;
-}
-
-impl Entry for StoredEvent {
-    /// The log row holds the event alone; the rest of the message is in its columns.
-    fn from_logged(e: &LoggedEvent) -> Result<Self, String> {
-        Ok(StoredEvent {
-            workspace_id: e.workspace.to_string(),
-            event_id: e.event_id.to_string(),
-            event: Some(Event::decode(e.payload.as_slice()).map_err(|e| format!("undecodable event: {e}"))?),
-            profile_id: String::new(),
-            traceparent: e.traceparent.clone().unwrap_or_default(),
-        })
-    }
-
-    fn id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn received_at(&self) -> Option<&prost_types::Timestamp> {
-        self.event.as_ref()?.received_at.as_ref()
-    }
-}
-
-impl Entry for LogEntry {
-    /// The log row holds the whole entry.
-    fn from_logged(e: &LoggedEvent) -> Result<Self, String> {
-        match LogEntry::decode(e.payload.as_slice()) {
-            Ok(entry) if entry.entry.is_some() => Ok(entry),
-            Ok(_) => Err("a log entry with neither an event nor a change".to_owned()),
-            Err(err) => Err(format!("undecodable log entry: {err}")),
-        }
-    }
-
-    fn id(&self) -> &str {
-        match &self.entry {
-            Some(log_entry::Entry::Event(e)) => &e.event_id,
-            Some(log_entry::Entry::Change(c)) => &c.change_id,
-            None => "",
-        }
-    }
-
-    fn received_at(&self) -> Option<&prost_types::Timestamp> {
-        match &self.entry {
-            Some(log_entry::Entry::Event(e)) => e.received_at(),
-            Some(log_entry::Entry::Change(c)) => c.at.as_ref(),
-            None => None,
-        }
-    }
-
-    fn erasure(&self) -> Option<Erasure<'_>> {
-        let Some(log_entry::Entry::Change(change)) = &self.entry else {
-            return None;
-        };
-        let Some(profile_change::Change::Erased(erased)) = &change.change else {
-            return None;
-        };
-        Some(Erasure {
-            workspace: &change.workspace_id,
-            profile: erased.profile_ids.first()?,
-            change_id: &change.change_id,
-        })
-    }
 }
 
 /// Where a consumer's entries go: in process, or a service over gRPC.
@@ -159,161 +68,6 @@ impl<E> Clone for Consumer<E> {
             sink: self.sink.clone(),
             batch_size: self.batch_size,
         }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OutboxConfig {
-    /// Events per delivery.
-    pub batch_size: u32,
-    /// Payload bytes per delivery at most (a delivery holds at least one event), which
-    /// bounds what a consumer's delivery and the one read ahead of it hold in memory.
-    pub batch_bytes: u64,
-    /// Tries of an event the consumer refuses before it is dead-lettered.
-    pub max_attempts: u32,
-    /// The first retry delay; it doubles up to `retry_max`.
-    #[serde(with = "humantime_serde")]
-    pub retry_base: Duration,
-    #[serde(with = "humantime_serde")]
-    pub retry_max: Duration,
-    /// The fallback poll, for wake-ups that got lost.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: 500,
-            batch_bytes: 16 * 1024 * 1024,
-            max_attempts: 5,
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-impl OutboxConfig {
-    /// Checks the settings of the section at `section` (`ingestion.outbox`, …).
-    pub fn validate(&self, section: &str) -> Result<(), String> {
-        if self.batch_size == 0 {
-            return Err(format!("{section}.batch_size must be at least 1"));
-        }
-        if self.max_attempts == 0 {
-            return Err(format!("{section}.max_attempts must be at least 1"));
-        }
-        if self.batch_bytes == 0 || self.batch_bytes > (MAX_DELIVERY_BYTES / 2) as u64 {
-            return Err(format!(
-                "{section}.batch_bytes must be between 1 and {}",
-                MAX_DELIVERY_BYTES / 2
-            ));
-        }
-        if self.retry_base.is_zero() || self.retry_max < self.retry_base {
-            return Err(format!("{section}.retry_base must be positive and at most retry_max"));
-        }
-        Ok(())
-    }
-}
-
-/// The largest delivery a Corvus consumer takes over gRPC: room for a delivery of the
-/// default `batch_bytes` and then some (a delivery always holds at least one event, and
-/// `batch_bytes` can be raised to this).
-pub const MAX_DELIVERY_BYTES: usize = 64 * 1024 * 1024;
-
-/// A consumer of the configuration: a service implementing
-/// `corvus.ingestion.v1.EventConsumerService`, reached over gRPC.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerConfig {
-    pub name: String,
-    pub endpoint: String,
-    /// Sent as `authorization: Bearer …`. Corvus's own services take deliveries only
-    /// with a key of role `service` (`corvus keys create --role service`).
-    #[serde(default, skip_serializing)]
-    pub key: Option<SecretString>,
-    /// Entries per delivery, instead of the log's `batch_size`.
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    /// Identity's log only: deliver the profile changes and leave out the events.
-    #[serde(default)]
-    pub changes_only: bool,
-    /// A delivery not answered within this is given up and retried.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-impl ConsumerConfig {
-    /// A consumer at `endpoint`, the other settings at their defaults.
-    pub fn new(name: &str, endpoint: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            endpoint: endpoint.to_owned(),
-            key: None,
-            batch_size: None,
-            changes_only: false,
-            timeout: default_timeout(),
-        }
-    }
-
-    /// Checks the consumers listed at `section` (`ingestion.consumers`, …).
-    pub fn validate_all(section: &str, consumers: &[Self]) -> Result<(), String> {
-        let mut names = std::collections::HashSet::new();
-        for c in consumers {
-            if c.name.is_empty()
-                || !c
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            {
-                return Err(format!(
-                    "{section}: consumer name {:?} must be letters, digits, '-', '_' or '.'",
-                    c.name
-                ));
-            }
-            if !names.insert(c.name.as_str()) {
-                return Err(format!("{section}: consumer {:?} is listed twice", c.name));
-            }
-            if !(c.endpoint.starts_with("http://") || c.endpoint.starts_with("https://")) {
-                return Err(format!(
-                    "{section}.{}: endpoint must be an http:// or https:// URL",
-                    c.name
-                ));
-            }
-            if c.batch_size == Some(0) || c.timeout.is_zero() {
-                return Err(format!("{section}.{}: batch_size and timeout must be positive", c.name));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every consumer listed, delivered to over gRPC.
-    pub fn consumers<E: Entry>(configs: &[Self]) -> anyhow::Result<Vec<Consumer<E>>>
-    where
-        GrpcSink: EventSink<E>,
-    {
-        configs
-            .iter()
-            .map(Self::consumer)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)
-    }
-
-    /// The consumer, delivered to over gRPC.
-    pub fn consumer<E: Entry>(&self) -> Result<Consumer<E>, String>
-    where
-        GrpcSink: EventSink<E>,
-    {
-        Ok(Consumer {
-            name: self.name.clone(),
-            sink: Arc::new(GrpcSink::new(self).map_err(|e| format!("consumer {}: {e}", self.name))?),
-            batch_size: self.batch_size,
-        })
     }
 }
 

@@ -21,21 +21,18 @@ use corvus_proto::identity::v1::{self as identity_pb, log_entry};
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
-use corvus_proto::ingestion::v1::{
-    DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest, ListEventsRequest,
-};
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest};
 use corvus_test_support::TempDir;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::identity::event;
-use crate::support::Key;
+use crate::support::{Client, Key, stored_events};
 
 /// A free port on loopback, for a process to bind.
 fn free_port() -> u16 {
@@ -424,26 +421,12 @@ async fn services_apart_lose_nothing_when_killed() {
     cluster.downstream_up.cancel();
 }
 
-async fn stored_message_ids(client: &mut IngestionServiceClient<InterceptedService<Channel, Key>>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_events(ListEventsRequest {
-                page: Some(corvus_proto::common::v1::PageRequest {
-                    page_size: 1000,
-                    page_token: token.clone(),
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.events.into_iter().map(|e| e.event.unwrap().message_id));
-        token = page.page.unwrap_or_default().next_page_token;
-        if token.is_empty() {
-            return out;
-        }
-    }
+async fn stored_message_ids(client: &mut Client) -> Vec<String> {
+    stored_events(client)
+        .await
+        .into_iter()
+        .map(|e| e.event.unwrap().message_id)
+        .collect()
 }
 
 /// An OTLP/gRPC collector in the test: the spans each process exports, as

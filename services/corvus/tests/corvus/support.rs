@@ -258,26 +258,7 @@ impl TestApp {
 
     /// Every stored event of the key's workspace, through ListEvents.
     pub async fn stored(&self, key: &str) -> Vec<StoredEvent> {
-        let mut client = self.client(key).await;
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = client
-                .list_events(ListEventsRequest {
-                    page: Some(corvus_proto::common::v1::PageRequest {
-                        page_size: 1000,
-                        page_token: token.clone(),
-                    }),
-                })
-                .await
-                .expect("list events")
-                .into_inner();
-            out.extend(page.events);
-            token = page.page.unwrap_or_default().next_page_token;
-            if token.is_empty() {
-                return out;
-            }
-        }
+        stored_events(&mut self.client(key).await).await
     }
 
     /// An admin key of a new workspace whose ingest quota is `events_per_second`.
@@ -318,3 +299,26 @@ pub fn message_ids(events: &[StoredEvent]) -> Vec<String> {
 }
 
 pub use corvus_test_support::eventually;
+
+/// Every stored event of the client's workspace, through ListEvents, page by page.
+pub async fn stored_events(client: &mut Client) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_events(ListEventsRequest {
+                page: Some(corvus_proto::common::v1::PageRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                }),
+            })
+            .await
+            .expect("list events")
+            .into_inner();
+        out.extend(page.events);
+        token = page.page.unwrap_or_default().next_page_token;
+        if token.is_empty() {
+            return out;
+        }
+    }
+}

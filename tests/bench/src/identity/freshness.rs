@@ -26,17 +26,17 @@ use crate::scenarios::{Plan, Results};
 use crate::setup::{Keys, Running};
 
 /// The background load of the loaded run: batches of 50 every 10 ms.
-pub(super) const LOAD_PER_S: f64 = 5_000.0;
-const LOAD_BATCH: usize = 50;
-const LOAD_CONNECTIONS: usize = 4;
+pub(crate) const LOAD_PER_S: f64 = 5_000.0;
+pub(crate) const LOAD_BATCH: usize = 50;
+pub(crate) const LOAD_CONNECTIONS: usize = 4;
 /// How long the load runs before the first probe, so that probes see it steady.
-const LOAD_LEAD: Duration = Duration::from_secs(1);
-const PROBE_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const LOAD_LEAD: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(20);
 const POLL_EVERY: Duration = Duration::from_millis(2);
 /// A probe not visible by then aborts the run. Long: when identity resolves slower than
 /// the load comes in, the last probes wait for the backlog of the whole run.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(180);
-const FRESH_P99: Duration = Duration::from_millis(50);
+pub(crate) const FRESH_P99: Duration = Duration::from_millis(50);
 
 /// (b) A probe every 20 ms, under an open-loop load of `load_per_s` events/s or none: how
 /// long from the ack of an event with a new identifier until GetProfile finds the
