@@ -234,7 +234,8 @@ impl App {
             // identity's cursor on the event log, nor each other.
             let mut downstream = self.after_identity;
             downstream.extend(ConsumerConfig::consumers(&self.config.identity.consumers)?);
-            workers.push(identity.spawn_log(downstream, &self.config.identity.log, workers_stop.clone()));
+            let (log, retention) = (&self.config.identity.log, self.config.identity.log_retention);
+            workers.push(identity.spawn_log(downstream, log, retention, workers_stop.clone()));
             routes.add_service(identity.grpc_service());
             if self.ingestion.is_none() {
                 routes.add_service(identity.resolving_consumer());

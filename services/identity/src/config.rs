@@ -33,6 +33,10 @@ pub struct IdentityConfig {
     pub resolve_parts: usize,
     /// How identity's log hands resolved events and profile changes on.
     pub log: OutboxConfig,
+    /// How long an entry of identity's log is kept once every consumer has passed it (a
+    /// consumer added later starts from the oldest entry kept).
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
     /// Services that receive identity's log over gRPC
     /// (`corvus.ingestion.v1.EventConsumerService`, the `entries` of each delivery).
     pub consumers: Vec<ConsumerConfig>,
@@ -48,6 +52,7 @@ impl Default for IdentityConfig {
             batch_size: 8000,
             resolve_parts: 4,
             log: OutboxConfig::default(),
+            log_retention: Duration::from_secs(7 * 24 * 3600),
             consumers: Vec::new(),
         }
     }
@@ -91,6 +96,11 @@ impl IdentityConfig {
             "identity.resolve_parts must be between 1 and 64"
         );
         self.log.validate("identity.log").map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(!self.log_retention.is_zero(), "identity.log_retention must be positive");
+        anyhow::ensure!(
+            chrono::Duration::from_std(self.log_retention).is_ok(),
+            "identity.log_retention is too long"
+        );
         ConsumerConfig::validate_all("identity.consumers", &self.consumers).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             !self.consumers.iter().any(|c| c.name == crate::CONSUMER_NAME),

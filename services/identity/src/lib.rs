@@ -12,6 +12,7 @@ pub mod service;
 pub mod storage;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use corvus_log::outbox::{self, Consumer, Erasure, ErasureLedger, EventSink, Failure, OutboxConfig};
@@ -29,6 +30,9 @@ pub use service::{EventEraser, Identity, IdentityError, Resolved};
 
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "corvus.identity.v1.IdentityService";
+
+/// How often identity's log is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The name identity consumes the event log under.
 pub const CONSUMER_NAME: &str = "identity";
@@ -49,18 +53,42 @@ impl Identity {
     }
 
     /// Starts identity's log: a dispatcher per consumer, each with its own cursor, so
-    /// that a slow or failing consumer holds up neither identity nor another consumer.
+    /// that a slow or failing consumer holds up neither identity nor another consumer;
+    /// and its pruning, of the entries every consumer has passed, once `retention` old.
     /// They stop when `stop` is cancelled.
     pub fn spawn_log(
         &self,
         consumers: Vec<Consumer<LogEntry>>,
         config: &OutboxConfig,
+        retention: Duration,
         stop: CancellationToken,
     ) -> JoinSet<()> {
         let receipts: Arc<dyn ErasureLedger> = Arc::new(Receipts {
             store: self.store.clone(),
         });
-        outbox::spawn_with_ledger(self.log.clone(), consumers, config.clone(), Some(receipts), stop)
+        let mut tasks = outbox::spawn_with_ledger(
+            self.log.clone(),
+            consumers,
+            config.clone(),
+            Some(receipts),
+            stop.clone(),
+        );
+        let log = self.log.clone();
+        tasks.spawn(async move {
+            while stop
+                .run_until_cancelled(tokio::time::sleep(PRUNE_EVERY))
+                .await
+                .is_some()
+            {
+                let before = chrono::Utc::now() - retention;
+                match log.prune(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "identity's log pruned"),
+                    Err(err) => tracing::warn!(error = %err, "identity's log could not be pruned"),
+                }
+            }
+        });
+        tasks
     }
 
     /// Ready while the store and the cache answer.

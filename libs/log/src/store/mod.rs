@@ -158,6 +158,12 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// to erasure); how many events there were.
     async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError>;
 
+    /// Deletes the entries received before `before` that every consumer's cursor has
+    /// passed (all of them, when the log has no consumer), except those a dead letter
+    /// still names; how many. For a hand-off log (identity's), not for a log that is
+    /// the record (ingestion's).
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StorageError>;
+
     /// Every registered consumer, with its lag and dead letters in the workspace.
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
 }

@@ -459,6 +459,20 @@ impl EventLog for PgEventLog {
         Ok(erased)
     }
 
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
+        let pruned = sqlx::query(
+            "DELETE FROM events e WHERE e.received_at < $1 \
+             AND (NOT EXISTS (SELECT 1 FROM consumers) \
+                  OR (e.tx_id, e.seq) <= (SELECT c.tx_id, c.seq FROM consumers c ORDER BY c.tx_id, c.seq LIMIT 1)) \
+             AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.tx_id = e.tx_id AND d.seq = e.seq)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(pruned)
+    }
+
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {
         let rows = sqlx::query_as::<_, ConsumerRow>(
             "SELECT c.name, c.last_delivery_at, c.last_error, \

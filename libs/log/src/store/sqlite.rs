@@ -2,6 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
@@ -282,6 +283,21 @@ impl EventLog for SqliteEventLog {
         tx.commit().await?;
         corvus_storage::checkpoint_sqlite(&self.pool).await?;
         Ok(erased)
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
+        let _writer = self.writer.lock().await;
+        let pruned = sqlx::query(
+            "DELETE FROM events AS e WHERE e.received_at < $1 \
+             AND (NOT EXISTS (SELECT 1 FROM consumers) \
+                  OR e.seq <= (SELECT min(c.seq) FROM consumers c)) \
+             AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.tx_id = e.tx_id AND d.seq = e.seq)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(pruned)
     }
 
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError> {

@@ -14,6 +14,7 @@ on_both_backends!(
     cursors_move_only_from_where_they_are,
     dead_letters_are_listed_and_replayed_per_workspace,
     one_dispatcher_holds_a_lease,
+    pruning_keeps_what_a_consumer_or_a_dead_letter_needs,
 );
 
 async fn appends_once_per_message_id(backend: Backend) {
@@ -187,4 +188,44 @@ async fn one_dispatcher_holds_a_lease(backend: Backend) {
         assert!(tokio::time::Instant::now() < deadline, "the lease was never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A hand-off log (identity's) drops what every consumer has passed, once old enough;
+/// never what a cursor has not reached or a dead letter names.
+async fn pruning_keeps_what_a_consumer_or_a_dead_letter_needs(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(log) = event_log(backend, &dir).await else {
+        return;
+    };
+    let ws = workspace("acme");
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    let old = |m: &str| corvus_ingestion::storage::NewEvent {
+        received_at: two_hours_ago,
+        ..new_event(m)
+    };
+    log.append(&ws, &[old("m-1"), old("m-2"), old("m-3"), old("m-4")])
+        .await
+        .unwrap();
+    let events = log.list(&ws, None, 10).await.unwrap();
+    for (consumer, at) in [("a", 1), ("b", 2)] {
+        let start = log.ensure_consumer(consumer).await.unwrap();
+        assert!(log.advance(consumer, start, events[at].position).await.unwrap());
+    }
+    log.dead_letter("b", &events[0], "refused", 1).await.unwrap();
+
+    // Nothing is old enough yet.
+    let three_hours_ago = chrono::Utc::now() - chrono::Duration::hours(3);
+    assert_eq!(log.prune(three_hours_ago).await.unwrap(), 0);
+    // m-2 only: m-1 has a dead letter, m-3 and m-4 are ahead of consumer a.
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(log.prune(hour_ago).await.unwrap(), 1);
+    let left: Vec<_> = log
+        .list(&ws, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(left, [events[0].event_id, events[2].event_id, events[3].event_id]);
+    assert_eq!(log.list_dead_letters(&ws, None, 0, 10).await.unwrap().len(), 1);
 }
