@@ -13,7 +13,7 @@ use corvus_proto::{EventId, WorkspaceId};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use crate::domain::batch::{IncomingEvent, Onward, Plan};
+use crate::domain::batch::{FastMap, IncomingEvent, Onward, Plan};
 use crate::domain::resolution::{EvidenceKind, ProfileId};
 
 /// The channel the log's trigger NOTIFYs on a commit (Postgres).
@@ -27,14 +27,16 @@ pub fn onward(stored: &StoredEvent) -> Onward {
         .and_then(|e| e.received_at.as_ref())
         .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.try_into().ok()?))
         .unwrap_or_else(Utc::now);
-    let mut encoded = stored.encode_to_vec();
-    if !stored.profile_id.is_empty() {
-        encoded = StoredEvent {
+    // The profile id goes on when the event is logged (`event_payload`).
+    let encoded = if stored.profile_id.is_empty() {
+        stored.encode_to_vec()
+    } else {
+        StoredEvent {
             profile_id: String::new(),
             ..stored.clone()
         }
-        .encode_to_vec();
-    }
+        .encode_to_vec()
+    };
     Onward {
         stored: encoded,
         received_at,
@@ -65,7 +67,7 @@ fn event_payload(onward: &Onward, profile: ProfileId) -> Vec<u8> {
 }
 
 /// The entry of a resolved event.
-pub fn resolved(event: &IncomingEvent, profile: ProfileId) -> NewEvent {
+fn resolved(event: &IncomingEvent, profile: ProfileId) -> NewEvent {
     let id = event.identity.event;
     NewEvent {
         event_id: id,
@@ -82,26 +84,49 @@ pub fn resolved(event: &IncomingEvent, profile: ProfileId) -> NewEvent {
 /// events, in the batch's order.
 pub fn of_plan(ws: &WorkspaceId, plan: &Plan<'_>) -> Vec<NewEvent> {
     let mut entries = Vec::with_capacity(plan.merges.len() + plan.events.len());
-    let mut survivors: Vec<(ProfileId, Vec<ProfileId>)> = Vec::new();
-    for (merged, into) in &plan.merges {
-        match survivors.iter_mut().find(|(s, _)| s == into) {
-            Some((_, all)) => all.push(*merged),
-            None => survivors.push((*into, vec![*merged])),
-        }
-    }
-    for (survivor, merged) in survivors {
-        // The event that folded the first of them in, as evidence recorded it.
-        let event = plan.evidence.iter().find_map(|e| match e.kind {
-            EvidenceKind::Merge { merged: m, .. } if m == merged[0] => e.event,
-            _ => None,
-        });
-        let traceparent = event
-            .and_then(|id| plan.events.iter().find(|r| r.event.identity.event == id))
-            .and_then(|r| r.event.onward.traceparent.clone());
-        entries.push(merged_entry(ws, survivor, &merged, event, traceparent));
+    if !plan.merges.is_empty() {
+        entries.extend(merges_of(ws, plan));
     }
     entries.extend(plan.events.iter().map(|row| resolved(row.event, row.profile)));
     entries
+}
+
+/// One `merged` change per survivor of the batch, in the order the survivors first
+/// appear. Each pass over the batch is made once, not once per merge: a batch of
+/// thousands of events has hundreds of merges.
+fn merges_of(ws: &WorkspaceId, plan: &Plan<'_>) -> Vec<NewEvent> {
+    let mut order: Vec<ProfileId> = Vec::new();
+    let mut merged_into: FastMap<ProfileId, Vec<ProfileId>> = FastMap::default();
+    for (merged, into) in &plan.merges {
+        merged_into
+            .entry(*into)
+            .or_insert_with(|| {
+                order.push(*into);
+                Vec::new()
+            })
+            .push(*merged);
+    }
+    // The event that folded each profile in, as evidence recorded it, and its trace.
+    let mut cause: FastMap<ProfileId, EventId> = FastMap::default();
+    for evidence in &plan.evidence {
+        if let (EvidenceKind::Merge { merged, .. }, Some(event)) = (&evidence.kind, evidence.event) {
+            cause.entry(*merged).or_insert(event);
+        }
+    }
+    let traces: FastMap<EventId, &str> = plan
+        .events
+        .iter()
+        .filter_map(|r| Some((r.event.identity.event, r.event.onward.traceparent.as_deref()?)))
+        .collect();
+    order
+        .into_iter()
+        .map(|survivor| {
+            let merged = &merged_into[&survivor];
+            let event = cause.get(&merged[0]).copied();
+            let traceparent = event.and_then(|e| traces.get(&e)).map(|t| (*t).to_owned());
+            merged_entry(ws, survivor, merged, event, traceparent)
+        })
+        .collect()
 }
 
 /// `merged` folded into `survivor`.

@@ -195,8 +195,9 @@ impl Identity {
                     resolved.profiles[indices[j]] = profile;
                 }
             }
-            self.log.wake();
         }
+        // Every workspace's entries are committed: the log's dispatchers look once.
+        self.log.wake();
         Ok(resolved)
     }
 

@@ -4,7 +4,7 @@ use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry};
 use corvus_proto::ingestion::v1::DeliverRequest;
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -115,11 +115,6 @@ impl GrpcSink {
             .collect();
         Ok((failures, response.erasures))
     }
-}
-
-/// A key for a consumer's configuration, as `SecretString` takes it.
-pub fn secret(key: &str) -> SecretString {
-    SecretString::from(key.to_owned())
 }
 
 #[async_trait]

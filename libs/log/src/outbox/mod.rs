@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 pub use config::{ConsumerConfig, MAX_DELIVERY_BYTES, OutboxConfig};
 pub use entry::{Entry, Erasure, ErasureLedger};
-pub use grpc_sink::{GrpcSink, SinkError, secret};
+pub use grpc_sink::{GrpcSink, SinkError};
 
 use crate::store::{EventLog, LoggedEvent, Position, ReadBatch};
 
