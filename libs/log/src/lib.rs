@@ -3,5 +3,6 @@
 //! own service's schema: entries in commit order, a cursor per consumer that never skips
 //! a late commit, dead letters with their reason, and the outbox that hands entries on.
 
+pub mod api;
 pub mod outbox;
 pub mod store;

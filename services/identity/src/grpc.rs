@@ -11,8 +11,8 @@ use corvus_proto::identity::v1::identity_service_server::IdentityService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use corvus_log::api::known_consumer;
 use corvus_log::outbox::{Entry, EventSink};
-use corvus_log::store::known_consumer;
 use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
 

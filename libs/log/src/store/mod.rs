@@ -249,28 +249,3 @@ impl From<ConsumerRow> for ConsumerStatus {
 fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
     rows.into_iter().map(T::try_from).collect()
 }
-
-/// The consumer a request names (`None` when it names none), or INVALID_ARGUMENT when
-/// no consumer of that name has a cursor on the log.
-pub async fn known_consumer<'a>(
-    log: &dyn EventLog,
-    workspace: &WorkspaceId,
-    name: &'a str,
-) -> Result<Option<&'a str>, tonic::Status> {
-    if name.is_empty() {
-        return Ok(None);
-    }
-    let consumers = log
-        .consumers(workspace)
-        .await
-        .map_err(corvus_platform::error::storage_status)?;
-    if consumers.iter().any(|c| c.name == name) {
-        Ok(Some(name))
-    } else {
-        let known: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
-        Err(corvus_platform::error::invalid_argument(
-            "consumer",
-            format!("no consumer {name:?} on this log (known: {})", known.join(", ")),
-        ))
-    }
-}

@@ -20,7 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::ingest::{IngestError, Ingestor, Outcome};
 use crate::outbox::Entry;
-use crate::storage::{EventLog, Position, known_consumer};
+use crate::storage::{EventLog, Position};
+use corvus_log::api::known_consumer;
 
 pub struct IngestionApi {
     pub ingestor: Ingestor,
