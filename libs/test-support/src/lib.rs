@@ -68,6 +68,11 @@ pub fn redis_url() -> Option<String> {
     required_env("CORVUS_TEST_REDIS_URL")
 }
 
+/// The NATS server (with JetStream) for tests, or `None` (skip) on a laptop without one.
+pub fn nats_url() -> Option<String> {
+    required_env("CORVUS_TEST_NATS_URL")
+}
+
 /// A new, empty Postgres database on the test server, so that tests never share state.
 pub async fn fresh_postgres_database(server_url: &str) -> String {
     let name = format!("corvus_test_{}", uuid::Uuid::new_v4().simple());

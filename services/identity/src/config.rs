@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use corvus_log::outbox::{ConsumerConfig, OutboxConfig};
+use corvus_log::outbox::jetstream::RELAY;
+use corvus_log::outbox::{ConsumerConfig, JetStreamConfig, OutboxConfig};
 use corvus_proto::WorkspaceId;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,9 @@ pub struct IdentityConfig {
     /// Services that receive identity's log over gRPC
     /// (`corvus.ingestion.v1.EventConsumerService`, the `entries` of each delivery).
     pub consumers: Vec<ConsumerConfig>,
+    /// Hand the log on through a NATS JetStream stream instead of each consumer reading
+    /// it from identity's store (`[identity.jetstream]`; absent, the store's log).
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 impl Default for IdentityConfig {
@@ -54,6 +58,7 @@ impl Default for IdentityConfig {
             log: OutboxConfig::default(),
             log_retention: Duration::from_secs(7 * 24 * 3600),
             consumers: Vec::new(),
+            jetstream: None,
         }
     }
 }
@@ -107,6 +112,13 @@ impl IdentityConfig {
             "identity.consumers: {:?} is identity's own name on ingestion's log",
             crate::CONSUMER_NAME
         );
+        anyhow::ensure!(
+            !self.consumers.iter().any(|c| c.name == RELAY),
+            "identity.consumers: {RELAY:?} is the name of the relay to JetStream"
+        );
+        if let Some(stream) = &self.jetstream {
+            stream.validate("identity.jetstream").map_err(anyhow::Error::msg)?;
+        }
         Ok(())
     }
 

@@ -257,8 +257,8 @@ impl IdentityService for IdentityApi {
         let principal = authorise(&request, Role::Read, "read consumer status")?;
         let consumers = self
             .identity
-            .log
-            .consumers(&principal.workspace)
+            .handoff
+            .consumers(&*self.identity.log, &principal.workspace)
             .await
             .map_err(storage_status)?;
         Ok(Response::new(pb::ListConsumersResponse {
@@ -283,7 +283,7 @@ impl IdentityService for IdentityApi {
         let req = request.get_ref();
         let (size, after) = page::<i64>(req.page.as_ref())?;
         let log = &*self.identity.log;
-        let consumer = known_consumer(log, &principal.workspace, &req.consumer).await?;
+        let consumer = known_consumer(log, &self.identity.handoff, &principal.workspace, &req.consumer).await?;
         let dead = log
             .list_dead_letters(&principal.workspace, consumer, after.unwrap_or(0), size)
             .await
@@ -316,7 +316,7 @@ impl IdentityService for IdentityApi {
         let principal = authorise(&request, Role::Admin, "replay dead letters")?;
         let req = request.get_ref();
         let log = &*self.identity.log;
-        let consumer = known_consumer(log, &principal.workspace, &req.consumer).await?;
+        let consumer = known_consumer(log, &self.identity.handoff, &principal.workspace, &req.consumer).await?;
         let replayed = log
             .request_replay(&principal.workspace, &req.ids, consumer)
             .await

@@ -70,6 +70,7 @@ impl Identity {
             self.log.clone(),
             consumers,
             config.clone(),
+            &self.handoff,
             Some(receipts),
             stop.clone(),
         );

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use corvus_log::outbox::{Handoff, JetStream};
 use corvus_log::store::EventLog;
 use corvus_proto::WorkspaceId;
 use corvus_proto::common::v1::StoredEvent;
@@ -86,6 +87,8 @@ pub struct Identity {
     pub store: Arc<dyn IdentityStore>,
     /// Identity's log: resolved events and profile changes, for the services after it.
     pub log: Arc<dyn EventLog>,
+    /// How the log reaches its consumers: read by each, or relayed to a stream.
+    pub handoff: Handoff,
     pub read_model: ReadModel,
     rules: Arc<Rules>,
     erasers: Vec<Arc<dyn EventEraser>>,
@@ -97,7 +100,11 @@ impl Identity {
     pub async fn connect(storage: &StorageConfig, config: &IdentityConfig) -> anyhow::Result<Self> {
         let (store, log) = storage::connect_with_log(storage).await?;
         let cache = <dyn Cache>::connect(storage).await?;
-        Self::new(store, log, cache, config)
+        let mut identity = Self::new(store, log, cache, config)?;
+        if let Some(stream) = &config.jetstream {
+            identity.handoff = Handoff::JetStream(Arc::new(JetStream::connect(stream, config.log_retention).await?));
+        }
+        Ok(identity)
     }
 
     pub fn new(
@@ -109,6 +116,7 @@ impl Identity {
         Ok(Self {
             store,
             log,
+            handoff: Handoff::Log,
             read_model: ReadModel {
                 cache,
                 ttl: config.cache_ttl,

@@ -15,6 +15,11 @@ pub trait Entry: Send + Sync + Sized + 'static {
     fn id(&self) -> &str;
     /// When the entry entered the platform, for the lag gauge.
     fn received_at(&self) -> Option<&prost_types::Timestamp>;
+    /// The person the entry is about (a profile id), by which a stream partitions
+    /// entries; empty when it is about nobody in particular.
+    fn key(&self) -> &str {
+        ""
+    }
     /// The erasure the entry is, if it is one: for its receipt.
     fn erasure(&self) -> Option<Erasure<'_>> {
         None
@@ -56,6 +61,10 @@ impl Entry for StoredEvent {
     fn received_at(&self) -> Option<&prost_types::Timestamp> {
         self.event.as_ref()?.received_at.as_ref()
     }
+
+    fn key(&self) -> &str {
+        &self.profile_id
+    }
 }
 
 impl Entry for LogEntry {
@@ -81,6 +90,21 @@ impl Entry for LogEntry {
             Some(log_entry::Entry::Event(e)) => e.received_at(),
             Some(log_entry::Entry::Change(c)) => c.at.as_ref(),
             None => None,
+        }
+    }
+
+    /// An event's profile; the survivor of a merge; the profile an unmerge split; the
+    /// first of those erased together.
+    fn key(&self) -> &str {
+        match &self.entry {
+            Some(log_entry::Entry::Event(e)) => &e.profile_id,
+            Some(log_entry::Entry::Change(c)) => match &c.change {
+                Some(profile_change::Change::Merged(m)) => &m.survivor_id,
+                Some(profile_change::Change::Unmerged(u)) => u.sides.first().map_or("", |s| &s.profile_id),
+                Some(profile_change::Change::Erased(e)) => e.profile_ids.first().map_or("", String::as_str),
+                None => "",
+            },
+            None => "",
         }
     }
 

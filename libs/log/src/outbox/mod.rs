@@ -9,6 +9,7 @@ mod config;
 pub mod discovery;
 mod entry;
 mod grpc_sink;
+pub mod jetstream;
 mod shared_reads;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 pub use config::{ConsumerConfig, MAX_DELIVERY_BYTES, OutboxConfig};
 pub use entry::{Entry, Erasure, ErasureLedger};
 pub use grpc_sink::{GrpcSink, SinkError};
+pub use jetstream::{JetStream, JetStreamConfig};
 
 use crate::store::{EventLog, LoggedEvent, Position, ReadBatch};
 
@@ -71,6 +73,32 @@ impl<E> Clone for Consumer<E> {
     }
 }
 
+/// How a log's entries reach its consumers.
+#[derive(Debug, Clone, Default)]
+pub enum Handoff {
+    /// Each consumer reads the log, its cursor kept in the log's store.
+    #[default]
+    Log,
+    /// A relay publishes the log to a JetStream stream, and each consumer reads the
+    /// stream through a durable JetStream consumer of its own (see `jetstream`).
+    JetStream(Arc<JetStream>),
+}
+
+impl Handoff {
+    /// Every consumer's status in the workspace: its lag, dead letters and last error.
+    pub async fn consumers(
+        &self,
+        log: &dyn EventLog,
+        workspace: &corvus_proto::WorkspaceId,
+    ) -> Result<Vec<crate::store::ConsumerStatus>, corvus_storage::StorageError> {
+        let mut statuses = log.consumers(workspace).await?;
+        if let Self::JetStream(stream) = self {
+            statuses.extend(stream.consumers(log, workspace).await?);
+        }
+        Ok(statuses)
+    }
+}
+
 /// Starts one dispatcher task per consumer; they stop when `stop` is cancelled.
 pub fn spawn<E: Entry>(
     log: Arc<dyn EventLog>,
@@ -78,31 +106,66 @@ pub fn spawn<E: Entry>(
     config: OutboxConfig,
     stop: CancellationToken,
 ) -> JoinSet<()> {
-    spawn_with_ledger(log, consumers, config, None, stop)
+    spawn_with_ledger(log, consumers, config, &Handoff::Log, None, stop)
 }
 
-/// `spawn`, noting in `ledger` which consumer received which erasure.
+/// `spawn`, through `handoff`, noting in `ledger` which consumer received which erasure.
 pub fn spawn_with_ledger<E: Entry>(
     log: Arc<dyn EventLog>,
     consumers: Vec<Consumer<E>>,
     config: OutboxConfig,
+    handoff: &Handoff,
     ledger: Option<Arc<dyn ErasureLedger>>,
     stop: CancellationToken,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     let reads = Arc::new(shared_reads::SharedReads::default());
+    let stream = match handoff {
+        Handoff::Log => None,
+        Handoff::JetStream(stream) => {
+            // The relay: the one consumer that reads the log itself.
+            let relay = Consumer::<jetstream::Relayed<E>> {
+                name: jetstream::RELAY.to_owned(),
+                sink: Arc::new(jetstream::Relay::new(stream.clone(), log.clone())),
+                batch_size: None,
+            };
+            tasks.spawn(dispatch(log.clone(), relay, &config, None, reads.clone(), None, &stop));
+            Some(stream.clone())
+        }
+    };
     for consumer in consumers {
-        let dispatcher = Dispatcher {
-            log: log.clone(),
-            ledger: ledger.clone(),
-            reads: reads.clone(),
+        tasks.spawn(dispatch(
+            log.clone(),
             consumer,
-            config: config.clone(),
-            stop: stop.clone(),
-        };
-        tasks.spawn(async move { dispatcher.run().await });
+            &config,
+            ledger.clone(),
+            reads.clone(),
+            stream.clone(),
+            &stop,
+        ));
     }
     tasks
+}
+
+fn dispatch<E: Entry>(
+    log: Arc<dyn EventLog>,
+    consumer: Consumer<E>,
+    config: &OutboxConfig,
+    ledger: Option<Arc<dyn ErasureLedger>>,
+    reads: Arc<shared_reads::SharedReads>,
+    stream: Option<Arc<JetStream>>,
+    stop: &CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    let dispatcher = Dispatcher {
+        log,
+        ledger,
+        reads,
+        stream,
+        consumer,
+        config: config.clone(),
+        stop: stop.clone(),
+    };
+    async move { dispatcher.run().await }
 }
 
 struct Dispatcher<E> {
@@ -110,6 +173,8 @@ struct Dispatcher<E> {
     ledger: Option<Arc<dyn ErasureLedger>>,
     /// Shared with the other dispatchers of the same log in this process.
     reads: Arc<shared_reads::SharedReads>,
+    /// Set when the consumer reads a stream the log is relayed to, not the log.
+    stream: Option<Arc<JetStream>>,
     consumer: Consumer<E>,
     config: OutboxConfig,
     stop: CancellationToken,
@@ -135,8 +200,13 @@ impl<E: Entry> Dispatcher<E> {
     async fn run(self) {
         let name = self.consumer.name.clone();
         let mut pause = self.config.retry_base;
+        // A consumer of the stream takes a lease of its own, apart from any of the log.
+        let lease_name = match &self.stream {
+            Some(_) => format!("{}.{name}", jetstream::RELAY),
+            None => name.clone(),
+        };
         while !self.stop.is_cancelled() {
-            let lease = match self.log.lease(&name).await {
+            let lease = match self.log.lease(&lease_name).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     // Another replica dispatches this consumer; check back later.
@@ -150,7 +220,11 @@ impl<E: Entry> Dispatcher<E> {
                     continue;
                 }
             };
-            match self.lead().await {
+            let led = match &self.stream {
+                Some(stream) => self.lead_stream(stream).await,
+                None => self.lead().await,
+            };
+            match led {
                 Stop::Cancelled => return,
                 Stop::LostLease(cause) => {
                     tracing::warn!(consumer = %name, error = %cause, "outbox gives up its lease");
@@ -309,7 +383,7 @@ impl<E: Entry> Dispatcher<E> {
                     tracing::warn!(consumer = %name, error = %cause, "outbox delivery failed, retrying");
                     metrics::counter!("corvus_outbox_delivery_errors_total", "consumer" => name.clone()).increment(1);
                     failing = true;
-                    let _ = self.log.set_error(name, Some(&cause)).await;
+                    self.note_error(Some(&cause)).await;
                     self.sleep(transport_pause).await;
                     transport_pause = (transport_pause * 2).min(self.config.retry_max);
                 }
@@ -331,7 +405,7 @@ impl<E: Entry> Dispatcher<E> {
                             .set(lag.max(0) as f64 / 1000.0);
                     }
                     if failing && failures.is_empty() {
-                        let _ = self.log.set_error(name, None).await;
+                        self.note_error(None).await;
                     }
                     if failures.is_empty() {
                         return Ok(());

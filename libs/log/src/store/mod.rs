@@ -166,6 +166,17 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
 
     /// Every registered consumer, with its lag and dead letters in the workspace.
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
+
+    /// A log relayed to a stream: notes the stream sequence each entry was given; the
+    /// sequences of entries no longer in the log (erased meanwhile), whose copies in the
+    /// stream must go too.
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError>;
+
+    /// Stream sequences of erased entries, not yet erased from the stream.
+    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError>;
+
+    /// These stream sequences are erased from the stream.
+    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError>;
 }
 
 /// A row of `events`, as both backends return it.
@@ -243,6 +254,16 @@ impl From<ConsumerRow> for ConsumerStatus {
             last_error: row.last_error,
         }
     }
+}
+
+/// The stream sequences `relayed` that are not among those `noted` in the log.
+fn gone(relayed: &[i64], noted: &[i64]) -> Vec<u64> {
+    let noted: std::collections::HashSet<i64> = noted.iter().copied().collect();
+    relayed
+        .iter()
+        .filter(|s| !noted.contains(s))
+        .map(|s| *s as u64)
+        .collect()
 }
 
 /// Converts every row, failing on the first that does not convert.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
-    Position, ReadBatch, convert,
+    Position, ReadBatch, convert, gone,
 };
 
 const INSERT: &str = "INSERT INTO events \
@@ -448,12 +448,19 @@ impl EventLog for PgEventLog {
         .bind(message_ids)
         .execute(&mut *tx)
         .await?;
-        let erased = sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND message_id = ANY($2)")
-            .bind(workspace)
-            .bind(message_ids)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // One statement, so that a relay noting an entry's stream sequence meanwhile is
+        // either waited for (and its sequence kept here) or finds the entry gone.
+        let erased: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM events WHERE workspace_id = $1 AND message_id = ANY($2) RETURNING stream_seq), \
+             noted AS (INSERT INTO stream_erasures (seq) SELECT stream_seq FROM gone WHERE stream_seq IS NOT NULL \
+                       ON CONFLICT DO NOTHING) \
+             SELECT count(*) FROM gone",
+        )
+        .bind(workspace)
+        .bind(message_ids)
+        .fetch_one(&mut *tx)
+        .await?;
+        let erased = erased as u64;
         tx.commit().await?;
         self.vacuum.soon(&self.pool, "events, dead_letters");
         Ok(erased)
@@ -484,5 +491,38 @@ impl EventLog for PgEventLog {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(ConsumerStatus::from).collect())
+    }
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError> {
+        let tx_ids: Vec<i64> = relayed.iter().map(|(p, _)| p.tx).collect();
+        let seqs: Vec<i64> = relayed.iter().map(|(p, _)| p.seq).collect();
+        let stream_seqs: Vec<i64> = relayed.iter().map(|(_, s)| *s as i64).collect();
+        let noted: Vec<i64> = sqlx::query_scalar(
+            "UPDATE events e SET stream_seq = r.stream_seq \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(tx_id, seq, stream_seq) \
+             WHERE e.tx_id = r.tx_id AND e.seq = r.seq RETURNING e.stream_seq",
+        )
+        .bind(&tx_ids)
+        .bind(&seqs)
+        .bind(&stream_seqs)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(gone(&stream_seqs, &noted))
+    }
+
+    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError> {
+        let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM stream_erasures ORDER BY seq LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(seqs.into_iter().map(|s| s as u64).collect())
+    }
+
+    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError> {
+        let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
+        sqlx::query("DELETE FROM stream_erasures WHERE seq = ANY($1)")
+            .bind(&seqs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

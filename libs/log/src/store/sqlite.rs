@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
-    Position, ReadBatch, convert,
+    Position, ReadBatch, convert, gone,
 };
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -273,6 +273,14 @@ impl EventLog for SqliteEventLog {
             .bind(message_id)
             .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO stream_erasures (seq) SELECT stream_seq FROM events \
+                 WHERE workspace_id = $1 AND message_id = $2 AND stream_seq IS NOT NULL",
+            )
+            .bind(workspace)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
             erased += sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND message_id = $2")
                 .bind(workspace)
                 .bind(message_id)
@@ -311,6 +319,47 @@ impl EventLog for SqliteEventLog {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(ConsumerStatus::from).collect())
+    }
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut noted = Vec::with_capacity(relayed.len());
+        for (position, stream_seq) in relayed {
+            let stream_seq = *stream_seq as i64;
+            let updated = sqlx::query("UPDATE events SET stream_seq = $1 WHERE seq = $2")
+                .bind(stream_seq)
+                .bind(position.seq)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated > 0 {
+                noted.push(stream_seq);
+            }
+        }
+        tx.commit().await?;
+        let relayed: Vec<i64> = relayed.iter().map(|(_, s)| *s as i64).collect();
+        Ok(gone(&relayed, &noted))
+    }
+
+    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError> {
+        let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM stream_erasures ORDER BY seq LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(seqs.into_iter().map(|s| s as u64).collect())
+    }
+
+    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        for seq in seqs {
+            sqlx::query("DELETE FROM stream_erasures WHERE seq = $1")
+                .bind(*seq as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

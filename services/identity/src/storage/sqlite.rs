@@ -50,6 +50,31 @@ impl SqliteIdentityStore {
         corvus_storage::checkpoint_sqlite(&self.pool).await
     }
 
+    /// Deletes the log's entries of the profile's events, noting the stream sequences of
+    /// those relayed to a stream (the transaction holds the file's write lock).
+    async fn erase_log_in(
+        conn: &mut SqliteConnection,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+    ) -> Result<u64, sqlx::Error> {
+        let of_profile = "workspace_id = $1 AND event_id IN \
+             (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2)";
+        sqlx::query(&format!(
+            "INSERT OR IGNORE INTO stream_erasures (seq) SELECT stream_seq FROM events \
+             WHERE stream_seq IS NOT NULL AND {of_profile}"
+        ))
+        .bind(ws)
+        .bind(profile)
+        .execute(&mut *conn)
+        .await?;
+        Ok(sqlx::query(&format!("DELETE FROM events WHERE {of_profile}"))
+            .bind(ws)
+            .bind(profile)
+            .execute(conn)
+            .await?
+            .rows_affected())
+    }
+
     async fn log_in(conn: &mut SqliteConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
         SqliteEventLog::insert_in(conn, ws, entries).await
     }

@@ -22,6 +22,7 @@ use crate::ingest::{IngestError, Ingestor, Outcome};
 use crate::outbox::Entry;
 use crate::storage::{EventLog, Position};
 use corvus_log::api::known_consumer;
+use corvus_log::outbox::Handoff;
 
 pub struct IngestionApi {
     pub ingestor: Ingestor,
@@ -184,7 +185,7 @@ impl IngestionService for IngestionApi {
             .map_err(Status::from)?;
         let req = request.get_ref();
         let (size, after) = page::<i64>(req.page.as_ref())?;
-        let consumer = known_consumer(&*self.log, &principal.workspace, &req.consumer).await?;
+        let consumer = known_consumer(&*self.log, &Handoff::Log, &principal.workspace, &req.consumer).await?;
         let dead = self
             .log
             .list_dead_letters(&principal.workspace, consumer, after.unwrap_or(0), size)
@@ -220,7 +221,7 @@ impl IngestionService for IngestionApi {
             .require(Role::Admin, "replay dead letters")
             .map_err(Status::from)?;
         let req = request.get_ref();
-        let consumer = known_consumer(&*self.log, &principal.workspace, &req.consumer).await?;
+        let consumer = known_consumer(&*self.log, &Handoff::Log, &principal.workspace, &req.consumer).await?;
         let replayed = self
             .log
             .request_replay(&principal.workspace, &req.ids, consumer)

@@ -1,26 +1,54 @@
 //! The outbox's guarantees: nothing skipped, nothing handed on twice, in order per
 //! writer, one slow consumer never holding up another, refused events dead-lettered
-//! and replayable, an unreachable consumer catching up.
+//! and replayable, an unreachable consumer catching up: on both backends, with each
+//! consumer reading the log, and with the log relayed to a JetStream stream that each
+//! consumer reads through a durable consumer of its own.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corvus_ingestion::outbox::{self, Consumer, OutboxConfig};
+use corvus_ingestion::outbox::{self, Consumer, Handoff, JetStream, JetStreamConfig, OutboxConfig};
 use corvus_ingestion::storage::{EventLog, PgEventLog, Position};
 use corvus_storage::Database;
 use corvus_test_support::{Backend, TempDir};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{RecordingSink, event_log, eventually, new_event, workspace};
-use corvus_test_support::on_both_backends;
 
-on_both_backends!(
+/// Runs each named test (an `async fn(Backend, Via)`) on both backends, each way.
+macro_rules! on_every_handoff {
+    ($($name:ident),* $(,)?) => {
+        on_every_handoff!(@mod sqlite, Embedded, Log, $($name),*);
+        on_every_handoff!(@mod postgres, Postgres, Log, $($name),*);
+        on_every_handoff!(@mod jetstream_sqlite, Embedded, JetStream, $($name),*);
+        on_every_handoff!(@mod jetstream_postgres, Postgres, JetStream, $($name),*);
+    };
+    (@mod $module:ident, $backend:ident, $via:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(corvus_test_support::Backend::$backend, super::Via::$via).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_handoff!(
     concurrent_writers_are_delivered_once_in_order,
     a_slow_consumer_never_stalls_another,
     refused_events_are_dead_lettered_then_replayed,
     an_unreachable_consumer_catches_up_without_gaps,
+    a_restarted_consumer_goes_on_after_what_it_took,
 );
+
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Log,
+    JetStream,
+}
 
 fn fast_retries() -> OutboxConfig {
     OutboxConfig {
@@ -36,16 +64,48 @@ fn fast_retries() -> OutboxConfig {
 struct Running {
     stop: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
+    handoff: Handoff,
 }
 
 impl Running {
-    async fn stop(mut self) {
+    /// Stops the dispatchers, and leaves the stream for a restart.
+    async fn halt(&mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+
+    async fn stop(mut self) {
+        self.halt().await;
+        if let Handoff::JetStream(stream) = &self.handoff {
+            stream.delete().await.expect("delete the test's stream");
+        }
+    }
 }
 
-fn start(log: &Arc<dyn EventLog>, sinks: &[(&str, Arc<RecordingSink>)]) -> Running {
+/// How the log reaches its consumers `via`: a stream of the test's own on JetStream, or
+/// `None` (skip) when the NATS server is not configured.
+async fn handoff(via: Via) -> Option<Handoff> {
+    match via {
+        Via::Log => Some(Handoff::Log),
+        Via::JetStream => {
+            let url = corvus_test_support::nats_url()?;
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            let config = JetStreamConfig {
+                url,
+                stream: format!("TEST_{id}"),
+                subject_prefix: format!("corvus.test.{id}"),
+                ack_wait: Duration::from_secs(5),
+                ..JetStreamConfig::default()
+            };
+            let stream = JetStream::connect(&config, Duration::from_secs(3600))
+                .await
+                .expect("create the test's stream");
+            Some(Handoff::JetStream(Arc::new(stream)))
+        }
+    }
+}
+
+fn start(log: &Arc<dyn EventLog>, handoff: Handoff, sinks: &[(&str, Arc<RecordingSink>)]) -> Running {
     let consumers = sinks
         .iter()
         .map(|(name, sink)| Consumer {
@@ -55,8 +115,8 @@ fn start(log: &Arc<dyn EventLog>, sinks: &[(&str, Arc<RecordingSink>)]) -> Runni
         })
         .collect();
     let stop = CancellationToken::new();
-    let tasks = outbox::spawn(log.clone(), consumers, fast_retries(), stop.clone());
-    Running { stop, tasks }
+    let tasks = outbox::spawn_with_ledger(log.clone(), consumers, fast_retries(), &handoff, None, stop.clone());
+    Running { stop, tasks, handoff }
 }
 
 /// Asserts each id arrived exactly once and that every writer's ids arrived in the
@@ -75,13 +135,17 @@ fn assert_once_in_order(received: &[String], expected: usize) {
     }
 }
 
-async fn concurrent_writers_are_delivered_once_in_order(backend: Backend) {
+async fn concurrent_writers_are_delivered_once_in_order(backend: Backend, via: Via) {
     let dir = TempDir::new();
-    let Some(log) = event_log(backend, &dir).await else {
+    let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
         return;
     };
     let (identity, scoring) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
-    let running = start(&log, &[("identity", identity.clone()), ("scoring", scoring.clone())]);
+    let running = start(
+        &log,
+        handoff,
+        &[("identity", identity.clone()), ("scoring", scoring.clone())],
+    );
 
     let (writers, batches, per_batch) = (8, 25, 20);
     let mut tasks = tokio::task::JoinSet::new();
@@ -114,9 +178,9 @@ async fn concurrent_writers_are_delivered_once_in_order(backend: Backend) {
     assert_once_in_order(&scoring.received(), total);
 }
 
-async fn a_slow_consumer_never_stalls_another(backend: Backend) {
+async fn a_slow_consumer_never_stalls_another(backend: Backend, via: Via) {
     let dir = TempDir::new();
-    let Some(log) = event_log(backend, &dir).await else {
+    let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
         return;
     };
     let slow = Arc::new(RecordingSink {
@@ -124,7 +188,7 @@ async fn a_slow_consumer_never_stalls_another(backend: Backend) {
         ..RecordingSink::default()
     });
     let fast = Arc::new(RecordingSink::default());
-    let running = start(&log, &[("slow", slow.clone()), ("fast", fast.clone())]);
+    let running = start(&log, handoff, &[("slow", slow.clone()), ("fast", fast.clone())]);
     for b in 0..10 {
         let events: Vec<_> = (0..10).map(|i| new_event(&format!("w0-{}", b * 10 + i))).collect();
         log.append(&workspace("acme"), &events).await.unwrap();
@@ -138,15 +202,15 @@ async fn a_slow_consumer_never_stalls_another(backend: Backend) {
     assert_once_in_order(&fast.received(), 100);
 }
 
-async fn refused_events_are_dead_lettered_then_replayed(backend: Backend) {
+async fn refused_events_are_dead_lettered_then_replayed(backend: Backend, via: Via) {
     let dir = TempDir::new();
-    let Some(log) = event_log(backend, &dir).await else {
+    let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
         return;
     };
     let ws = workspace("acme");
     let sink = Arc::new(RecordingSink::default());
     sink.refuse.lock().unwrap().insert("w0-1".into());
-    let running = start(&log, &[("identity", sink.clone())]);
+    let running = start(&log, handoff, &[("identity", sink.clone())]);
     let events: Vec<_> = (0..4).map(|i| new_event(&format!("w0-{i}"))).collect();
     log.append(&ws, &events).await.unwrap();
 
@@ -185,27 +249,43 @@ async fn refused_events_are_dead_lettered_then_replayed(backend: Backend) {
     running.stop().await;
 }
 
-async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend) {
+async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend, via: Via) {
     let dir = TempDir::new();
-    let Some(log) = event_log(backend, &dir).await else {
+    let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
         return;
     };
     let sink = Arc::new(RecordingSink::default());
     *sink.down.lock().unwrap() = true;
-    let running = start(&log, &[("identity", sink.clone())]);
+    let running = start(&log, handoff, &[("identity", sink.clone())]);
     for b in 0..20 {
         let events: Vec<_> = (0..25).map(|i| new_event(&format!("w0-{}", b * 25 + i))).collect();
         log.append(&workspace("acme"), &events).await.unwrap();
     }
     // It is retried while down, and nothing is dead-lettered for being unreachable.
     assert!(eventually(Duration::from_secs(5), || *sink.calls.lock().unwrap() >= 3).await);
-    let status = log.consumers(&workspace("acme")).await.unwrap();
-    assert_eq!(status[0].last_error.as_deref(), Some("connection refused"));
-    assert_eq!(status[0].lag, 500);
+    let status = || async {
+        let all = running.handoff.consumers(&*log, &workspace("acme")).await.unwrap();
+        let status = all
+            .into_iter()
+            .find(|c| c.name == "identity")
+            .expect("the consumer is listed");
+        (status.lag, status.last_error)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (lag, error) = status().await;
+        if lag == 500 {
+            assert_eq!(error.as_deref(), Some("connection refused"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag {lag}, not 500");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     *sink.down.lock().unwrap() = false;
     assert!(eventually(Duration::from_secs(10), || sink.received().len() >= 500).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status().await, (0, None));
     running.stop().await;
     assert_once_in_order(&sink.received(), 500);
     assert!(
@@ -214,8 +294,6 @@ async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend) {
             .unwrap()
             .is_empty()
     );
-    let status = log.consumers(&workspace("acme")).await.unwrap();
-    assert_eq!((status[0].lag, status[0].last_error.as_deref()), (0, None));
 }
 
 /// The classic trap: a transaction takes a seq, then commits after later seqs have
@@ -234,7 +312,7 @@ async fn postgres_late_commit_is_never_skipped() {
     };
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone(), corvus_ingestion::storage::CHANNEL));
     let sink = Arc::new(RecordingSink::default());
-    let running = start(&log, &[("identity", sink.clone())]);
+    let running = start(&log, Handoff::Log, &[("identity", sink.clone())]);
 
     // The slow transaction takes its seq first and stays open.
     let mut slow = pool.begin().await.unwrap();
@@ -280,4 +358,74 @@ async fn postgres_late_commit_is_never_skipped() {
     assert_once_in_order(&received, 6);
     let cursor = log.ensure_consumer("identity").await.unwrap();
     assert!(cursor > Position::default());
+}
+
+async fn a_restarted_consumer_goes_on_after_what_it_took(backend: Backend, via: Via) {
+    let dir = TempDir::new();
+    let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
+        return;
+    };
+    let first = Arc::new(RecordingSink::default());
+    let mut running = start(&log, handoff.clone(), &[("scoring", first.clone())]);
+    let events: Vec<_> = (0..150).map(|i| new_event(&format!("w0-{i}"))).collect();
+    log.append(&workspace("acme"), &events[..100]).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || first.received().len() == 100).await);
+    running.halt().await;
+
+    // A new process: what the consumer took is not handed to it again, the rest is.
+    let second = Arc::new(RecordingSink::default());
+    let running = start(&log, handoff, &[("scoring", second.clone())]);
+    log.append(&workspace("acme"), &events[100..]).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || second.received().len() >= 50).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.stop().await;
+    assert_once_in_order(&first.received(), 100);
+    let expected: Vec<String> = (100..150).map(|i| format!("w0-{i}")).collect();
+    assert_eq!(second.received(), expected);
+}
+
+/// The person's entries are erased from the stream as from the log, the others kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_entry_is_erased_from_the_stream() {
+    let dir = TempDir::new();
+    let (Some(log), Some(handoff)) = (event_log(Backend::Postgres, &dir).await, handoff(Via::JetStream).await) else {
+        return;
+    };
+    let Handoff::JetStream(js) = &handoff else {
+        unreachable!("a stream was asked for")
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let running = start(&log, handoff.clone(), &[("scoring", sink.clone())]);
+    let ws = workspace("acme");
+    let events: Vec<_> = (0..3).map(|i| new_event(&format!("w0-{i}"))).collect();
+    log.append(&ws, &events).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || sink.received().len() == 3).await);
+    assert_eq!(log.erase(&ws, &["w0-1".to_owned()]).await.unwrap(), 1);
+    log.append(&ws, &[new_event("w0-3")]).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || sink.received().len() == 4).await);
+
+    // Read the stream as anyone with access to the NATS server could.
+    let client = async_nats::connect(corvus_test_support::nats_url().unwrap())
+        .await
+        .unwrap();
+    let context = async_nats::jetstream::new(client);
+    let mut stream = context.get_stream(&js.config().stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut ids = Vec::new();
+    for seq in 1..=last {
+        if let Ok(message) = stream.get_raw_message(seq).await {
+            let id = message.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+            ids.push(id.expect("every message has its id"));
+        }
+    }
+    assert_eq!(ids.len(), 3, "the erased entry's message is gone: {ids:?}");
+    assert_eq!(
+        ids[..2],
+        [events[0].event_id.to_string(), events[2].event_id.to_string()]
+    );
+    assert!(
+        log.stream_erasures(10).await.unwrap().is_empty(),
+        "nothing left to erase"
+    );
+    running.stop().await;
 }

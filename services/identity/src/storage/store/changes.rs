@@ -211,11 +211,8 @@ macro_rules! changes_sql {
                      FROM events l JOIN profile_events p ON l.workspace_id = p.workspace_id \
                      AND l.event_id = p.event_id WHERE p.workspace_id = $1 AND p.profile_id = $2)",
                 ),
-                (
-                    "log",
-                    "DELETE FROM events WHERE workspace_id = $1 AND event_id IN \
-                     (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2)",
-                ),
+                // The backend's own statement (`erase_log_in`).
+                ("log", ""),
                 (
                     "identifiers",
                     "DELETE FROM identifiers WHERE workspace_id = $1 AND profile_id = $2",
@@ -247,12 +244,16 @@ macro_rules! changes_sql {
             ] {
                 let mut n = 0;
                 for member in &members {
-                    n += sqlx::query(sql)
-                        .bind(ws)
-                        .bind(*member)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
+                    n += if sql.is_empty() {
+                        <$Store>::erase_log_in(&mut tx, ws, *member).await?
+                    } else {
+                        sqlx::query(sql)
+                            .bind(ws)
+                            .bind(*member)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected()
+                    };
                 }
                 match removed.rows.last_mut() {
                     Some((last, count)) if *last == table => *count += n,
