@@ -1,7 +1,8 @@
 //! Identity's log through the public API: every downstream consumer has its own cursor,
 //! so one that is down or refuses an entry holds up neither identity nor another; and
 //! a consumer that keeps state per profile stays equal to identity through merges,
-//! unmerges and erasures under concurrent load.
+//! unmerges and erasures under concurrent load, with the log read from identity's store
+//! or relayed through a JetStream stream.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use corvus_ingestion::outbox::{Consumer, ConsumerConfig, EventSink, Failure};
+use corvus_ingestion::outbox::{Consumer, ConsumerConfig, EventSink, Failure, JetStream, JetStreamConfig};
 use corvus_proto::identity::v1 as pb;
 use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
@@ -396,8 +397,35 @@ async fn send_load(app: &TestApp, phase: &str) {
 }
 
 async fn per_profile_state_follows_merges_unmerges_and_erasures(backend: Backend) {
+    per_profile_state_follows(backend, None).await;
+}
+
+/// Through a stream of the test's own, over Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_jetstream_per_profile_state_follows_merges_unmerges_and_erasures() {
+    let Some(url) = corvus_test_support::nats_url() else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let stream = JetStreamConfig {
+        url,
+        stream: format!("TEST_{id}"),
+        subject_prefix: format!("corvus.test.{id}"),
+        ..JetStreamConfig::default()
+    };
+    per_profile_state_follows(Backend::Postgres, Some(stream)).await;
+}
+
+async fn per_profile_state_follows(backend: Backend, stream: Option<JetStreamConfig>) {
     let counter = Downstream::new(true);
-    let Some(app) = spawn_downstream(backend, |_| {}, vec![counter.consumer("counter")]).await else {
+    let through = stream.clone();
+    let Some(app) = spawn_downstream(
+        backend,
+        move |config| config.identity.jetstream = through,
+        vec![counter.consumer("counter")],
+    )
+    .await
+    else {
         return;
     };
     send_load(&app, "first").await;
@@ -465,6 +493,27 @@ async fn per_profile_state_follows_merges_unmerges_and_erasures(backend: Backend
     }
     no_repeats(&counter.messages());
     app.stop().await;
+    if let Some(config) = stream {
+        // Nothing of the erased person is left in the stream either.
+        let client = async_nats::connect(config.url.as_str()).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        let mut messages = context.get_stream(&config.stream).await.unwrap();
+        let last = messages.info().await.unwrap().state.last_sequence;
+        let mut kept = 0;
+        for seq in 1..=last {
+            if let Ok(message) = messages.get_raw_message(seq).await {
+                kept += 1;
+                let payload = String::from_utf8_lossy(&message.payload);
+                assert!(
+                    !payload.contains("a-1-"),
+                    "an erased device's event in the stream at {seq}"
+                );
+            }
+        }
+        assert!(kept > 100, "the others' entries are kept ({kept})");
+        let stream = JetStream::connect(&config, Duration::from_secs(3600)).await.unwrap();
+        stream.delete().await.unwrap();
+    }
 }
 
 /// A remote consumer that hangs for a while, then answers.
