@@ -428,7 +428,10 @@ impl Identity {
         };
         let mut receipt = pb::ErasureReceipt::decode(receipt.as_slice())
             .map_err(|e| StorageError::Internal(format!("a stored receipt does not decode: {e}")))?;
-        for consumer in self.log.consumers(ws).await? {
+        for consumer in self.handoff.consumers(&*self.log, ws).await? {
+            if self.handoff.is_relay(&consumer.name) {
+                continue;
+            }
             let answer = answers.iter().find(|(name, _, _)| *name == consumer.name);
             receipt.stores.push(match answer {
                 Some((_, store, removed)) => pb::ErasedStore {

@@ -7,6 +7,9 @@
 //! (b) Freshness downstream: under 5,000 events/s, a probe event every 20 ms, timed from
 //! its ack until the first consumer has it; then the same with the third consumer dead
 //! (every delivery to it fails and is retried), which must not move the figure.
+//! (c) (a) and (b) with the three consumers reading identity's log through a JetStream
+//! stream (a relay publishes the log, a durable consumer each), after a run with them
+//! reading the log from Postgres, so the two are side by side in one run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use async_trait::async_trait;
-use corvus_ingestion::outbox::{Consumer, EventSink, Failure};
+use corvus_ingestion::outbox::{Consumer, EventSink, Failure, JetStream, JetStreamConfig};
 use corvus_proto::identity::v1::{LogEntry, log_entry};
 use tokio::task::JoinSet;
 
@@ -67,15 +70,21 @@ impl EventSink<LogEntry> for Downstream {
     }
 }
 
-pub async fn run(plan: &Plan, server_url: &str, redis_url: &str, results: &mut Results) -> anyhow::Result<()> {
+pub async fn run(
+    plan: &Plan,
+    server_url: &str,
+    redis_url: &str,
+    nats_url: Option<&str>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     // Fresh databases on a small machine differ from run to run by more than the effect
     // measured: two runs of each, alternating, and the mean of each pair compared.
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut freshness = Vec::new();
     for round in 0..2 {
-        without.push(resolution_run(plan, server_url, redis_url, 0, false).await?.0);
-        let (row, rows) = resolution_run(plan, server_url, redis_url, CONSUMERS, round == 1).await?;
+        without.push(resolution_run(plan, server_url, redis_url, 0, false, None).await?.0);
+        let (row, rows) = resolution_run(plan, server_url, redis_url, CONSUMERS, round == 1, None).await?;
         with.push(row);
         freshness.extend(rows);
     }
@@ -103,6 +112,33 @@ pub async fn run(plan: &Plan, server_url: &str, redis_url: &str, results: &mut R
         });
     }
     results.rows.extend(freshness);
+    if let Some(url) = nats_url {
+        // (c) Right after the last run through Postgres.
+        let stream = JetStreamConfig {
+            url: url.to_owned(),
+            stream: format!("BENCH_{}", std::process::id()),
+            subject_prefix: format!("corvus.bench.{}", std::process::id()),
+            ..JetStreamConfig::default()
+        };
+        let (row, rows) = resolution_run(plan, server_url, redis_url, CONSUMERS, true, Some(&stream)).await?;
+        let freshness_p99 = rows
+            .first()
+            .and_then(|r| r.p99)
+            .map_or(0.0, |p| p.as_secs_f64() * 1000.0);
+        results.notes.push(format!(
+            "hand-off through JetStream: {:.0} events/s with {CONSUMERS} consumers ({:.2} of the {with_mean:.0} \
+             through Postgres in the same run); freshness p99 {freshness_p99:.1} ms",
+            row.events_per_s,
+            row.events_per_s / with_mean.max(1e-9),
+        ));
+        results.rows.push(row);
+        results.rows.extend(rows);
+        JetStream::connect(&stream, Duration::from_secs(3600))
+            .await?
+            .delete()
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
     Ok(())
 }
 
@@ -114,10 +150,13 @@ async fn resolution_run(
     redis_url: &str,
     consumers: usize,
     with_freshness: bool,
+    stream: Option<&JetStreamConfig>,
 ) -> anyhow::Result<(Row, Vec<Row>)> {
     let scratch = Scratch::create(server_url).await?;
     let downstream: Vec<Arc<Downstream>> = (0..consumers).map(|_| Arc::default()).collect();
-    let config = durable_config(&scratch, redis_url, Resolution::On);
+    let mut config = durable_config(&scratch, redis_url, Resolution::On);
+    config.identity.jetstream = stream.cloned();
+    let through = if stream.is_some() { " through JetStream" } else { "" };
     let sinks = downstream
         .iter()
         .enumerate()
@@ -159,7 +198,7 @@ async fn resolution_run(
         };
         let label = match consumers {
             0 => "hand-off: mix resolved end to end, no consumer of identity's log".to_owned(),
-            n => format!("hand-off: mix resolved and handed to {n} consumers of identity's log"),
+            n => format!("hand-off: mix resolved and handed to {n} consumers of identity's log{through}"),
         };
         let mut row = Row::new(label, &mut whole, cpu.cores_since());
         row.writes = false;
@@ -170,9 +209,16 @@ async fn resolution_run(
             // would stall commits (as in the identity section).
             scratch.checkpoint().await?;
             // All alive, one dead, all alive again: the first and last bracket the middle.
-            for (round, dead) in [false, true, false].into_iter().enumerate() {
-                downstream[consumers - 1].dead.store(dead, Ordering::Relaxed);
-                freshness_rows.push(freshness(plan, &app, &keys, &mut mix, &downstream, round).await?);
+            // Through a stream: once, all alive.
+            let rounds: &[bool] = if stream.is_some() {
+                &[false]
+            } else {
+                &[false, true, false]
+            };
+            for (round, dead) in rounds.iter().enumerate() {
+                downstream[consumers - 1].dead.store(*dead, Ordering::Relaxed);
+                let round = if stream.is_some() { 3 } else { round };
+                freshness_rows.push(freshness(plan, &app, &keys, &mut mix, &downstream, round, through).await?);
             }
         }
         anyhow::Ok((row, freshness_rows))
@@ -194,6 +240,7 @@ async fn freshness(
     mix: &mut Mix,
     downstream: &[Arc<Downstream>],
     round: usize,
+    through: &str,
 ) -> anyhow::Result<Row> {
     let one_dead = downstream.last().is_some_and(|d| d.dead.load(Ordering::Relaxed));
     let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
@@ -208,7 +255,7 @@ async fn freshness(
     let first = (2 + round) * plan.probes;
     let probes = Arc::new(probe_batches(mix, first, plan.probes)?);
     let label = format!(
-        "hand-off freshness ({}): ack to a consumer, {} probes, {LOAD_PER_S:.0}/s{}",
+        "hand-off freshness ({}): ack to a consumer{through}, {} probes, {LOAD_PER_S:.0}/s{}",
         round + 1,
         plan.probes,
         if one_dead { ", another dead" } else { "" }

@@ -59,6 +59,10 @@ struct Args {
     database_url: String,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// NATS server with JetStream, for the hand-off through a stream (the hand-off
+    /// section); empty to leave those runs out.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
     /// Events per measured point [default: 300000, or 20000 with --quick].
     #[arg(long)]
     events: Option<usize>,
@@ -231,10 +235,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if plan.handoff {
         header.push_str(&format!(
             "hand-off: the identity mix ({} events) with no consumer of identity's log and with 3, on fresh \
-             databases; then {} probes to a consumer under 5,000 events/s, twice\n",
+             databases; then {} probes to a consumer under 5,000 events/s, twice; then the same with 3 \
+             consumers through a JetStream stream\n",
             plan.identity_events, plan.probes
         ));
-        handoff::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
+        let nats = Some(args.nats_url.as_str()).filter(|u| !u.is_empty());
+        handoff::run(&plan, &args.database_url, &args.redis_url, nats, &mut results).await?;
     }
 
     header.push_str(&format!(

@@ -12,9 +12,10 @@
 //! stream order, one batch in flight (`max_ack_pending` is the batch size, acknowledged
 //! all at once), so a consumer sees entries in log order, as from the log itself.
 //!
-//! Erasure: the log notes the stream sequence of each relayed entry; erasing an entry
-//! queues its sequence, and the relay erases those messages from the stream (overwritten
-//! on the server's disk) with its next delivery: on identity's log, the erasure's own.
+//! Erasure: the relay records the stream sequence of each entry it published, a row a
+//! batch; erasing entries queues their positions, and the relay erases their messages
+//! from the stream (overwritten on the server's disk) with its next delivery: on
+//! identity's log, the erasure's own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,8 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::{Dispatcher, Entry, EventSink, Failure, Stop};
 use crate::store::{ConsumerStatus, EventLog, LoggedEvent, Position};
 
-/// The name of the relay's cursor in the log: no consumer may take it.
-pub const RELAY: &str = "jetstream";
+pub use crate::store::RELAY;
 
 const WORKSPACE: &str = "Corvus-Workspace";
 const EVENT_ID: &str = "Corvus-Event-Id";
@@ -120,18 +120,27 @@ impl JetStream {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach NATS at {}: {e}", config.url))?;
         let context = js::new(client);
-        let stream = context
-            .get_or_create_stream(stream::Config {
-                name: config.stream.clone(),
-                subjects: vec![format!("{}.>", config.subject_prefix)],
-                storage: StorageType::File,
-                max_age,
-                duplicate_window: Duration::from_secs(120),
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
+        let wanted = stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            storage: StorageType::File,
+            max_age,
+            duplicate_window: Duration::from_secs(120),
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let failed = |e: &dyn std::fmt::Display| anyhow::anyhow!("JetStream stream {}: {e}", config.stream);
+        let mut stream = context
+            .get_or_create_stream(wanted.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("JetStream stream {}: {e}", config.stream))?;
+            .map_err(|e| failed(&e))?;
+        // A stream made with other settings (a retention or replicas changed since) is
+        // brought to these.
+        let held = &stream.info().await.map_err(|e| failed(&e))?.config;
+        if (held.max_age, held.num_replicas, &held.subjects) != (max_age, config.replicas, &wanted.subjects) {
+            context.update_stream(wanted).await.map_err(|e| failed(&e))?;
+            stream = context.get_stream(&config.stream).await.map_err(|e| failed(&e))?;
+        }
         Ok(Self {
             context,
             stream,
@@ -164,22 +173,20 @@ impl JetStream {
 
     /// The consumer's durable JetStream consumer, created at the start of the stream.
     async fn durable(&self, name: &str, batch: u32) -> Result<js::consumer::PullConsumer, String> {
+        // Created, or brought to these settings (a batch size changed since).
         self.stream
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.to_owned()),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::All,
-                    ack_wait: self.config.ack_wait,
-                    // One batch in flight: what a crashed dispatcher left unacknowledged is
-                    // handed out again before anything after it.
-                    max_ack_pending: i64::from(batch),
-                    max_deliver: -1,
-                    filter_subject: format!("{}.>", self.config.subject_prefix),
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.to_owned()),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::All,
+                ack_wait: self.config.ack_wait,
+                // One batch in flight: what a crashed dispatcher left unacknowledged is
+                // handed out again before anything after it.
+                max_ack_pending: i64::from(batch),
+                max_deliver: -1,
+                filter_subject: format!("{}.>", self.config.subject_prefix),
+                ..Default::default()
+            })
             .await
             .map_err(|e| format!("JetStream consumer {name}: {e}"))
     }
@@ -283,15 +290,21 @@ impl Relay {
         Self { stream, log }
     }
 
-    /// Erases from the stream what was erased from the log.
-    async fn erase_queued(&self) -> Result<(), String> {
+    /// Erases from the stream what was erased from the log, up to where it has relayed.
+    async fn erase_queued(&self, relayed_to: Position) -> Result<(), String> {
         loop {
-            let seqs = self.log.stream_erasures(500).await.map_err(|e| e.to_string())?;
-            if seqs.is_empty() {
+            let queued = self
+                .log
+                .stream_erasures(relayed_to, 500)
+                .await
+                .map_err(|e| e.to_string())?;
+            if queued.is_empty() {
                 return Ok(());
             }
+            let seqs: Vec<u64> = queued.iter().filter_map(|(_, seq)| *seq).collect();
             self.stream.erase(&seqs).await?;
-            self.log.stream_erased(&seqs).await.map_err(|e| e.to_string())?;
+            let positions: Vec<Position> = queued.iter().map(|(p, _)| *p).collect();
+            self.log.stream_erased(&positions).await.map_err(|e| e.to_string())?;
         }
     }
 }
@@ -335,9 +348,12 @@ impl<E: Entry> EventSink<Relayed<E>> for Relay {
             let ack = ack.await.map_err(|e| format!("JetStream did not take an entry: {e}"))?;
             relayed.push((position, ack.sequence));
         }
-        let gone = self.log.relayed(&relayed).await.map_err(|e| e.to_string())?;
-        self.stream.erase(&gone).await?;
-        self.erase_queued().await?;
+        // Recorded before the queue is looked at, so an erasure queued meanwhile finds its
+        // entry's sequence there; one queued after this look waits for the next delivery.
+        self.log.relayed(&relayed).await.map_err(|e| e.to_string())?;
+        if let Some(last) = entries.last() {
+            self.erase_queued(last.logged.position).await?;
+        }
         Ok(failures)
     }
 }

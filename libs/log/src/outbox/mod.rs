@@ -85,6 +85,12 @@ pub enum Handoff {
 }
 
 impl Handoff {
+    /// Whether `consumer` is the relay to the stream: the log's consumer that receives
+    /// entries on behalf of every other.
+    pub fn is_relay(&self, consumer: &str) -> bool {
+        matches!(self, Self::JetStream(_)) && consumer == jetstream::RELAY
+    }
+
     /// Every consumer's status in the workspace: its lag, dead letters and last error.
     pub async fn consumers(
         &self,

@@ -167,16 +167,21 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Every registered consumer, with its lag and dead letters in the workspace.
     async fn consumers(&self, workspace: &WorkspaceId) -> Result<Vec<ConsumerStatus>, StorageError>;
 
-    /// A log relayed to a stream: notes the stream sequence each entry was given; the
-    /// sequences of entries no longer in the log (erased meanwhile), whose copies in the
-    /// stream must go too.
-    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError>;
+    /// A log relayed to a stream: records the stream sequence each entry of a batch the
+    /// relay published (in log order) was given.
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<(), StorageError>;
 
-    /// Stream sequences of erased entries, not yet erased from the stream.
-    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError>;
+    /// Entries erased while a relay existed, at or before `relayed_to` (where the relay
+    /// has recorded up to), each with the stream sequence it was relayed under, or `None`
+    /// when it was erased before it was relayed.
+    async fn stream_erasures(
+        &self,
+        relayed_to: Position,
+        limit: u32,
+    ) -> Result<Vec<(Position, Option<u64>)>, StorageError>;
 
-    /// These stream sequences are erased from the stream.
-    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError>;
+    /// These erased entries are gone from the stream, or were never in it.
+    async fn stream_erased(&self, erased: &[Position]) -> Result<(), StorageError>;
 }
 
 /// A row of `events`, as both backends return it.
@@ -256,15 +261,47 @@ impl From<ConsumerRow> for ConsumerStatus {
     }
 }
 
-/// The stream sequences `relayed` that are not among those `noted` in the log.
-fn gone(relayed: &[i64], noted: &[i64]) -> Vec<u64> {
-    let noted: std::collections::HashSet<i64> = noted.iter().copied().collect();
-    relayed
-        .iter()
-        .filter(|s| !noted.contains(s))
-        .map(|s| *s as u64)
-        .collect()
+/// The relay's name: its cursor on a log relayed to a stream. While it has one, an
+/// erasure queues the positions it deleted (`stream_erasures`).
+pub const RELAY: &str = "jetstream";
+
+/// A batch's record in `stream_batches`: (tx, seq, stream sequence), little-endian.
+fn encode_relayed(relayed: &[(Position, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(relayed.len() * 24);
+    for (position, stream_seq) in relayed {
+        out.extend_from_slice(&position.tx.to_le_bytes());
+        out.extend_from_slice(&position.seq.to_le_bytes());
+        out.extend_from_slice(&stream_seq.to_le_bytes());
+    }
+    out
 }
+
+/// The stream sequence `position` was relayed under, in a batch's record.
+fn find_relayed(entries: &[u8], position: Position) -> Option<u64> {
+    let word = |b: &[u8]| i64::from_le_bytes(b.try_into().expect("8 bytes"));
+    entries.chunks_exact(24).find_map(|e| {
+        let at = Position {
+            tx: word(&e[..8]),
+            seq: word(&e[8..16]),
+        };
+        (at == position).then(|| word(&e[16..]) as u64)
+    })
+}
+
+/// Queued erasures (`stream_erasures`) that a relay has passed, and the batch records
+/// that might hold them: the same statements on both backends.
+const QUEUED_ERASURES: &str = "SELECT tx_id, seq FROM stream_erasures WHERE (tx_id, seq) <= ($1, $2) \
+     ORDER BY tx_id, seq LIMIT $3";
+const BATCH_OF: &str = "SELECT entries FROM stream_batches WHERE (last_tx, last_seq) >= ($1, $2) \
+     ORDER BY last_tx, last_seq LIMIT 1";
+const RECORD_BATCH: &str = "INSERT INTO stream_batches (first_tx, first_seq, last_tx, last_seq, entries) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (last_tx, last_seq) DO UPDATE SET \
+     first_tx = excluded.first_tx, first_seq = excluded.first_seq, entries = excluded.entries";
+/// Batch records no entry of the log, and no queued erasure, is in any more.
+const PRUNE_BATCHES: &str = "DELETE FROM stream_batches \
+     WHERE (last_tx, last_seq) < (SELECT tx_id, seq FROM events ORDER BY tx_id, seq LIMIT 1) \
+     AND NOT EXISTS (SELECT 1 FROM stream_erasures q \
+                     WHERE (q.tx_id, q.seq) <= (stream_batches.last_tx, stream_batches.last_seq))";
 
 /// Converts every row, failing on the first that does not convert.
 fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {

@@ -12,8 +12,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
-    Position, ReadBatch, convert, gone,
+    Appended, BATCH_OF, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent,
+    NewEvent, PRUNE_BATCHES, Position, QUEUED_ERASURES, RECORD_BATCH, RELAY, ReadBatch, convert, encode_relayed,
+    find_relayed,
 };
 
 const INSERT: &str = "INSERT INTO events \
@@ -448,16 +449,16 @@ impl EventLog for PgEventLog {
         .bind(message_ids)
         .execute(&mut *tx)
         .await?;
-        // One statement, so that a relay noting an entry's stream sequence meanwhile is
-        // either waited for (and its sequence kept here) or finds the entry gone.
+        // While a relay to a stream exists, the positions deleted are queued for it.
         let erased: i64 = sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM events WHERE workspace_id = $1 AND message_id = ANY($2) RETURNING stream_seq), \
-             noted AS (INSERT INTO stream_erasures (seq) SELECT stream_seq FROM gone WHERE stream_seq IS NOT NULL \
-                       ON CONFLICT DO NOTHING) \
+            "WITH gone AS (DELETE FROM events WHERE workspace_id = $1 AND message_id = ANY($2) RETURNING tx_id, seq), \
+             queued AS (INSERT INTO stream_erasures (tx_id, seq) SELECT tx_id, seq FROM gone \
+                        WHERE EXISTS (SELECT 1 FROM consumers WHERE name = $3) ON CONFLICT DO NOTHING) \
              SELECT count(*) FROM gone",
         )
         .bind(workspace)
         .bind(message_ids)
+        .bind(RELAY)
         .fetch_one(&mut *tx)
         .await?;
         let erased = erased as u64;
@@ -477,6 +478,7 @@ impl EventLog for PgEventLog {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        sqlx::query(PRUNE_BATCHES).execute(&self.pool).await?;
         Ok(pruned)
     }
 
@@ -492,37 +494,56 @@ impl EventLog for PgEventLog {
         .await?;
         Ok(rows.into_iter().map(ConsumerStatus::from).collect())
     }
-    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError> {
-        let tx_ids: Vec<i64> = relayed.iter().map(|(p, _)| p.tx).collect();
-        let seqs: Vec<i64> = relayed.iter().map(|(p, _)| p.seq).collect();
-        let stream_seqs: Vec<i64> = relayed.iter().map(|(_, s)| *s as i64).collect();
-        let noted: Vec<i64> = sqlx::query_scalar(
-            "UPDATE events e SET stream_seq = r.stream_seq \
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(tx_id, seq, stream_seq) \
-             WHERE e.tx_id = r.tx_id AND e.seq = r.seq RETURNING e.stream_seq",
-        )
-        .bind(&tx_ids)
-        .bind(&seqs)
-        .bind(&stream_seqs)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(gone(&stream_seqs, &noted))
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<(), StorageError> {
+        let (Some((first, _)), Some((last, _))) = (relayed.first(), relayed.last()) else {
+            return Ok(());
+        };
+        sqlx::query(RECORD_BATCH)
+            .bind(first.tx)
+            .bind(first.seq)
+            .bind(last.tx)
+            .bind(last.seq)
+            .bind(encode_relayed(relayed))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
-    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError> {
-        let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM stream_erasures ORDER BY seq LIMIT $1")
+    async fn stream_erasures(
+        &self,
+        relayed_to: Position,
+        limit: u32,
+    ) -> Result<Vec<(Position, Option<u64>)>, StorageError> {
+        let queued: Vec<(i64, i64)> = sqlx::query_as(QUEUED_ERASURES)
+            .bind(relayed_to.tx)
+            .bind(relayed_to.seq)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(seqs.into_iter().map(|s| s as u64).collect())
+        let mut erasures = Vec::with_capacity(queued.len());
+        for (tx, seq) in queued {
+            let position = Position { tx, seq };
+            let batch: Option<Vec<u8>> = sqlx::query_scalar(BATCH_OF)
+                .bind(tx)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
+            erasures.push((position, batch.and_then(|b| find_relayed(&b, position))));
+        }
+        Ok(erasures)
     }
 
-    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError> {
-        let seqs: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
-        sqlx::query("DELETE FROM stream_erasures WHERE seq = ANY($1)")
-            .bind(&seqs)
-            .execute(&self.pool)
-            .await?;
+    async fn stream_erased(&self, erased: &[Position]) -> Result<(), StorageError> {
+        let tx_ids: Vec<i64> = erased.iter().map(|p| p.tx).collect();
+        let seqs: Vec<i64> = erased.iter().map(|p| p.seq).collect();
+        sqlx::query(
+            "DELETE FROM stream_erasures q USING unnest($1::bigint[], $2::bigint[]) AS e(tx_id, seq) \
+             WHERE q.tx_id = e.tx_id AND q.seq = e.seq",
+        )
+        .bind(&tx_ids)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    Appended, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent, NewEvent,
-    Position, ReadBatch, convert, gone,
+    Appended, BATCH_OF, ConsumerRow, ConsumerStatus, DeadLetter, DeadLetterRow, EventLog, EventRow, Lease, LoggedEvent,
+    NewEvent, PRUNE_BATCHES, Position, QUEUED_ERASURES, RECORD_BATCH, RELAY, ReadBatch, convert, encode_relayed,
+    find_relayed,
 };
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -274,11 +275,13 @@ impl EventLog for SqliteEventLog {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT OR IGNORE INTO stream_erasures (seq) SELECT stream_seq FROM events \
-                 WHERE workspace_id = $1 AND message_id = $2 AND stream_seq IS NOT NULL",
+                "INSERT OR IGNORE INTO stream_erasures (tx_id, seq) SELECT tx_id, seq FROM events \
+                 WHERE workspace_id = $1 AND message_id = $2 \
+                 AND EXISTS (SELECT 1 FROM consumers WHERE name = $3)",
             )
             .bind(workspace)
             .bind(message_id)
+            .bind(RELAY)
             .execute(&mut *tx)
             .await?;
             erased += sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND message_id = $2")
@@ -305,6 +308,7 @@ impl EventLog for SqliteEventLog {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        sqlx::query(PRUNE_BATCHES).execute(&self.pool).await?;
         Ok(pruned)
     }
 
@@ -320,41 +324,53 @@ impl EventLog for SqliteEventLog {
         .await?;
         Ok(rows.into_iter().map(ConsumerStatus::from).collect())
     }
-    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<Vec<u64>, StorageError> {
+    async fn relayed(&self, relayed: &[(Position, u64)]) -> Result<(), StorageError> {
+        let (Some((first, _)), Some((last, _))) = (relayed.first(), relayed.last()) else {
+            return Ok(());
+        };
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut noted = Vec::with_capacity(relayed.len());
-        for (position, stream_seq) in relayed {
-            let stream_seq = *stream_seq as i64;
-            let updated = sqlx::query("UPDATE events SET stream_seq = $1 WHERE seq = $2")
-                .bind(stream_seq)
-                .bind(position.seq)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if updated > 0 {
-                noted.push(stream_seq);
-            }
-        }
-        tx.commit().await?;
-        let relayed: Vec<i64> = relayed.iter().map(|(_, s)| *s as i64).collect();
-        Ok(gone(&relayed, &noted))
+        sqlx::query(RECORD_BATCH)
+            .bind(first.tx)
+            .bind(first.seq)
+            .bind(last.tx)
+            .bind(last.seq)
+            .bind(encode_relayed(relayed))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
-    async fn stream_erasures(&self, limit: u32) -> Result<Vec<u64>, StorageError> {
-        let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM stream_erasures ORDER BY seq LIMIT $1")
+    async fn stream_erasures(
+        &self,
+        relayed_to: Position,
+        limit: u32,
+    ) -> Result<Vec<(Position, Option<u64>)>, StorageError> {
+        let queued: Vec<(i64, i64)> = sqlx::query_as(QUEUED_ERASURES)
+            .bind(relayed_to.tx)
+            .bind(relayed_to.seq)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(seqs.into_iter().map(|s| s as u64).collect())
+        let mut erasures = Vec::with_capacity(queued.len());
+        for (tx, seq) in queued {
+            let position = Position { tx, seq };
+            let batch: Option<Vec<u8>> = sqlx::query_scalar(BATCH_OF)
+                .bind(tx)
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await?;
+            erasures.push((position, batch.and_then(|b| find_relayed(&b, position))));
+        }
+        Ok(erasures)
     }
 
-    async fn stream_erased(&self, seqs: &[u64]) -> Result<(), StorageError> {
+    async fn stream_erased(&self, erased: &[Position]) -> Result<(), StorageError> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        for seq in seqs {
-            sqlx::query("DELETE FROM stream_erasures WHERE seq = $1")
-                .bind(*seq as i64)
+        for position in erased {
+            sqlx::query("DELETE FROM stream_erasures WHERE tx_id = $1 AND seq = $2")
+                .bind(position.tx)
+                .bind(position.seq)
                 .execute(&mut *tx)
                 .await?;
         }

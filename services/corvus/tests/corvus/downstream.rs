@@ -492,6 +492,26 @@ async fn per_profile_state_follows(backend: Backend, stream: Option<JetStreamCon
         }
     }
     no_repeats(&counter.messages());
+    // The erasure's receipt names the consumer as having received it (and not the relay,
+    // through a stream).
+    let receipt = admin
+        .get_erasure_receipt(pb::GetErasureReceiptRequest { profile_id: erased })
+        .await
+        .unwrap()
+        .into_inner();
+    let stores: Vec<(&str, bool)> = receipt
+        .receipt
+        .as_ref()
+        .unwrap()
+        .stores
+        .iter()
+        .map(|s| (s.store.as_str(), s.pending))
+        .collect();
+    assert!(stores.contains(&("warehouse-store", false)), "{stores:?}");
+    assert!(
+        stores.iter().all(|(store, pending)| !pending && *store != "jetstream"),
+        "{stores:?}"
+    );
     app.stop().await;
     if let Some(config) = stream {
         // Nothing of the erased person is left in the stream either.

@@ -97,19 +97,19 @@ impl PgIdentityStore {
         PgEventLog::insert_in(conn, ws, entries).await
     }
 
-    /// Deletes the log's entries of the profile's events, noting the stream sequences of
-    /// those relayed to a stream: in one statement, so that a relay noting a sequence
-    /// meanwhile is either waited for or finds the entry gone.
+    /// Deletes the log's entries of the profile's events, queueing their positions for
+    /// the relay to a stream while there is one.
     async fn erase_log_in(conn: &mut PgConnection, ws: &WorkspaceId, profile: ProfileId) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "WITH gone AS (DELETE FROM events WHERE workspace_id = $1 AND event_id IN \
-               (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2) RETURNING stream_seq), \
-             noted AS (INSERT INTO stream_erasures (seq) SELECT stream_seq FROM gone WHERE stream_seq IS NOT NULL \
-                       ON CONFLICT DO NOTHING) \
+               (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2) RETURNING tx_id, seq), \
+             queued AS (INSERT INTO stream_erasures (tx_id, seq) SELECT tx_id, seq FROM gone \
+                        WHERE EXISTS (SELECT 1 FROM consumers WHERE name = $3) ON CONFLICT DO NOTHING) \
              SELECT 1 FROM gone",
         )
         .bind(ws)
         .bind(profile)
+        .bind(corvus_log::store::RELAY)
         .execute(conn)
         .await?
         .rows_affected())
@@ -119,7 +119,7 @@ impl PgIdentityStore {
     async fn scrub_deleted(&self) -> Result<(), StorageError> {
         self.vacuum.soon(
             &self.pool,
-            "identifiers, profile_events, traits, consents, evidence, match_candidates, events, dead_letters, stream_erasures",
+            "identifiers, profile_events, traits, consents, evidence, match_candidates, events, dead_letters, stream_batches",
         );
         Ok(())
     }

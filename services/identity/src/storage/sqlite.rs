@@ -50,8 +50,9 @@ impl SqliteIdentityStore {
         corvus_storage::checkpoint_sqlite(&self.pool).await
     }
 
-    /// Deletes the log's entries of the profile's events, noting the stream sequences of
-    /// those relayed to a stream (the transaction holds the file's write lock).
+    /// Deletes the log's entries of the profile's events, queueing their positions for
+    /// the relay to a stream while there is one (the transaction holds the file's write
+    /// lock).
     async fn erase_log_in(
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,
@@ -60,11 +61,12 @@ impl SqliteIdentityStore {
         let of_profile = "workspace_id = $1 AND event_id IN \
              (SELECT event_id FROM profile_events WHERE workspace_id = $1 AND profile_id = $2)";
         sqlx::query(&format!(
-            "INSERT OR IGNORE INTO stream_erasures (seq) SELECT stream_seq FROM events \
-             WHERE stream_seq IS NOT NULL AND {of_profile}"
+            "INSERT OR IGNORE INTO stream_erasures (tx_id, seq) SELECT tx_id, seq FROM events \
+             WHERE {of_profile} AND EXISTS (SELECT 1 FROM consumers WHERE name = $3)"
         ))
         .bind(ws)
         .bind(profile)
+        .bind(corvus_log::store::RELAY)
         .execute(&mut *conn)
         .await?;
         Ok(sqlx::query(&format!("DELETE FROM events WHERE {of_profile}"))
