@@ -454,14 +454,14 @@ impl<E: Entry> Dispatcher<E> {
                     }
                 }
             }
-            if !events.is_empty() {
-                if let Err(stop) = self.deliver(&events).await {
-                    // Stopping: what was not delivered is handed out again at once.
-                    for message in &batch {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                    }
-                    return stop;
+            if !events.is_empty()
+                && let Err(stop) = self.deliver(&events).await
+            {
+                // Stopping: what was not delivered is handed out again at once.
+                for message in &batch {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
                 }
+                return stop;
             }
             // Acknowledging the furthest message acknowledges all before it.
             let furthest = batch
