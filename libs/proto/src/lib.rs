@@ -29,6 +29,12 @@ pub mod ingestion {
     }
 }
 
+pub mod scoring {
+    pub mod v1 {
+        tonic::include_proto!("corvus.scoring.v1");
+    }
+}
+
 /// Every Corvus proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("corvus_descriptor");
 

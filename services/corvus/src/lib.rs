@@ -15,6 +15,7 @@ use corvus_platform::server::{Listeners, Services};
 use corvus_platform::telemetry::TelemetryConfig;
 use corvus_platform::{Authenticator, KeyStore, ServerConfig};
 use corvus_proto::identity::v1::LogEntry;
+use corvus_scoring::{Scoring, ScoringConfig};
 use corvus_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub struct CorvusConfig {
     pub telemetry: TelemetryConfig,
     pub ingestion: IngestionConfig,
     pub identity: IdentityConfig,
+    pub scoring: ScoringConfig,
 }
 
 impl CorvusConfig {
@@ -42,6 +44,7 @@ impl CorvusConfig {
         self.server.validate()?;
         self.ingestion.validate()?;
         self.identity.validate()?;
+        self.scoring.validate()?;
         // A consumer's metrics carry its name alone, whichever log it consumes.
         if let Some(c) = self
             .identity
@@ -59,12 +62,14 @@ impl CorvusConfig {
 }
 
 /// Which services a process runs: all of them (`corvus dev`, `corvus serve all`), or
-/// one (`corvus serve ingestion`, `corvus serve identity`), the others reached over gRPC.
+/// one (`corvus serve ingestion`, `corvus serve identity`, `corvus serve scoring`), the
+/// others reached over gRPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
     All,
     Ingestion,
     Identity,
+    Scoring,
 }
 
 impl std::str::FromStr for Deployment {
@@ -74,8 +79,9 @@ impl std::str::FromStr for Deployment {
             "all" => Ok(Self::All),
             "ingestion" => Ok(Self::Ingestion),
             "identity" => Ok(Self::Identity),
+            "scoring" => Ok(Self::Scoring),
             other => Err(format!(
-                "unknown service {other:?}: expected all, ingestion or identity"
+                "unknown service {other:?}: expected all, ingestion, identity or scoring"
             )),
         }
     }
@@ -83,11 +89,20 @@ impl std::str::FromStr for Deployment {
 
 impl Deployment {
     fn runs_ingestion(self) -> bool {
-        self != Self::Identity
+        matches!(self, Self::All | Self::Ingestion)
     }
 
     fn runs_identity(self) -> bool {
-        self != Self::Ingestion
+        matches!(self, Self::All | Self::Identity)
+    }
+
+    fn runs_scoring(self) -> bool {
+        matches!(self, Self::All | Self::Scoring)
+    }
+
+    /// Whether the process serves the Segment HTTP API (ingestion's).
+    pub fn serves_http(self) -> bool {
+        self.runs_ingestion()
     }
 }
 
@@ -96,6 +111,7 @@ pub struct Stores {
     pub keys: KeyStore,
     pub ingestion: Option<Ingestion>,
     pub identity: Option<Identity>,
+    pub scoring: Option<Scoring>,
 }
 
 impl Stores {
@@ -111,6 +127,10 @@ impl Stores {
                 true => Some(Identity::connect(&config.storage, &config.identity).await?),
                 false => None,
             },
+            scoring: match deployment.runs_scoring() {
+                true => Some(Scoring::connect(&config.storage, &config.scoring).await?),
+                false => None,
+            },
         })
     }
 }
@@ -119,6 +139,7 @@ impl Stores {
 pub struct App {
     pub ingestion: Option<Ingestion>,
     pub identity: Option<Identity>,
+    pub scoring: Option<Scoring>,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
@@ -154,6 +175,7 @@ impl App {
         Self {
             identity,
             ingestion: stores.ingestion,
+            scoring: stores.scoring,
             keys: stores.keys,
             config,
             listeners,
@@ -233,6 +255,9 @@ impl App {
             // Identity's own log, a cursor per downstream service: none of them holds up
             // identity's cursor on the event log, nor each other.
             let mut downstream = self.after_identity;
+            if let Some(scoring) = &self.scoring {
+                downstream.push(scoring.consumer());
+            }
             downstream.extend(ConsumerConfig::consumers(&self.config.identity.consumers)?);
             let (log, retention) = (&self.config.identity.log, self.config.identity.log_retention);
             workers.push(identity.spawn_log(downstream, log, retention, workers_stop.clone()));
@@ -242,6 +267,14 @@ impl App {
             }
             names.push(corvus_identity::SERVICE_NAME.to_owned());
             checks.push(identity.readiness());
+        }
+        if let Some(scoring) = &self.scoring {
+            routes.add_service(scoring.grpc_service());
+            if self.identity.is_none() {
+                routes.add_service(scoring.log_consumer());
+            }
+            names.push(corvus_scoring::SERVICE_NAME.to_owned());
+            checks.push(scoring.readiness());
         }
         let services = Services {
             grpc: routes.routes(),

@@ -41,9 +41,10 @@ enum Command {
         http_addr: std::net::SocketAddr,
     },
     /// Run services as configured (for Kubernetes): `corvus serve ingestion`, `corvus serve
-    /// identity`, each reaching the other over gRPC, or `corvus serve all` in one process.
+    /// identity`, `corvus serve scoring`, each reaching the others over gRPC, or `corvus
+    /// serve all` in one process.
     Serve {
-        #[arg(value_parser = ["all", "ingestion", "identity"])]
+        #[arg(value_parser = ["all", "ingestion", "identity", "scoring"])]
         service: String,
     },
     /// Create or update every schema, then exit.
@@ -177,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = corvus_platform::telemetry::init(&config.telemetry)?;
             let stores = connect(&config, deployment).await?;
             // The Segment HTTP API is ingestion's.
-            let http = deployment != Deployment::Identity;
+            let http = deployment.serves_http();
             run(App::new(
                 config.clone(),
                 stores,

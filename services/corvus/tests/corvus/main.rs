@@ -9,5 +9,6 @@ mod grpc;
 mod http;
 mod identity;
 mod platform;
+mod scoring;
 mod sdk;
 mod support;

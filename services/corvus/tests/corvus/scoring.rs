@@ -1,0 +1,481 @@
+//! Scoring through the public API: events in through ingestion, resolved by identity,
+//! kept by scoring from identity's log; features and lifetime values out through
+//! `ScoringService`, correct through merges, unmerges and erasures; the CLV model on
+//! the CDNOW sample equal to `lifetimes`'.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use corvus_proto::common::v1::{Channel, Context, Event, EventType};
+use corvus_proto::identity::v1 as idpb;
+use corvus_proto::raw::RawStruct;
+use corvus_proto::scoring::v1 as pb;
+use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use corvus_test_support::{Backend, on_both_backends};
+use prost_types::Timestamp;
+use serde_json::json;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel as GrpcChannel;
+
+use crate::identity::{by_id, by_identifier, send};
+use crate::support::{Key, TestApp, spawn};
+
+on_both_backends!(
+    features_follow_merges_unmerges_and_erasures,
+    cdnow_through_the_api_equals_lifetimes,
+    bad_input_is_refused_with_its_field,
+);
+
+type ScoringClient = ScoringServiceClient<InterceptedService<GrpcChannel, Key>>;
+
+async fn scoring(app: &TestApp, key: &str) -> ScoringClient {
+    ScoringServiceClient::with_interceptor(app.channel().await, Key::bearer(key))
+}
+
+fn at(day: u32, hour: u32) -> Timestamp {
+    let t = Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap();
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn track(id: &str, who: (&str, &str), name: &str, when: Timestamp, properties: serde_json::Value) -> Event {
+    let mut e = Event {
+        message_id: id.to_owned(),
+        r#type: EventType::Track as i32,
+        event: name.to_owned(),
+        properties: Some(RawStruct::from_json(properties.as_object().unwrap())),
+        context: Some(Context {
+            channel: Channel::Web as i32,
+            timezone: "Europe/Paris".into(),
+            ..Context::default()
+        }),
+        timestamp: Some(when),
+        ..Event::default()
+    };
+    match who.0 {
+        "anonymous_id" => e.anonymous_id = who.1.to_owned(),
+        _ => e.user_id = who.1.to_owned(),
+    }
+    e
+}
+
+async fn scores(
+    client: &mut ScoringClient,
+    profile: &str,
+    as_of: Option<Timestamp>,
+) -> Result<pb::GetScoresResponse, tonic::Status> {
+    client
+        .get_scores(pb::GetScoresRequest {
+            profile_id: profile.to_owned(),
+            as_of,
+            horizon: 0.0,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn purchases(r: &pb::GetScoresResponse) -> (u64, f64) {
+    let p = r.features.as_ref().unwrap().purchases.as_ref().unwrap();
+    (p.orders, p.revenue)
+}
+
+fn email(r: &pb::GetScoresResponse) -> Option<pb::Engagement> {
+    r.features.as_ref().unwrap().channels.get("email").cloned()
+}
+
+async fn profile_of(admin: &mut crate::support::IdentityClient, kind: &str, value: &str) -> String {
+    by_identifier(admin, kind, value)
+        .await
+        .unwrap()
+        .profile
+        .unwrap()
+        .profile_id
+}
+
+/// Two people's histories, apart, then joined by a merge, split by the unmerge, and one
+/// of them erased: each time the features are those of the events that belong to the
+/// profile then, recomputed here by hand.
+async fn features_follow_merges_unmerges_and_erasures(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let anon = ("anonymous_id", "anon-x");
+    let user = ("user_id", "user-x");
+    send(
+        &app,
+        vec![
+            track(
+                "a-1",
+                anon,
+                "Order Completed",
+                at(1, 10),
+                json!({"revenue": 30, "products": [{"product_id": "p1", "category": "Books", "price": 15, "quantity": 2}]}),
+            ),
+            track("a-2", anon, "Email Link Clicked", at(2, 9), json!({})),
+            track("a-3", anon, "Survey Answered", at(2, 12), json!({"nps": 9})),
+            track(
+                "b-1",
+                user,
+                "Order Completed",
+                at(3, 10),
+                json!({"total": "50", "products": [{"product_id": "p2", "category": "Music", "price": 50}]}),
+            ),
+            track("b-2", user, "Survey Answered", at(4, 12), json!({"nps": 3, "csat": 4})),
+        ],
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut admin = app.identity(&app.admin_key).await;
+    let mut client = scoring(&app, &app.read_key).await;
+    let a = profile_of(&mut admin, "anonymous_id", "anon-x").await;
+    let b = profile_of(&mut admin, "user_id", "user-x").await;
+    assert_ne!(a, b);
+    let apart_a = scores(&mut client, &a, None).await.unwrap();
+    let apart_b = scores(&mut client, &b, None).await.unwrap();
+    assert_eq!(purchases(&apart_a), (1, 30.0));
+    assert_eq!(purchases(&apart_b), (1, 50.0));
+    assert_eq!(email(&apart_a).unwrap().clicked, 1);
+    assert_eq!(email(&apart_a).unwrap().converted, 0, "the click came after a's order");
+    assert_eq!(email(&apart_b), None);
+
+    // The person signs in on the anonymous device: the profiles merge.
+    let mut signed_in = track("ab-1", user, "Signed In", at(5, 8), json!({}));
+    signed_in.anonymous_id = "anon-x".into();
+    send(&app, vec![signed_in]).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let survivor = profile_of(&mut admin, "user_id", "user-x").await;
+    let merged = if survivor == a { &b } else { &a };
+    let joined = scores(&mut client, &survivor, None).await.unwrap();
+    // The combined events, recomputed: two orders of 30 and 50; b's order on day 3
+    // converts a's email click of day 2 (within seven days); NPS 9 then 3.
+    assert_eq!(purchases(&joined), (2, 80.0));
+    assert_eq!(email(&joined).unwrap().converted, 1);
+    let f = joined.features.as_ref().unwrap();
+    assert_eq!(f.events, 6);
+    assert_eq!(f.categories["Books"].spend, 30.0);
+    assert_eq!(f.categories["Books"].quantity, 2.0);
+    assert_eq!(f.categories["Music"].spend, 50.0);
+    let satisfaction = f.satisfaction.as_ref().unwrap();
+    assert_eq!(
+        (satisfaction.nps_answers, satisfaction.nps_mean, satisfaction.nps_latest),
+        (2, Some(6.0), Some(3.0))
+    );
+    assert_eq!(satisfaction.csat_latest, Some(4.0));
+    let p = f.purchases.as_ref().unwrap();
+    assert_eq!((p.purchase_days, p.average_order_value), (2, 40.0));
+    // Engaging events by hour of the week (from Monday 00:00) in Paris, UTC+1 in early
+    // March: the click (Monday 10:00), the orders (Tuesday 11:00, Sunday 11:00).
+    let hours: Vec<usize> = (0..168).filter(|h| f.hour_of_week[*h] > 0).collect();
+    assert_eq!(hours, vec![10, 24 + 11, 6 * 24 + 11]);
+    // The merged id answers with the survivor's.
+    let redirected = scores(&mut client, merged, None).await.unwrap();
+    assert_eq!(redirected.profile_id, survivor);
+    assert_eq!(purchases(&redirected), (2, 80.0));
+    // As of day 2 the survivor's history held a's order alone... and b's events are
+    // after it: only what had happened by then counts.
+    let earlier = scores(&mut client, &survivor, Some(at(2, 23))).await.unwrap();
+    assert_eq!(purchases(&earlier), (1, 30.0));
+
+    // The merge undone: each side has its own events again.
+    let merges = admin
+        .list_merges(idpb::ListMergesRequest {
+            profile_id: survivor.clone(),
+            page: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .merges;
+    admin
+        .unmerge(idpb::UnmergeRequest {
+            merge_id: merges[0].merge_id.clone(),
+        })
+        .await
+        .unwrap();
+    app.downstream_caught_up().await;
+    let split_a = scores(&mut client, &a, None).await.unwrap();
+    let split_b = scores(&mut client, &b, None).await.unwrap();
+    assert_eq!(split_a.profile_id, a);
+    assert_eq!(purchases(&split_a), (1, 30.0));
+    assert_eq!(purchases(&split_b), (1, 50.0));
+    assert_eq!(email(&split_a).unwrap().converted, 0);
+
+    // b erased: nothing of it left to read, and the receipt names scoring's store.
+    let receipt = admin
+        .forget_profile(idpb::ForgetProfileRequest {
+            profile_id: b.clone(),
+            allow_recreate: false,
+        })
+        .await
+        .unwrap();
+    drop(receipt);
+    app.downstream_caught_up().await;
+    let err = scores(&mut client, &b, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(purchases(&scores(&mut client, &a, None).await.unwrap()), (1, 30.0));
+    let receipt = admin
+        .get_erasure_receipt(idpb::GetErasureReceiptRequest { profile_id: b.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    let store = receipt
+        .stores
+        .iter()
+        .find(|s| s.store == "scoring")
+        .expect("scoring on the receipt");
+    assert!(!store.pending, "{receipt:?}");
+    assert!(store.removed.get("facts").copied().unwrap_or(0) >= 2, "{receipt:?}");
+    assert!(by_id(&mut admin, &a).await.is_ok());
+    app.stop().await;
+}
+
+/// The CDNOW sample's 6,919 purchases sent as `Order Completed` events; the CLV model
+/// fitted as of 1997-09-30 in weeks through `FitModel`, and each customer's predictions
+/// read through `GetScores`, against `lifetimes` 0.11.3 on the same purchases
+/// (`tests/reference/cdnow_lifetimes.py`).
+async fn cdnow_through_the_api_equals_lifetimes(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let mut events = Vec::new();
+    for (i, line) in include_str!("../data/cdnow_sample_transactions.txt")
+        .lines()
+        .enumerate()
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let day = NaiveDate::parse_from_str(f[2], "%Y%m%d").unwrap();
+        let when = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let mut e = track(
+            &format!("cdnow-{i}"),
+            ("user_id", f[0]),
+            "Order Completed",
+            Timestamp {
+                seconds: when.timestamp(),
+                nanos: 0,
+            },
+            json!({"revenue": f[4].parse::<f64>().unwrap(), "cds": f[3]}),
+        );
+        e.context = None;
+        events.push(e);
+    }
+    assert_eq!(events.len(), 6919);
+    for chunk in events.chunks(500) {
+        send(&app, chunk.to_vec()).await;
+    }
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+
+    let reference: serde_json::Value = serde_json::from_str(include_str!("../data/cdnow_lifetimes.json")).unwrap();
+    let as_of = Timestamp {
+        seconds: Utc.with_ymd_and_hms(1997, 9, 30, 23, 59, 59).unwrap().timestamp(),
+        nanos: 0,
+    };
+    let mut admin_scoring = scoring(&app, &app.admin_key).await;
+    let mut stream = admin_scoring
+        .fit_model(pb::FitModelRequest {
+            kind: pb::ModelKind::Clv as i32,
+            as_of: Some(as_of),
+            unit: "week".into(),
+            clv_months: 12,
+            discount_rate: Some(0.01),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stages = Vec::new();
+    let mut model = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        stages.push(message.stage.clone());
+        model = message.model.or(model);
+    }
+    assert!(stages.len() >= 3, "progress streamed: {stages:?}");
+    let model = model.expect("the last message carries the model");
+    let close = |what: &str, got: f64, expected: f64, tolerance: f64| {
+        assert!(
+            (got - expected).abs() <= tolerance * expected.abs().max(1.0),
+            "{what}: {got} against lifetimes' {expected}"
+        );
+    };
+    for name in ["r", "alpha", "a", "b", "p", "q", "v"] {
+        close(
+            name,
+            model.parameters[name],
+            reference["parameters"][name].as_f64().unwrap(),
+            1e-4,
+        );
+    }
+    assert_eq!(model.counts["customers"], 2357);
+    assert_eq!(
+        model.counts["repeat_buyers"],
+        reference["repeat_buyers"].as_u64().unwrap()
+    );
+    let read = scoring(&app, &app.read_key)
+        .await
+        .get_model(pb::GetModelRequest {
+            kind: pb::ModelKind::Clv as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Kept as JSON: equal to the last bit or one unit in the last place.
+    let kept = read.model.unwrap().parameters;
+    for (name, value) in &model.parameters {
+        close(&format!("{name} as kept"), kept[name], *value, 1e-15);
+    }
+
+    // Every customer's predictions, 39 weeks ahead.
+    let mut admin = app.identity(&app.admin_key).await;
+    let mut client = scoring(&app, &app.read_key).await;
+    let predictions = reference["predictions"].as_object().unwrap();
+    let mut checked = HashMap::new();
+    for (customer, expected) in predictions {
+        let profile = profile_of(&mut admin, "user_id", customer).await;
+        let response = client
+            .get_scores(pb::GetScoresRequest {
+                profile_id: profile,
+                as_of: Some(as_of),
+                horizon: 39.0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ltv = response.lifetime_value.expect("a lifetime value");
+        for (field, got) in [
+            ("frequency", ltv.frequency),
+            ("recency", ltv.recency),
+            ("age", ltv.age),
+            ("monetary_value", ltv.monetary_value),
+            ("p_alive", ltv.p_alive),
+            ("expected_purchases", ltv.expected_purchases),
+            ("expected_spend", ltv.expected_spend),
+            ("clv", ltv.clv),
+        ] {
+            close(
+                &format!("customer {customer}: {field}"),
+                got,
+                expected[field].as_f64().unwrap(),
+                1e-4,
+            );
+        }
+        checked.insert(customer.clone(), ltv.p_alive);
+    }
+    assert_eq!(checked.len(), 2357);
+    app.stop().await;
+}
+
+async fn bad_input_is_refused_with_its_field(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let mut client = scoring(&app, &app.admin_key).await;
+    let field_of = |status: &tonic::Status| {
+        use tonic_types::StatusExt;
+        status
+            .get_details_bad_request()
+            .map(|b| b.field_violations[0].field.clone())
+            .unwrap_or_default()
+    };
+    let err = scores(&mut client, "not-a-uuid", None).await.unwrap_err();
+    assert_eq!(
+        (err.code(), field_of(&err).as_str()),
+        (Code::InvalidArgument, "profile_id")
+    );
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let err = scores(&mut client, &unknown, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let fit = |unit: &str| pb::FitModelRequest {
+        kind: pb::ModelKind::Clv as i32,
+        as_of: None,
+        unit: unit.into(),
+        clv_months: 0,
+        discount_rate: None,
+    };
+    let err = client.fit_model(fit("fortnight")).await.unwrap_err();
+    assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, "unit"));
+    let err = client
+        .fit_model(pb::FitModelRequest { kind: 0, ..fit("week") })
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, "kind"));
+    // Too little data: how much is needed, and no model.
+    send(
+        &app,
+        vec![track(
+            "o-1",
+            ("user_id", "u-1"),
+            "Order Completed",
+            at(1, 10),
+            json!({"revenue": 10}),
+        )],
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut stream = client.fit_model(fit("week")).await.unwrap().into_inner();
+    let err = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the fit ended without an error"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("needs at least 20 customers; the data holds 1"),
+        "{err:?}"
+    );
+    let err = client
+        .get_model(pb::GetModelRequest {
+            kind: pb::ModelKind::Clv as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // An order whose revenue is not a number is dead-lettered for scoring alone, with
+    // the field and why; identity resolved it.
+    send(
+        &app,
+        vec![track(
+            "o-2",
+            ("user_id", "u-2"),
+            "Order Completed",
+            at(2, 10),
+            json!({"revenue": "lots"}),
+        )],
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    let mut admin = app.identity(&app.admin_key).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dead = loop {
+        let letters = admin
+            .list_dead_letters(idpb::ListDeadLettersRequest {
+                consumer: "scoring".into(),
+                page: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .dead_letters;
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter for scoring");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("properties.revenue: \"lots\" is not a number"),
+        "{dead:?}"
+    );
+    let u2 = profile_of(&mut admin, "user_id", "u-2").await;
+    assert_eq!(scores(&mut client, &u2, None).await.unwrap_err().code(), Code::NotFound);
+    app.stop().await;
+}

@@ -1,0 +1,69 @@
+//! The `[scoring]` section: what counts as a purchase, for every workspace and per
+//! workspace.
+
+use std::collections::BTreeMap;
+
+use corvus_proto::WorkspaceId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    /// Track event names that are purchases (their `revenue`, else `total`, else the sum
+    /// of their products' price × quantity is the purchase's value).
+    pub purchase_events: Vec<String>,
+    /// Per workspace, over the above (`[scoring.workspaces.acme] purchase_events = …`).
+    pub workspaces: BTreeMap<String, WorkspaceScoring>,
+    /// Entries of identity's log scoring takes at a time.
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkspaceScoring {
+    pub purchase_events: Option<Vec<String>>,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            purchase_events: vec!["Order Completed".to_owned()],
+            workspaces: BTreeMap::new(),
+            batch_size: 1000,
+        }
+    }
+}
+
+impl ScoringConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_size),
+            "scoring.batch_size must be between 1 and 10000"
+        );
+        anyhow::ensure!(
+            self.purchase_events.iter().all(|e| !e.trim().is_empty()),
+            "scoring.purchase_events: an event name is empty"
+        );
+        for (ws, settings) in &self.workspaces {
+            ws.parse::<WorkspaceId>()
+                .map_err(|e| anyhow::anyhow!("scoring.workspaces.{ws}: {e}"))?;
+            if let Some(events) = &settings.purchase_events {
+                anyhow::ensure!(
+                    events.iter().all(|e| !e.trim().is_empty()),
+                    "scoring.workspaces.{ws}.purchase_events: an event name is empty"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a track event named `name` is a purchase in workspace `ws`.
+    pub fn is_purchase(&self, ws: &str, name: &str) -> bool {
+        self.workspaces
+            .get(ws)
+            .and_then(|w| w.purchase_events.as_ref())
+            .unwrap_or(&self.purchase_events)
+            .iter()
+            .any(|e| e == name)
+    }
+}

@@ -1,0 +1,7 @@
+//! Pure logic: no gRPC, no SQL.
+
+pub mod clv;
+pub mod facts;
+pub mod features;
+pub mod optimize;
+pub mod special;

@@ -1,0 +1,312 @@
+//! gRPC handlers: check the role, parse, call the service, map the error. No SQL here.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use corvus_platform::error::{invalid_argument, storage_status};
+use corvus_platform::server::principal;
+use corvus_platform::{Principal, Role};
+use corvus_proto::ProfileId;
+use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
+use corvus_proto::scoring::v1 as pb;
+use corvus_proto::scoring::v1::scoring_service_server::ScoringService;
+use futures::Stream;
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status};
+
+use crate::domain::features::{Answers, Features};
+use crate::service::{ClvFit, ClvModel, Scoring, ScoringError, Unit};
+
+pub struct ScoringApi {
+    pub scoring: Scoring,
+}
+
+impl From<ScoringError> for Status {
+    fn from(err: ScoringError) -> Self {
+        match err {
+            ScoringError::Invalid { field, reason } => invalid_argument(field, reason),
+            ScoringError::NotFound(message) => Status::not_found(message),
+            ScoringError::Precondition(message) => Status::failed_precondition(message),
+            ScoringError::Storage(e) => storage_status(e),
+        }
+    }
+}
+
+fn authorise<T>(request: &Request<T>, role: Role, action: &'static str) -> Result<Principal, Status> {
+    let principal = principal(request)?.clone();
+    principal.require(role, action)?;
+    Ok(principal)
+}
+
+fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn time_of(field: &'static str, t: Option<&Timestamp>) -> Result<DateTime<Utc>, Status> {
+    match t {
+        None => Ok(Utc::now()),
+        Some(t) => u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| invalid_argument(field, "not a valid time")),
+    }
+}
+
+fn kind(field: &'static str, kind: i32) -> Result<pb::ModelKind, Status> {
+    match pb::ModelKind::try_from(kind) {
+        Ok(pb::ModelKind::Clv) => Ok(pb::ModelKind::Clv),
+        Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(field, "required: MODEL_KIND_CLV")),
+        Err(_) => Err(invalid_argument(field, format!("unknown model kind {kind}"))),
+    }
+}
+
+fn answers(a: &Answers) -> (u64, Option<f64>, Option<f64>) {
+    (a.count, a.mean(), a.latest)
+}
+
+fn features_message(f: &Features, as_of: DateTime<Utc>) -> pb::Features {
+    let spend = |s: &crate::domain::features::Spend| pb::Spend {
+        quantity: s.quantity,
+        spend: s.spend,
+        orders: s.orders,
+    };
+    let (nps_answers, nps_mean, nps_latest) = answers(&f.nps);
+    let (csat_answers, csat_mean, csat_latest) = answers(&f.csat);
+    let (sentiment_answers, sentiment_mean, _) = answers(&f.sentiment);
+    pb::Features {
+        events: f.events,
+        first_seen: f.first_seen.map(timestamp),
+        last_seen: f.last_seen.map(timestamp),
+        purchases: Some(pb::Purchases {
+            orders: f.orders,
+            purchase_days: f.purchase_days.len() as u64,
+            revenue: f.revenue,
+            average_order_value: if f.orders > 0 { f.revenue / f.orders as f64 } else { 0.0 },
+            first_purchase: f.first_purchase.map(timestamp),
+            last_purchase: f.last_purchase.map(timestamp),
+            recency_days: f.recency_days(as_of),
+        }),
+        channels: f
+            .channels
+            .iter()
+            .map(|(name, e)| {
+                let engagement = pb::Engagement {
+                    sent: e.sent,
+                    delivered: e.delivered,
+                    opened: e.opened,
+                    clicked: e.clicked,
+                    converted: e.converted,
+                    unsubscribed: e.unsubscribed,
+                };
+                (name.clone(), engagement)
+            })
+            .collect(),
+        categories: f.categories.iter().map(|(k, s)| (k.clone(), spend(s))).collect(),
+        products: f.products.iter().map(|(k, s)| (k.clone(), spend(s))).collect(),
+        satisfaction: Some(pb::Satisfaction {
+            nps_answers,
+            nps_mean,
+            nps_latest,
+            csat_answers,
+            csat_mean,
+            csat_latest,
+            sentiment_answers,
+            sentiment_mean,
+        }),
+        hour_of_week: f.hour_of_week.clone(),
+    }
+}
+
+/// The stored model as the API shows it.
+pub fn model_message(m: &ClvModel) -> pb::Model {
+    let parameters: HashMap<String, f64> = [
+        ("r", m.bg_nbd.r),
+        ("alpha", m.bg_nbd.alpha),
+        ("a", m.bg_nbd.a),
+        ("b", m.bg_nbd.b),
+        ("p", m.gamma_gamma.p),
+        ("q", m.gamma_gamma.q),
+        ("v", m.gamma_gamma.v),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    pb::Model {
+        kind: pb::ModelKind::Clv as i32,
+        fitted_at: Some(timestamp(m.fitted_at)),
+        as_of: Some(timestamp(m.as_of)),
+        unit: m.unit.as_str().to_owned(),
+        parameters,
+        log_likelihood: [
+            ("bg_nbd".to_owned(), m.bg_nbd_log_likelihood),
+            ("gamma_gamma".to_owned(), m.gamma_gamma_log_likelihood),
+        ]
+        .into(),
+        counts: [
+            ("customers".to_owned(), m.customers),
+            ("repeat_buyers".to_owned(), m.repeat_buyers),
+            ("purchases".to_owned(), m.purchases),
+        ]
+        .into(),
+        diagnostics: [
+            ("bg_nbd_iterations".to_owned(), f64::from(m.bg_nbd_iterations)),
+            ("bg_nbd_gradient".to_owned(), m.bg_nbd_gradient),
+            ("gamma_gamma_iterations".to_owned(), f64::from(m.gamma_gamma_iterations)),
+            ("gamma_gamma_gradient".to_owned(), m.gamma_gamma_gradient),
+        ]
+        .into(),
+        clv_months: m.clv_months,
+        discount_rate: m.discount_rate,
+    }
+}
+
+type FitStream = Pin<Box<dyn Stream<Item = Result<pb::FitModelResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ScoringService for ScoringApi {
+    async fn get_scores(
+        &self,
+        request: Request<pb::GetScoresRequest>,
+    ) -> Result<Response<pb::GetScoresResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read scores")?;
+        let request = request.into_inner();
+        if request.profile_id.is_empty() {
+            return Err(invalid_argument("profile_id", "required"));
+        }
+        let profile: ProfileId = request
+            .profile_id
+            .parse()
+            .map_err(|_| invalid_argument("profile_id", "not a profile id (a UUID)"))?;
+        let as_of = time_of("as_of", request.as_of.as_ref())?;
+        let horizon = match request.horizon {
+            0.0 => None,
+            h if h.is_finite() && h > 0.0 => Some(h),
+            _ => {
+                return Err(invalid_argument(
+                    "horizon",
+                    "must be a positive number of the model's time units",
+                ));
+            }
+        };
+        let scores = self
+            .scoring
+            .scores(&principal.workspace, profile, as_of, horizon)
+            .await?;
+        Ok(Response::new(pb::GetScoresResponse {
+            profile_id: scores.profile.to_string(),
+            as_of: Some(timestamp(scores.as_of)),
+            features: Some(features_message(&scores.features, scores.as_of)),
+            lifetime_value: scores.lifetime_value.map(|(p, model)| pb::LifetimeValue {
+                frequency: p.customer.x,
+                recency: p.customer.t_x,
+                age: p.customer.t,
+                monetary_value: p.customer.m,
+                p_alive: p.p_alive,
+                expected_purchases: p.expected_purchases,
+                horizon: p.horizon,
+                expected_spend: p.expected_spend,
+                clv: p.clv,
+                unit: model.unit.as_str().to_owned(),
+                model_fitted_at: Some(timestamp(model.fitted_at)),
+            }),
+        }))
+    }
+
+    type FitModelStream = FitStream;
+
+    async fn fit_model(&self, request: Request<pb::FitModelRequest>) -> Result<Response<FitStream>, Status> {
+        let principal = authorise(&request, Role::Admin, "fit a model")?;
+        let request = request.into_inner();
+        kind("kind", request.kind)?;
+        let unit = Unit::parse(&request.unit)
+            .ok_or_else(|| invalid_argument("unit", format!("{:?}: expected day, week or month", request.unit)))?;
+        let clv_months = match request.clv_months {
+            0 => 12,
+            m @ 1..=600 => m,
+            _ => return Err(invalid_argument("clv_months", "must be between 1 and 600")),
+        };
+        let discount_rate = request.discount_rate.unwrap_or(0.01);
+        if !(0.0..1.0).contains(&discount_rate) {
+            return Err(invalid_argument(
+                "discount_rate",
+                "must be at least 0 and below 1 (a month's rate)",
+            ));
+        }
+        let fit = ClvFit {
+            as_of: time_of("as_of", request.as_of.as_ref())?,
+            unit,
+            clv_months,
+            discount_rate,
+        };
+        let scoring = self.scoring.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let progress = |stage: &str, done: f64| {
+                let _ = tx.send(Ok(pb::FitModelResponse {
+                    stage: stage.to_owned(),
+                    progress: done,
+                    model: None,
+                }));
+            };
+            let result = scoring.fit_clv(&principal.workspace, fit, progress).await;
+            let _ = tx.send(match result {
+                Ok(model) => Ok(pb::FitModelResponse {
+                    stage: "fitted".to_owned(),
+                    progress: 1.0,
+                    model: Some(model_message(&model)),
+                }),
+                Err(err) => Err(err.into()),
+            });
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read a model")?;
+        kind("kind", request.get_ref().kind)?;
+        let model =
+            self.scoring.clv_model(&principal.workspace).await?.ok_or_else(|| {
+                Status::not_found("no CLV model has been fitted in this workspace; FitModel fits one")
+            })?;
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(model_message(&model)),
+        }))
+    }
+}
+
+/// Scoring as a consumer of identity's log over gRPC, when it runs apart.
+pub struct LogConsumer {
+    pub scoring: Scoring,
+}
+
+#[tonic::async_trait]
+impl EventConsumerService for LogConsumer {
+    async fn deliver(&self, request: Request<DeliverRequest>) -> Result<Response<DeliverResponse>, Status> {
+        authorise(&request, Role::Service, "deliver a log's entries")?;
+        let request = request.into_inner();
+        if !request.events.is_empty() {
+            return Err(invalid_argument(
+                "events",
+                "scoring consumes identity's log (entries), not the event log",
+            ));
+        }
+        let (failures, erasures) = self.scoring.deliver(&request.entries).await.map_err(storage_status)?;
+        Ok(Response::new(DeliverResponse {
+            failures: failures
+                .into_iter()
+                .map(|f| DeliveryFailure {
+                    event_id: f.event_id,
+                    reason: f.reason,
+                })
+                .collect(),
+            erasures,
+        }))
+    }
+}

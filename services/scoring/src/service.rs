@@ -1,0 +1,441 @@
+//! The scoring service: identity's log read into facts, features and predictions read
+//! from them, models fitted per workspace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use corvus_log::outbox::Failure;
+use corvus_proto::common::v1::{Channel, EventType, StoredEvent};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
+use corvus_proto::{EventId, ProfileId, WorkspaceId};
+use corvus_storage::{StorageConfig, StorageError};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ScoringConfig;
+use crate::domain::clv::{self, BgNbd, Customer, FitError, GammaGamma};
+use crate::domain::facts::{self, EventView, Kind};
+use crate::domain::features::{Features, summary};
+use crate::storage::{self, Change, ScoringStore};
+
+/// The name scoring consumes identity's log under, and answers erasures as.
+pub const CONSUMER_NAME: &str = "scoring";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Clone)]
+pub struct Scoring {
+    pub store: Arc<dyn ScoringStore>,
+    config: Arc<ScoringConfig>,
+}
+
+/// A time unit of the CLV model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Day,
+    Week,
+    Month,
+}
+
+impl Unit {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "week" => Some(Self::Week),
+            "day" => Some(Self::Day),
+            "month" => Some(Self::Month),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn days(self) -> f64 {
+        match self {
+            Self::Day => 1.0,
+            Self::Week => 7.0,
+            Self::Month => 365.25 / 12.0,
+        }
+    }
+
+    /// A year in this unit: the default horizon.
+    pub fn year(self) -> f64 {
+        match self {
+            Self::Day => 365.0,
+            Self::Week => 52.0,
+            Self::Month => 12.0,
+        }
+    }
+}
+
+/// A workspace's fitted CLV model, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClvModel {
+    pub bg_nbd: BgNbd,
+    pub gamma_gamma: GammaGamma,
+    pub fitted_at: DateTime<Utc>,
+    pub as_of: DateTime<Utc>,
+    pub unit: Unit,
+    pub clv_months: u32,
+    pub discount_rate: f64,
+    pub bg_nbd_log_likelihood: f64,
+    pub gamma_gamma_log_likelihood: f64,
+    pub customers: u64,
+    pub repeat_buyers: u64,
+    pub purchases: u64,
+    pub bg_nbd_iterations: u32,
+    pub bg_nbd_gradient: f64,
+    pub gamma_gamma_iterations: u32,
+    pub gamma_gamma_gradient: f64,
+}
+
+pub const CLV: &str = "clv";
+
+/// What a CLV fit is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ClvFit {
+    pub as_of: DateTime<Utc>,
+    pub unit: Unit,
+    pub clv_months: u32,
+    pub discount_rate: f64,
+}
+
+/// A profile's CLV predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub customer: Customer,
+    pub p_alive: f64,
+    pub expected_purchases: f64,
+    pub horizon: f64,
+    pub expected_spend: f64,
+    pub clv: f64,
+}
+
+/// A profile's features and predictions.
+#[derive(Debug, Clone)]
+pub struct Scores {
+    pub profile: ProfileId,
+    pub as_of: DateTime<Utc>,
+    pub features: Features,
+    pub lifetime_value: Option<(Prediction, ClvModel)>,
+}
+
+impl Scoring {
+    pub async fn connect(storage: &StorageConfig, config: &ScoringConfig) -> anyhow::Result<Self> {
+        Ok(Self::new(storage::connect(storage).await?, config))
+    }
+
+    pub fn new(store: Arc<dyn ScoringStore>, config: &ScoringConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config.clone()),
+        }
+    }
+
+    pub fn config(&self) -> &ScoringConfig {
+        &self.config
+    }
+
+    /// Applies a delivery of identity's log: each resolved event kept as a fact, each
+    /// profile change applied to the facts, in log order. An event whose properties
+    /// cannot be read as its name says fails alone, with the field and why.
+    pub async fn deliver(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), StorageError> {
+        let mut changes = Vec::with_capacity(entries.len());
+        let mut failures = Vec::new();
+        let mut erasures = Vec::new();
+        for entry in entries {
+            match self.change_of(entry) {
+                Ok(Some((ws, change))) => {
+                    if let (Change::Erased { .. }, Some(log_entry::Entry::Change(c))) = (&change, &entry.entry) {
+                        erasures.push(c.change_id.clone());
+                    }
+                    changes.push((ws, change));
+                }
+                Ok(None) => {}
+                Err((id, reason)) => failures.push(Failure { event_id: id, reason }),
+            }
+        }
+        let removed = self.store.apply(&changes).await?;
+        let answers = erasures
+            .into_iter()
+            .zip(removed)
+            .map(|(change_id, facts)| ErasureAnswer {
+                change_id,
+                removed: [("facts".to_owned(), facts)].into(),
+                store: CONSUMER_NAME.to_owned(),
+            })
+            .collect();
+        Ok((failures, answers))
+    }
+
+    /// The change an entry makes, `None` for one scoring keeps nothing of, or the
+    /// entry's id and why it cannot be read.
+    fn change_of(&self, entry: &LogEntry) -> Result<Option<(WorkspaceId, Change)>, (String, String)> {
+        match &entry.entry {
+            Some(log_entry::Entry::Event(stored)) => self.fact_of(stored),
+            Some(log_entry::Entry::Change(change)) => {
+                let fail = |reason: String| (change.change_id.clone(), reason);
+                let ws: WorkspaceId = change
+                    .workspace_id
+                    .parse()
+                    .map_err(|e| fail(format!("workspace_id: {e}")))?;
+                let ids = |ids: &[String], field: &str| -> Result<Vec<ProfileId>, (String, String)> {
+                    ids.iter()
+                        .map(|id| {
+                            id.parse()
+                                .map_err(|_| fail(format!("{field}: {id:?} is not a profile id")))
+                        })
+                        .collect()
+                };
+                let change = match &change.change {
+                    Some(profile_change::Change::Merged(m)) => Change::Merged {
+                        survivor: m
+                            .survivor_id
+                            .parse()
+                            .map_err(|_| fail("merged.survivor_id: not a profile id".to_owned()))?,
+                        merged: ids(&m.merged_ids, "merged.merged_ids")?,
+                    },
+                    Some(profile_change::Change::Unmerged(u)) => Change::Unmerged {
+                        sides: u
+                            .sides
+                            .iter()
+                            .map(|side| {
+                                let profile = side
+                                    .profile_id
+                                    .parse()
+                                    .map_err(|_| fail("unmerged.sides.profile_id: not a profile id".to_owned()))?;
+                                let events = side
+                                    .event_ids
+                                    .iter()
+                                    .map(|e| {
+                                        e.parse::<EventId>()
+                                            .map_err(|_| fail(format!("unmerged.sides.event_ids: {e:?}")))
+                                    })
+                                    .collect::<Result<Vec<_>, _>>()?;
+                                Ok((profile, events))
+                            })
+                            .collect::<Result<Vec<_>, (String, String)>>()?,
+                    },
+                    Some(profile_change::Change::Erased(e)) => Change::Erased {
+                        profiles: ids(&e.profile_ids, "erased.profile_ids")?,
+                    },
+                    None => return Ok(None),
+                };
+                Ok(Some((ws, change)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn fact_of(&self, stored: &StoredEvent) -> Result<Option<(WorkspaceId, Change)>, (String, String)> {
+        let fail = |reason: String| (stored.event_id.clone(), reason);
+        let ws: WorkspaceId = stored
+            .workspace_id
+            .parse()
+            .map_err(|e| fail(format!("workspace_id: {e}")))?;
+        let event_id: EventId = stored
+            .event_id
+            .parse()
+            .map_err(|_| fail("event_id: not an event id".to_owned()))?;
+        let profile: ProfileId = stored
+            .profile_id
+            .parse()
+            .map_err(|_| fail("profile_id: not a profile id".to_owned()))?;
+        let Some(event) = &stored.event else {
+            return Err(fail("event: missing".to_owned()));
+        };
+        let kind = match EventType::try_from(event.r#type) {
+            Ok(EventType::Track) => Kind::Track,
+            Ok(EventType::Page | EventType::Screen) => Kind::View,
+            _ => Kind::Other,
+        };
+        let properties = match &event.properties {
+            Some(p) => p.to_json().map_err(|e| fail(format!("properties: {e}")))?,
+            None => serde_json::Map::new(),
+        };
+        let context = event.context.as_ref();
+        let channel = context
+            .and_then(|c| Channel::try_from(c.channel).ok())
+            .filter(|c| *c != Channel::Unspecified)
+            .map(channel_name);
+        let at = event
+            .timestamp
+            .as_ref()
+            .or(event.received_at.as_ref())
+            .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+            .ok_or_else(|| fail("event.timestamp: missing".to_owned()))?;
+        let view = EventView {
+            kind,
+            name: &event.event,
+            properties: &properties,
+            channel,
+            timezone: context.map(|c| c.timezone.as_str()).filter(|t| !t.is_empty()),
+            at,
+        };
+        let fact =
+            facts::read(&view, |name| self.config.is_purchase(ws.as_str(), name)).map_err(|e| fail(e.to_string()))?;
+        Ok(Some((
+            ws,
+            Change::Fact {
+                event: event_id,
+                profile,
+                at,
+                fact,
+            },
+        )))
+    }
+
+    /// A profile's features, and its predictions from the workspace's CLV model, from
+    /// its events up to `as_of`.
+    pub async fn scores(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+        as_of: DateTime<Utc>,
+        horizon: Option<f64>,
+    ) -> Result<Scores, ScoringError> {
+        let profile = self.store.survivor(ws, profile).await?;
+        let facts = self.store.facts(ws, profile).await?;
+        if facts.is_empty() {
+            return Err(ScoringError::NotFound(format!(
+                "scoring holds no events of profile {profile}"
+            )));
+        }
+        let features = Features::compute(&facts, as_of);
+        let model = self.clv_model(ws).await?;
+        let lifetime_value = model.and_then(|model| {
+            let customer = summary(&features.purchase_days, as_of.date_naive(), model.unit.days())?;
+            let horizon = horizon.unwrap_or(model.unit.year());
+            Some((predict(&model, customer, horizon), model))
+        });
+        Ok(Scores {
+            profile,
+            as_of,
+            features,
+            lifetime_value,
+        })
+    }
+
+    pub async fn clv_model(&self, ws: &WorkspaceId) -> Result<Option<ClvModel>, ScoringError> {
+        let Some(json) = self.store.model(ws, CLV).await? else {
+            return Ok(None);
+        };
+        let model =
+            serde_json::from_str(&json).map_err(|e| StorageError::Internal(format!("the stored CLV model: {e}")))?;
+        Ok(Some(model))
+    }
+
+    /// The purchase summary of every customer of the workspace as of `as_of`.
+    pub async fn customers(
+        &self,
+        ws: &WorkspaceId,
+        as_of: DateTime<Utc>,
+        unit: Unit,
+    ) -> Result<(Vec<Customer>, u64), ScoringError> {
+        let purchases = self.store.purchases(ws, as_of).await?;
+        let count = purchases.len() as u64;
+        let mut days: HashMap<ProfileId, std::collections::BTreeMap<NaiveDate, f64>> = HashMap::new();
+        for p in purchases {
+            *days.entry(p.profile).or_default().entry(p.at.date_naive()).or_default() += p.revenue;
+        }
+        let end = as_of.date_naive();
+        let customers = days.values().filter_map(|d| summary(d, end, unit.days())).collect();
+        Ok((customers, count))
+    }
+
+    /// Fits the workspace's CLV model and keeps it; `progress` hears each stage.
+    pub async fn fit_clv(
+        &self,
+        ws: &WorkspaceId,
+        fit: ClvFit,
+        mut progress: impl FnMut(&str, f64),
+    ) -> Result<ClvModel, ScoringError> {
+        progress("summarising purchases", 0.0);
+        let (customers, purchases) = self.customers(ws, fit.as_of, fit.unit).await?;
+        progress("fitting BG/NBD", 0.3);
+        let fitted = tokio::task::spawn_blocking(move || {
+            let bg = BgNbd::fit(&customers)?;
+            let gg = GammaGamma::fit(&customers)?;
+            Ok::<_, FitError>((bg, gg, customers))
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("the fit stopped: {e}")))?;
+        let (bg, gg, customers) = fitted.map_err(|e| ScoringError::Precondition(e.to_string()))?;
+        progress("saving the model", 0.9);
+        let model = ClvModel {
+            bg_nbd: bg.model,
+            gamma_gamma: gg.model,
+            fitted_at: Utc::now(),
+            as_of: fit.as_of,
+            unit: fit.unit,
+            clv_months: fit.clv_months,
+            discount_rate: fit.discount_rate,
+            bg_nbd_log_likelihood: bg.log_likelihood,
+            gamma_gamma_log_likelihood: gg.log_likelihood,
+            customers: customers.len() as u64,
+            repeat_buyers: gg.customers as u64,
+            purchases,
+            bg_nbd_iterations: bg.iterations,
+            bg_nbd_gradient: bg.gradient,
+            gamma_gamma_iterations: gg.iterations,
+            gamma_gamma_gradient: gg.gradient,
+        };
+        let json = serde_json::to_string(&model).map_err(|e| StorageError::Internal(e.to_string()))?;
+        self.store.save_model(ws, CLV, &json, model.fitted_at).await?;
+        progress("done", 1.0);
+        Ok(model)
+    }
+}
+
+/// A customer's predictions from a model.
+pub fn predict(model: &ClvModel, customer: Customer, horizon: f64) -> Prediction {
+    let (bg, gg) = (&model.bg_nbd, &model.gamma_gamma);
+    Prediction {
+        p_alive: bg.p_alive(&customer),
+        expected_purchases: bg.expected_purchases(horizon, &customer),
+        horizon,
+        expected_spend: gg.expected_spend(&customer),
+        clv: clv::lifetime_value(
+            bg,
+            gg,
+            &customer,
+            model.clv_months,
+            model.discount_rate,
+            model.unit.days(),
+        ),
+        customer,
+    }
+}
+
+fn channel_name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Unspecified => "",
+        Channel::Web => "web",
+        Channel::App => "app",
+        Channel::Email => "email",
+        Channel::Sms => "sms",
+        Channel::Push => "push",
+        Channel::CallCenter => "call_center",
+        Channel::Chat => "chat",
+        Channel::Store => "store",
+        Channel::Survey => "survey",
+        Channel::Social => "social",
+        Channel::Server => "server",
+    }
+}

@@ -1,0 +1,358 @@
+//! Scoring's store: the facts of each profile's events, the aliases of merged profiles
+//! and the workspaces' models. One trait, written once for Postgres and SQLite (the
+//! SQL runs unchanged on both; `scoring_store!` expands it per backend) and held to one
+//! conformance suite (`tests/scoring/store.rs`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::{EventId, ProfileId, WorkspaceId};
+use corvus_storage::{Database, Migrators, StorageConfig, StorageError, Vacuum};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::Mutex;
+
+use crate::domain::facts::Fact;
+use crate::domain::features::Dated;
+
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The schema (Postgres) or file (SQLite) of the scoring service.
+pub const SCHEMA: &str = "scoring";
+
+pub fn migrators() -> Migrators {
+    Migrators {
+        postgres: &MIGRATE_POSTGRES,
+        sqlite: &MIGRATE_SQLITE,
+    }
+}
+
+/// One thing identity's log tells scoring, in log order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// An event resolved to `profile`, with what scoring keeps of it.
+    Fact {
+        event: EventId,
+        profile: ProfileId,
+        at: DateTime<Utc>,
+        fact: Fact,
+    },
+    Merged {
+        survivor: ProfileId,
+        merged: Vec<ProfileId>,
+    },
+    /// Each side with every event that belongs to it now.
+    Unmerged {
+        sides: Vec<(ProfileId, Vec<EventId>)>,
+    },
+    Erased {
+        profiles: Vec<ProfileId>,
+    },
+}
+
+/// A purchase, as a model is fitted from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Purchase {
+    pub profile: ProfileId,
+    pub at: DateTime<Utc>,
+    pub revenue: f64,
+}
+
+#[async_trait]
+pub trait ScoringStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// Applies changes in order, in one transaction. A fact already held (by event id)
+    /// is left as it is. Returns, for each erasure among them, the facts it deleted.
+    async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<u64>, StorageError>;
+
+    /// The profile `profile` stands for now: its survivor if it was merged.
+    async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError>;
+
+    /// A profile's facts in time order.
+    async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError>;
+
+    /// Every purchase of the workspace up to `until`, by profile.
+    async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError>;
+
+    async fn save_model(
+        &self,
+        ws: &WorkspaceId,
+        kind: &str,
+        model: &str,
+        fitted_at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<String>, StorageError>;
+}
+
+/// Connects the store the configuration names and runs its migrations.
+pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn ScoringStore>, StorageError> {
+    Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
+        Database::Postgres(pool) => Arc::new(PgScoringStore {
+            pool,
+            vacuum: Vacuum::default(),
+        }),
+        Database::Sqlite(pool) => Arc::new(SqliteScoringStore {
+            pool,
+            writer: Mutex::new(()),
+        }),
+    })
+}
+
+pub struct PgScoringStore {
+    pool: PgPool,
+    vacuum: Vacuum,
+}
+
+pub struct SqliteScoringStore {
+    pool: SqlitePool,
+    /// SQLite takes one writer at a time: writers queue here rather than on the file.
+    writer: Mutex<()>,
+}
+
+impl PgScoringStore {
+    async fn begin(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sqlx::Transaction<'_, sqlx::Postgres>,
+        ),
+        sqlx::Error,
+    > {
+        Ok((None, self.pool.begin().await?))
+    }
+
+    /// Deleted rows leave the heap at the next VACUUM, soon after an erasure.
+    async fn scrub(&self) -> Result<(), StorageError> {
+        self.vacuum.soon(&self.pool, "facts, aliases");
+        Ok(())
+    }
+}
+
+impl SqliteScoringStore {
+    async fn begin(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sqlx::Transaction<'_, sqlx::Sqlite>,
+        ),
+        sqlx::Error,
+    > {
+        let guard = self.writer.lock().await;
+        Ok((Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// `secure_delete` overwrote the rows in their pages; a checkpoint leaves no copy
+    /// of the old pages in the write-ahead log.
+    async fn scrub(&self) -> Result<(), StorageError> {
+        corvus_storage::checkpoint_sqlite(&self.pool).await
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
+    StorageError::Internal(format!("{what}: {err}"))
+}
+
+macro_rules! scoring_store {
+    ($Store:ident) => {
+        #[async_trait]
+        impl ScoringStore for $Store {
+            async fn ping(&self) -> Result<(), StorageError> {
+                sqlx::query("SELECT 1 FROM models LIMIT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<u64>, StorageError> {
+                let mut erased = Vec::new();
+                if changes.is_empty() {
+                    return Ok(erased);
+                }
+                let (_writer, mut tx) = self.begin().await?;
+                for (ws, change) in changes {
+                    match change {
+                        Change::Fact { event, profile, at, fact } => {
+                            let json = serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?;
+                            sqlx::query(
+                                "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact) \
+                                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                            )
+                            .bind(ws)
+                            .bind(*event)
+                            .bind(*profile)
+                            .bind(micros(*at))
+                            .bind(fact.revenue)
+                            .bind(json)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Change::Merged { survivor, merged } => {
+                            for id in merged {
+                                sqlx::query("UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
+                                    .bind(ws)
+                                    .bind(*id)
+                                    .bind(*survivor)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                sqlx::query(
+                                    "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
+                                )
+                                .bind(ws)
+                                .bind(*id)
+                                .bind(*survivor)
+                                .execute(&mut *tx)
+                                .await?;
+                                sqlx::query(
+                                    "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
+                                     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
+                                )
+                                .bind(ws)
+                                .bind(*id)
+                                .bind(*survivor)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                        }
+                        Change::Unmerged { sides } => {
+                            for (profile, events) in sides {
+                                sqlx::query("DELETE FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
+                                    .bind(ws)
+                                    .bind(*profile)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                for event in events {
+                                    sqlx::query(
+                                        "UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND event_id = $2",
+                                    )
+                                    .bind(ws)
+                                    .bind(*event)
+                                    .bind(*profile)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                }
+                            }
+                        }
+                        Change::Erased { profiles } => {
+                            let mut removed = 0;
+                            for profile in profiles {
+                                removed += sqlx::query("DELETE FROM facts WHERE workspace_id = $1 AND profile_id = $2")
+                                    .bind(ws)
+                                    .bind(*profile)
+                                    .execute(&mut *tx)
+                                    .await?
+                                    .rows_affected();
+                                sqlx::query(
+                                    "DELETE FROM aliases WHERE workspace_id = $1 AND (profile_id = $2 OR survivor_id = $2)",
+                                )
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            erased.push(removed);
+                        }
+                    }
+                }
+                tx.commit().await?;
+                drop(_writer);
+                if changes.iter().any(|(_, c)| matches!(c, Change::Erased { .. })) {
+                    self.scrub().await?;
+                }
+                Ok(erased)
+            }
+
+            async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError> {
+                let survivor: Option<ProfileId> =
+                    sqlx::query_scalar("SELECT survivor_id FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
+                        .bind(ws)
+                        .bind(profile)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(survivor.unwrap_or(profile))
+            }
+
+            async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError> {
+                let rows: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id = $2 ORDER BY at, event_id",
+                )
+                .bind(ws)
+                .bind(profile)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(at, fact)| {
+                        Ok(Dated {
+                            at: time(at),
+                            fact: serde_json::from_str(&fact).map_err(|e| undecodable("fact", e))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError> {
+                let rows: Vec<(ProfileId, i64, f64)> = sqlx::query_as(
+                    "SELECT profile_id, at, revenue FROM facts \
+                     WHERE workspace_id = $1 AND revenue IS NOT NULL AND at <= $2",
+                )
+                .bind(ws)
+                .bind(micros(until))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(profile, at, revenue)| Purchase {
+                        profile,
+                        at: time(at),
+                        revenue,
+                    })
+                    .collect())
+            }
+
+            async fn save_model(
+                &self,
+                ws: &WorkspaceId,
+                kind: &str,
+                model: &str,
+                fitted_at: DateTime<Utc>,
+            ) -> Result<(), StorageError> {
+                let (_writer, mut tx) = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO models (workspace_id, kind, model, fitted_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (workspace_id, kind) DO UPDATE SET model = excluded.model, fitted_at = excluded.fitted_at",
+                )
+                .bind(ws)
+                .bind(kind)
+                .bind(model)
+                .bind(micros(fitted_at))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<String>, StorageError> {
+                Ok(
+                    sqlx::query_scalar("SELECT model FROM models WHERE workspace_id = $1 AND kind = $2")
+                        .bind(ws)
+                        .bind(kind)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
+            }
+        }
+    };
+}
+
+scoring_store!(PgScoringStore);
+scoring_store!(SqliteScoringStore);

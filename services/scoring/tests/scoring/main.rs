@@ -1,0 +1,159 @@
+//! Scoring's store, one conformance suite for Postgres and SQLite: facts kept once per
+//! event, moved by merges and unmerges, deleted by erasures; purchases up to a time;
+//! models kept per workspace and kind.
+
+use chrono::{DateTime, TimeZone, Utc};
+use corvus_proto::{EventId, ProfileId, WorkspaceId};
+use corvus_scoring::domain::facts::Fact;
+use corvus_scoring::storage::{self, Change, ScoringStore};
+use corvus_test_support::{Backend, TempDir, on_both_backends};
+
+on_both_backends!(
+    facts_are_kept_once_and_follow_profile_changes,
+    purchases_and_models_are_kept_per_workspace,
+);
+
+async fn store(backend: Backend, dir: &TempDir) -> Option<std::sync::Arc<dyn ScoringStore>> {
+    let config = corvus_test_support::storage(backend, dir).await?;
+    Some(storage::connect(&config).await.expect("connect"))
+}
+
+fn day(d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, d, 12, 0, 0).unwrap()
+}
+
+fn fact(event: EventId, profile: ProfileId, d: u32, revenue: Option<f64>) -> Change {
+    Change::Fact {
+        event,
+        profile,
+        at: day(d),
+        fact: Fact {
+            revenue,
+            ..Fact::default()
+        },
+    }
+}
+
+async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(store) = store(backend, &dir).await else {
+        return;
+    };
+    let ws: WorkspaceId = "acme".parse().unwrap();
+    let (a, b) = (ProfileId::new(), ProfileId::new());
+    let events: Vec<EventId> = (0..4).map(|_| EventId::new()).collect();
+    let changes = vec![
+        (ws.clone(), fact(events[0], a, 1, Some(10.0))),
+        (ws.clone(), fact(events[1], a, 2, None)),
+        (ws.clone(), fact(events[2], b, 3, Some(5.0))),
+    ];
+    store.apply(&changes).await.unwrap();
+    // The same delivery again (at-least-once): nothing doubles. A fact of an event
+    // already held is not moved by a late copy naming another profile.
+    store.apply(&changes).await.unwrap();
+    store
+        .apply(&[(ws.clone(), fact(events[0], b, 1, Some(10.0)))])
+        .await
+        .unwrap();
+    assert_eq!(store.facts(&ws, a).await.unwrap().len(), 2);
+    assert_eq!(store.facts(&ws, b).await.unwrap().len(), 1);
+
+    // b merged into a: a holds all three in time order, b redirects to a.
+    store
+        .apply(&[(
+            ws.clone(),
+            Change::Merged {
+                survivor: a,
+                merged: vec![b],
+            },
+        )])
+        .await
+        .unwrap();
+    let joined = store.facts(&ws, a).await.unwrap();
+    assert_eq!(
+        joined.iter().map(|f| f.at).collect::<Vec<_>>(),
+        vec![day(1), day(2), day(3)]
+    );
+    assert_eq!(store.survivor(&ws, b).await.unwrap(), a);
+    // a merged on into c: b's alias follows.
+    let c = ProfileId::new();
+    store
+        .apply(&[
+            (ws.clone(), fact(events[3], c, 4, None)),
+            (
+                ws.clone(),
+                Change::Merged {
+                    survivor: c,
+                    merged: vec![a],
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.survivor(&ws, b).await.unwrap(), c);
+    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 4);
+
+    // Unmerged: each side takes its events back and answers for itself.
+    store
+        .apply(&[(
+            ws.clone(),
+            Change::Unmerged {
+                sides: vec![(c, vec![events[3]]), (b, vec![events[0], events[1], events[2]])],
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.survivor(&ws, b).await.unwrap(), b);
+    assert_eq!(store.facts(&ws, b).await.unwrap().len(), 3);
+    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
+
+    // Erased: the answer counts what went; nothing is left, in another workspace
+    // nothing was touched.
+    let other: WorkspaceId = "globex".parse().unwrap();
+    store
+        .apply(&[(other.clone(), fact(EventId::new(), b, 1, None))])
+        .await
+        .unwrap();
+    let removed = store
+        .apply(&[(ws.clone(), Change::Erased { profiles: vec![b, a] })])
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![3]);
+    assert!(store.facts(&ws, b).await.unwrap().is_empty());
+    assert_eq!(store.facts(&other, b).await.unwrap().len(), 1);
+    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
+}
+
+async fn purchases_and_models_are_kept_per_workspace(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(store) = store(backend, &dir).await else {
+        return;
+    };
+    let ws: WorkspaceId = "acme".parse().unwrap();
+    let p = ProfileId::new();
+    store
+        .apply(&[
+            (ws.clone(), fact(EventId::new(), p, 1, Some(10.0))),
+            (ws.clone(), fact(EventId::new(), p, 2, None)),
+            (ws.clone(), fact(EventId::new(), p, 3, Some(7.5))),
+        ])
+        .await
+        .unwrap();
+    let held = store.purchases(&ws, day(2)).await.unwrap();
+    assert_eq!(held.len(), 1, "purchases up to day 2, not the page view");
+    assert_eq!((held[0].profile, held[0].revenue), (p, 10.0));
+    assert_eq!(store.purchases(&ws, day(3)).await.unwrap().len(), 2);
+    assert!(
+        store
+            .purchases(&"globex".parse().unwrap(), day(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(store.model(&ws, "clv").await.unwrap(), None);
+    store.save_model(&ws, "clv", "{\"v\":1}", day(1)).await.unwrap();
+    store.save_model(&ws, "clv", "{\"v\":2}", day(2)).await.unwrap();
+    assert_eq!(store.model(&ws, "clv").await.unwrap().as_deref(), Some("{\"v\":2}"));
+    assert_eq!(store.model(&"globex".parse().unwrap(), "clv").await.unwrap(), None);
+}
