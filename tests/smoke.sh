@@ -58,9 +58,21 @@ for _ in $(seq 100); do
 done
 grep -q '"eventCount": "2"' <<<"$profile" || fail "GetProfile said: $profile"
 
+# Scoring holds the order on the same profile; a model wants more data than this.
+profile_id=$(sed -n 's/.*"profileId": "\([^"]*\)".*/\1/p' <<<"$profile" | head -1)
+for _ in $(seq 100); do
+  scores=$(grpcurl -plaintext -H "authorization: Bearer $key" -d "{\"profile_id\": \"$profile_id\"}" "$grpc" \
+    corvus.scoring.v1.ScoringService/GetScores 2>/dev/null || true)
+  grep -q '"revenue": 42' <<<"$scores" && break
+  sleep 0.1
+done
+grep -q '"revenue": 42' <<<"$scores" || fail "GetScores said: $scores"
+fit=$("$bin" models fit clv --endpoint "http://$grpc" --key "$key" 2>&1 || true)
+grep -q 'needs at least 20 customers; the data holds 1' <<<"$fit" || fail "corvus models fit said: $fit"
+
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, auth, graceful stop)"

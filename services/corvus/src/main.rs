@@ -2,6 +2,7 @@
 //! show what it does (`demo`).
 
 mod demo;
+mod models;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -74,6 +75,47 @@ enum Command {
     /// Tell a running Corvus an omnichannel story about synthetic people and measure how
     /// well identity resolves them.
     Demo(demo::DemoArgs),
+    /// Fit a workspace's predictive models and show them.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+        #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
+        endpoint: String,
+        /// An API key (admin to fit, read to show; also `CORVUS_API_KEY`).
+        #[arg(long, env = "CORVUS_API_KEY", global = true)]
+        key: Option<String>,
+        /// Print the model as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fit a model from the purchases scoring holds and keep it: `corvus models fit clv
+    /// --as-of 1997-09-30 --unit week`.
+    Fit {
+        #[arg(value_parser = ["clv"])]
+        kind: String,
+        /// The end of the calibration period: a date (its end, UTC) or an RFC 3339 time;
+        /// default now.
+        #[arg(long, value_parser = models::parse_as_of)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// day, week or month.
+        #[arg(long, default_value = "week")]
+        unit: String,
+        /// Months of lifetime value.
+        #[arg(long, default_value_t = 12)]
+        months: u32,
+        /// The monthly discount rate of lifetime values.
+        #[arg(long, default_value_t = 0.01)]
+        discount_rate: f64,
+    },
+    /// Show the workspace's current model.
+    Get {
+        #[arg(value_parser = ["clv"])]
+        kind: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,6 +290,32 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Models {
+            command,
+            endpoint,
+            key,
+            json,
+        } => {
+            let key = key.ok_or_else(|| anyhow::anyhow!("--key (or CORVUS_API_KEY) is required"))?;
+            match command {
+                ModelsCommand::Fit {
+                    as_of,
+                    unit,
+                    months,
+                    discount_rate,
+                    ..
+                } => {
+                    let fit = models::Fit {
+                        as_of,
+                        unit,
+                        months,
+                        discount_rate,
+                    };
+                    models::fit(&endpoint, &key, fit, json).await
+                }
+                ModelsCommand::Get { .. } => models::get(&endpoint, &key, json).await,
+            }
+        }
     }
 }
 

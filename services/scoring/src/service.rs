@@ -398,7 +398,6 @@ impl Scoring {
         };
         let json = serde_json::to_string(&model).map_err(|e| StorageError::Internal(e.to_string()))?;
         self.store.save_model(ws, CLV, &json, model.fitted_at).await?;
-        progress("done", 1.0);
         Ok(model)
     }
 }

@@ -1,6 +1,7 @@
-//! The services apart: `corvus serve ingestion` and `corvus serve identity` as processes
-//! of their own over Postgres and Redis, identity consuming the event log over gRPC and
-//! handing its log on to a downstream service (this test's own server). Identity is
+//! The services apart: `corvus serve ingestion`, `corvus serve identity` and `corvus
+//! serve scoring` as processes of their own over Postgres and Redis, identity consuming
+//! the event log over gRPC and handing its log on to scoring and to a downstream
+//! service (this test's own server). Identity is
 //! killed with SIGKILL in the middle of a load and started again; the downstream is
 //! stopped and started again. Afterwards every accepted event is resolved once and has
 //! reached the downstream, with no gap and no duplicate effect. And one trace follows an
@@ -22,6 +23,8 @@ use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerSer
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest};
+use corvus_proto::scoring::v1::GetScoresRequest;
+use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use corvus_test_support::TempDir;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -163,12 +166,14 @@ struct Cluster {
     ingestion_port: u16,
     http_port: u16,
     identity_port: u16,
+    scoring_port: u16,
     downstream: Downstream,
     downstream_addr: SocketAddr,
     downstream_up: CancellationToken,
     /// Held to keep the process (killed when dropped).
     _ingestion: Process,
     identity: Process,
+    _scoring: Process,
 }
 
 impl Cluster {
@@ -199,6 +204,7 @@ impl Cluster {
         let downstream_up = serve_downstream(&downstream, downstream_addr);
 
         let (ingestion_port, http_port, identity_port) = (free_port(), free_port(), free_port());
+        let scoring_port = free_port();
         let identity_config = write_config(
             dir.path(),
             "identity",
@@ -206,7 +212,8 @@ impl Cluster {
                 "{}[identity]\nbatch_size = 500\n[identity.log]\nretry_max = \"300ms\"\n\
                  [[identity.consumers]]\nname = \"downstream\"\nendpoint = \"http://{downstream_addr}\"\n\
                  [[identity.consumers]]\nname = \"ingestion\"\nendpoint = \"http://127.0.0.1:{ingestion_port}\"\n\
-                 changes_only = true\n",
+                 changes_only = true\n\
+                 [[identity.consumers]]\nname = \"scoring\"\nendpoint = \"http://127.0.0.1:{scoring_port}\"\n",
                 server_section(identity_port, free_port())
             ),
         );
@@ -228,6 +235,8 @@ impl Cluster {
             ("CORVUS_STORAGE__CACHE_NAMESPACE", storage.cache_namespace.clone()),
             ("CORVUS_SERVER__SERVICE_KEY", service),
         ]);
+        let scoring_config = write_config(dir.path(), "scoring", &server_section(scoring_port, free_port()));
+        let scoring = Process::start("scoring", scoring_config, env.clone());
         let identity = Process::start("identity", identity_config, env.clone());
         let ingestion = Process::start("ingestion", ingestion_config, env);
         Some(Self {
@@ -236,11 +245,13 @@ impl Cluster {
             ingestion_port,
             http_port,
             identity_port,
+            scoring_port,
             downstream,
             downstream_addr,
             downstream_up,
             _ingestion: ingestion,
             identity,
+            _scoring: scoring,
         })
     }
 }
@@ -254,11 +265,13 @@ async fn services_apart_lose_nothing_when_killed() {
         admin,
         ingestion_port,
         identity_port,
+        scoring_port,
         downstream,
         downstream_addr,
         ..
     } = &cluster;
     let (admin, ingestion_port, identity_port) = (admin.clone(), *ingestion_port, *identity_port);
+    let scoring_port = *scoring_port;
     let (downstream, downstream_addr) = (downstream.clone(), *downstream_addr);
     let bearer = Key::bearer(&admin);
     let mut client = IngestionServiceClient::with_interceptor(connect(ingestion_port).await, bearer.clone());
@@ -330,6 +343,29 @@ async fn services_apart_lose_nothing_when_killed() {
     }
     assert_eq!(counted as usize, total);
 
+    // Scoring, in a process of its own, holds each person's events once (it was handed
+    // some twice after the kill).
+    let mut scoring = ScoringServiceClient::with_interceptor(connect(scoring_port).await, bearer.clone());
+    for person in [0, 17, 49] {
+        let profile = seen[&format!("e-{person:05}")].0.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let scores = scoring
+                .get_scores(GetScoresRequest {
+                    profile_id: profile.clone(),
+                    as_of: None,
+                    horizon: 0.0,
+                })
+                .await
+                .map(|r| r.into_inner().features.unwrap().events);
+            match scores {
+                Ok(events) if events == (total / 50) as u64 => break,
+                other => assert!(tokio::time::Instant::now() < deadline, "u-{person}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // The cursors reach the end: nothing left behind for a later restart to redo.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -347,7 +383,7 @@ async fn services_apart_lose_nothing_when_killed() {
             .chain(identity.consumers.into_iter().map(|c| (c.name, c.lag)))
             .collect();
         if lags.iter().all(|(_, lag)| *lag == 0) {
-            assert_eq!(lags.len(), 3, "{lags:?}");
+            assert_eq!(lags.len(), 4, "{lags:?}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{lags:?}");
@@ -389,8 +425,10 @@ async fn services_apart_lose_nothing_when_killed() {
             .receipt
             .unwrap();
         let ingestion = receipt.stores.iter().find(|s| s.store == "ingestion").unwrap();
-        if !ingestion.pending {
+        let scoring = receipt.stores.iter().find(|s| s.store == "scoring").unwrap();
+        if !ingestion.pending && !scoring.pending {
             assert_eq!(ingestion.removed["events"], (total / 50) as u64, "{receipt:?}");
+            assert_eq!(scoring.removed["facts"], (total / 50) as u64, "{receipt:?}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{receipt:?}");
@@ -524,12 +562,14 @@ async fn one_trace_follows_an_event_across_processes() {
     );
 
     // Each process exported its part of the same trace: ingestion took the request and
-    // delivered to identity; identity took the delivery and delivered to the downstream.
+    // delivered to identity; identity took the delivery and delivered to the downstream
+    // and to scoring, which took it.
     let wanted = [
         ("corvus-ingestion", "request"),
         ("corvus-ingestion", "outbox.deliver"),
         ("corvus-identity", "request"),
         ("corvus-identity", "outbox.deliver"),
+        ("corvus-scoring", "request"),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
