@@ -411,3 +411,14 @@ pub fn principal<T>(req: &tonic::Request<T>) -> Result<&crate::Principal, Status
         .get::<crate::Principal>()
         .ok_or_else(|| Status::unauthenticated("missing API key"))
 }
+
+/// The caller's principal, once it is known to hold `role` for `action`.
+pub fn authorise<T>(
+    req: &tonic::Request<T>,
+    role: crate::Role,
+    action: &'static str,
+) -> Result<crate::Principal, Status> {
+    let principal = principal(req)?.clone();
+    principal.require(role, action)?;
+    Ok(principal)
+}

@@ -2,10 +2,10 @@
 
 use std::pin::Pin;
 
+use corvus_platform::Role;
 use corvus_platform::error::{invalid_argument, storage_status};
 use corvus_platform::paging::{next_page, page};
-use corvus_platform::server::principal;
-use corvus_platform::{Principal, Role};
+use corvus_platform::server::authorise;
 use corvus_proto::identity::v1 as pb;
 use corvus_proto::identity::v1::identity_service_server::IdentityService;
 use futures::Stream;
@@ -44,12 +44,6 @@ fn profile_id(field: &'static str, value: &str) -> Result<ProfileId, Status> {
     value
         .parse()
         .map_err(|_| invalid_argument(field, "not a profile id (a UUID)"))
-}
-
-fn authorise<T>(request: &Request<T>, role: Role, action: &'static str) -> Result<Principal, Status> {
-    let principal = principal(request)?.clone();
-    principal.require(role, action)?;
-    Ok(principal)
 }
 
 fn candidate_message(c: &CandidateRecord) -> pb::MatchCandidate {

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
+use corvus_platform::Role;
 use corvus_platform::error::{invalid_argument, storage_status};
-use corvus_platform::server::principal;
-use corvus_platform::{Principal, Role};
+use corvus_platform::server::authorise;
 use corvus_proto::ProfileId;
 use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
@@ -32,12 +32,6 @@ impl From<ScoringError> for Status {
             ScoringError::Storage(e) => storage_status(e),
         }
     }
-}
-
-fn authorise<T>(request: &Request<T>, role: Role, action: &'static str) -> Result<Principal, Status> {
-    let principal = principal(request)?.clone();
-    principal.require(role, action)?;
-    Ok(principal)
 }
 
 fn timestamp(t: DateTime<Utc>) -> Timestamp {

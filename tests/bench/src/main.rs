@@ -16,6 +16,7 @@ mod corpus;
 mod handoff;
 mod identity;
 mod load;
+mod models;
 mod people;
 mod report;
 mod scenarios;
@@ -41,6 +42,8 @@ enum Section {
     Identity,
     /// Identity's log to three consumers, against none; freshness downstream.
     Handoff,
+    /// Scoring's model fits against the Python reference libraries.
+    Models,
 }
 
 #[derive(Debug, Parser)]
@@ -123,6 +126,7 @@ impl Args {
             copy: on(Section::Copy),
             identity: on(Section::Identity),
             handoff: on(Section::Handoff),
+            models: on(Section::Models),
             identity_events,
             probes,
             read_secs,
@@ -241,6 +245,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ));
         let nats = Some(args.nats_url.as_str()).filter(|u| !u.is_empty());
         handoff::run(&plan, &args.database_url, &args.redis_url, nats, &mut results).await?;
+    }
+    if plan.models {
+        models::run(&mut results)?;
     }
 
     header.push_str(&format!(

@@ -38,6 +38,7 @@ pub struct Plan {
     pub copy: bool,
     pub identity: bool,
     pub handoff: bool,
+    pub models: bool,
     /// Events of the identity mix.
     pub identity_events: usize,
     /// Freshness probes.

@@ -92,8 +92,9 @@ impl BgNbd {
     fn log_likelihood_of(&self, c: &Customer, grad: Option<&mut [f64]>) -> f64 {
         let Self { r, alpha, a, b } = *self;
         let x = c.x;
-        let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
-        let a2 = ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x);
+        let ((lg_r, psi_r), (lg_b, psi_b), (lg_ab, psi_ab)) = (rising(r, x), rising(b, x), rising(a + b, x));
+        let a1 = lg_r + r * alpha.ln();
+        let a2 = lg_b - lg_ab;
         let a3 = -(r + x) * (alpha + c.t).ln();
         let (ll, w4) = if x > 0.0 {
             let a4 = a.ln() - (b + x - 1.0).ln() - (r + x) * (alpha + c.t_x).ln();
@@ -105,11 +106,10 @@ impl BgNbd {
         };
         if let Some(g) = grad {
             let w3 = 1.0 - w4;
-            let (psi_ab, psi_abx) = (digamma(a + b), digamma(a + b + x));
-            let mut d_r = digamma(r + x) - digamma(r) + alpha.ln() - w3 * (alpha + c.t).ln();
+            let mut d_r = psi_r + alpha.ln() - w3 * (alpha + c.t).ln();
             let mut d_alpha = r / alpha - w3 * (r + x) / (alpha + c.t);
-            let mut d_a = psi_ab - psi_abx;
-            let mut d_b = psi_ab + digamma(b + x) - digamma(b) - psi_abx;
+            let mut d_a = -psi_ab;
+            let mut d_b = psi_b - psi_ab;
             if x > 0.0 {
                 d_r -= w4 * (alpha + c.t_x).ln();
                 d_alpha -= w4 * (r + x) / (alpha + c.t_x);
@@ -129,6 +129,27 @@ impl BgNbd {
         customers.iter().map(|c| self.log_likelihood_of(c, None)).sum()
     }
 
+    /// The customers with the same history (`x`, `t_x`, `t`: all the likelihood depends
+    /// on), each once with how many there are. Customers who bought once in the same
+    /// week are many.
+    fn grouped(customers: &[Customer]) -> Vec<(Customer, f64)> {
+        let mut groups: std::collections::HashMap<[u64; 3], (Customer, f64)> = std::collections::HashMap::new();
+        for c in customers {
+            groups
+                .entry([c.x.to_bits(), c.t_x.to_bits(), c.t.to_bits()])
+                .or_insert((*c, 0.0))
+                .1 += 1.0;
+        }
+        let mut grouped: Vec<(Customer, f64)> = groups.into_values().collect();
+        // A fixed order, so that the sums (and the fit) are the same every time.
+        grouped.sort_by(|(a, _), (b, _)| {
+            a.x.total_cmp(&b.x)
+                .then(a.t_x.total_cmp(&b.t_x))
+                .then(a.t.total_cmp(&b.t))
+        });
+        grouped
+    }
+
     /// The maximum-likelihood parameters for `customers`.
     pub fn fit(customers: &[Customer]) -> Result<Fitted<Self>, FitError> {
         let repeat = customers.iter().filter(|c| c.x > 0.0).count();
@@ -137,11 +158,20 @@ impl BgNbd {
         let n = customers.len() as f64;
         let mean_t = customers.iter().map(|c| c.t).sum::<f64>() / n;
         let start = [0.0, mean_t.max(1e-3).ln(), 0.0, 0.0];
+        let groups = Self::grouped(customers);
         let found = minimize(
             |p, g| {
                 g.fill(0.0);
                 let model = Self::from_log(p);
-                let ll: f64 = customers.iter().map(|c| model.log_likelihood_of(c, Some(g))).sum();
+                let mut one = [0.0; 4];
+                let mut ll = 0.0;
+                for (c, weight) in &groups {
+                    one.fill(0.0);
+                    ll += weight * model.log_likelihood_of(c, Some(&mut one));
+                    for (total, part) in g.iter_mut().zip(one) {
+                        *total += weight * part;
+                    }
+                }
                 g.iter_mut().for_each(|v| *v = -*v / n);
                 -ll / n
             },
@@ -184,6 +214,23 @@ impl BgNbd {
     }
 }
 
+/// What every customer's Gamma–Gamma term shares.
+struct GammaGammaTerms {
+    ln_gamma_q: f64,
+    digamma_q: f64,
+    ln_v: f64,
+}
+
+impl GammaGammaTerms {
+    fn of(model: &GammaGamma) -> Self {
+        Self {
+            ln_gamma_q: ln_gamma(model.q),
+            digamma_q: digamma(model.q),
+            ln_v: model.v.ln(),
+        }
+    }
+}
+
 impl GammaGamma {
     fn from_log(p: &[f64]) -> Self {
         Self {
@@ -194,15 +241,22 @@ impl GammaGamma {
     }
 
     fn log_likelihood_of(&self, c: &Customer, grad: Option<&mut [f64]>) -> f64 {
+        self.log_likelihood_with(&GammaGammaTerms::of(self), c, grad)
+    }
+
+    /// One customer's log-likelihood, with the terms that do not depend on the
+    /// customer computed once per evaluation.
+    fn log_likelihood_with(&self, terms: &GammaGammaTerms, c: &Customer, grad: Option<&mut [f64]>) -> f64 {
         let Self { p, q, v } = *self;
         let (x, m) = (c.x, c.m);
         let px = p * x;
-        let ll = ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q) + q * v.ln() + (px - 1.0) * m.ln() + px * x.ln()
-            - (px + q) * (x * m + v).ln();
+        let (ln_m, ln_x, ln_xmv) = (m.ln(), x.ln(), (x * m + v).ln());
+        let ll = ln_gamma(px + q) - ln_gamma(px) - terms.ln_gamma_q + q * terms.ln_v + (px - 1.0) * ln_m + px * ln_x
+            - (px + q) * ln_xmv;
         if let Some(g) = grad {
             let psi = digamma(px + q);
-            let d_p = x * (psi - digamma(px) + m.ln() + x.ln() - (x * m + v).ln());
-            let d_q = psi - digamma(q) + v.ln() - (x * m + v).ln();
+            let d_p = x * (psi - digamma(px) + ln_m + ln_x - ln_xmv);
+            let d_q = psi - terms.digamma_q + terms.ln_v - ln_xmv;
             let d_v = q / v - (px + q) / (x * m + v);
             g[0] += d_p * p;
             g[1] += d_q * q;
@@ -237,7 +291,11 @@ impl GammaGamma {
             |params, g| {
                 g.fill(0.0);
                 let model = Self::from_log(params);
-                let ll: f64 = buyers.iter().map(|c| model.log_likelihood_of(c, Some(g))).sum();
+                let terms = GammaGammaTerms::of(&model);
+                let ll: f64 = buyers
+                    .iter()
+                    .map(|c| model.log_likelihood_with(&terms, c, Some(g)))
+                    .sum();
                 g.iter_mut().for_each(|v| *v = -*v / n);
                 -ll / n
             },
@@ -253,6 +311,23 @@ impl GammaGamma {
         let individual = p * c.x / (p * c.x + q - 1.0);
         let population = v * p / (q - 1.0);
         (1.0 - individual) * population + individual * c.m
+    }
+}
+
+/// (ln Γ(z + x) − ln Γ(z), ψ(z + x) − ψ(z)): for a whole `x` of at most 64 as the
+/// sums of ln(z + k) and 1 / (z + k) over k < x, which is exact and much cheaper than
+/// the functions; otherwise from them.
+fn rising(z: f64, x: f64) -> (f64, f64) {
+    if x.fract() == 0.0 && (0.0..=64.0).contains(&x) {
+        let (mut ln, mut psi) = (0.0, 0.0);
+        for k in 0..x as u32 {
+            let v = z + f64::from(k);
+            ln += v.ln();
+            psi += 1.0 / v;
+        }
+        (ln, psi)
+    } else {
+        (ln_gamma(z + x) - ln_gamma(z), digamma(z + x) - digamma(z))
     }
 }
 
