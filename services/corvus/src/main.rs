@@ -92,16 +92,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Fit a model from the purchases scoring holds and keep it: `corvus models fit clv
-    /// --as-of 1997-09-30 --unit week`.
+    /// Fit a model from what scoring holds and keep it: `corvus models fit clv --as-of
+    /// 1997-09-30 --unit week`; `rfm` (quintiles); `engagement` (channel priors, hours).
     Fit {
-        #[arg(value_parser = ["clv"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement"])]
         kind: String,
         /// The end of the calibration period: a date (its end, UTC) or an RFC 3339 time;
         /// default now.
         #[arg(long, value_parser = models::parse_as_of)]
         as_of: Option<chrono::DateTime<chrono::Utc>>,
-        /// day, week or month.
+        /// day, week or month (clv).
         #[arg(long, default_value = "week")]
         unit: String,
         /// Months of lifetime value.
@@ -113,7 +113,7 @@ enum ModelsCommand {
     },
     /// Show the workspace's current model.
     Get {
-        #[arg(value_parser = ["clv"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement"])]
         kind: String,
     },
 }
@@ -299,13 +299,14 @@ async fn main() -> anyhow::Result<()> {
             let key = key.ok_or_else(|| anyhow::anyhow!("--key (or CORVUS_API_KEY) is required"))?;
             match command {
                 ModelsCommand::Fit {
+                    kind,
                     as_of,
                     unit,
                     months,
                     discount_rate,
-                    ..
                 } => {
                     let fit = models::Fit {
+                        kind: models::kind_of(&kind),
                         as_of,
                         unit,
                         months,
@@ -313,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
                     };
                     models::fit(&endpoint, &key, fit, json).await
                 }
-                ModelsCommand::Get { .. } => models::get(&endpoint, &key, json).await,
+                ModelsCommand::Get { kind } => models::get(&endpoint, &key, models::kind_of(&kind), json).await,
             }
         }
     }

@@ -40,10 +40,27 @@ fn sorted<V: Clone + Into<Value>>(map: &std::collections::HashMap<String, V>) ->
     )
 }
 
+/// The kind as the command line names it.
+pub fn kind_of(name: &str) -> pb::ModelKind {
+    match name {
+        "rfm" => pb::ModelKind::Rfm,
+        "engagement" => pb::ModelKind::Engagement,
+        _ => pb::ModelKind::Clv,
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::ModelKind::try_from(kind) {
+        Ok(pb::ModelKind::Rfm) => "rfm",
+        Ok(pb::ModelKind::Engagement) => "engagement",
+        _ => "clv",
+    }
+}
+
 /// The model as JSON: parameters by their usual names, log-likelihoods, data counts.
 pub fn model_json(m: &pb::Model) -> Value {
     json!({
-        "kind": "clv",
+        "kind": kind_name(m.kind),
         "fitted_at": time_text(m.fitted_at.as_ref()),
         "as_of": time_text(m.as_of.as_ref()),
         "unit": m.unit,
@@ -59,6 +76,23 @@ pub fn model_json(m: &pb::Model) -> Value {
 fn print_model(m: &pb::Model, as_json: bool) {
     if as_json {
         println!("{}", serde_json::to_string_pretty(&model_json(m)).expect("JSON"));
+        return;
+    }
+    if m.kind != pb::ModelKind::Clv as i32 {
+        println!(
+            "{} model as of {}",
+            kind_name(m.kind),
+            time_text(m.as_of.as_ref()).as_str().unwrap_or("?")
+        );
+        let mut names: Vec<&String> = m.parameters.keys().collect();
+        names.sort();
+        for name in names {
+            println!("  {name:<20} {:.6}", m.parameters[name]);
+        }
+        let mut counts: Vec<(&String, &u64)> = m.counts.iter().collect();
+        counts.sort();
+        let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  from {}", counts.join(", "));
         return;
     }
     let p = |k: &str| m.parameters.get(k).copied().unwrap_or(f64::NAN);
@@ -94,6 +128,7 @@ fn print_model(m: &pb::Model, as_json: bool) {
 }
 
 pub struct Fit {
+    pub kind: pb::ModelKind,
     pub as_of: Option<DateTime<Utc>>,
     pub unit: String,
     pub months: u32,
@@ -106,7 +141,7 @@ pub async fn fit(endpoint: &str, key: &str, fit: Fit, as_json: bool) -> anyhow::
     let mut client = ScoringServiceClient::new(connect(endpoint, key).await?);
     let mut stream = client
         .fit_model(pb::FitModelRequest {
-            kind: pb::ModelKind::Clv as i32,
+            kind: fit.kind as i32,
             as_of: fit.as_of.map(timestamp),
             unit: fit.unit,
             clv_months: fit.months,
@@ -125,13 +160,11 @@ pub async fn fit(endpoint: &str, key: &str, fit: Fit, as_json: bool) -> anyhow::
     Ok(())
 }
 
-/// `corvus models get clv`.
-pub async fn get(endpoint: &str, key: &str, as_json: bool) -> anyhow::Result<()> {
+/// `corvus models get KIND`.
+pub async fn get(endpoint: &str, key: &str, kind: pb::ModelKind, as_json: bool) -> anyhow::Result<()> {
     let mut client = ScoringServiceClient::new(connect(endpoint, key).await?);
     let model = client
-        .get_model(pb::GetModelRequest {
-            kind: pb::ModelKind::Clv as i32,
-        })
+        .get_model(pb::GetModelRequest { kind: kind as i32 })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner()

@@ -16,8 +16,10 @@ use futures::Stream;
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
+use crate::domain::engagement::{self, Preference, SendTime};
 use crate::domain::features::{Answers, Features};
-use crate::service::{ClvFit, ClvModel, Scoring, ScoringError, Unit};
+use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
+use crate::service::{CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, Scoring, ScoringError, Unit};
 
 pub struct ScoringApi {
     pub scoring: Scoring,
@@ -51,11 +53,124 @@ fn time_of(field: &'static str, t: Option<&Timestamp>) -> Result<DateTime<Utc>, 
     }
 }
 
-fn kind(field: &'static str, kind: i32) -> Result<pb::ModelKind, Status> {
+/// The stored name of a model kind.
+fn kind(field: &'static str, kind: i32) -> Result<&'static str, Status> {
     match pb::ModelKind::try_from(kind) {
-        Ok(pb::ModelKind::Clv) => Ok(pb::ModelKind::Clv),
-        Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(field, "required: MODEL_KIND_CLV")),
+        Ok(pb::ModelKind::Clv) => Ok(CLV),
+        Ok(pb::ModelKind::Rfm) => Ok(RFM),
+        Ok(pb::ModelKind::Engagement) => Ok(ENGAGEMENT),
+        Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(
+            field,
+            "required: MODEL_KIND_CLV, MODEL_KIND_RFM or MODEL_KIND_ENGAGEMENT",
+        )),
         Err(_) => Err(invalid_argument(field, format!("unknown model kind {kind}"))),
+    }
+}
+
+fn named<V>(pairs: impl IntoIterator<Item = (String, V)>) -> HashMap<String, V> {
+    pairs.into_iter().collect()
+}
+
+/// Any stored model as the API shows it.
+pub fn fitted_message(fitted: &Fitted) -> pb::Model {
+    match fitted {
+        Fitted::Clv(m) => model_message(m),
+        Fitted::Rfm(f) => {
+            let bounds = [
+                ("recency", &f.model.recency),
+                ("frequency", &f.model.frequency),
+                ("monetary", &f.model.monetary),
+            ];
+            pb::Model {
+                kind: pb::ModelKind::Rfm as i32,
+                fitted_at: Some(timestamp(f.fitted_at)),
+                as_of: Some(timestamp(f.as_of)),
+                parameters: named(bounds.iter().flat_map(|(name, b)| {
+                    [20, 40, 60, 80]
+                        .iter()
+                        .zip(b.iter())
+                        .map(move |(q, v)| (format!("{name}_q{q}"), *v))
+                })),
+                counts: named([
+                    ("customers".to_owned(), f.model.customers),
+                    ("purchases".to_owned(), f.purchases),
+                ]),
+                ..pb::Model::default()
+            }
+        }
+        Fitted::Engagement(f) => pb::Model {
+            kind: pb::ModelKind::Engagement as i32,
+            fitted_at: Some(timestamp(f.fitted_at)),
+            as_of: Some(timestamp(f.as_of)),
+            parameters: named(f.priors.iter().flat_map(|(channel, p)| {
+                [
+                    (format!("{channel}_alpha"), p.alpha),
+                    (format!("{channel}_beta"), p.beta),
+                ]
+            })),
+            counts: named([
+                ("profiles".to_owned(), f.profiles),
+                ("engaging_events".to_owned(), f.engaging_events),
+            ]),
+            ..pb::Model::default()
+        },
+    }
+}
+
+fn rfm_message((score, rfm, model): &(RfmScore, Rfm, RfmModel)) -> pb::Rfm {
+    pb::Rfm {
+        recency: u32::from(score.recency),
+        frequency: u32::from(score.frequency),
+        monetary: u32::from(score.monetary),
+        cell: score.cell.to_owned(),
+        explanation: format!(
+            "last purchase {:.1} days ago, {} orders, {:.2} spent; the workspace's quintiles: recency {:?} days, \
+             orders {:?}, spend {:?}",
+            rfm.recency_days, rfm.frequency, rfm.monetary, model.recency, model.frequency, model.monetary
+        ),
+    }
+}
+
+fn preference_message(p: &Preference) -> pb::ChannelPreference {
+    let explanation = match (&p.best, p.channels.iter().any(|c| c.responses > 0.0)) {
+        (Some((best, confidence)), _) => {
+            format!("{best} has the highest posterior response rate, above the next with probability {confidence:.2}")
+        }
+        (None, false) => "not enough data: no response from this person yet; the rates are the workspace's".to_owned(),
+        (None, true) => format!(
+            "not enough data: no channel's response rate is above the next's with probability {}",
+            engagement::CONFIDENT
+        ),
+    };
+    pb::ChannelPreference {
+        channels: p
+            .channels
+            .iter()
+            .map(|c| pb::ChannelRate {
+                channel: c.channel.clone(),
+                messages: c.messages,
+                responses: c.responses,
+                rate: c.mean(),
+                alpha: c.alpha,
+                beta: c.beta,
+            })
+            .collect(),
+        best_channel: p.best.as_ref().map(|(c, _)| c.clone()).unwrap_or_default(),
+        confidence: p.best.as_ref().map_or(0.0, |(_, p)| *p),
+        explanation,
+    }
+}
+
+fn send_time_message(t: &SendTime) -> pb::SendTime {
+    pb::SendTime {
+        hour_of_week: u32::from(t.hour_of_week),
+        share: t.share,
+        events: t.events,
+        explanation: format!(
+            "{} engaging events of the person's, with the workspace's hours weighing as {} more",
+            t.events,
+            engagement::SEND_TIME_PRIOR
+        ),
     }
 }
 
@@ -208,6 +323,9 @@ impl ScoringService for ScoringApi {
                 unit: model.unit.as_str().to_owned(),
                 model_fitted_at: Some(timestamp(model.fitted_at)),
             }),
+            rfm: scores.rfm.as_ref().map(rfm_message),
+            channel_preference: scores.channel_preference.as_ref().map(preference_message),
+            send_time: scores.send_time.as_ref().map(send_time_message),
         }))
     }
 
@@ -216,7 +334,7 @@ impl ScoringService for ScoringApi {
     async fn fit_model(&self, request: Request<pb::FitModelRequest>) -> Result<Response<FitStream>, Status> {
         let principal = authorise(&request, Role::Admin, "fit a model")?;
         let request = request.into_inner();
-        kind("kind", request.kind)?;
+        let kind = kind("kind", request.kind)?;
         let unit = Unit::parse(&request.unit)
             .ok_or_else(|| invalid_argument("unit", format!("{:?}: expected day, week or month", request.unit)))?;
         let clv_months = match request.clv_months {
@@ -247,12 +365,20 @@ impl ScoringService for ScoringApi {
                     model: None,
                 }));
             };
-            let result = scoring.fit_clv(&principal.workspace, fit, progress).await;
+            let ws = &principal.workspace;
+            let result = match kind {
+                CLV => scoring.fit_clv(ws, fit, progress).await.map(Fitted::Clv),
+                RFM => scoring.fit_rfm(ws, fit.as_of, progress).await.map(Fitted::Rfm),
+                _ => scoring
+                    .fit_engagement(ws, fit.as_of, progress)
+                    .await
+                    .map(Fitted::Engagement),
+            };
             let _ = tx.send(match result {
                 Ok(model) => Ok(pb::FitModelResponse {
                     stage: "fitted".to_owned(),
                     progress: 1.0,
-                    model: Some(model_message(&model)),
+                    model: Some(fitted_message(&model)),
                 }),
                 Err(err) => Err(err.into()),
             });
@@ -264,13 +390,14 @@ impl ScoringService for ScoringApi {
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::GetModelResponse>, Status> {
         let principal = authorise(&request, Role::Read, "read a model")?;
-        kind("kind", request.get_ref().kind)?;
-        let model =
-            self.scoring.clv_model(&principal.workspace).await?.ok_or_else(|| {
-                Status::not_found("no CLV model has been fitted in this workspace; FitModel fits one")
-            })?;
+        let kind = kind("kind", request.get_ref().kind)?;
+        let model = self.scoring.model(&principal.workspace, kind).await?.ok_or_else(|| {
+            Status::not_found(format!(
+                "no {kind} model has been fitted in this workspace; FitModel fits one"
+            ))
+        })?;
         Ok(Response::new(pb::GetModelResponse {
-            model: Some(model_message(&model)),
+            model: Some(fitted_message(&model)),
         }))
     }
 }

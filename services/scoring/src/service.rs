@@ -1,7 +1,7 @@
 //! The scoring service: identity's log read into facts, features and predictions read
 //! from them, models fitted per workspace.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ScoringConfig;
 use crate::domain::clv::{self, BgNbd, Customer, FitError, GammaGamma};
+use crate::domain::engagement::{self, Preference, Prior, SendTime};
 use crate::domain::facts::{self, EventView, Kind};
 use crate::domain::features::{Features, summary};
+use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::storage::{self, Change, ScoringStore};
 
 /// The name scoring consumes identity's log under, and answers erasures as.
@@ -106,7 +108,48 @@ pub struct ClvModel {
 }
 
 pub const CLV: &str = "clv";
+pub const RFM: &str = "rfm";
+pub const ENGAGEMENT: &str = "engagement";
 
+/// The least customers RFM quintiles are taken over.
+pub const MIN_RFM_CUSTOMERS: usize = 5;
+
+/// A workspace's RFM quintiles, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RfmFit {
+    pub model: RfmModel,
+    pub as_of: DateTime<Utc>,
+    pub fitted_at: DateTime<Utc>,
+    pub purchases: u64,
+}
+
+/// A workspace's engagement priors, as stored: a Beta prior per channel and the
+/// engaging events per hour of the week.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngagementFit {
+    pub priors: BTreeMap<String, Prior>,
+    pub hours: Vec<f64>,
+    pub as_of: DateTime<Utc>,
+    pub fitted_at: DateTime<Utc>,
+    pub profiles: u64,
+    pub engaging_events: u64,
+}
+
+/// A workspace's models, each absent before its first fit.
+#[derive(Debug, Clone, Default)]
+pub struct Models {
+    pub clv: Option<ClvModel>,
+    pub rfm: Option<RfmFit>,
+    pub engagement: Option<EngagementFit>,
+}
+
+/// A fitted model of any kind.
+#[derive(Debug, Clone)]
+pub enum Fitted {
+    Clv(ClvModel),
+    Rfm(RfmFit),
+    Engagement(EngagementFit),
+}
 /// What a CLV fit is asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct ClvFit {
@@ -134,6 +177,26 @@ pub struct Scores {
     pub as_of: DateTime<Utc>,
     pub features: Features,
     pub lifetime_value: Option<(Prediction, ClvModel)>,
+    pub rfm: Option<(RfmScore, Rfm, RfmModel)>,
+    pub channel_preference: Option<Preference>,
+    pub send_time: Option<SendTime>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T, StorageError> {
+    serde_json::from_str(json).map_err(|e| StorageError::Internal(format!("the stored {kind} model: {e}")))
+}
+
+fn encode<T: Serialize>(model: &T) -> Result<String, StorageError> {
+    serde_json::to_string(model).map_err(|e| StorageError::Internal(e.to_string()))
+}
+
+/// A profile's recency, frequency and monetary value as of `as_of`, if it bought.
+pub fn rfm_of(features: &Features, as_of: DateTime<Utc>) -> Option<Rfm> {
+    Some(Rfm {
+        recency_days: features.recency_days(as_of)?,
+        frequency: features.orders as f64,
+        monetary: features.revenue,
+    })
 }
 
 impl Scoring {
@@ -318,27 +381,162 @@ impl Scoring {
             )));
         }
         let features = Features::compute(&facts, as_of);
-        let model = self.clv_model(ws).await?;
-        let lifetime_value = model.and_then(|model| {
+        let models = self.models(ws).await?;
+        let lifetime_value = models.clv.and_then(|model| {
             let customer = summary(&features.purchase_days, as_of.date_naive(), model.unit.days())?;
             let horizon = horizon.unwrap_or(model.unit.year());
             Some((predict(&model, customer, horizon), model))
         });
+        let rfm = models.rfm.and_then(|fit| {
+            let rfm = rfm_of(&features, as_of)?;
+            Some((fit.model.score(&rfm), rfm, fit.model))
+        });
+        let (channel_preference, send_time) = match &models.engagement {
+            Some(fit) => (
+                Some(engagement::preference(&features.channels, &fit.priors)),
+                engagement::send_time(&features.hour_of_week, &fit.hours),
+            ),
+            None => (None, None),
+        };
         Ok(Scores {
             profile,
             as_of,
             features,
             lifetime_value,
+            rfm,
+            channel_preference,
+            send_time,
         })
     }
 
-    pub async fn clv_model(&self, ws: &WorkspaceId) -> Result<Option<ClvModel>, ScoringError> {
-        let Some(json) = self.store.model(ws, CLV).await? else {
+    /// Every model of the workspace.
+    pub async fn models(&self, ws: &WorkspaceId) -> Result<Models, ScoringError> {
+        let mut models = Models::default();
+        for (kind, json) in self.store.models(ws).await? {
+            match kind.as_str() {
+                CLV => models.clv = Some(decode(&kind, &json)?),
+                RFM => models.rfm = Some(decode(&kind, &json)?),
+                ENGAGEMENT => models.engagement = Some(decode(&kind, &json)?),
+                _ => {}
+            }
+        }
+        Ok(models)
+    }
+
+    /// The workspace's model of a kind.
+    pub async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<Fitted>, ScoringError> {
+        let Some(json) = self.store.model(ws, kind).await? else {
             return Ok(None);
         };
-        let model =
-            serde_json::from_str(&json).map_err(|e| StorageError::Internal(format!("the stored CLV model: {e}")))?;
-        Ok(Some(model))
+        Ok(Some(match kind {
+            CLV => Fitted::Clv(decode(kind, &json)?),
+            RFM => Fitted::Rfm(decode(kind, &json)?),
+            _ => Fitted::Engagement(decode(kind, &json)?),
+        }))
+    }
+
+    /// Fits the workspace's RFM quintiles from its customers' purchases up to `as_of`.
+    pub async fn fit_rfm(
+        &self,
+        ws: &WorkspaceId,
+        as_of: DateTime<Utc>,
+        mut progress: impl FnMut(&str, f64),
+    ) -> Result<RfmFit, ScoringError> {
+        progress("summarising purchases", 0.0);
+        let purchases = self.store.purchases(ws, as_of).await?;
+        let mut customers: HashMap<ProfileId, Rfm> = HashMap::new();
+        for p in &purchases {
+            let c = customers.entry(p.profile).or_insert(Rfm {
+                recency_days: f64::INFINITY,
+                frequency: 0.0,
+                monetary: 0.0,
+            });
+            let days = (as_of - p.at).num_milliseconds() as f64 / 86_400_000.0;
+            c.recency_days = c.recency_days.min(days);
+            c.frequency += 1.0;
+            c.monetary += p.revenue;
+        }
+        if customers.len() < MIN_RFM_CUSTOMERS {
+            return Err(ScoringError::Precondition(format!(
+                "RFM needs at least {MIN_RFM_CUSTOMERS} customers with a purchase; the data holds {}",
+                customers.len()
+            )));
+        }
+        progress("taking quintiles", 0.5);
+        let customers: Vec<Rfm> = customers.into_values().collect();
+        let model = RfmModel::fit(&customers).expect("customers");
+        let fit = RfmFit {
+            model,
+            as_of,
+            fitted_at: Utc::now(),
+            purchases: purchases.len() as u64,
+        };
+        progress("saving the model", 0.9);
+        self.store.save_model(ws, RFM, &encode(&fit)?, fit.fitted_at).await?;
+        Ok(fit)
+    }
+
+    /// Fits the workspace's engagement priors from every profile's events up to
+    /// `as_of`: a Beta prior per channel messages were sent on, and the engaging
+    /// events per hour of the week.
+    pub async fn fit_engagement(
+        &self,
+        ws: &WorkspaceId,
+        as_of: DateTime<Utc>,
+        mut progress: impl FnMut(&str, f64),
+    ) -> Result<EngagementFit, ScoringError> {
+        progress("reading the profiles' events", 0.0);
+        let facts = self.store.workspace_facts(ws, as_of).await?;
+        progress("computing each profile's engagement", 0.4);
+        let mut channels: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut hours = vec![0.0; 168];
+        let mut profiles = 0;
+        let mut i = 0;
+        while i < facts.len() {
+            let profile = facts[i].0;
+            let end = facts[i..]
+                .iter()
+                .position(|(p, _)| *p != profile)
+                .map_or(facts.len(), |n| i + n);
+            let dated: Vec<_> = facts[i..end].iter().map(|(_, d)| d.clone()).collect();
+            let features = Features::compute(&dated, as_of);
+            for (channel, e) in &features.channels {
+                channels
+                    .entry(channel.clone())
+                    .or_default()
+                    .push(engagement::exposures(e));
+            }
+            for (total, count) in hours.iter_mut().zip(&features.hour_of_week) {
+                *total += f64::from(*count);
+            }
+            profiles += 1;
+            i = end;
+        }
+        let priors: BTreeMap<String, Prior> = channels
+            .iter()
+            .filter_map(|(channel, people)| Some((channel.clone(), engagement::fit_prior(people)?)))
+            .collect();
+        let engaging_events = hours.iter().sum::<f64>() as u64;
+        if priors.is_empty() && engaging_events == 0 {
+            return Err(ScoringError::Precondition(
+                "the engagement model needs at least one message on a channel or one engaging event \
+                 (an open, a click, a purchase, a page or screen view); the data holds none"
+                    .to_owned(),
+            ));
+        }
+        let fit = EngagementFit {
+            priors,
+            hours,
+            as_of,
+            fitted_at: Utc::now(),
+            profiles,
+            engaging_events,
+        };
+        progress("saving the model", 0.9);
+        self.store
+            .save_model(ws, ENGAGEMENT, &encode(&fit)?, fit.fitted_at)
+            .await?;
+        Ok(fit)
     }
 
     /// The purchase summary of every customer of the workspace as of `as_of`.
@@ -350,7 +548,7 @@ impl Scoring {
     ) -> Result<(Vec<Customer>, u64), ScoringError> {
         let purchases = self.store.purchases(ws, as_of).await?;
         let count = purchases.len() as u64;
-        let mut days: HashMap<ProfileId, std::collections::BTreeMap<NaiveDate, f64>> = HashMap::new();
+        let mut days: HashMap<ProfileId, BTreeMap<NaiveDate, f64>> = HashMap::new();
         for p in purchases {
             *days.entry(p.profile).or_default().entry(p.at.date_naive()).or_default() += p.revenue;
         }
@@ -396,8 +594,9 @@ impl Scoring {
             gamma_gamma_iterations: gg.iterations,
             gamma_gamma_gradient: gg.gradient,
         };
-        let json = serde_json::to_string(&model).map_err(|e| StorageError::Internal(e.to_string()))?;
-        self.store.save_model(ws, CLV, &json, model.fitted_at).await?;
+        self.store
+            .save_model(ws, CLV, &encode(&model)?, model.fitted_at)
+            .await?;
         Ok(model)
     }
 }

@@ -24,6 +24,7 @@ use crate::support::{Key, TestApp, spawn};
 on_both_backends!(
     features_follow_merges_unmerges_and_erasures,
     cdnow_through_the_api_equals_lifetimes,
+    rfm_channel_preference_and_send_time,
     bad_input_is_refused_with_its_field,
 );
 
@@ -477,5 +478,145 @@ async fn bad_input_is_refused_with_its_field(backend: Backend) {
     );
     let u2 = profile_of(&mut admin, "user_id", "u-2").await;
     assert_eq!(scores(&mut client, &u2, None).await.unwrap_err().code(), Code::NotFound);
+    app.stop().await;
+}
+
+async fn fit(client: &mut ScoringClient, kind: pb::ModelKind, as_of: Timestamp) -> Result<pb::Model, tonic::Status> {
+    let mut stream = client
+        .fit_model(pb::FitModelRequest {
+            kind: kind as i32,
+            as_of: Some(as_of),
+            ..pb::FitModelRequest::default()
+        })
+        .await?
+        .into_inner();
+    let mut model = None;
+    while let Some(message) = stream.message().await? {
+        model = message.model.or(model);
+    }
+    Ok(model.expect("the last message carries the model"))
+}
+
+/// Ten customers, u-i buying i + 1 times for 10 each, the last time 10 − i days before
+/// the end; u-0 clicks email (10 of 20) far more than SMS (1 of 20), always on Monday
+/// evenings; the others were sent two of each and clicked nothing.
+async fn rfm_channel_preference_and_send_time(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let day = |d: u32, hour: u32| Timestamp {
+        seconds: Utc.with_ymd_and_hms(2026, 3, 1, hour, 0, 0).unwrap().timestamp() + i64::from(d) * 86_400,
+        nanos: 0,
+    };
+    let mut events = Vec::new();
+    for i in 0..10u32 {
+        let user = format!("u-{i}");
+        for k in 0..=i {
+            let id = format!("o-{i}-{k}");
+            events.push(track(
+                &id,
+                ("user_id", &user),
+                "Order Completed",
+                day(20 + i - k, 0),
+                json!({"revenue": 10}),
+            ));
+        }
+        let sends = if i == 0 { 20 } else { 2 };
+        for n in 0..sends {
+            for channel in ["Email", "SMS"] {
+                let id = format!("{channel}-{i}-{n}");
+                events.push(track(
+                    &id,
+                    ("user_id", &user),
+                    &format!("{channel} Sent"),
+                    day(n % 7, 9),
+                    json!({}),
+                ));
+            }
+        }
+    }
+    // Monday 2 March, 18:00 UTC: 19:00 in Paris, hour 19 of the week.
+    for n in 0..10 {
+        let id = format!("click-email-{n}");
+        events.push(track(
+            &id,
+            ("user_id", "u-0"),
+            "Email Link Clicked",
+            day(1, 18),
+            json!({}),
+        ));
+    }
+    events.push(track(
+        "click-sms",
+        ("user_id", "u-0"),
+        "SMS Link Clicked",
+        day(1, 18),
+        json!({}),
+    ));
+    send(&app, events).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+
+    let end = day(30, 0);
+    let mut admin = scoring(&app, &app.admin_key).await;
+    let rfm = fit(&mut admin, pb::ModelKind::Rfm, end).await.unwrap();
+    // numpy.percentile of 1..10 days, orders and tens at 20, 40, 60, 80.
+    for (name, expected) in [
+        ("recency_q20", 2.8),
+        ("recency_q80", 8.2),
+        ("frequency_q40", 4.6),
+        ("monetary_q60", 64.0),
+    ] {
+        assert!(
+            (rfm.parameters[name] - expected).abs() < 1e-9,
+            "{name}: {:?}",
+            rfm.parameters
+        );
+    }
+    assert_eq!(rfm.counts["customers"], 10);
+    fit(&mut admin, pb::ModelKind::Engagement, end).await.unwrap();
+
+    let mut identity = app.identity(&app.admin_key).await;
+    let mut client = scoring(&app, &app.read_key).await;
+    let mut of = async |user: &str| {
+        let profile = profile_of(&mut identity, "user_id", user).await;
+        scores(&mut client, &profile, Some(end)).await.unwrap()
+    };
+    let champion = of("u-9").await;
+    let r = champion.rfm.as_ref().unwrap();
+    assert_eq!(
+        (r.recency, r.frequency, r.monetary, r.cell.as_str()),
+        (5, 5, 5, "champions")
+    );
+    assert!(r.explanation.contains("10 orders"), "{}", r.explanation);
+    let middle = of("u-4").await.rfm.unwrap();
+    assert_eq!(
+        (middle.recency, middle.frequency, middle.cell.as_str()),
+        (3, 3, "need_attention")
+    );
+
+    let clicker = of("u-0").await;
+    assert_eq!(clicker.rfm.as_ref().unwrap().cell, "hibernating");
+    let preference = clicker.channel_preference.unwrap();
+    assert_eq!(preference.best_channel, "email", "{preference:?}");
+    assert!(preference.confidence > 0.8, "{preference:?}");
+    let email = &preference.channels[0];
+    assert_eq!(
+        (email.channel.as_str(), email.messages, email.responses),
+        ("email", 20.0, 10.0)
+    );
+    let time = clicker.send_time.unwrap();
+    assert_eq!((time.hour_of_week, time.events), (19, 12), "{time:?}");
+
+    let quiet = of("u-5").await.channel_preference.unwrap();
+    assert_eq!(
+        quiet.best_channel, "",
+        "two messages a channel and no click say nothing: {quiet:?}"
+    );
+    assert!(
+        quiet.explanation.starts_with("not enough data"),
+        "{}",
+        quiet.explanation
+    );
     app.stop().await;
 }

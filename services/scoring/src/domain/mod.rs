@@ -1,7 +1,9 @@
 //! Pure logic: no gRPC, no SQL.
 
 pub mod clv;
+pub mod engagement;
 pub mod facts;
 pub mod features;
 pub mod optimize;
+pub mod rfm;
 pub mod special;

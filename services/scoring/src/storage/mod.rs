@@ -76,6 +76,13 @@ pub trait ScoringStore: Send + Sync + 'static {
     /// Every purchase of the workspace up to `until`, by profile.
     async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError>;
 
+    /// Every fact of the workspace up to `until`, by profile and in time order.
+    async fn workspace_facts(
+        &self,
+        ws: &WorkspaceId,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(ProfileId, Dated)>, StorageError>;
+
     async fn save_model(
         &self,
         ws: &WorkspaceId,
@@ -85,6 +92,16 @@ pub trait ScoringStore: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
 
     async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<String>, StorageError>;
+
+    /// Every model of the workspace, by kind.
+    async fn models(&self, ws: &WorkspaceId) -> Result<Vec<(String, String)>, StorageError>;
+}
+
+fn dated(at: i64, fact: &str) -> Result<Dated, StorageError> {
+    Ok(Dated {
+        at: time(at),
+        fact: serde_json::from_str(fact).map_err(|e| undecodable("fact", e))?,
+    })
 }
 
 /// Connects the store the configuration names and runs its migrations.
@@ -290,13 +307,24 @@ macro_rules! scoring_store {
                 .bind(profile)
                 .fetch_all(&self.pool)
                 .await?;
+                rows.into_iter().map(|(at, fact)| dated(at, &fact)).collect()
+            }
+
+            async fn workspace_facts(
+                &self,
+                ws: &WorkspaceId,
+                until: DateTime<Utc>,
+            ) -> Result<Vec<(ProfileId, Dated)>, StorageError> {
+                let rows: Vec<(ProfileId, i64, String)> = sqlx::query_as(
+                    "SELECT profile_id, at, fact FROM facts WHERE workspace_id = $1 AND at <= $2 \
+                     ORDER BY profile_id, at, event_id",
+                )
+                .bind(ws)
+                .bind(micros(until))
+                .fetch_all(&self.pool)
+                .await?;
                 rows.into_iter()
-                    .map(|(at, fact)| {
-                        Ok(Dated {
-                            at: time(at),
-                            fact: serde_json::from_str(&fact).map_err(|e| undecodable("fact", e))?,
-                        })
-                    })
+                    .map(|(profile, at, fact)| Ok((profile, dated(at, &fact)?)))
                     .collect()
             }
 
@@ -339,6 +367,15 @@ macro_rules! scoring_store {
                 .await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn models(&self, ws: &WorkspaceId) -> Result<Vec<(String, String)>, StorageError> {
+                Ok(
+                    sqlx::query_as("SELECT kind, model FROM models WHERE workspace_id = $1 ORDER BY kind")
+                        .bind(ws)
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
             }
 
             async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<String>, StorageError> {
