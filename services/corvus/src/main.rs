@@ -93,9 +93,10 @@ enum Command {
 #[derive(Subcommand)]
 enum ModelsCommand {
     /// Fit a model from what scoring holds and keep it: `corvus models fit clv --as-of
-    /// 1997-09-30 --unit week`; `rfm` (quintiles); `engagement` (channel priors, hours).
+    /// 1997-09-30 --unit week`; `rfm` (quintiles); `engagement` (channel priors, hours);
+    /// `affinity` (co-purchase rules).
     Fit {
-        #[arg(value_parser = ["clv", "rfm", "engagement"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity"])]
         kind: String,
         /// The end of the calibration period: a date (its end, UTC) or an RFC 3339 time;
         /// default now.
@@ -110,10 +111,16 @@ enum ModelsCommand {
         /// The monthly discount rate of lifetime values.
         #[arg(long, default_value_t = 0.01)]
         discount_rate: f64,
+        /// The least share of orders an itemset is in (affinity; default 0.01).
+        #[arg(long)]
+        min_support: Option<f64>,
+        /// The least confidence of a rule (affinity; default 0.25).
+        #[arg(long)]
+        min_confidence: Option<f64>,
     },
     /// Show the workspace's current model.
     Get {
-        #[arg(value_parser = ["clv", "rfm", "engagement"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity"])]
         kind: String,
     },
 }
@@ -304,6 +311,8 @@ async fn main() -> anyhow::Result<()> {
                     unit,
                     months,
                     discount_rate,
+                    min_support,
+                    min_confidence,
                 } => {
                     let fit = models::Fit {
                         kind: models::kind_of(&kind),
@@ -311,6 +320,8 @@ async fn main() -> anyhow::Result<()> {
                         unit,
                         months,
                         discount_rate,
+                        min_support,
+                        min_confidence,
                     };
                     models::fit(&endpoint, &key, fit, json).await
                 }

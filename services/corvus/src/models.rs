@@ -45,6 +45,7 @@ pub fn kind_of(name: &str) -> pb::ModelKind {
     match name {
         "rfm" => pb::ModelKind::Rfm,
         "engagement" => pb::ModelKind::Engagement,
+        "affinity" => pb::ModelKind::Affinity,
         _ => pb::ModelKind::Clv,
     }
 }
@@ -53,6 +54,7 @@ fn kind_name(kind: i32) -> &'static str {
     match pb::ModelKind::try_from(kind) {
         Ok(pb::ModelKind::Rfm) => "rfm",
         Ok(pb::ModelKind::Engagement) => "engagement",
+        Ok(pb::ModelKind::Affinity) => "affinity",
         _ => "clv",
     }
 }
@@ -133,6 +135,8 @@ pub struct Fit {
     pub unit: String,
     pub months: u32,
     pub discount_rate: f64,
+    pub min_support: Option<f64>,
+    pub min_confidence: Option<f64>,
 }
 
 /// `corvus models fit clv`: the fit's stages on standard error, the model on standard
@@ -146,6 +150,8 @@ pub async fn fit(endpoint: &str, key: &str, fit: Fit, as_json: bool) -> anyhow::
             unit: fit.unit,
             clv_months: fit.months,
             discount_rate: Some(fit.discount_rate),
+            min_support: fit.min_support,
+            min_confidence: fit.min_confidence,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?

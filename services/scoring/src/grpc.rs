@@ -6,6 +6,7 @@ use std::pin::Pin;
 use chrono::{DateTime, Utc};
 use corvus_platform::Role;
 use corvus_platform::error::{invalid_argument, storage_status};
+use corvus_platform::paging::{next_page, page};
 use corvus_platform::server::authorise;
 use corvus_proto::ProfileId;
 use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
@@ -16,10 +17,11 @@ use futures::Stream;
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
+use crate::domain::affinity::Rule;
 use crate::domain::engagement::{self, Preference, SendTime};
 use crate::domain::features::{Answers, Features};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
-use crate::service::{CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, Scoring, ScoringError, Unit};
+use crate::service::{AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, Scoring, ScoringError, Unit};
 
 pub struct ScoringApi {
     pub scoring: Scoring,
@@ -59,9 +61,10 @@ fn kind(field: &'static str, kind: i32) -> Result<&'static str, Status> {
         Ok(pb::ModelKind::Clv) => Ok(CLV),
         Ok(pb::ModelKind::Rfm) => Ok(RFM),
         Ok(pb::ModelKind::Engagement) => Ok(ENGAGEMENT),
+        Ok(pb::ModelKind::Affinity) => Ok(AFFINITY),
         Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(
             field,
-            "required: MODEL_KIND_CLV, MODEL_KIND_RFM or MODEL_KIND_ENGAGEMENT",
+            "required: MODEL_KIND_CLV, MODEL_KIND_RFM, MODEL_KIND_ENGAGEMENT or MODEL_KIND_AFFINITY",
         )),
         Err(_) => Err(invalid_argument(field, format!("unknown model kind {kind}"))),
     }
@@ -114,6 +117,40 @@ pub fn fitted_message(fitted: &Fitted) -> pb::Model {
             ]),
             ..pb::Model::default()
         },
+        Fitted::Affinity(f) => pb::Model {
+            kind: pb::ModelKind::Affinity as i32,
+            fitted_at: Some(timestamp(f.fitted_at)),
+            as_of: Some(timestamp(f.as_of)),
+            parameters: named([
+                ("min_support".to_owned(), f.min_support),
+                ("min_confidence".to_owned(), f.min_confidence),
+            ]),
+            counts: named([
+                ("orders".to_owned(), f.orders),
+                ("products".to_owned(), f.products),
+                ("rules".to_owned(), f.rules.len() as u64),
+            ]),
+            ..pb::Model::default()
+        },
+    }
+}
+
+fn rule_message(r: &Rule) -> pb::AssociationRule {
+    pb::AssociationRule {
+        antecedents: r.antecedents.clone(),
+        consequent: r.consequent.clone(),
+        support: r.support,
+        confidence: r.confidence,
+        lift: r.lift,
+    }
+}
+
+/// A share above 0 and at most 1, defaulted.
+fn share(field: &'static str, value: Option<f64>, default: f64) -> Result<f64, Status> {
+    match value {
+        None => Ok(default),
+        Some(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        Some(v) => Err(invalid_argument(field, format!("{v} is not above 0 and at most 1"))),
     }
 }
 
@@ -274,6 +311,15 @@ pub fn model_message(m: &ClvModel) -> pb::Model {
     }
 }
 
+fn profile_id(value: &str) -> Result<ProfileId, Status> {
+    if value.is_empty() {
+        return Err(invalid_argument("profile_id", "required"));
+    }
+    value
+        .parse()
+        .map_err(|_| invalid_argument("profile_id", "not a profile id (a UUID)"))
+}
+
 type FitStream = Pin<Box<dyn Stream<Item = Result<pb::FitModelResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -284,13 +330,7 @@ impl ScoringService for ScoringApi {
     ) -> Result<Response<pb::GetScoresResponse>, Status> {
         let principal = authorise(&request, Role::Read, "read scores")?;
         let request = request.into_inner();
-        if request.profile_id.is_empty() {
-            return Err(invalid_argument("profile_id", "required"));
-        }
-        let profile: ProfileId = request
-            .profile_id
-            .parse()
-            .map_err(|_| invalid_argument("profile_id", "not a profile id (a UUID)"))?;
+        let profile = profile_id(&request.profile_id)?;
         let as_of = time_of("as_of", request.as_of.as_ref())?;
         let horizon = match request.horizon {
             0.0 => None,
@@ -349,6 +389,8 @@ impl ScoringService for ScoringApi {
                 "must be at least 0 and below 1 (a month's rate)",
             ));
         }
+        let min_support = share("min_support", request.min_support, 0.01)?;
+        let min_confidence = share("min_confidence", request.min_confidence, 0.25)?;
         let fit = ClvFit {
             as_of: time_of("as_of", request.as_of.as_ref())?,
             unit,
@@ -369,6 +411,10 @@ impl ScoringService for ScoringApi {
             let result = match kind {
                 CLV => scoring.fit_clv(ws, fit, progress).await.map(Fitted::Clv),
                 RFM => scoring.fit_rfm(ws, fit.as_of, progress).await.map(Fitted::Rfm),
+                AFFINITY => scoring
+                    .fit_affinity(ws, fit.as_of, min_support, min_confidence, progress)
+                    .await
+                    .map(Fitted::Affinity),
                 _ => scoring
                     .fit_engagement(ws, fit.as_of, progress)
                     .await
@@ -398,6 +444,72 @@ impl ScoringService for ScoringApi {
         })?;
         Ok(Response::new(pb::GetModelResponse {
             model: Some(fitted_message(&model)),
+        }))
+    }
+
+    async fn list_association_rules(
+        &self,
+        request: Request<pb::ListAssociationRulesRequest>,
+    ) -> Result<Response<pb::ListAssociationRulesResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read association rules")?;
+        let request = request.into_inner();
+        let (size, after) = page::<usize>(request.page.as_ref())?;
+        let Some(Fitted::Affinity(fit)) = self.scoring.model(&principal.workspace, AFFINITY).await? else {
+            return Err(Status::not_found(
+                "no affinity model has been fitted in this workspace; FitModel (MODEL_KIND_AFFINITY) fits one",
+            ));
+        };
+        let product = request.product.as_str();
+        let start = after.unwrap_or(0);
+        let rules: Vec<(usize, &Rule)> = fit
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                product.is_empty() || r.consequent == product || r.antecedents.iter().any(|a| a == product)
+            })
+            .skip_while(|(i, _)| *i < start)
+            .take(size as usize)
+            .collect();
+        Ok(Response::new(pb::ListAssociationRulesResponse {
+            page: next_page(rules.len(), size, rules.last().map(|(i, _)| i + 1)),
+            rules: rules.iter().map(|(_, r)| rule_message(r)).collect(),
+            orders: fit.orders,
+        }))
+    }
+
+    async fn get_recommendations(
+        &self,
+        request: Request<pb::GetRecommendationsRequest>,
+    ) -> Result<Response<pb::GetRecommendationsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read recommendations")?;
+        let request = request.into_inner();
+        let profile = profile_id(&request.profile_id)?;
+        let limit = match request.limit {
+            0 => 10,
+            n @ 1..=100 => n as usize,
+            _ => return Err(invalid_argument("limit", "at most 100")),
+        };
+        let (profile, suggestions) = self
+            .scoring
+            .recommendations(&principal.workspace, profile, limit, request.include_owned)
+            .await?;
+        Ok(Response::new(pb::GetRecommendationsResponse {
+            profile_id: profile.to_string(),
+            recommendations: suggestions
+                .iter()
+                .map(|s| pb::Recommendation {
+                    product: s.product.clone(),
+                    explanation: format!(
+                        "bought {}: {:.0}% of such orders hold {} too, {:.2} times its usual share",
+                        s.rule.antecedents.join(" and "),
+                        s.rule.confidence * 100.0,
+                        s.product,
+                        s.rule.lift
+                    ),
+                    rule: Some(rule_message(&s.rule)),
+                })
+                .collect(),
         }))
     }
 }

@@ -13,6 +13,7 @@ use corvus_storage::{StorageConfig, StorageError};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ScoringConfig;
+use crate::domain::affinity::{self, Rule, Suggestion};
 use crate::domain::clv::{self, BgNbd, Customer, FitError, GammaGamma};
 use crate::domain::engagement::{self, Preference, Prior, SendTime};
 use crate::domain::facts::{self, EventView, Kind};
@@ -110,6 +111,22 @@ pub struct ClvModel {
 pub const CLV: &str = "clv";
 pub const RFM: &str = "rfm";
 pub const ENGAGEMENT: &str = "engagement";
+pub const AFFINITY: &str = "affinity";
+
+/// The least orders with products an affinity model is fitted from.
+pub const MIN_AFFINITY_ORDERS: usize = 10;
+
+/// A workspace's co-purchase rules, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffinityFit {
+    pub rules: Vec<Rule>,
+    pub orders: u64,
+    pub products: u64,
+    pub min_support: f64,
+    pub min_confidence: f64,
+    pub as_of: DateTime<Utc>,
+    pub fitted_at: DateTime<Utc>,
+}
 
 /// The least customers RFM quintiles are taken over.
 pub const MIN_RFM_CUSTOMERS: usize = 5;
@@ -141,6 +158,7 @@ pub struct Models {
     pub clv: Option<ClvModel>,
     pub rfm: Option<RfmFit>,
     pub engagement: Option<EngagementFit>,
+    pub affinity: Option<AffinityFit>,
 }
 
 /// A fitted model of any kind.
@@ -149,6 +167,7 @@ pub enum Fitted {
     Clv(ClvModel),
     Rfm(RfmFit),
     Engagement(EngagementFit),
+    Affinity(AffinityFit),
 }
 /// What a CLV fit is asked for.
 #[derive(Debug, Clone, Copy)]
@@ -417,6 +436,7 @@ impl Scoring {
                 CLV => models.clv = Some(decode(&kind, &json)?),
                 RFM => models.rfm = Some(decode(&kind, &json)?),
                 ENGAGEMENT => models.engagement = Some(decode(&kind, &json)?),
+                AFFINITY => models.affinity = Some(decode(&kind, &json)?),
                 _ => {}
             }
         }
@@ -431,8 +451,98 @@ impl Scoring {
         Ok(Some(match kind {
             CLV => Fitted::Clv(decode(kind, &json)?),
             RFM => Fitted::Rfm(decode(kind, &json)?),
+            AFFINITY => Fitted::Affinity(decode(kind, &json)?),
             _ => Fitted::Engagement(decode(kind, &json)?),
         }))
+    }
+
+    /// Fits the workspace's co-purchase rules from the products of its orders up to
+    /// `as_of`.
+    pub async fn fit_affinity(
+        &self,
+        ws: &WorkspaceId,
+        as_of: DateTime<Utc>,
+        min_support: f64,
+        min_confidence: f64,
+        mut progress: impl FnMut(&str, f64),
+    ) -> Result<AffinityFit, ScoringError> {
+        progress("reading the orders", 0.0);
+        let orders = self.store.workspace_facts(ws, as_of, true).await?;
+        let baskets: Vec<std::collections::BTreeSet<String>> = orders
+            .iter()
+            .map(|(_, d)| {
+                d.fact
+                    .products
+                    .iter()
+                    .filter(|p| !p.id.is_empty())
+                    .map(|p| p.id.clone())
+                    .collect()
+            })
+            .filter(|basket: &std::collections::BTreeSet<String>| !basket.is_empty())
+            .collect();
+        if baskets.len() < MIN_AFFINITY_ORDERS {
+            return Err(ScoringError::Precondition(format!(
+                "the affinity model needs at least {MIN_AFFINITY_ORDERS} orders with products (products[].product_id or \
+                 sku); the data holds {}",
+                baskets.len()
+            )));
+        }
+        progress("finding itemsets and rules", 0.3);
+        let products = baskets.iter().flatten().collect::<std::collections::HashSet<_>>().len() as u64;
+        let found = tokio::task::spawn_blocking({
+            let baskets = baskets.clone();
+            move || affinity::rules(&baskets, min_support, min_confidence)
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("the fit stopped: {e}")))?;
+        let fit = AffinityFit {
+            rules: found,
+            orders: baskets.len() as u64,
+            products,
+            min_support,
+            min_confidence,
+            as_of,
+            fitted_at: Utc::now(),
+        };
+        progress("saving the model", 0.9);
+        self.store
+            .save_model(ws, AFFINITY, &encode(&fit)?, fit.fitted_at)
+            .await?;
+        Ok(fit)
+    }
+
+    /// The products to suggest to a profile next, from the workspace's rules.
+    pub async fn recommendations(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+        limit: usize,
+        include_owned: bool,
+    ) -> Result<(ProfileId, Vec<Suggestion>), ScoringError> {
+        let Some(Fitted::Affinity(fit)) = self.model(ws, AFFINITY).await? else {
+            return Err(ScoringError::NotFound(
+                "no affinity model has been fitted in this workspace; FitModel (MODEL_KIND_AFFINITY) fits one"
+                    .to_owned(),
+            ));
+        };
+        let profile = self.store.survivor(ws, profile).await?;
+        let facts = self.store.facts(ws, profile).await?;
+        if facts.is_empty() {
+            return Err(ScoringError::NotFound(format!(
+                "scoring holds no events of profile {profile}"
+            )));
+        }
+        let owned = facts
+            .iter()
+            .flat_map(|d| {
+                d.fact
+                    .products
+                    .iter()
+                    .filter(|p| !p.id.is_empty())
+                    .map(|p| p.id.clone())
+            })
+            .collect();
+        Ok((profile, affinity::suggest(&fit.rules, &owned, include_owned, limit)))
     }
 
     /// Fits the workspace's RFM quintiles from its customers' purchases up to `as_of`.
@@ -486,7 +596,7 @@ impl Scoring {
         mut progress: impl FnMut(&str, f64),
     ) -> Result<EngagementFit, ScoringError> {
         progress("reading the profiles' events", 0.0);
-        let facts = self.store.workspace_facts(ws, as_of).await?;
+        let facts = self.store.workspace_facts(ws, as_of, false).await?;
         progress("computing each profile's engagement", 0.4);
         let mut channels: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut hours = vec![0.0; 168];

@@ -1,5 +1,6 @@
 //! Pure logic: no gRPC, no SQL.
 
+pub mod affinity;
 pub mod clv;
 pub mod engagement;
 pub mod facts;

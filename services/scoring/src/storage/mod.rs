@@ -76,11 +76,13 @@ pub trait ScoringStore: Send + Sync + 'static {
     /// Every purchase of the workspace up to `until`, by profile.
     async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError>;
 
-    /// Every fact of the workspace up to `until`, by profile and in time order.
+    /// Every fact of the workspace up to `until` (only purchases with
+    /// `purchases_only`), by profile and in time order.
     async fn workspace_facts(
         &self,
         ws: &WorkspaceId,
         until: DateTime<Utc>,
+        purchases_only: bool,
     ) -> Result<Vec<(ProfileId, Dated)>, StorageError>;
 
     async fn save_model(
@@ -314,13 +316,15 @@ macro_rules! scoring_store {
                 &self,
                 ws: &WorkspaceId,
                 until: DateTime<Utc>,
+                purchases_only: bool,
             ) -> Result<Vec<(ProfileId, Dated)>, StorageError> {
                 let rows: Vec<(ProfileId, i64, String)> = sqlx::query_as(
                     "SELECT profile_id, at, fact FROM facts WHERE workspace_id = $1 AND at <= $2 \
-                     ORDER BY profile_id, at, event_id",
+                     AND (revenue IS NOT NULL OR NOT $3) ORDER BY profile_id, at, event_id",
                 )
                 .bind(ws)
                 .bind(micros(until))
+                .bind(purchases_only)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter()
