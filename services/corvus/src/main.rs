@@ -94,9 +94,9 @@ enum Command {
 enum ModelsCommand {
     /// Fit a model from what scoring holds and keep it: `corvus models fit clv --as-of
     /// 1997-09-30 --unit week`; `rfm` (quintiles); `engagement` (channel priors, hours);
-    /// `affinity` (co-purchase rules).
+    /// `affinity` (co-purchase rules); `segments` (needs-based, k-means).
     Fit {
-        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments"])]
         kind: String,
         /// The end of the calibration period: a date (its end, UTC) or an RFC 3339 time;
         /// default now.
@@ -117,10 +117,16 @@ enum ModelsCommand {
         /// The least confidence of a rule (affinity; default 0.25).
         #[arg(long)]
         min_confidence: Option<f64>,
+        /// How many segments (segments; default: chosen by silhouette among 2 to 8).
+        #[arg(long, default_value_t = 0)]
+        k: u32,
+        /// k-means restarts (segments; default 4).
+        #[arg(long, default_value_t = 0)]
+        restarts: u32,
     },
     /// Show the workspace's current model.
     Get {
-        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments"])]
         kind: String,
     },
 }
@@ -313,6 +319,8 @@ async fn main() -> anyhow::Result<()> {
                     discount_rate,
                     min_support,
                     min_confidence,
+                    k,
+                    restarts,
                 } => {
                     let fit = models::Fit {
                         kind: models::kind_of(&kind),
@@ -322,6 +330,8 @@ async fn main() -> anyhow::Result<()> {
                         discount_rate,
                         min_support,
                         min_confidence,
+                        k,
+                        restarts,
                     };
                     models::fit(&endpoint, &key, fit, json).await
                 }

@@ -46,6 +46,7 @@ pub fn kind_of(name: &str) -> pb::ModelKind {
         "rfm" => pb::ModelKind::Rfm,
         "engagement" => pb::ModelKind::Engagement,
         "affinity" => pb::ModelKind::Affinity,
+        "segments" => pb::ModelKind::Segments,
         _ => pb::ModelKind::Clv,
     }
 }
@@ -55,6 +56,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(pb::ModelKind::Rfm) => "rfm",
         Ok(pb::ModelKind::Engagement) => "engagement",
         Ok(pb::ModelKind::Affinity) => "affinity",
+        Ok(pb::ModelKind::Segments) => "segments",
         _ => "clv",
     }
 }
@@ -137,6 +139,8 @@ pub struct Fit {
     pub discount_rate: f64,
     pub min_support: Option<f64>,
     pub min_confidence: Option<f64>,
+    pub k: u32,
+    pub restarts: u32,
 }
 
 /// `corvus models fit clv`: the fit's stages on standard error, the model on standard
@@ -152,6 +156,8 @@ pub async fn fit(endpoint: &str, key: &str, fit: Fit, as_json: bool) -> anyhow::
             discount_rate: Some(fit.discount_rate),
             min_support: fit.min_support,
             min_confidence: fit.min_confidence,
+            k: fit.k,
+            restarts: fit.restarts,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?

@@ -21,10 +21,24 @@ use crate::domain::affinity::Rule;
 use crate::domain::engagement::{self, Preference, SendTime};
 use crate::domain::features::{Answers, Features};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
-use crate::service::{AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, Scoring, ScoringError, Unit};
+use crate::domain::segments::{self, Segment};
+use crate::service::{
+    AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, SEGMENTS, Scoring, ScoringError, SegmentsFit, Unit,
+};
 
 pub struct ScoringApi {
     pub scoring: Scoring,
+}
+
+impl ScoringApi {
+    async fn segments(&self, ws: &corvus_proto::WorkspaceId) -> Result<SegmentsFit, Status> {
+        match self.scoring.model(ws, SEGMENTS).await? {
+            Some(Fitted::Segments(fit)) => Ok(fit),
+            _ => Err(Status::not_found(
+                "no segments have been fitted in this workspace; FitModel (MODEL_KIND_SEGMENTS) fits them",
+            )),
+        }
+    }
 }
 
 impl From<ScoringError> for Status {
@@ -62,9 +76,10 @@ fn kind(field: &'static str, kind: i32) -> Result<&'static str, Status> {
         Ok(pb::ModelKind::Rfm) => Ok(RFM),
         Ok(pb::ModelKind::Engagement) => Ok(ENGAGEMENT),
         Ok(pb::ModelKind::Affinity) => Ok(AFFINITY),
+        Ok(pb::ModelKind::Segments) => Ok(SEGMENTS),
         Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(
             field,
-            "required: MODEL_KIND_CLV, MODEL_KIND_RFM, MODEL_KIND_ENGAGEMENT or MODEL_KIND_AFFINITY",
+            "required: MODEL_KIND_CLV, _RFM, _ENGAGEMENT, _AFFINITY or _SEGMENTS",
         )),
         Err(_) => Err(invalid_argument(field, format!("unknown model kind {kind}"))),
     }
@@ -117,6 +132,27 @@ pub fn fitted_message(fitted: &Fitted) -> pb::Model {
             ]),
             ..pb::Model::default()
         },
+        Fitted::Segments(f) => pb::Model {
+            kind: pb::ModelKind::Segments as i32,
+            fitted_at: Some(timestamp(f.fitted_at)),
+            as_of: Some(timestamp(f.as_of)),
+            parameters: named(
+                [
+                    ("k".to_owned(), f.segmentation.segments.len() as f64),
+                    ("silhouette".to_owned(), f.segmentation.silhouette),
+                    ("inertia".to_owned(), f.segmentation.inertia),
+                ]
+                .into_iter()
+                .chain(
+                    f.segmentation
+                        .tried
+                        .iter()
+                        .map(|(k, s)| (format!("silhouette_k{k}"), *s)),
+                ),
+            ),
+            counts: named([("profiles".to_owned(), f.segmentation.profiles)]),
+            ..pb::Model::default()
+        },
         Fitted::Affinity(f) => pb::Model {
             kind: pb::ModelKind::Affinity as i32,
             fitted_at: Some(timestamp(f.fitted_at)),
@@ -132,6 +168,40 @@ pub fn fitted_message(fitted: &Fitted) -> pb::Model {
             ]),
             ..pb::Model::default()
         },
+    }
+}
+
+/// What sets a segment apart, in words: its three furthest features.
+fn describe(s: &Segment) -> String {
+    let mut order: Vec<usize> = (0..s.distinction.len()).collect();
+    order.sort_by(|a, b| s.distinction[*b].abs().total_cmp(&s.distinction[*a].abs()));
+    order
+        .iter()
+        .take(3)
+        .map(|j| {
+            let z = s.distinction[*j];
+            format!(
+                "{} {:.1} sd {}",
+                segments::FEATURES[*j],
+                z.abs(),
+                if z >= 0.0 { "above" } else { "below" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn summary_message(s: &Segment, profiles: u64) -> pb::SegmentSummary {
+    pb::SegmentSummary {
+        segment_id: s.id,
+        name: s.name.clone(),
+        size: s.size,
+        share: if profiles > 0 {
+            s.size as f64 / profiles as f64
+        } else {
+            0.0
+        },
+        description: describe(s),
     }
 }
 
@@ -366,6 +436,13 @@ impl ScoringService for ScoringApi {
             rfm: scores.rfm.as_ref().map(rfm_message),
             channel_preference: scores.channel_preference.as_ref().map(preference_message),
             send_time: scores.send_time.as_ref().map(send_time_message),
+            segment: scores
+                .segment
+                .map(|(segment_id, name, distance)| pb::SegmentAssignment {
+                    segment_id,
+                    name,
+                    distance,
+                }),
         }))
     }
 
@@ -391,6 +468,16 @@ impl ScoringService for ScoringApi {
         }
         let min_support = share("min_support", request.min_support, 0.01)?;
         let min_confidence = share("min_confidence", request.min_confidence, 0.25)?;
+        let k = match request.k {
+            0 => None,
+            k @ 2..=20 => Some(k as usize),
+            _ => return Err(invalid_argument("k", "between 2 and 20, or 0 to choose by silhouette")),
+        };
+        let restarts = match request.restarts {
+            0 => segments::DEFAULT_RESTARTS,
+            r @ 1..=20 => r as usize,
+            _ => return Err(invalid_argument("restarts", "at most 20")),
+        };
         let fit = ClvFit {
             as_of: time_of("as_of", request.as_of.as_ref())?,
             unit,
@@ -411,6 +498,10 @@ impl ScoringService for ScoringApi {
             let result = match kind {
                 CLV => scoring.fit_clv(ws, fit, progress).await.map(Fitted::Clv),
                 RFM => scoring.fit_rfm(ws, fit.as_of, progress).await.map(Fitted::Rfm),
+                SEGMENTS => scoring
+                    .fit_segments(ws, fit.as_of, k, restarts, progress)
+                    .await
+                    .map(Fitted::Segments),
                 AFFINITY => scoring
                     .fit_affinity(ws, fit.as_of, min_support, min_confidence, progress)
                     .await
@@ -475,6 +566,50 @@ impl ScoringService for ScoringApi {
             page: next_page(rules.len(), size, rules.last().map(|(i, _)| i + 1)),
             rules: rules.iter().map(|(_, r)| rule_message(r)).collect(),
             orders: fit.orders,
+        }))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read segments")?;
+        let fit = self.segments(&principal.workspace).await?;
+        let s = &fit.segmentation;
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: s.segments.iter().map(|x| summary_message(x, s.profiles)).collect(),
+            profiles: s.profiles,
+            silhouette: s.silhouette,
+        }))
+    }
+
+    async fn describe_segment(
+        &self,
+        request: Request<pb::DescribeSegmentRequest>,
+    ) -> Result<Response<pb::DescribeSegmentResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read segments")?;
+        let id = request.get_ref().segment_id;
+        let fit = self.segments(&principal.workspace).await?;
+        let s = &fit.segmentation;
+        let segment = s
+            .segments
+            .iter()
+            .find(|x| x.id == id)
+            .ok_or_else(|| Status::not_found(format!("no segment {id} in this workspace")))?;
+        let mut features: Vec<pb::SegmentFeature> = segments::FEATURES
+            .iter()
+            .enumerate()
+            .map(|(j, name)| pb::SegmentFeature {
+                name: (*name).to_owned(),
+                segment_mean: segment.centre[j],
+                workspace_mean: s.means[j],
+                difference: segment.distinction[j],
+            })
+            .collect();
+        features.sort_by(|a, b| b.difference.abs().total_cmp(&a.difference.abs()));
+        Ok(Response::new(pb::DescribeSegmentResponse {
+            segment: Some(summary_message(segment, s.profiles)),
+            features,
         }))
     }
 

@@ -19,6 +19,7 @@ use crate::domain::engagement::{self, Preference, Prior, SendTime};
 use crate::domain::facts::{self, EventView, Kind};
 use crate::domain::features::{Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
+use crate::domain::segments::{self, Segmentation};
 use crate::storage::{self, Change, ScoringStore};
 
 /// The name scoring consumes identity's log under, and answers erasures as.
@@ -112,6 +113,15 @@ pub const CLV: &str = "clv";
 pub const RFM: &str = "rfm";
 pub const ENGAGEMENT: &str = "engagement";
 pub const AFFINITY: &str = "affinity";
+pub const SEGMENTS: &str = "segments";
+
+/// A workspace's segments, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentsFit {
+    pub segmentation: Segmentation,
+    pub as_of: DateTime<Utc>,
+    pub fitted_at: DateTime<Utc>,
+}
 
 /// The least orders with products an affinity model is fitted from.
 pub const MIN_AFFINITY_ORDERS: usize = 10;
@@ -159,6 +169,7 @@ pub struct Models {
     pub rfm: Option<RfmFit>,
     pub engagement: Option<EngagementFit>,
     pub affinity: Option<AffinityFit>,
+    pub segments: Option<SegmentsFit>,
 }
 
 /// A fitted model of any kind.
@@ -168,6 +179,7 @@ pub enum Fitted {
     Rfm(RfmFit),
     Engagement(EngagementFit),
     Affinity(AffinityFit),
+    Segments(SegmentsFit),
 }
 /// What a CLV fit is asked for.
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +211,8 @@ pub struct Scores {
     pub rfm: Option<(RfmScore, Rfm, RfmModel)>,
     pub channel_preference: Option<Preference>,
     pub send_time: Option<SendTime>,
+    /// The segment's id and name, and the distance to its centre.
+    pub segment: Option<(u32, String, f64)>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(kind: &str, json: &str) -> Result<T, StorageError> {
@@ -417,6 +431,10 @@ impl Scoring {
             ),
             None => (None, None),
         };
+        let segment = models.segments.and_then(|fit| {
+            let (s, distance) = fit.segmentation.assign(&segments::vector(&features, as_of))?;
+            Some((s.id, s.name.clone(), distance))
+        });
         Ok(Scores {
             profile,
             as_of,
@@ -425,6 +443,7 @@ impl Scoring {
             rfm,
             channel_preference,
             send_time,
+            segment,
         })
     }
 
@@ -437,6 +456,7 @@ impl Scoring {
                 RFM => models.rfm = Some(decode(&kind, &json)?),
                 ENGAGEMENT => models.engagement = Some(decode(&kind, &json)?),
                 AFFINITY => models.affinity = Some(decode(&kind, &json)?),
+                SEGMENTS => models.segments = Some(decode(&kind, &json)?),
                 _ => {}
             }
         }
@@ -452,8 +472,69 @@ impl Scoring {
             CLV => Fitted::Clv(decode(kind, &json)?),
             RFM => Fitted::Rfm(decode(kind, &json)?),
             AFFINITY => Fitted::Affinity(decode(kind, &json)?),
+            SEGMENTS => Fitted::Segments(decode(kind, &json)?),
             _ => Fitted::Engagement(decode(kind, &json)?),
         }))
+    }
+
+    /// Each profile's features as of `as_of`, from every fact of the workspace.
+    async fn every_profile(&self, ws: &WorkspaceId, as_of: DateTime<Utc>) -> Result<Vec<Features>, ScoringError> {
+        let facts = self.store.workspace_facts(ws, as_of, false).await?;
+        let mut profiles = Vec::new();
+        let mut i = 0;
+        while i < facts.len() {
+            let profile = facts[i].0;
+            let end = facts[i..]
+                .iter()
+                .position(|(p, _)| *p != profile)
+                .map_or(facts.len(), |n| i + n);
+            let dated: Vec<_> = facts[i..end].iter().map(|(_, d)| d.clone()).collect();
+            profiles.push(Features::compute(&dated, as_of));
+            i = end;
+        }
+        Ok(profiles)
+    }
+
+    /// Finds the workspace's needs-based segments among its profiles as of `as_of`,
+    /// keeping the ids of the previous fit's segments where the centres pair up.
+    pub async fn fit_segments(
+        &self,
+        ws: &WorkspaceId,
+        as_of: DateTime<Utc>,
+        k: Option<usize>,
+        restarts: usize,
+        mut progress: impl FnMut(&str, f64),
+    ) -> Result<SegmentsFit, ScoringError> {
+        progress("computing each profile's features", 0.0);
+        let vectors: Vec<Vec<f64>> = self
+            .every_profile(ws, as_of)
+            .await?
+            .iter()
+            .map(|f| segments::vector(f, as_of))
+            .collect();
+        let previous = self.models(ws).await?.segments.map(|f| f.segmentation);
+        progress(
+            match k {
+                Some(_) => "clustering",
+                None => "clustering for each k from 2, and choosing by silhouette",
+            },
+            0.3,
+        );
+        let segmentation =
+            tokio::task::spawn_blocking(move || segments::segment(&vectors, k, restarts, previous.as_ref()))
+                .await
+                .map_err(|e| StorageError::Internal(format!("the fit stopped: {e}")))?
+                .map_err(|e| ScoringError::Precondition(e.to_string()))?;
+        let fit = SegmentsFit {
+            segmentation,
+            as_of,
+            fitted_at: Utc::now(),
+        };
+        progress("saving the model", 0.9);
+        self.store
+            .save_model(ws, SEGMENTS, &encode(&fit)?, fit.fitted_at)
+            .await?;
+        Ok(fit)
     }
 
     /// Fits the workspace's co-purchase rules from the products of its orders up to
@@ -595,21 +676,11 @@ impl Scoring {
         as_of: DateTime<Utc>,
         mut progress: impl FnMut(&str, f64),
     ) -> Result<EngagementFit, ScoringError> {
-        progress("reading the profiles' events", 0.0);
-        let facts = self.store.workspace_facts(ws, as_of, false).await?;
-        progress("computing each profile's engagement", 0.4);
+        progress("computing each profile's engagement", 0.0);
+        let every = self.every_profile(ws, as_of).await?;
         let mut channels: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let mut hours = vec![0.0; 168];
-        let mut profiles = 0;
-        let mut i = 0;
-        while i < facts.len() {
-            let profile = facts[i].0;
-            let end = facts[i..]
-                .iter()
-                .position(|(p, _)| *p != profile)
-                .map_or(facts.len(), |n| i + n);
-            let dated: Vec<_> = facts[i..end].iter().map(|(_, d)| d.clone()).collect();
-            let features = Features::compute(&dated, as_of);
+        for features in &every {
             for (channel, e) in &features.channels {
                 channels
                     .entry(channel.clone())
@@ -619,9 +690,8 @@ impl Scoring {
             for (total, count) in hours.iter_mut().zip(&features.hour_of_week) {
                 *total += f64::from(*count);
             }
-            profiles += 1;
-            i = end;
         }
+        let profiles = every.len() as u64;
         let priors: BTreeMap<String, Prior> = channels
             .iter()
             .filter_map(|(channel, people)| Some((channel.clone(), engagement::fit_prior(people)?)))

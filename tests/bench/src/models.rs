@@ -3,7 +3,9 @@
 //! Gamma–Gamma on the CDNOW sample's summary (as of 1997-09-30, in weeks) against
 //! `lifetimes` 0.11.3 (`tests/reference/clv_fit_timing.py`); association rules on the
 //! Groceries baskets against mlxtend 0.25.0's `fpgrowth` + `association_rules`
-//! (`tests/reference/groceries_mlxtend.py`).
+//! (`tests/reference/groceries_mlxtend.py`); k-means on 1,000,000 points of 20 features
+//! against scikit-learn's `KMeans`, the same k and restarts, the inertia compared
+//! (`tests/reference/kmeans_sklearn.py`, which also writes the points).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use chrono::NaiveDate;
 use corvus_scoring::domain::affinity;
 use corvus_scoring::domain::clv::{BgNbd, Customer, GammaGamma};
 use corvus_scoring::domain::features::summary;
+use corvus_scoring::domain::kmeans::{self, Points};
 
 use crate::scenarios::Results;
 
@@ -105,8 +108,59 @@ fn groceries(results: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// k-means on the reference's points: k 8, 3 restarts, the median of three fits.
+fn kmeans_against_sklearn(results: &mut Results) -> anyhow::Result<()> {
+    let file = std::env::temp_dir().join(format!("corvus-bench-kmeans-{}.f64", std::process::id()));
+    let path = file.to_string_lossy().into_owned();
+    let theirs = reference("kmeans_sklearn.py", &[&path, "8", "3"]);
+    let line = match theirs {
+        Ok(r) => {
+            let bytes = std::fs::read(&file).context("read the k-means points")?;
+            let _ = std::fs::remove_file(&file);
+            let data: Vec<f64> = bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect();
+            let points = Points { data: &data, d: 20 };
+            let mut times = Vec::new();
+            let mut inertia = f64::INFINITY;
+            let mut iterations = Vec::new();
+            for seed in 0..3 {
+                let started = Instant::now();
+                let c = kmeans::kmeans(&points, 8, 3, seed);
+                times.push(started.elapsed().as_secs_f64());
+                inertia = inertia.min(c.inertia);
+                iterations.push(c.iterations);
+            }
+            times.sort_by(f64::total_cmp);
+            let ours = times[1];
+            let their_seconds = r["seconds"].as_f64().unwrap_or(f64::NAN);
+            let their_inertia = r["inertia"].as_f64().unwrap_or(f64::NAN);
+            format!(
+                "k-means on {} points × 20 (k 8, 3 restarts): {:.3} s against scikit-learn's {:.3} s in this run: \
+                 {:.1}× faster (target ≥ 3×); inertia {:.1} against {:.1}: {:.6}× (target ≤ 1.005×); iterations {:?} \
+                 against {}",
+                points.len(),
+                ours,
+                their_seconds,
+                their_seconds / ours,
+                inertia,
+                their_inertia,
+                inertia / their_inertia,
+                iterations,
+                r["iterations"]
+            )
+        }
+        Err(why) => format!("k-means: no reference: {why}"),
+    };
+    eprintln!("corvus-bench: {line}");
+    results.notes.push(line);
+    Ok(())
+}
+
 pub fn run(results: &mut Results) -> anyhow::Result<()> {
     groceries(results)?;
+    kmeans_against_sklearn(results)?;
     let customers = cdnow()?;
     let (bg_seconds, bg) = median_seconds(5, || BgNbd::fit(&customers));
     let (gg_seconds, gg) = median_seconds(5, || GammaGamma::fit(&customers));

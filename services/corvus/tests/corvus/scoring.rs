@@ -26,6 +26,7 @@ on_both_backends!(
     cdnow_through_the_api_equals_lifetimes,
     rfm_channel_preference_and_send_time,
     groceries_rules_through_the_api_equal_mlxtend,
+    needs_based_segments_through_the_api,
     bad_input_is_refused_with_its_field,
 );
 
@@ -790,5 +791,116 @@ async fn groceries_rules_through_the_api_equal_mlxtend(backend: Backend) {
         "{}",
         suggested[0].explanation
     );
+    app.stop().await;
+}
+
+/// Two kinds of people: 20 happy regulars (five orders each, NPS 9) and 20 unhappy
+/// one-time buyers (one order, NPS 2): two segments, chosen by silhouette, described by
+/// what sets them apart, each person in theirs; a refit keeps the ids.
+async fn needs_based_segments_through_the_api(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let mut events = Vec::new();
+    for i in 0..40u32 {
+        let user = format!("p-{i}");
+        let (orders, nps) = if i % 2 == 0 { (5, 9) } else { (1, 2) };
+        for o in 0..orders {
+            events.push(track(
+                &format!("o-{i}-{o}"),
+                ("user_id", &user),
+                "Order Completed",
+                at(1 + o, 10),
+                json!({"revenue": 40}),
+            ));
+        }
+        events.push(track(
+            &format!("s-{i}"),
+            ("user_id", &user),
+            "Survey Answered",
+            at(10, 10),
+            json!({"nps": nps}),
+        ));
+    }
+    send(&app, events).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut admin = scoring(&app, &app.admin_key).await;
+    let end = at(20, 0);
+    let model = fit(&mut admin, pb::ModelKind::Segments, end).await.unwrap();
+    assert_eq!(model.parameters["k"], 2.0, "{:?}", model.parameters);
+    assert!(model.parameters["silhouette"] > 0.5, "{:?}", model.parameters);
+
+    let mut client = scoring(&app, &app.read_key).await;
+    let listed = client
+        .list_segments(pb::ListSegmentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.profiles, 40);
+    assert_eq!(listed.segments.iter().map(|s| s.size).collect::<Vec<_>>(), vec![20, 20]);
+    let mut identity = app.identity(&app.admin_key).await;
+    let mut segment_of = async |user: &str| {
+        let profile = profile_of(&mut identity, "user_id", user).await;
+        scores(&mut client, &profile, Some(end)).await.unwrap().segment.unwrap()
+    };
+    let (regular, unhappy) = (segment_of("p-0").await, segment_of("p-1").await);
+    assert_ne!(regular.segment_id, unhappy.segment_id);
+    assert_eq!(segment_of("p-38").await.segment_id, regular.segment_id);
+    assert_eq!(segment_of("p-39").await.segment_id, unhappy.segment_id);
+    // Named from two of what sets them apart (equally far here): more orders, revenue,
+    // events, a higher NPS.
+    let apart = ["high_orders", "high_revenue", "high_events", "high_nps"];
+    assert_eq!(
+        apart.iter().filter(|a| regular.name.contains(*a)).count(),
+        2,
+        "{}",
+        regular.name
+    );
+    let mut client = scoring(&app, &app.read_key).await;
+    let described = client
+        .describe_segment(pb::DescribeSegmentRequest {
+            segment_id: unhappy.segment_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The unhappy answered NPS 2 against a workspace mean of 5.5, one sd below.
+    let nps = described.features.iter().find(|f| f.name == "nps").unwrap();
+    assert!(
+        (nps.segment_mean - 2.0).abs() < 1e-9 && (nps.workspace_mean - 5.5).abs() < 1e-9,
+        "{nps:?}"
+    );
+    assert!((nps.difference + 1.0).abs() < 1e-9, "{nps:?}");
+    assert!(described.segment.unwrap().description.contains("sd below"));
+    let err = client
+        .describe_segment(pb::DescribeSegmentRequest { segment_id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Refitted with k given: each segment keeps its id.
+    let mut request = pb::FitModelRequest {
+        kind: pb::ModelKind::Segments as i32,
+        as_of: Some(end),
+        k: 2,
+        ..pb::FitModelRequest::default()
+    };
+    let mut stream = admin.fit_model(request.clone()).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    let mut identity = app.identity(&app.admin_key).await;
+    let profile = profile_of(&mut identity, "user_id", "p-1").await;
+    assert_eq!(
+        scores(&mut client, &profile, Some(end))
+            .await
+            .unwrap()
+            .segment
+            .unwrap()
+            .segment_id,
+        unhappy.segment_id
+    );
+    request.k = 1;
+    let err = admin.fit_model(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     app.stop().await;
 }

@@ -5,6 +5,8 @@ pub mod clv;
 pub mod engagement;
 pub mod facts;
 pub mod features;
+pub mod kmeans;
 pub mod optimize;
 pub mod rfm;
+pub mod segments;
 pub mod special;
