@@ -78,6 +78,15 @@ impl Unit {
         }
     }
 
+    /// Units a month, as `lifetimes` counts them for a lifetime value.
+    pub fn per_month(self) -> f64 {
+        match self {
+            Self::Day => 30.0,
+            Self::Week => 4.345,
+            Self::Month => 1.0,
+        }
+    }
+
     /// A year in this unit: the default horizon.
     pub fn year(self) -> f64 {
         match self {
@@ -301,10 +310,9 @@ impl Scoring {
                 };
                 let change = match &change.change {
                     Some(profile_change::Change::Merged(m)) => Change::Merged {
-                        survivor: m
-                            .survivor_id
-                            .parse()
-                            .map_err(|_| fail("merged.survivor_id: not a profile id".to_owned()))?,
+                        survivor: m.survivor_id.parse().map_err(|_| {
+                            fail(format!("merged.survivor_id: {:?} is not a profile id", m.survivor_id))
+                        })?,
                         merged: ids(&m.merged_ids, "merged.merged_ids")?,
                     },
                     Some(profile_change::Change::Unmerged(u)) => Change::Unmerged {
@@ -312,10 +320,12 @@ impl Scoring {
                             .sides
                             .iter()
                             .map(|side| {
-                                let profile = side
-                                    .profile_id
-                                    .parse()
-                                    .map_err(|_| fail("unmerged.sides.profile_id: not a profile id".to_owned()))?;
+                                let profile = side.profile_id.parse().map_err(|_| {
+                                    fail(format!(
+                                        "unmerged.sides.profile_id: {:?} is not a profile id",
+                                        side.profile_id
+                                    ))
+                                })?;
                                 let events = side
                                     .event_ids
                                     .iter()
@@ -348,11 +358,11 @@ impl Scoring {
         let event_id: EventId = stored
             .event_id
             .parse()
-            .map_err(|_| fail("event_id: not an event id".to_owned()))?;
+            .map_err(|_| fail(format!("event_id: {:?} is not an event id", stored.event_id)))?;
         let profile: ProfileId = stored
             .profile_id
             .parse()
-            .map_err(|_| fail("profile_id: not a profile id".to_owned()))?;
+            .map_err(|_| fail(format!("profile_id: {:?} is not a profile id", stored.profile_id)))?;
         let Some(event) = &stored.event else {
             return Err(fail("event: missing".to_owned()));
         };
@@ -415,6 +425,14 @@ impl Scoring {
         }
         let features = Features::compute(&facts, as_of);
         let models = self.models(ws).await?;
+        if let (Some(h), Some(model)) = (horizon, &models.clv)
+            && h > 100.0 * model.unit.year()
+        {
+            return Err(ScoringError::Invalid {
+                field: "horizon",
+                reason: format!("{h} {}s is more than a century", model.unit.as_str()),
+            });
+        }
         let lifetime_value = models.clv.and_then(|model| {
             let customer = summary(&features.purchase_days, as_of.date_naive(), model.unit.days())?;
             let horizon = horizon.unwrap_or(model.unit.year());
@@ -575,7 +593,8 @@ impl Scoring {
             move || affinity::rules(&baskets, min_support, min_confidence)
         })
         .await
-        .map_err(|e| StorageError::Internal(format!("the fit stopped: {e}")))?;
+        .map_err(|e| StorageError::Internal(format!("the fit stopped: {e}")))?
+        .map_err(|e| ScoringError::Precondition(e.to_string()))?;
         let fit = AffinityFit {
             rules: found,
             orders: baskets.len() as u64,
@@ -795,7 +814,7 @@ pub fn predict(model: &ClvModel, customer: Customer, horizon: f64) -> Prediction
             &customer,
             model.clv_months,
             model.discount_rate,
-            model.unit.days(),
+            model.unit.per_month(),
         ),
         customer,
     }

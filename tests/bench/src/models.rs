@@ -82,6 +82,7 @@ fn groceries(results: &mut Results) -> anyhow::Result<()> {
         .map(|l| l.split(',').map(str::to_owned).collect())
         .collect();
     let (seconds, rules) = median_seconds(5, || affinity::rules(&baskets, 0.006, 0.25));
+    let rules = rules?;
     let path = path.to_string_lossy().into_owned();
     let line = match reference("groceries_mlxtend.py", &[&path, "--time", "5"]) {
         Ok(r) => {

@@ -34,12 +34,24 @@ impl Bits {
     }
 }
 
+/// The most frequent itemsets a fit holds: a support so low that every subset of a
+/// large basket is frequent would otherwise take all the memory there is.
+pub const MAX_ITEMSETS: usize = 2_000_000;
+
+/// Too many itemsets are frequent at the support asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("more than {MAX_ITEMSETS} itemsets are in at least {min_support} of the {baskets} orders; raise min_support")]
+pub struct TooMany {
+    pub min_support: String,
+    pub baskets: usize,
+}
+
 /// The rules of `baskets` (each a set of item names) at `min_support` and
 /// `min_confidence`, by lift, highest first.
-pub fn rules(baskets: &[BTreeSet<String>], min_support: f64, min_confidence: f64) -> Vec<Rule> {
+pub fn rules(baskets: &[BTreeSet<String>], min_support: f64, min_confidence: f64) -> Result<Vec<Rule>, TooMany> {
     let n = baskets.len();
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let words = n.div_ceil(64);
     // Items by name; a bitset of baskets per item.
@@ -105,6 +117,12 @@ pub fn rules(baskets: &[BTreeSet<String>], min_support: f64, min_confidence: f64
         for (set, bits) in &next {
             counts.insert(set.clone(), bits.count());
         }
+        if counts.len() > MAX_ITEMSETS {
+            return Err(TooMany {
+                min_support: min_support.to_string(),
+                baskets: n,
+            });
+        }
         level = next;
     }
     // Rules with one item on the right.
@@ -137,7 +155,7 @@ pub fn rules(baskets: &[BTreeSet<String>], min_support: f64, min_confidence: f64
             .then_with(|| a.consequent.cmp(&b.consequent))
             .then_with(|| a.antecedents.cmp(&b.antecedents))
     });
-    found
+    Ok(found)
 }
 
 /// A product to suggest, and the rule that suggests it.
@@ -196,7 +214,7 @@ mod tests {
             basket(&["beer", "crisps"]),
             basket(&["beer", "crisps", "bread"]),
         ];
-        let rules = rules(&baskets, 0.4, 0.6);
+        let rules = rules(&baskets, 0.4, 0.6).unwrap();
         // Frequent (≥ 2 of 5): bread 4, butter 2, milk 2, beer 2, crisps 2;
         // bread+butter 2, bread+milk 2, beer+crisps 2.
         let beer = rules.iter().find(|r| r.antecedents == ["beer"]).unwrap();

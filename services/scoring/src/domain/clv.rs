@@ -372,29 +372,18 @@ fn fitted<M>(
     })
 }
 
-/// Time units per month, as `lifetimes` counts them for a lifetime value.
-pub fn units_per_month(unit_days: f64) -> f64 {
-    if unit_days == 1.0 {
-        30.0
-    } else if unit_days == 7.0 {
-        4.345
-    } else {
-        30.0 / unit_days
-    }
-}
-
 /// The lifetime value over `months`, each month's expected purchases times the
 /// expected spend, discounted at `monthly_discount` a month, as `lifetimes`'
-/// `customer_lifetime_value` computes it.
+/// `customer_lifetime_value` computes it; `factor` is the model's time units a month
+/// (30 days, 4.345 weeks, 1 month, as `lifetimes` counts them).
 pub fn lifetime_value(
     bg: &BgNbd,
     gg: &GammaGamma,
     c: &Customer,
     months: u32,
     monthly_discount: f64,
-    unit_days: f64,
+    factor: f64,
 ) -> f64 {
-    let factor = units_per_month(unit_days);
     let spend = gg.expected_spend(c);
     (1..=months)
         .map(|month| {

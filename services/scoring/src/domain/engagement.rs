@@ -57,17 +57,17 @@ pub fn fit_prior(people: &[(f64, f64)]) -> Option<Prior> {
             beta: (1.0 - mean) * FALLBACK_STRENGTH,
         });
     }
-    // The spread of people's rates beyond what binomial noise alone gives: weighted
-    // variance of k/n around the mean, against the mean binomial variance.
+    // Under the beta-binomial the message-weighted variance of people's rates around
+    // the mean is μ(1 − μ)[1/n̄ + ρ(1 − 1/n̄)], with ρ = 1 / (α + β + 1) and n̄ the mean
+    // messages a person: solved for ρ.
     let m = people.len() as f64;
     let variance = people.iter().map(|(n, k)| n * (k / n - mean).powi(2)).sum::<f64>() / total;
     let mean_n = total / m;
-    let binomial = mean * (1.0 - mean) / mean_n;
-    let strength = if variance > binomial {
-        // var(p) = mean (1 − mean) / (α + β + 1)
-        let spread = variance - binomial;
-        (mean * (1.0 - mean) / spread - 1.0).max(0.1)
+    let rho = (variance / (mean * (1.0 - mean)) - 1.0 / mean_n) / (1.0 - 1.0 / mean_n);
+    let strength = if mean_n > 1.0 && rho > 0.0 && rho < 1.0 {
+        (1.0 / rho - 1.0).max(0.1)
     } else {
+        // One message a person tells nothing of the spread; none beyond chance, either.
         FALLBACK_STRENGTH
     };
     Some(Prior {
@@ -199,9 +199,9 @@ mod tests {
         let people: Vec<(f64, f64)> = (0..100).map(|i| (10.0, if i % 2 == 0 { 1.0 } else { 5.0 })).collect();
         let prior = fit_prior(&people).unwrap();
         assert!((prior.alpha / (prior.alpha + prior.beta) - 0.3).abs() < 1e-12);
-        // var(p) = 0.04, binomial part 0.021: α + β = 0.21 / 0.019 − 1 ≈ 10.05.
+        // S = 0.04 = 0.21 (1/10 + ρ 0.9): ρ = 0.100529…, α + β = 1/ρ − 1 = 8.947368….
         assert!(
-            (prior.alpha + prior.beta - 10.052_631_578_947_368).abs() < 1e-9,
+            (prior.alpha + prior.beta - 8.947_368_421_052_63).abs() < 1e-9,
             "{prior:?}"
         );
     }

@@ -106,7 +106,7 @@ fn over_chunks<T: Send, R: Send>(
         let mut handles = Vec::new();
         let mut rest = out;
         for c in 0..chunks {
-            let range = c * size..((c + 1) * size).min(n);
+            let range = (c * size).min(n)..((c + 1) * size).min(n);
             let (mine, others) = rest.split_at_mut((range.end - range.start) * per);
             rest = others;
             let work = &work;
@@ -119,61 +119,81 @@ fn over_chunks<T: Send, R: Send>(
     })
 }
 
-/// Greedy k-means++ seeding. Each step measures every candidate in one pass over the
-/// points (the points, not the candidates, in the outer loop: the data is read once a
-/// step, which is what a large data set costs).
-fn seed(points: &Points<'_>, k: usize, rng: &mut Rng) -> Vec<f64> {
-    let (n, d) = (points.len(), points.d);
+/// Greedy k-means++ seeding of every restart at once. A step measures every restart's
+/// candidates in one pass over the points (points in the outer loop: on a large data set
+/// reading the points is what a pass costs, so the restarts share it), keeping each
+/// point's distance under each candidate (as f32: it only weighs the next draw) until
+/// the best candidate of each restart is known.
+fn seed_all(points: &Points<'_>, k: usize, rngs: &mut [Rng]) -> Vec<Vec<f64>> {
+    let (n, d, runs) = (points.len(), points.d, rngs.len());
     let trials = 2 + (k as f64).ln() as usize;
-    let mut centres = Vec::with_capacity(k * d);
-    let first = (rng.next_u64() % n as u64) as usize;
-    centres.extend_from_slice(points.row(first));
-    let mut closest = vec![0.0; n];
-    let potentials = over_chunks(n, &mut closest, 1, |range, out| {
-        let mut sum = 0.0;
-        for (i, o) in range.zip(out.iter_mut()) {
-            *o = squared(points.row(i), &centres[..d]);
-            sum += *o;
+    let mut centres: Vec<Vec<f64>> = rngs
+        .iter_mut()
+        .map(|rng| {
+            let first = (rng.next_u64() % n as u64) as usize;
+            let mut c = Vec::with_capacity(k * d);
+            c.extend_from_slice(points.row(first));
+            c
+        })
+        .collect();
+    // closest[i * runs + r]: point i's squared distance to restart r's nearest centre.
+    let mut closest = vec![0.0f64; n * runs];
+    let firsts: Vec<&[f64]> = centres.iter().map(|c| &c[..d]).collect();
+    let partial = over_chunks(n, &mut closest, runs, |range, out| {
+        let mut sums = vec![0.0; runs];
+        for (i, row) in range.zip(out.chunks_exact_mut(runs)) {
+            let x = points.row(i);
+            for r in 0..runs {
+                row[r] = squared(x, firsts[r]);
+                sums[r] += row[r];
+            }
         }
-        sum
+        sums
     });
-    let mut potential: f64 = potentials.iter().sum();
+    let mut potential: Vec<f64> = (0..runs).map(|r| partial.iter().map(|p| p[r]).sum()).collect();
     let mut cumulative = vec![0.0; n];
-    let mut measured = vec![0.0; n * trials];
+    let mut measured = vec![0.0f32; n * runs * trials];
     for _ in 1..k {
-        let mut acc = 0.0;
-        for (c, v) in cumulative.iter_mut().zip(&closest) {
-            acc += v;
-            *c = acc;
+        let mut candidates: Vec<Vec<f64>> = Vec::with_capacity(runs * trials);
+        for r in 0..runs {
+            let mut acc = 0.0;
+            for (i, c) in cumulative.iter_mut().enumerate() {
+                acc += closest[i * runs + r];
+                *c = acc;
+            }
+            for _ in 0..trials {
+                let target = rngs[r].uniform() * potential[r];
+                let chosen = cumulative.partition_point(|c| *c <= target).min(n - 1);
+                candidates.push(points.row(chosen).to_vec());
+            }
         }
-        let candidates: Vec<Vec<f64>> = (0..trials)
-            .map(|_| {
-                let target = rng.uniform() * potential;
-                points
-                    .row(cumulative.partition_point(|c| *c <= target).min(n - 1))
-                    .to_vec()
-            })
-            .collect();
         // Each candidate's potential, were it added, and each point's distance under it.
-        let sums: Vec<Vec<f64>> = over_chunks(n, &mut measured, trials, |range, out| {
-            let mut sums = vec![0.0; trials];
-            for (i, row) in range.zip(out.chunks_exact_mut(trials)) {
+        let closest_now = &closest;
+        let sums: Vec<Vec<f64>> = over_chunks(n, &mut measured, runs * trials, |range, out| {
+            let mut sums = vec![0.0; runs * trials];
+            for (i, row) in range.zip(out.chunks_exact_mut(runs * trials)) {
                 let x = points.row(i);
-                for (t, centre) in candidates.iter().enumerate() {
-                    row[t] = closest[i].min(squared(x, centre));
-                    sums[t] += row[t];
+                for r in 0..runs {
+                    let before = closest_now[i * runs + r];
+                    for t in 0..trials {
+                        let m = before.min(squared(x, &candidates[r * trials + t]));
+                        row[r * trials + t] = m as f32;
+                        sums[r * trials + t] += m;
+                    }
                 }
             }
             sums
         });
-        let (best, best_potential) = (0..trials)
-            .map(|t| (t, sums.iter().map(|s| s[t]).sum::<f64>()))
-            .fold((0, f64::INFINITY), |b, c| if c.1 < b.1 { c } else { b });
-        for (c, row) in closest.iter_mut().zip(measured.chunks_exact(trials)) {
-            *c = row[best];
+        for r in 0..runs {
+            let (best, best_potential) = (0..trials)
+                .map(|t| (t, sums.iter().map(|s| s[r * trials + t]).sum::<f64>()))
+                .fold((0, f64::INFINITY), |b, c| if c.1 < b.1 { c } else { b });
+            for (i, row) in measured.chunks_exact(runs * trials).enumerate() {
+                closest[i * runs + r] = f64::from(row[r * trials + best]);
+            }
+            potential[r] = best_potential;
+            centres[r].extend_from_slice(&candidates[r * trials + best]);
         }
-        potential = best_potential;
-        centres.extend_from_slice(&candidates[best]);
     }
     centres
 }
@@ -366,10 +386,11 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
 pub fn kmeans(points: &Points<'_>, k: usize, restarts: usize, seed_value: u64) -> Clustering {
     assert!(k >= 1 && points.len() >= k, "k-means needs at least k points");
     let tolerance = TOLERANCE * mean_variance(points);
-    let mut rng = Rng::new(seed_value);
+    let mut rngs: Vec<Rng> = (0..restarts.max(1) as u64)
+        .map(|r| Rng::new(seed_value.wrapping_add(r.wrapping_mul(0x9E37_79B9))))
+        .collect();
     let mut best: Option<Clustering> = None;
-    for _ in 0..restarts.max(1) {
-        let centres = seed(points, k, &mut rng);
+    for centres in seed_all(points, k, &mut rngs) {
         let run = lloyd(points, k, centres, tolerance);
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);

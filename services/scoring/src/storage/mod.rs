@@ -3,6 +3,7 @@
 //! SQL runs unchanged on both; `scoring_store!` expands it per backend) and held to one
 //! conformance suite (`tests/scoring/store.rs`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -184,8 +185,49 @@ fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::Internal(format!("{what}: {err}"))
 }
 
+/// The profile an id stands for now: up the chain of merges (each alias row names the
+/// profile an id was merged into; an unmerge removes one link).
+const SURVIVOR: &str = "WITH RECURSIVE chain(id, depth) AS ( \
+        SELECT $2, 0 \
+        UNION ALL \
+        SELECT a.survivor_id, c.depth + 1 FROM aliases a JOIN chain c \
+            ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) \
+     SELECT id FROM chain ORDER BY depth DESC LIMIT 1";
+
+/// A profile's facts and those of every id merged into it, in time order.
+const FACTS_OF_FAMILY: &str = "WITH RECURSIVE family(id, depth) AS ( \
+        SELECT $2, 0 \
+        UNION ALL \
+        SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
+            ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) \
+     SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
+     ORDER BY at, event_id";
+
+/// The profile an id stands for, by the workspace's aliases.
+fn root_of(aliases: &HashMap<ProfileId, ProfileId>, mut id: ProfileId) -> ProfileId {
+    for _ in 0..64 {
+        match aliases.get(&id) {
+            Some(next) => id = *next,
+            None => break,
+        }
+    }
+    id
+}
+
 macro_rules! scoring_store {
     ($Store:ident) => {
+        impl $Store {
+            /// The workspace's aliases: merged id → the profile it was merged into.
+            async fn roots(&self, ws: &WorkspaceId) -> Result<HashMap<ProfileId, ProfileId>, StorageError> {
+                let rows: Vec<(ProfileId, ProfileId)> =
+                    sqlx::query_as("SELECT profile_id, survivor_id FROM aliases WHERE workspace_id = $1")
+                        .bind(ws)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().collect())
+            }
+        }
+
         #[async_trait]
         impl ScoringStore for $Store {
             async fn ping(&self) -> Result<(), StorageError> {
@@ -224,14 +266,6 @@ macro_rules! scoring_store {
                                     .bind(*survivor)
                                     .execute(&mut *tx)
                                     .await?;
-                                sqlx::query(
-                                    "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
-                                )
-                                .bind(ws)
-                                .bind(*id)
-                                .bind(*survivor)
-                                .execute(&mut *tx)
-                                .await?;
                                 sqlx::query(
                                     "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
                                      ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
@@ -292,19 +326,11 @@ macro_rules! scoring_store {
             }
 
             async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError> {
-                let survivor: Option<ProfileId> =
-                    sqlx::query_scalar("SELECT survivor_id FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
-                        .bind(ws)
-                        .bind(profile)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                Ok(survivor.unwrap_or(profile))
+                Ok(sqlx::query_scalar(SURVIVOR).bind(ws).bind(profile).fetch_one(&self.pool).await?)
             }
 
             async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError> {
-                let rows: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id = $2 ORDER BY at, event_id",
-                )
+                let rows: Vec<(i64, String)> = sqlx::query_as(FACTS_OF_FAMILY)
                 .bind(ws)
                 .bind(profile)
                 .fetch_all(&self.pool)
@@ -327,9 +353,15 @@ macro_rules! scoring_store {
                 .bind(purchases_only)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.into_iter()
-                    .map(|(profile, at, fact)| Ok((profile, dated(at, &fact)?)))
-                    .collect()
+                let roots = self.roots(ws).await?;
+                let mut facts = rows
+                    .into_iter()
+                    .map(|(profile, at, fact)| Ok((root_of(&roots, profile), dated(at, &fact)?)))
+                    .collect::<Result<Vec<_>, StorageError>>()?;
+                // Facts under an id merged away (rare: an event replayed after the merge)
+                // join their survivor's.
+                facts.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.at.cmp(&y.at)));
+                Ok(facts)
             }
 
             async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError> {
@@ -341,10 +373,11 @@ macro_rules! scoring_store {
                 .bind(micros(until))
                 .fetch_all(&self.pool)
                 .await?;
+                let roots = self.roots(ws).await?;
                 Ok(rows
                     .into_iter()
                     .map(|(profile, at, revenue)| Purchase {
-                        profile,
+                        profile: root_of(&roots, profile),
                         at: time(at),
                         revenue,
                     })

@@ -107,6 +107,57 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
     assert_eq!(store.facts(&ws, b).await.unwrap().len(), 3);
     assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
 
+    // A chain undone in the middle: x into y, y into z, then y's merge into z undone:
+    // x is y's again, not z's.
+    let (x, y, z) = (ProfileId::new(), ProfileId::new(), ProfileId::new());
+    let late = EventId::new();
+    store
+        .apply(&[
+            (
+                ws.clone(),
+                Change::Merged {
+                    survivor: y,
+                    merged: vec![x],
+                },
+            ),
+            (
+                ws.clone(),
+                Change::Merged {
+                    survivor: z,
+                    merged: vec![y],
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.survivor(&ws, x).await.unwrap(), z);
+    // An event that reaches scoring under an id merged away (a replay) counts for the
+    // survivor.
+    store.apply(&[(ws.clone(), fact(late, x, 9, Some(1.0)))]).await.unwrap();
+    assert_eq!(store.facts(&ws, z).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .purchases(&ws, day(9))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|p| p.profile == z)
+            .count(),
+        1
+    );
+    store
+        .apply(&[(
+            ws.clone(),
+            Change::Unmerged {
+                sides: vec![(z, vec![]), (y, vec![late])],
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.survivor(&ws, x).await.unwrap(), y);
+    assert_eq!(store.survivor(&ws, y).await.unwrap(), y);
+    assert_eq!(store.facts(&ws, y).await.unwrap().len(), 1);
+
     // Erased: the answer counts what went; nothing is left, in another workspace
     // nothing was touched.
     let other: WorkspaceId = "globex".parse().unwrap();
