@@ -42,6 +42,8 @@ pub struct Clustering {
 }
 
 const MAX_ITERATIONS: u32 = 300;
+/// Points the seeds are drawn among, at most.
+pub const SEEDING_SAMPLE: usize = 100_000;
 const TOLERANCE: f64 = 1e-4;
 
 /// The squared distance, summed in four independent lanes so that the compiler can
@@ -233,18 +235,73 @@ struct Bound {
     lower: f64,
 }
 
-/// The nearest centre to `x`, its squared distance and the second nearest's.
-fn nearest(x: &[f64], centres: &[f64], k: usize, d: usize) -> (usize, f64, f64) {
-    let (mut best, mut first, mut second) = (0, f64::INFINITY, f64::INFINITY);
-    for c in 0..k {
-        let dist = squared(x, &centres[c * d..(c + 1) * d]);
-        if dist < first {
-            (second, first, best) = (first, dist, c);
-        } else if dist < second {
-            second = dist;
+/// x · y, summed in four lanes as `squared` is.
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            lanes[l] += x[l] * y[l];
         }
     }
-    (best, first, second)
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]) + tail
+}
+
+/// The most centres k-means takes: their dot products with a point are accumulated
+/// side by side in a fixed array (`Centres::nearest`).
+pub const WIDE: usize = 32;
+
+/// The centres feature by feature (`columns[j * k + c]`) with their squared norms, for
+/// `nearest`.
+struct Centres {
+    columns: Vec<f64>,
+    norms: Vec<f64>,
+    k: usize,
+    d: usize,
+}
+
+impl Centres {
+    fn new(rows: &[f64], k: usize, d: usize) -> Self {
+        let norms = (0..k)
+            .map(|c| dot(&rows[c * d..(c + 1) * d], &rows[c * d..(c + 1) * d]))
+            .collect();
+        let mut columns = vec![0.0; k * d];
+        for c in 0..k {
+            for j in 0..d {
+                columns[j * k + c] = rows[c * d + j];
+            }
+        }
+        Self { columns, norms, k, d }
+    }
+
+    /// The nearest centre to `x`, its squared distance and the second nearest's, as
+    /// |x|² + |c|² − 2 x·c, the dot products of every centre accumulated side by side
+    /// (feature by feature, each feature's value multiplied into all the centres' at
+    /// once: independent sums the compiler keeps in vector registers).
+    fn nearest(&self, x: &[f64]) -> (usize, f64, f64) {
+        let (k, d) = (self.k, self.d);
+        let xx = dot(x, x);
+        let mut products = [0.0; WIDE];
+        for (j, xj) in x.iter().enumerate().take(d) {
+            let column = &self.columns[j * k..(j + 1) * k];
+            for (p, v) in products[..k].iter_mut().zip(column) {
+                *p += xj * v;
+            }
+        }
+        let (mut best, mut first, mut second) = (0, f64::INFINITY, f64::INFINITY);
+        for (c, (norm, product)) in self.norms.iter().zip(&products[..k]).enumerate() {
+            let dist = (xx + norm - 2.0 * product).max(0.0);
+            if dist < first {
+                (second, first, best) = (first, dist, c);
+            } else if dist < second {
+                second = dist;
+            }
+        }
+        (best, first, second)
+    }
 }
 
 /// What a pass moved: per centre, the sum of the points that joined less those that
@@ -261,6 +318,7 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
     let (n, d) = (points.len(), points.d);
     let mut bounds = vec![Bound::default(); n];
     // The first assignment measures everything.
+    let table = Centres::new(&centres, k, d);
     let first = over_chunks(n, &mut bounds, 1, |range, out| {
         let mut moves = Moves {
             sums: vec![0.0; k * d],
@@ -268,7 +326,7 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
         };
         for (i, b) in range.zip(out.iter_mut()) {
             let x = points.row(i);
-            let (best, first, second) = nearest(x, &centres, k, d);
+            let (best, first, second) = table.nearest(x);
             *b = Bound {
                 label: best as u32,
                 upper: first.sqrt(),
@@ -309,9 +367,9 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
             shift += s;
             moved[c] = s.sqrt();
         }
-        if shift <= tolerance || iterations >= MAX_ITERATIONS {
-            break;
-        }
+        // Converged or not, the points are assigned to these centres once more: the
+        // bounds spare most of the work, and the labels then match the centres.
+        let converged = shift <= tolerance || iterations >= MAX_ITERATIONS;
         // Half the distance from each centre to the nearest other.
         let mut half = vec![f64::INFINITY; k];
         for a in 0..k {
@@ -324,6 +382,7 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
         }
         let most = moved.iter().cloned().fold(0.0, f64::max);
         let centres_now = &centres;
+        let table = Centres::new(&centres, k, d);
         let moves = over_chunks(n, &mut bounds, 1, |range, out| {
             let mut moves = Moves {
                 sums: vec![0.0; k * d],
@@ -342,7 +401,7 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
                 if b.upper <= limit {
                     continue;
                 }
-                let (best, first, second) = nearest(x, centres_now, k, d);
+                let (best, first, second) = table.nearest(x);
                 *b = Bound {
                     label: best as u32,
                     upper: first.sqrt(),
@@ -360,17 +419,17 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
             moves
         });
         merge(&mut sums, &mut counts, &moves);
-    }
-    // The final assignment and inertia, measured exactly against the final centres.
-    let mut labels = vec![0u32; n];
-    let inertias = over_chunks(n, &mut labels, 1, |range, out| {
-        let mut inertia = 0.0;
-        for (i, l) in range.zip(out.iter_mut()) {
-            let (best, first, _) = nearest(points.row(i), &centres, k, d);
-            *l = best as u32;
-            inertia += first;
+        if converged {
+            break;
         }
-        inertia
+    }
+    // The inertia, measured exactly: each point against its centre.
+    let mut labels: Vec<u32> = bounds.iter().map(|b| b.label).collect();
+    let inertias = over_chunks(n, &mut labels, 1, |range, out| {
+        range
+            .zip(out.iter())
+            .map(|(i, l)| squared(points.row(i), &centres[*l as usize * d..(*l as usize + 1) * d]))
+            .sum::<f64>()
     });
     Clustering {
         centres,
@@ -384,13 +443,31 @@ fn lloyd(points: &Points<'_>, k: usize, mut centres: Vec<f64>, tolerance: f64) -
 
 /// k-means with `restarts` seeds from `seed`; the clustering of lowest inertia.
 pub fn kmeans(points: &Points<'_>, k: usize, restarts: usize, seed_value: u64) -> Clustering {
-    assert!(k >= 1 && points.len() >= k, "k-means needs at least k points");
+    assert!(
+        (1..=WIDE).contains(&k) && points.len() >= k,
+        "k-means takes 1 to {WIDE} centres and at least k points"
+    );
     let tolerance = TOLERANCE * mean_variance(points);
     let mut rngs: Vec<Rng> = (0..restarts.max(1) as u64)
         .map(|r| Rng::new(seed_value.wrapping_add(r.wrapping_mul(0x9E37_79B9))))
         .collect();
     let mut best: Option<Clustering> = None;
-    for centres in seed_all(points, k, &mut rngs) {
+    // Seeds are drawn from a seeded sample of the points: k-means++ needs the spread of
+    // the data, not every point of it, and Lloyd's iterations then run on all.
+    let sample: Vec<f64>;
+    let seeding = if points.len() > SEEDING_SAMPLE {
+        let mut draw = Rng::new(seed_value ^ 0x5A17_5EED);
+        sample = (0..SEEDING_SAMPLE)
+            .flat_map(|_| points.row((draw.next_u64() % points.len() as u64) as usize).to_vec())
+            .collect();
+        Points {
+            data: &sample,
+            d: points.d,
+        }
+    } else {
+        points.clone()
+    };
+    for centres in seed_all(&seeding, k, &mut rngs) {
         let run = lloyd(points, k, centres, tolerance);
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
