@@ -22,9 +22,8 @@ use crate::domain::engagement::{self, Preference, SendTime};
 use crate::domain::features::{Answers, Features};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::domain::segments::{self, Segment};
-use crate::service::{
-    AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, SEGMENTS, Scoring, ScoringError, SegmentsFit, Unit,
-};
+use crate::models::{AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, SEGMENTS, SegmentsFit, Unit};
+use crate::service::{Scoring, ScoringError};
 
 pub struct ScoringApi {
     pub scoring: Scoring,

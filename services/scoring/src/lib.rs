@@ -4,6 +4,7 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod models;
 pub mod service;
 pub mod storage;
 

@@ -10,5 +10,6 @@ mod http;
 mod identity;
 mod platform;
 mod scoring;
+mod scoring_models;
 mod sdk;
 mod support;
