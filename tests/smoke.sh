@@ -70,9 +70,21 @@ grep -q '"revenue": 42' <<<"$scores" || fail "GetScores said: $scores"
 fit=$("$bin" models fit clv --endpoint "http://$grpc" --key "$key" 2>&1 || true)
 grep -q 'needs at least 20 customers; the data holds 1' <<<"$fit" || fail "corvus models fit said: $fit"
 
+# An audience of buyers in the last 30 days takes the profile in.
+grpcurl -plaintext -H "authorization: Bearer $key" -d '{"audience": {"name": "buyers",
+  "definition": {"event": {"filter": {"events": ["Order Completed"]}, "within": "2592000s"}}}}' \
+  "$grpc" corvus.scoring.v1.ScoringService/CreateAudience >/dev/null
+for _ in $(seq 100); do
+  members=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{"name": "buyers"}' "$grpc" \
+    corvus.scoring.v1.ScoringService/ListAudienceMembers 2>/dev/null || true)
+  grep -q "$profile_id" <<<"$members" && break
+  sleep 0.1
+done
+grep -q "$profile_id" <<<"$members" || fail "ListAudienceMembers said: $members"
+
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences, auth, graceful stop)"

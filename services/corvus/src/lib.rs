@@ -269,6 +269,9 @@ impl App {
             checks.push(identity.readiness());
         }
         if let Some(scoring) = &self.scoring {
+            workers.push(
+                scoring.spawn_audience_upkeep(self.config.scoring.audience_upkeep_interval, workers_stop.clone()),
+            );
             routes.add_service(scoring.grpc_service());
             if self.identity.is_none() {
                 routes.add_service(scoring.log_consumer());

@@ -16,6 +16,10 @@ pub struct ScoringConfig {
     pub workspaces: BTreeMap<String, WorkspaceScoring>,
     /// Entries of identity's log scoring takes at a time.
     pub batch_size: u32,
+    /// How often audiences' standings that come due with time (a window closing) are
+    /// looked at again, and new audiences built.
+    #[serde(with = "humantime_serde")]
+    pub audience_upkeep_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -30,6 +34,7 @@ impl Default for ScoringConfig {
             purchase_events: vec!["Order Completed".to_owned()],
             workspaces: BTreeMap::new(),
             batch_size: 1000,
+            audience_upkeep_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -43,6 +48,11 @@ impl ScoringConfig {
         anyhow::ensure!(
             self.purchase_events.iter().all(|e| !e.trim().is_empty()),
             "scoring.purchase_events: an event name is empty"
+        );
+        anyhow::ensure!(
+            (std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(3600))
+                .contains(&self.audience_upkeep_interval),
+            "scoring.audience_upkeep_interval must be between 10ms and 1h"
         );
         for (ws, settings) in &self.workspaces {
             ws.parse::<WorkspaceId>()

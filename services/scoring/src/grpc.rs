@@ -25,6 +25,8 @@ use crate::domain::segments::{self, Segment};
 use crate::models::{AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, SEGMENTS, SegmentsFit, Unit};
 use crate::service::{Scoring, ScoringError};
 
+mod audiences;
+
 pub struct ScoringApi {
     pub scoring: Scoring,
 }
@@ -45,6 +47,7 @@ impl From<ScoringError> for Status {
         match err {
             ScoringError::Invalid { field, reason } => invalid_argument(field, reason),
             ScoringError::NotFound(message) => Status::not_found(message),
+            ScoringError::AlreadyExists(message) => Status::already_exists(message),
             ScoringError::Precondition(message) => Status::failed_precondition(message),
             ScoringError::Storage(e) => storage_status(e),
         }
@@ -411,11 +414,24 @@ impl ScoringService for ScoringApi {
                 ));
             }
         };
-        let scores = self
+        let ws = &principal.workspace;
+        let scores = self.scoring.scores(ws, profile, as_of, horizon).await?;
+        let computed_traits = self
             .scoring
-            .scores(&principal.workspace, profile, as_of, horizon)
-            .await?;
+            .trait_values(ws, scores.profile, as_of)
+            .await?
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, corvus_proto::json::json_to_value(&value?))))
+            .collect();
+        let audiences = self
+            .scoring
+            .store
+            .memberships(ws, scores.profile)
+            .await
+            .map_err(storage_status)?;
         Ok(Response::new(pb::GetScoresResponse {
+            computed_traits,
+            audiences,
             profile_id: scores.profile.to_string(),
             as_of: Some(timestamp(scores.as_of)),
             features: Some(features_message(&scores.features, scores.as_of)),
@@ -610,6 +626,155 @@ impl ScoringService for ScoringApi {
             segment: Some(summary_message(segment, s.profiles)),
             features,
         }))
+    }
+
+    async fn create_computed_trait(
+        &self,
+        request: Request<pb::CreateComputedTraitRequest>,
+    ) -> Result<Response<pb::CreateComputedTraitResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "define a computed trait")?;
+        let definition = audiences::trait_from(request.get_ref().computed_trait.as_ref())?;
+        let created_at = self
+            .scoring
+            .create_trait(&principal.workspace, definition.clone())
+            .await?;
+        Ok(Response::new(pb::CreateComputedTraitResponse {
+            computed_trait: Some(audiences::trait_message(&definition, created_at)),
+        }))
+    }
+
+    async fn list_computed_traits(
+        &self,
+        request: Request<pb::ListComputedTraitsRequest>,
+    ) -> Result<Response<pb::ListComputedTraitsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read computed traits")?;
+        let traits = self.scoring.computed_traits(&principal.workspace).await?;
+        Ok(Response::new(pb::ListComputedTraitsResponse {
+            computed_traits: traits.iter().map(|(t, at)| audiences::trait_message(t, *at)).collect(),
+        }))
+    }
+
+    async fn delete_computed_trait(
+        &self,
+        request: Request<pb::DeleteComputedTraitRequest>,
+    ) -> Result<Response<pb::DeleteComputedTraitResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "delete a computed trait")?;
+        self.scoring
+            .delete_trait(&principal.workspace, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(pb::DeleteComputedTraitResponse {}))
+    }
+
+    async fn create_audience(
+        &self,
+        request: Request<pb::CreateAudienceRequest>,
+    ) -> Result<Response<pb::CreateAudienceResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "define an audience")?;
+        let audience = request
+            .get_ref()
+            .audience
+            .as_ref()
+            .ok_or_else(|| invalid_argument("audience", "required"))?;
+        let condition = audiences::condition_from("audience.definition", audience.definition.as_ref(), 0)?;
+        let created = self
+            .scoring
+            .create_audience(&principal.workspace, &audience.name, &audience.description, condition)
+            .await?;
+        Ok(Response::new(pb::CreateAudienceResponse {
+            audience: Some(audiences::audience_message(&created)),
+        }))
+    }
+
+    async fn list_audiences(
+        &self,
+        request: Request<pb::ListAudiencesRequest>,
+    ) -> Result<Response<pb::ListAudiencesResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read audiences")?;
+        let list = self.scoring.audiences(&principal.workspace).await?;
+        Ok(Response::new(pb::ListAudiencesResponse {
+            audiences: list.iter().map(audiences::audience_message).collect(),
+        }))
+    }
+
+    async fn delete_audience(
+        &self,
+        request: Request<pb::DeleteAudienceRequest>,
+    ) -> Result<Response<pb::DeleteAudienceResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "delete an audience")?;
+        self.scoring
+            .delete_audience(&principal.workspace, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(pb::DeleteAudienceResponse {}))
+    }
+
+    async fn estimate_audience(
+        &self,
+        request: Request<pb::EstimateAudienceRequest>,
+    ) -> Result<Response<pb::EstimateAudienceResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "estimate an audience")?;
+        let condition = audiences::condition_from("definition", request.get_ref().definition.as_ref(), 0)?;
+        let e = self.scoring.estimate(&principal.workspace, &condition).await?;
+        Ok(Response::new(pb::EstimateAudienceResponse {
+            size: e.size,
+            profiles: e.profiles,
+            evaluated: e.evaluated,
+            low: e.low,
+            high: e.high,
+        }))
+    }
+
+    async fn list_audience_members(
+        &self,
+        request: Request<pb::ListAudienceMembersRequest>,
+    ) -> Result<Response<pb::ListAudienceMembersResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read an audience's members")?;
+        let request = request.into_inner();
+        let (size, after) = page::<ProfileId>(request.page.as_ref())?;
+        let ws = &principal.workspace;
+        self.scoring.audience(ws, &request.name).await?;
+        let members = self
+            .scoring
+            .store
+            .members(ws, &request.name, after, i64::from(size))
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::ListAudienceMembersResponse {
+            page: next_page(members.len(), size, members.last().map(|(p, _)| *p)),
+            members: members
+                .iter()
+                .map(|(p, since)| pb::AudienceMember {
+                    profile_id: p.to_string(),
+                    since: Some(timestamp(*since)),
+                })
+                .collect(),
+        }))
+    }
+
+    type StreamAudienceChangesStream = audiences::ChangeStream;
+
+    async fn stream_audience_changes(
+        &self,
+        request: Request<pb::StreamAudienceChangesRequest>,
+    ) -> Result<Response<audiences::ChangeStream>, Status> {
+        let principal = authorise(&request, Role::Read, "stream an audience's changes")?;
+        let request = request.into_inner();
+        let ws = principal.workspace.clone();
+        self.scoring.audience(&ws, &request.name).await?;
+        let after = match request.after_sequence {
+            Some(n) => i64::try_from(n).map_err(|_| invalid_argument("after_sequence", "too large"))?,
+            None => self
+                .scoring
+                .store
+                .last_change(&ws, &request.name)
+                .await
+                .map_err(storage_status)?,
+        };
+        Ok(Response::new(audiences::change_stream(
+            self.scoring.clone(),
+            ws,
+            request.name,
+            after,
+        )))
     }
 
     async fn get_recommendations(

@@ -1,6 +1,7 @@
 //! Corvus scoring: what Corvus decides with, per profile, kept current as identity's
 //! log brings resolved events and profile changes.
 
+pub mod audiences;
 pub mod config;
 pub mod domain;
 pub mod grpc;

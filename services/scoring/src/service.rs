@@ -14,10 +14,11 @@ use crate::config::ScoringConfig;
 use crate::domain::clv::{self, Customer};
 use crate::domain::engagement::{self, Preference, SendTime};
 use crate::domain::facts::{self, EventView, Kind};
-use crate::domain::features::{Features, summary};
+use crate::domain::features::{Dated, Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::domain::segments;
-use crate::models::ClvModel;
+use crate::domain::traits::Payload;
+use crate::models::{ClvModel, Models};
 use crate::storage::{self, Change, ScoringStore};
 
 /// The name scoring consumes identity's log under, and answers erasures as.
@@ -26,9 +27,14 @@ pub const CONSUMER_NAME: &str = "scoring";
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
     #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        field: std::borrow::Cow<'static, str>,
+        reason: String,
+    },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("{0}")]
     Precondition(String),
     #[error(transparent)]
@@ -39,6 +45,8 @@ pub enum ScoringError {
 pub struct Scoring {
     pub store: Arc<dyn ScoringStore>,
     config: Arc<ScoringConfig>,
+    /// Counts changes of audiences or their members: their streams and upkeep wait on it.
+    pub(crate) audiences_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A profile's CLV predictions.
@@ -84,6 +92,7 @@ impl Scoring {
         Self {
             store,
             config: Arc::new(config.clone()),
+            audiences_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -114,12 +123,20 @@ impl Scoring {
         let answers = erasures
             .into_iter()
             .zip(removed)
-            .map(|(change_id, facts)| ErasureAnswer {
+            .map(|(change_id, (facts, standings))| ErasureAnswer {
                 change_id,
-                removed: [("facts".to_owned(), facts)].into(),
+                removed: [
+                    ("facts".to_owned(), facts),
+                    ("audience_standings".to_owned(), standings),
+                ]
+                .into(),
                 store: CONSUMER_NAME.to_owned(),
             })
             .collect();
+        self.reevaluate(&changes).await.map_err(|e| match e {
+            ScoringError::Storage(e) => e,
+            other => StorageError::Internal(other.to_string()),
+        })?;
         Ok((failures, answers))
     }
 
@@ -200,13 +217,18 @@ impl Scoring {
         let Some(event) = &stored.event else {
             return Err(fail("event: missing".to_owned()));
         };
-        let kind = match EventType::try_from(event.r#type) {
-            Ok(EventType::Track) => Kind::Track,
-            Ok(EventType::Page | EventType::Screen) => Kind::View,
+        let event_type = EventType::try_from(event.r#type).unwrap_or(EventType::Unspecified);
+        let kind = match event_type {
+            EventType::Track => Kind::Track,
+            EventType::Page | EventType::Screen => Kind::View,
             _ => Kind::Other,
         };
         let properties = match &event.properties {
             Some(p) => p.to_json().map_err(|e| fail(format!("properties: {e}")))?,
+            None => serde_json::Map::new(),
+        };
+        let traits = match &event.traits {
+            Some(t) => t.to_json().map_err(|e| fail(format!("traits: {e}")))?,
             None => serde_json::Map::new(),
         };
         let context = event.context.as_ref();
@@ -230,13 +252,20 @@ impl Scoring {
         };
         let fact =
             facts::read(&view, |name| self.config.is_purchase(ws.as_str(), name)).map_err(|e| fail(e.to_string()))?;
+        let payload = Payload {
+            kind: event_type_name(event_type).to_owned(),
+            name: if kind == Kind::Track { &event.event } else { &event.name }.clone(),
+            properties,
+            traits,
+        };
         Ok(Some((
             ws,
             Change::Fact {
                 event: event_id,
                 profile,
                 at,
-                fact,
+                fact: Box::new(fact),
+                payload: Box::new(payload),
             },
         )))
     }
@@ -257,24 +286,37 @@ impl Scoring {
                 "scoring holds no events of profile {profile}"
             )));
         }
-        let features = Features::compute(&facts, as_of);
         let models = self.models(ws).await?;
+        self.scores_from(ws, &models, profile, facts, as_of, horizon)
+    }
+
+    /// A profile's features and predictions from its facts and the workspace's models.
+    pub fn scores_from(
+        &self,
+        _ws: &WorkspaceId,
+        models: &Models,
+        profile: ProfileId,
+        facts: Vec<Dated>,
+        as_of: DateTime<Utc>,
+        horizon: Option<f64>,
+    ) -> Result<Scores, ScoringError> {
+        let features = Features::compute(&facts, as_of);
         if let (Some(h), Some(model)) = (horizon, &models.clv)
             && h > 100.0 * model.unit.year()
         {
             return Err(ScoringError::Invalid {
-                field: "horizon",
+                field: "horizon".into(),
                 reason: format!("{h} {}s is more than a century", model.unit.as_str()),
             });
         }
-        let lifetime_value = models.clv.and_then(|model| {
+        let lifetime_value = models.clv.clone().and_then(|model| {
             let customer = summary(&features.purchase_days, as_of.date_naive(), model.unit.days())?;
             let horizon = horizon.unwrap_or(model.unit.year());
             Some((predict(&model, customer, horizon), model))
         });
-        let rfm = models.rfm.and_then(|fit| {
+        let rfm = models.rfm.as_ref().and_then(|fit| {
             let rfm = rfm_of(&features, as_of)?;
-            Some((fit.model.score(&rfm), rfm, fit.model))
+            Some((fit.model.score(&rfm), rfm, fit.model.clone()))
         });
         let (channel_preference, send_time) = match &models.engagement {
             Some(fit) => (
@@ -283,7 +325,7 @@ impl Scoring {
             ),
             None => (None, None),
         };
-        let segment = models.segments.and_then(|fit| {
+        let segment = models.segments.as_ref().and_then(|fit| {
             let (s, distance) = fit.segmentation.assign(&segments::vector(&features, as_of))?;
             Some((s.id, s.name.clone(), distance))
         });
@@ -317,6 +359,18 @@ pub fn predict(model: &ClvModel, customer: Customer, horizon: f64) -> Prediction
             model.unit.per_month(),
         ),
         customer,
+    }
+}
+
+fn event_type_name(t: EventType) -> &'static str {
+    match t {
+        EventType::Unspecified => "",
+        EventType::Track => "track",
+        EventType::Identify => "identify",
+        EventType::Page => "page",
+        EventType::Screen => "screen",
+        EventType::Group => "group",
+        EventType::Alias => "alias",
     }
 }
 

@@ -45,7 +45,7 @@ pub fn event(message_id: &str, ids: &[(&str, &str)]) -> Event {
     e
 }
 
-fn identify(message_id: &str, ids: &[(&str, &str)], traits: serde_json::Value) -> Event {
+pub fn identify(message_id: &str, ids: &[(&str, &str)], traits: serde_json::Value) -> Event {
     Event {
         r#type: EventType::Identify as i32,
         event: String::new(),

@@ -2,6 +2,7 @@
 //! Segment HTTP API with the real SDKs, health, reflection, metrics, faults.
 
 mod apart;
+mod audiences;
 mod downstream;
 mod erasure;
 mod fault;

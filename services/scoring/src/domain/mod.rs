@@ -1,6 +1,7 @@
 //! Pure logic: no gRPC, no SQL.
 
 pub mod affinity;
+pub mod audiences;
 pub mod clv;
 pub mod engagement;
 pub mod facts;
@@ -10,3 +11,4 @@ pub mod optimize;
 pub mod rfm;
 pub mod segments;
 pub mod special;
+pub mod traits;

@@ -15,6 +15,11 @@ use tokio::sync::Mutex;
 
 use crate::domain::facts::Fact;
 use crate::domain::features::Dated;
+use crate::domain::traits::{Held, Payload};
+
+mod audiences;
+
+pub use audiences::{AudienceStore, Definition, Definitions, MembershipChange, Standing};
 
 static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -37,7 +42,8 @@ pub enum Change {
         event: EventId,
         profile: ProfileId,
         at: DateTime<Utc>,
-        fact: Fact,
+        fact: Box<Fact>,
+        payload: Box<Payload>,
     },
     Merged {
         survivor: ProfileId,
@@ -61,18 +67,24 @@ pub struct Purchase {
 }
 
 #[async_trait]
-pub trait ScoringStore: Send + Sync + 'static {
+pub trait ScoringStore: AudienceStore {
     async fn ping(&self) -> Result<(), StorageError>;
 
     /// Applies changes in order, in one transaction. A fact already held (by event id)
-    /// is left as it is. Returns, for each erasure among them, the facts it deleted.
-    async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<u64>, StorageError>;
+    /// is left as it is. An erasure deletes the profiles' facts and audience standings
+    /// (their history of entries and exits ends in one exit, "erased"). Returns, for each
+    /// erasure among them, the facts and the standings it deleted.
+    async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<(u64, u64)>, StorageError>;
 
     /// The profile `profile` stands for now: its survivor if it was merged.
     async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError>;
 
     /// A profile's facts in time order.
     async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError>;
+
+    /// A profile's facts and its events' payloads (for those held with one), in time
+    /// order.
+    async fn history(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<(Vec<Dated>, Vec<Held>), StorageError>;
 
     /// Every purchase of the workspace up to `until`, by profile.
     async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError>;
@@ -145,6 +157,15 @@ impl PgScoringStore {
         Ok((None, self.pool.begin().await?))
     }
 
+    /// Writers of audience changes take turns, so that the changes' sequence numbers
+    /// commit in their order and a stream reading after one never skips an earlier one.
+    async fn serialise_changes(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7320112)")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Deleted rows leave the heap at the next VACUUM, soon after an erasure.
     async fn scrub(&self) -> Result<(), StorageError> {
         self.vacuum.soon(&self.pool, "facts, aliases");
@@ -164,6 +185,11 @@ impl SqliteScoringStore {
     > {
         let guard = self.writer.lock().await;
         Ok((Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+
+    /// SQLite's one writer at a time already commits the changes in their order.
+    async fn serialise_changes(_: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 
     /// `secure_delete` overwrote the rows in their pages; a checkpoint leaves no copy
@@ -194,13 +220,14 @@ const SURVIVOR: &str = "WITH RECURSIVE chain(id, depth) AS ( \
             ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) \
      SELECT id FROM chain ORDER BY depth DESC LIMIT 1";
 
-/// A profile's facts and those of every id merged into it, in time order.
+/// A profile's facts (with its events' payloads) and those of every id merged into it,
+/// in time order.
 const FACTS_OF_FAMILY: &str = "WITH RECURSIVE family(id, depth) AS ( \
         SELECT $2, 0 \
         UNION ALL \
         SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
             ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) \
-     SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
+     SELECT at, fact, event FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
      ORDER BY at, event_id";
 
 /// The profile an id stands for, by the workspace's aliases.
@@ -235,7 +262,7 @@ macro_rules! scoring_store {
                 Ok(())
             }
 
-            async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<u64>, StorageError> {
+            async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<(u64, u64)>, StorageError> {
                 let mut erased = Vec::new();
                 if changes.is_empty() {
                     return Ok(erased);
@@ -243,11 +270,18 @@ macro_rules! scoring_store {
                 let (_writer, mut tx) = self.begin().await?;
                 for (ws, change) in changes {
                     match change {
-                        Change::Fact { event, profile, at, fact } => {
+                        Change::Fact {
+                            event,
+                            profile,
+                            at,
+                            fact,
+                            payload,
+                        } => {
                             let json = serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?;
+                            let payload = serde_json::to_string(payload).map_err(|e| undecodable("event", e))?;
                             sqlx::query(
-                                "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact) \
-                                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                                "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, event_id) DO NOTHING",
                             )
                             .bind(ws)
                             .bind(*event)
@@ -255,6 +289,7 @@ macro_rules! scoring_store {
                             .bind(micros(*at))
                             .bind(fact.revenue)
                             .bind(json)
+                            .bind(payload)
                             .execute(&mut *tx)
                             .await?;
                         }
@@ -297,8 +332,39 @@ macro_rules! scoring_store {
                             }
                         }
                         Change::Erased { profiles } => {
-                            let mut removed = 0;
+                            let (mut removed, mut standings) = (0, 0);
                             for profile in profiles {
+                                Self::serialise_changes(&mut tx).await?;
+                                // The person's history of entries and exits goes; an exit
+                                // from each audience they were in tells its stream.
+                                let held: Vec<(String, bool)> = sqlx::query_as(
+                                    "DELETE FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 \
+                                     RETURNING audience, member",
+                                )
+                                .bind(ws)
+                                .bind(*profile)
+                                .fetch_all(&mut *tx)
+                                .await?;
+                                sqlx::query("DELETE FROM audience_changes WHERE workspace_id = $1 AND profile_id = $2")
+                                    .bind(ws)
+                                    .bind(*profile)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                for (audience, _) in held.iter().filter(|(_, member)| *member) {
+                                    sqlx::query(
+                                        "INSERT INTO audience_changes \
+                                         (workspace_id, audience, profile_id, entered, at, reason) \
+                                         VALUES ($1, $2, $3, $4, $5, 'erased')",
+                                    )
+                                    .bind(ws)
+                                    .bind(audience)
+                                    .bind(*profile)
+                                    .bind(false)
+                                    .bind(micros(Utc::now()))
+                                    .execute(&mut *tx)
+                                    .await?;
+                                }
+                                standings += held.len() as u64;
                                 removed += sqlx::query("DELETE FROM facts WHERE workspace_id = $1 AND profile_id = $2")
                                     .bind(ws)
                                     .bind(*profile)
@@ -313,7 +379,7 @@ macro_rules! scoring_store {
                                 .execute(&mut *tx)
                                 .await?;
                             }
-                            erased.push(removed);
+                            erased.push((removed, standings));
                         }
                     }
                 }
@@ -330,12 +396,31 @@ macro_rules! scoring_store {
             }
 
             async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError> {
-                let rows: Vec<(i64, String)> = sqlx::query_as(FACTS_OF_FAMILY)
-                .bind(ws)
-                .bind(profile)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.into_iter().map(|(at, fact)| dated(at, &fact)).collect()
+                Ok(self.history(ws, profile).await?.0)
+            }
+
+            async fn history(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+            ) -> Result<(Vec<Dated>, Vec<Held>), StorageError> {
+                let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(FACTS_OF_FAMILY)
+                    .bind(ws)
+                    .bind(profile)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut facts = Vec::with_capacity(rows.len());
+                let mut held = Vec::with_capacity(rows.len());
+                for (at, fact, event) in rows {
+                    facts.push(dated(at, &fact)?);
+                    if let Some(event) = event {
+                        held.push(Held {
+                            at: time(at),
+                            payload: serde_json::from_str(&event).map_err(|e| undecodable("event", e))?,
+                        });
+                    }
+                }
+                Ok((facts, held))
             }
 
             async fn workspace_facts(

@@ -1,16 +1,19 @@
 //! Scoring's store, one conformance suite for Postgres and SQLite: facts kept once per
 //! event, moved by merges and unmerges, deleted by erasures; purchases up to a time;
-//! models kept per workspace and kind.
+//! models kept per workspace and kind; audience standings recorded once per change,
+//! due with time, and ended by erasures.
 
 use chrono::{DateTime, TimeZone, Utc};
 use corvus_proto::{EventId, ProfileId, WorkspaceId};
 use corvus_scoring::domain::facts::Fact;
-use corvus_scoring::storage::{self, Change, ScoringStore};
+use corvus_scoring::domain::traits::Payload;
+use corvus_scoring::storage::{self, Change, Definitions, ScoringStore, Standing};
 use corvus_test_support::{Backend, TempDir, on_both_backends};
 
 on_both_backends!(
     facts_are_kept_once_and_follow_profile_changes,
     purchases_and_models_are_kept_per_workspace,
+    standings_record_each_change_once,
 );
 
 async fn store(backend: Backend, dir: &TempDir) -> Option<std::sync::Arc<dyn ScoringStore>> {
@@ -27,11 +30,119 @@ fn fact(event: EventId, profile: ProfileId, d: u32, revenue: Option<f64>) -> Cha
         event,
         profile,
         at: day(d),
-        fact: Fact {
+        fact: Box::new(Fact {
             revenue,
             ..Fact::default()
-        },
+        }),
+        payload: Box::new(Payload {
+            kind: "track".into(),
+            name: "Order Completed".into(),
+            ..Payload::default()
+        }),
     }
+}
+
+fn standing(audience: &str, profile: ProfileId, member: bool, recheck_at: Option<DateTime<Utc>>) -> Standing {
+    Standing {
+        audience: audience.into(),
+        profile,
+        member,
+        recheck_at,
+        reason: "event",
+    }
+}
+
+async fn standings_record_each_change_once(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(store) = store(backend, &dir).await else {
+        return;
+    };
+    let ws: WorkspaceId = "acme".parse().unwrap();
+    let (a, b) = (ProfileId::new(), ProfileId::new());
+    assert!(
+        store
+            .define(&ws, Definitions::Audiences, "vip", "{}", day(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .define(&ws, Definitions::Audiences, "vip", "{}", day(1))
+            .await
+            .unwrap(),
+        "the name is taken"
+    );
+    assert_eq!(store.building().await.unwrap(), vec![(ws.clone(), "vip".to_owned())]);
+    store.mark_built(&ws, "vip", day(1)).await.unwrap();
+    assert!(store.building().await.unwrap().is_empty());
+
+    // a enters; the same standing again changes nothing; b is out but due on the 5th.
+    let entered = store
+        .record(
+            &ws,
+            &[standing("vip", a, true, None), standing("vip", b, false, Some(day(5)))],
+            day(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(entered.len(), 1);
+    assert_eq!((entered[0].profile, entered[0].entered), (a, true));
+    assert!(
+        store
+            .record(&ws, &[standing("vip", a, true, None)], day(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Two evaluators racing with the same news: one records the change.
+    let news = [standing("vip", b, true, None)];
+    let (x, y) = tokio::join!(store.record(&ws, &news, day(5)), store.record(&ws, &news, day(5)));
+    assert_eq!(x.unwrap().len() + y.unwrap().len(), 1);
+    assert_eq!(store.member_count(&ws, "vip").await.unwrap(), 2);
+    assert_eq!(store.memberships(&ws, b).await.unwrap(), vec!["vip"]);
+
+    // Due by time: only what is due by then.
+    store
+        .record(&ws, &[standing("vip", a, true, Some(day(10)))], day(6))
+        .await
+        .unwrap();
+    assert!(store.due(day(9), 10).await.unwrap().is_empty());
+    assert_eq!(store.due(day(10), 10).await.unwrap(), vec![(ws.clone(), a)]);
+
+    // a leaves: the row goes with the standing; the changes read back in order.
+    let left = store
+        .record(&ws, &[standing("vip", a, false, None)], day(10))
+        .await
+        .unwrap();
+    assert_eq!((left[0].profile, left[0].entered), (a, false));
+    let changes = store.changes(&ws, "vip", 0, 100).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| (c.profile, c.entered)).collect::<Vec<_>>(),
+        vec![(a, true), (b, true), (a, false)]
+    );
+    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.last_change(&ws, "vip").await.unwrap(), changes[2].seq);
+    assert_eq!(store.changes(&ws, "vip", changes[1].seq, 100).await.unwrap().len(), 1);
+    let page = store.members(&ws, "vip", None, 10).await.unwrap();
+    assert_eq!(page.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![b]);
+    assert!(store.due(day(30), 10).await.unwrap().is_empty());
+
+    // b erased: its standing and history go, but for an exit that tells the stream.
+    let erased = store
+        .apply(&[(ws.clone(), Change::Erased { profiles: vec![b] })])
+        .await
+        .unwrap();
+    assert_eq!(erased, vec![(0, 1)]);
+    assert_eq!(store.member_count(&ws, "vip").await.unwrap(), 0);
+    let changes = store.changes(&ws, "vip", 0, 100).await.unwrap();
+    let of_b: Vec<_> = changes.iter().filter(|c| c.profile == b).collect();
+    assert_eq!(of_b.len(), 1);
+    assert_eq!((of_b[0].entered, of_b[0].reason.as_str()), (false, "erased"));
+
+    // An audience deleted takes its standings and history with it.
+    assert!(store.undefine(&ws, Definitions::Audiences, "vip").await.unwrap());
+    assert!(store.changes(&ws, "vip", 0, 100).await.unwrap().is_empty());
+    assert!(!store.undefine(&ws, Definitions::Audiences, "vip").await.unwrap());
 }
 
 async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
@@ -169,7 +280,7 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         .apply(&[(ws.clone(), Change::Erased { profiles: vec![b, a] })])
         .await
         .unwrap();
-    assert_eq!(removed, vec![3]);
+    assert_eq!(removed, vec![(3, 0)]);
     assert!(store.facts(&ws, b).await.unwrap().is_empty());
     assert_eq!(store.facts(&other, b).await.unwrap().len(), 1);
     assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);

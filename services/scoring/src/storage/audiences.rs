@@ -1,0 +1,443 @@
+//! Computed traits' and audiences' definitions, each profile's standing in each
+//! audience, and the entries and exits in the order they happened. Written once for
+//! both backends (`audience_store!`), like the rest of scoring's store.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::{ProfileId, WorkspaceId};
+use corvus_storage::StorageError;
+
+use super::{PgScoringStore, SqliteScoringStore, micros, time};
+
+/// A saved definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub name: String,
+    /// JSON.
+    pub definition: String,
+    pub created_at: DateTime<Utc>,
+    /// Audiences: when every profile held at creation had been evaluated.
+    pub built_at: Option<DateTime<Utc>>,
+}
+
+/// A profile's standing in an audience as just evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub audience: String,
+    pub profile: ProfileId,
+    pub member: bool,
+    pub recheck_at: Option<DateTime<Utc>>,
+    /// Why it was evaluated: "event", "merge", "time", "backfill", ...
+    pub reason: &'static str,
+}
+
+/// An entry into or exit from an audience.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipChange {
+    pub seq: i64,
+    pub audience: String,
+    pub profile: ProfileId,
+    pub entered: bool,
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+#[async_trait]
+pub trait AudienceStore: Send + Sync + 'static {
+    /// Saves a computed trait (`table` "computed_traits") or an audience ("audiences");
+    /// false when the name is taken.
+    async fn define(
+        &self,
+        ws: &WorkspaceId,
+        table: Definitions,
+        name: &str,
+        definition: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+
+    async fn definitions(&self, ws: &WorkspaceId, table: Definitions) -> Result<Vec<Definition>, StorageError>;
+
+    /// Deletes a definition (an audience with its members and changes); false when
+    /// there was none.
+    async fn undefine(&self, ws: &WorkspaceId, table: Definitions, name: &str) -> Result<bool, StorageError>;
+
+    /// Audiences still being built, in every workspace.
+    async fn building(&self) -> Result<Vec<(WorkspaceId, String)>, StorageError>;
+
+    async fn mark_built(&self, ws: &WorkspaceId, audience: &str, at: DateTime<Utc>) -> Result<(), StorageError>;
+
+    /// Records standings in one transaction; returns the entries and exits they make.
+    /// Concurrent evaluators of one profile record each change once.
+    async fn record(
+        &self,
+        ws: &WorkspaceId,
+        standings: &[Standing],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<MembershipChange>, StorageError>;
+
+    /// Standings due to be looked at again by `now`, in every workspace.
+    async fn due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(WorkspaceId, ProfileId)>, StorageError>;
+
+    /// An audience's members after `after` in profile id order, with the time they
+    /// entered.
+    async fn members(
+        &self,
+        ws: &WorkspaceId,
+        audience: &str,
+        after: Option<ProfileId>,
+        limit: i64,
+    ) -> Result<Vec<(ProfileId, DateTime<Utc>)>, StorageError>;
+
+    async fn member_count(&self, ws: &WorkspaceId, audience: &str) -> Result<u64, StorageError>;
+
+    /// The audiences a profile is in.
+    async fn memberships(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<String>, StorageError>;
+
+    /// An audience's entries and exits after `after` (a change's seq), oldest first.
+    async fn changes(
+        &self,
+        ws: &WorkspaceId,
+        audience: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<MembershipChange>, StorageError>;
+
+    /// The sequence of an audience's latest entry or exit (0 before the first).
+    async fn last_change(&self, ws: &WorkspaceId, audience: &str) -> Result<i64, StorageError>;
+
+    /// Every profile scoring holds events of, in the workspace.
+    async fn profiles(&self, ws: &WorkspaceId) -> Result<Vec<ProfileId>, StorageError>;
+}
+
+/// Which definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Definitions {
+    Traits,
+    Audiences,
+}
+
+impl Definitions {
+    fn table(self) -> &'static str {
+        match self {
+            Definitions::Traits => "computed_traits",
+            Definitions::Audiences => "audiences",
+        }
+    }
+}
+
+type ChangeRow = (i64, String, ProfileId, bool, i64, String);
+
+fn change((seq, audience, profile, entered, at, reason): ChangeRow) -> MembershipChange {
+    MembershipChange {
+        seq,
+        audience,
+        profile,
+        entered,
+        at: time(at),
+        reason,
+    }
+}
+
+macro_rules! audience_store {
+    ($Store:ident) => {
+        #[async_trait]
+        impl AudienceStore for $Store {
+            async fn define(
+                &self,
+                ws: &WorkspaceId,
+                table: Definitions,
+                name: &str,
+                definition: &str,
+                at: DateTime<Utc>,
+            ) -> Result<bool, StorageError> {
+                let (_writer, mut tx) = self.begin().await?;
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO {} (workspace_id, name, definition, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (workspace_id, name) DO NOTHING",
+                    table.table()
+                ))
+                .bind(ws)
+                .bind(name)
+                .bind(definition)
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(inserted == 1)
+            }
+
+            async fn definitions(&self, ws: &WorkspaceId, table: Definitions) -> Result<Vec<Definition>, StorageError> {
+                let built = match table {
+                    Definitions::Traits => "NULL",
+                    Definitions::Audiences => "built_at",
+                };
+                let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(&format!(
+                    "SELECT name, definition, created_at, {built} FROM {} WHERE workspace_id = $1 ORDER BY name",
+                    table.table()
+                ))
+                .bind(ws)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, definition, created_at, built_at)| Definition {
+                        name,
+                        definition,
+                        created_at: time(created_at),
+                        built_at: built_at.map(time),
+                    })
+                    .collect())
+            }
+
+            async fn undefine(&self, ws: &WorkspaceId, table: Definitions, name: &str) -> Result<bool, StorageError> {
+                let (_writer, mut tx) = self.begin().await?;
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM {} WHERE workspace_id = $1 AND name = $2",
+                    table.table()
+                ))
+                .bind(ws)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if table == Definitions::Audiences {
+                    for of in ["audience_members", "audience_changes"] {
+                        sqlx::query(&format!("DELETE FROM {of} WHERE workspace_id = $1 AND audience = $2"))
+                            .bind(ws)
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(deleted == 1)
+            }
+
+            async fn building(&self) -> Result<Vec<(WorkspaceId, String)>, StorageError> {
+                Ok(
+                    sqlx::query_as("SELECT workspace_id, name FROM audiences WHERE built_at IS NULL ORDER BY created_at")
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn mark_built(&self, ws: &WorkspaceId, audience: &str, at: DateTime<Utc>) -> Result<(), StorageError> {
+                let (_writer, mut tx) = self.begin().await?;
+                sqlx::query("UPDATE audiences SET built_at = $3 WHERE workspace_id = $1 AND name = $2")
+                    .bind(ws)
+                    .bind(audience)
+                    .bind(micros(at))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn record(
+                &self,
+                ws: &WorkspaceId,
+                standings: &[Standing],
+                at: DateTime<Utc>,
+            ) -> Result<Vec<MembershipChange>, StorageError> {
+                let mut changes = Vec::new();
+                if standings.is_empty() {
+                    return Ok(changes);
+                }
+                let (_writer, mut tx) = self.begin().await?;
+                Self::serialise_changes(&mut tx).await?;
+                for s in standings {
+                    let recheck = s.recheck_at.map(micros);
+                    // Each statement changes the row only from the standing it expects, so
+                    // of two evaluators racing on one profile only one records the change.
+                    let changed = if !s.member && recheck.is_none() {
+                        let was: Option<bool> = sqlx::query_scalar(
+                            "DELETE FROM audience_members WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 \
+                             RETURNING member",
+                        )
+                        .bind(ws)
+                        .bind(&s.audience)
+                        .bind(s.profile)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        was == Some(true)
+                    } else {
+                        let same = sqlx::query(
+                            "UPDATE audience_members SET recheck_at = $5 \
+                             WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 AND member = $4",
+                        )
+                        .bind(ws)
+                        .bind(&s.audience)
+                        .bind(s.profile)
+                        .bind(s.member)
+                        .bind(recheck)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if same == 1 {
+                            false
+                        } else {
+                            let flipped = sqlx::query(
+                                "UPDATE audience_members SET member = $4, since = $6, recheck_at = $5 \
+                                 WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 AND member <> $4",
+                            )
+                            .bind(ws)
+                            .bind(&s.audience)
+                            .bind(s.profile)
+                            .bind(s.member)
+                            .bind(recheck)
+                            .bind(micros(at))
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            if flipped == 1 {
+                                true
+                            } else {
+                                let inserted = sqlx::query(
+                                    "INSERT INTO audience_members \
+                                     (workspace_id, audience, profile_id, member, since, recheck_at) \
+                                     VALUES ($1, $2, $3, $4, $6, $5) \
+                                     ON CONFLICT (workspace_id, audience, profile_id) DO NOTHING",
+                                )
+                                .bind(ws)
+                                .bind(&s.audience)
+                                .bind(s.profile)
+                                .bind(s.member)
+                                .bind(recheck)
+                                .bind(micros(at))
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                                inserted == 1 && s.member
+                            }
+                        }
+                    };
+                    if changed {
+                        let seq: i64 = sqlx::query_scalar(
+                            "INSERT INTO audience_changes (workspace_id, audience, profile_id, entered, at, reason) \
+                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                        )
+                        .bind(ws)
+                        .bind(&s.audience)
+                        .bind(s.profile)
+                        .bind(s.member)
+                        .bind(micros(at))
+                        .bind(s.reason)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        changes.push(MembershipChange {
+                            seq,
+                            audience: s.audience.clone(),
+                            profile: s.profile,
+                            entered: s.member,
+                            at,
+                            reason: s.reason.to_owned(),
+                        });
+                    }
+                }
+                tx.commit().await?;
+                Ok(changes)
+            }
+
+            async fn due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(WorkspaceId, ProfileId)>, StorageError> {
+                Ok(sqlx::query_as(
+                    "SELECT DISTINCT workspace_id, profile_id FROM ( \
+                         SELECT workspace_id, profile_id FROM audience_members \
+                         WHERE recheck_at IS NOT NULL AND recheck_at <= $1 ORDER BY recheck_at LIMIT $2) due",
+                )
+                .bind(micros(now))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn members(
+                &self,
+                ws: &WorkspaceId,
+                audience: &str,
+                after: Option<ProfileId>,
+                limit: i64,
+            ) -> Result<Vec<(ProfileId, DateTime<Utc>)>, StorageError> {
+                let rows: Vec<(ProfileId, i64)> = sqlx::query_as(
+                    "SELECT profile_id, since FROM audience_members \
+                     WHERE workspace_id = $1 AND audience = $2 AND member AND ($3 IS NULL OR profile_id > $3) \
+                     ORDER BY profile_id LIMIT $4",
+                )
+                .bind(ws)
+                .bind(audience)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|(p, since)| (p, time(since))).collect())
+            }
+
+            async fn member_count(&self, ws: &WorkspaceId, audience: &str) -> Result<u64, StorageError> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM audience_members WHERE workspace_id = $1 AND audience = $2 AND member",
+                )
+                .bind(ws)
+                .bind(audience)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(n.max(0) as u64)
+            }
+
+            async fn memberships(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<String>, StorageError> {
+                Ok(sqlx::query_scalar(
+                    "SELECT audience FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 AND member \
+                     ORDER BY audience",
+                )
+                .bind(ws)
+                .bind(profile)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn changes(
+                &self,
+                ws: &WorkspaceId,
+                audience: &str,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<MembershipChange>, StorageError> {
+                let rows: Vec<ChangeRow> = sqlx::query_as(
+                    "SELECT seq, audience, profile_id, entered, at, reason FROM audience_changes \
+                     WHERE workspace_id = $1 AND audience = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                )
+                .bind(ws)
+                .bind(audience)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(change).collect())
+            }
+
+            async fn last_change(&self, ws: &WorkspaceId, audience: &str) -> Result<i64, StorageError> {
+                let seq: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM audience_changes WHERE workspace_id = $1 AND audience = $2",
+                )
+                .bind(ws)
+                .bind(audience)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(seq.unwrap_or(0))
+            }
+
+            async fn profiles(&self, ws: &WorkspaceId) -> Result<Vec<ProfileId>, StorageError> {
+                Ok(
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT profile_id FROM facts WHERE workspace_id = $1 ORDER BY profile_id",
+                    )
+                    .bind(ws)
+                    .fetch_all(&self.pool)
+                    .await?,
+                )
+            }
+        }
+    };
+}
+
+audience_store!(PgScoringStore);
+audience_store!(SqliteScoringStore);
