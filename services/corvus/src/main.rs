@@ -94,9 +94,10 @@ enum Command {
 enum ModelsCommand {
     /// Fit a model from what scoring holds and keep it: `corvus models fit clv --as-of
     /// 1997-09-30 --unit week`; `rfm` (quintiles); `engagement` (channel priors, hours);
-    /// `affinity` (co-purchase rules); `segments` (needs-based, k-means).
+    /// `affinity` (co-purchase rules); `segments` (needs-based, k-means); `propensity`
+    /// (purchase in the next --horizon-days, learnt online, checked on a holdout).
     Fit {
-        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments", "propensity"])]
         kind: String,
         /// The end of the calibration period: a date (its end, UTC) or an RFC 3339 time;
         /// default now.
@@ -123,10 +124,14 @@ enum ModelsCommand {
         /// k-means restarts (segments; default 4).
         #[arg(long, default_value_t = 0)]
         restarts: u32,
+        /// The window a purchase is looked for in after each snapshot (propensity;
+        /// default 30).
+        #[arg(long, default_value_t = 0)]
+        horizon_days: u32,
     },
     /// Show the workspace's current model.
     Get {
-        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments"])]
+        #[arg(value_parser = ["clv", "rfm", "engagement", "affinity", "segments", "propensity"])]
         kind: String,
     },
 }
@@ -321,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
                     min_confidence,
                     k,
                     restarts,
+                    horizon_days,
                 } => {
                     let fit = models::Fit {
                         kind: models::kind_of(&kind),
@@ -332,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
                         min_confidence,
                         k,
                         restarts,
+                        horizon_days,
                     };
                     models::fit(&endpoint, &key, fit, json).await
                 }

@@ -47,6 +47,7 @@ pub fn kind_of(name: &str) -> pb::ModelKind {
         "engagement" => pb::ModelKind::Engagement,
         "affinity" => pb::ModelKind::Affinity,
         "segments" => pb::ModelKind::Segments,
+        "propensity" => pb::ModelKind::Propensity,
         _ => pb::ModelKind::Clv,
     }
 }
@@ -57,6 +58,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(pb::ModelKind::Engagement) => "engagement",
         Ok(pb::ModelKind::Affinity) => "affinity",
         Ok(pb::ModelKind::Segments) => "segments",
+        Ok(pb::ModelKind::Propensity) => "propensity",
         _ => "clv",
     }
 }
@@ -97,6 +99,11 @@ fn print_model(m: &pb::Model, as_json: bool) {
         counts.sort();
         let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("  from {}", counts.join(", "));
+        let mut diagnostics: Vec<(&String, &f64)> = m.diagnostics.iter().collect();
+        diagnostics.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, value) in diagnostics {
+            println!("  {name:<28} {value:.4}");
+        }
         return;
     }
     let p = |k: &str| m.parameters.get(k).copied().unwrap_or(f64::NAN);
@@ -141,6 +148,7 @@ pub struct Fit {
     pub min_confidence: Option<f64>,
     pub k: u32,
     pub restarts: u32,
+    pub horizon_days: u32,
 }
 
 /// `corvus models fit clv`: the fit's stages on standard error, the model on standard
@@ -158,6 +166,7 @@ pub async fn fit(endpoint: &str, key: &str, fit: Fit, as_json: bool) -> anyhow::
             min_confidence: fit.min_confidence,
             k: fit.k,
             restarts: fit.restarts,
+            horizon_days: fit.horizon_days,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?

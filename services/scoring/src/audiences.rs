@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::audiences::{Condition, Field, Known, Subject, check_trait, traits_needed};
-use crate::domain::traits::{ComputedTrait, Held, latest_traits};
+use crate::domain::traits::{ComputedTrait, EventFilter, Held, Payload, latest_traits};
 use crate::service::{Scores, Scoring, ScoringError};
 use crate::storage::{Change, Definition, Definitions, MembershipChange, Standing};
 
@@ -59,6 +59,9 @@ struct Workbench {
     audiences: HashMap<String, Condition>,
     /// The fields any audience compares.
     fields: Vec<Field>,
+    /// The filters of the audiences' event conditions and of the computed traits they
+    /// compare.
+    filters: Vec<EventFilter>,
 }
 
 impl Workbench {
@@ -66,6 +69,16 @@ impl Workbench {
         self.fields
             .iter()
             .any(|f| matches!(f, Field::Feature(_) | Field::Score(_)))
+    }
+
+    /// Whether an event can change any audience's membership: one that features and
+    /// scores count (any event, when an audience compares them), an identify when one
+    /// compares traits, one that an event condition or a compared computed trait admits.
+    /// The passing of time is the upkeep's.
+    fn moved_by(&self, payload: &Payload) -> bool {
+        self.needs_scores()
+            || (payload.kind == "identify" && self.fields.iter().any(|f| matches!(f, Field::Trait(_))))
+            || self.filters.iter().any(|f| f.admits(payload))
     }
 }
 
@@ -128,6 +141,10 @@ pub fn values_of(scores: &Scores) -> BTreeMap<String, Value> {
     if let Some(t) = &scores.send_time {
         put("scores.best_hour_of_week", Some(t.hour_of_week.into()));
     }
+    if let Some((p, _)) = &scores.propensity {
+        put("scores.propensity", Some(p.probability.into()));
+        put("scores.churn_risk", p.churn_risk.map(Value::from));
+    }
     v
 }
 
@@ -152,11 +169,18 @@ impl Scoring {
                 ))
             })
             .collect::<Result<_, ScoringError>>()?;
-        let fields = audiences.values().flat_map(|c| c.fields(&audiences)).collect();
+        let fields: Vec<Field> = audiences.values().flat_map(|c| c.fields(&audiences)).collect();
+        let filters = audiences
+            .values()
+            .flat_map(|c| c.event_filters())
+            .cloned()
+            .chain(traits_needed(&fields, &traits).map(|t| t.filter.clone()))
+            .collect();
         Ok(Workbench {
             traits,
             audiences,
             fields,
+            filters,
         })
     }
 
@@ -328,8 +352,14 @@ impl Scoring {
             None
         };
         let mut hits = 0u64;
+        let mut histories = HashMap::new();
+        for chunk in profiles.chunks(SWEEP_BATCH as usize) {
+            histories.extend(self.store.histories(ws, chunk).await?);
+        }
         for profile in &profiles {
-            let (facts, held) = self.store.history(ws, *profile).await?;
+            let Some((facts, held)) = histories.remove(profile) else {
+                continue;
+            };
             if held.is_empty() {
                 continue;
             }
@@ -376,6 +406,16 @@ impl Scoring {
         if let Some(name) = only {
             bench.audiences.retain(|n, _| n == name);
         }
+        self.evaluate_with(ws, &bench, profiles, reason).await
+    }
+
+    async fn evaluate_with(
+        &self,
+        ws: &WorkspaceId,
+        bench: &Workbench,
+        profiles: &[ProfileId],
+        reason: &'static str,
+    ) -> Result<Vec<MembershipChange>, ScoringError> {
         if bench.audiences.is_empty() || profiles.is_empty() {
             return Ok(Vec::new());
         }
@@ -386,8 +426,9 @@ impl Scoring {
         };
         let now = Utc::now();
         let mut standings = Vec::new();
+        let mut histories = self.store.histories(ws, profiles).await?;
         for profile in profiles {
-            let (facts, held) = self.store.history(ws, *profile).await?;
+            let (facts, held) = histories.remove(profile).unwrap_or_default();
             let values = match (&models, held.is_empty()) {
                 (Some(models), false) => values_of(&self.scores_from(ws, models, *profile, facts, now, None)?),
                 _ => BTreeMap::new(),
@@ -397,7 +438,7 @@ impl Scoring {
                 let (member, recheck_at) = if held.is_empty() {
                     (false, None)
                 } else {
-                    subject_verdict(&bench, &held, &values, now, condition)
+                    subject_verdict(bench, &held, &values, now, condition)
                 };
                 standings.push(Standing {
                     audience: name.clone(),
@@ -415,12 +456,24 @@ impl Scoring {
         Ok(changes)
     }
 
-    /// Re-evaluates the profiles a delivery touched.
+    /// Re-evaluates the profiles a delivery touched: by an event that can move an
+    /// audience, a merge or an unmerge.
     pub(crate) async fn reevaluate(&self, changes: &[(WorkspaceId, Change)]) -> Result<(), ScoringError> {
+        let mut benches: HashMap<&WorkspaceId, Workbench> = HashMap::new();
+        for (ws, _) in changes {
+            if !benches.contains_key(ws) {
+                benches.insert(ws, self.workbench(ws).await?);
+            }
+        }
         let mut touched: BTreeMap<&WorkspaceId, (HashSet<ProfileId>, &'static str)> = BTreeMap::new();
         for (ws, change) in changes {
+            let bench = &benches[ws];
+            if bench.audiences.is_empty() {
+                continue;
+            }
             let (ids, reason): (Vec<ProfileId>, &'static str) = match change {
-                Change::Fact { profile, .. } => (vec![*profile], "event"),
+                Change::Fact { profile, payload, .. } if bench.moved_by(payload) => (vec![*profile], "event"),
+                Change::Fact { .. } => continue,
                 Change::Merged { survivor, merged } => (
                     std::iter::once(*survivor).chain(merged.iter().copied()).collect(),
                     "merge",
@@ -438,7 +491,7 @@ impl Scoring {
         for (ws, (profiles, reason)) in touched {
             let mut profiles: Vec<ProfileId> = profiles.into_iter().collect();
             profiles.sort();
-            self.evaluate(ws, &profiles, reason, None).await?;
+            self.evaluate_with(ws, &benches[ws], &profiles, reason).await?;
         }
         Ok(())
     }
@@ -479,10 +532,19 @@ impl Scoring {
         let mut news = self.audiences_changed.subscribe();
         let mut set = JoinSet::new();
         set.spawn(async move {
+            let mut outcomes_learnt: Option<std::time::Instant> = None;
             loop {
                 news.borrow_and_update();
                 if let Err(err) = scoring.upkeep().await {
                     tracing::warn!(error = %err, "audience upkeep failed");
+                }
+                // Propensity models learn the outcomes of windows that closed, looked at
+                // every minute.
+                if outcomes_learnt.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    outcomes_learnt = Some(std::time::Instant::now());
+                    if let Err(err) = scoring.learn_outcomes(Utc::now()).await {
+                        tracing::warn!(error = %err, "propensity models could not learn new outcomes");
+                    }
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

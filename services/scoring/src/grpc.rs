@@ -23,6 +23,7 @@ use crate::domain::features::{Answers, Features};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::domain::segments::{self, Segment};
 use crate::models::{AFFINITY, CLV, ClvFit, ClvModel, ENGAGEMENT, Fitted, RFM, SEGMENTS, SegmentsFit, Unit};
+use crate::propensity::PROPENSITY;
 use crate::service::{Scoring, ScoringError};
 
 mod audiences;
@@ -79,9 +80,10 @@ fn kind(field: &'static str, kind: i32) -> Result<&'static str, Status> {
         Ok(pb::ModelKind::Engagement) => Ok(ENGAGEMENT),
         Ok(pb::ModelKind::Affinity) => Ok(AFFINITY),
         Ok(pb::ModelKind::Segments) => Ok(SEGMENTS),
+        Ok(pb::ModelKind::Propensity) => Ok(PROPENSITY),
         Ok(pb::ModelKind::Unspecified) => Err(invalid_argument(
             field,
-            "required: MODEL_KIND_CLV, _RFM, _ENGAGEMENT, _AFFINITY or _SEGMENTS",
+            "required: MODEL_KIND_CLV, _RFM, _ENGAGEMENT, _AFFINITY, _SEGMENTS or _PROPENSITY",
         )),
         Err(_) => Err(invalid_argument(field, format!("unknown model kind {kind}"))),
     }
@@ -153,6 +155,28 @@ pub fn fitted_message(fitted: &Fitted) -> pb::Model {
                 ),
             ),
             counts: named([("profiles".to_owned(), f.segmentation.profiles)]),
+            ..pb::Model::default()
+        },
+        Fitted::Propensity(f) => pb::Model {
+            kind: pb::ModelKind::Propensity as i32,
+            fitted_at: Some(timestamp(f.fitted_at)),
+            as_of: Some(timestamp(f.as_of)),
+            parameters: named([
+                ("alpha".to_owned(), f.model.ftrl.params.alpha),
+                ("beta".to_owned(), f.model.ftrl.params.beta),
+                ("l1".to_owned(), f.model.ftrl.params.l1),
+                ("l2".to_owned(), f.model.ftrl.params.l2),
+                ("platt_a".to_owned(), f.model.platt.a),
+                ("platt_b".to_owned(), f.model.platt.b),
+                ("horizon_days".to_owned(), f64::from(f.horizon_days)),
+            ]),
+            counts: named([
+                ("training_examples".to_owned(), f.training_examples),
+                ("holdout_examples".to_owned(), f.holdout_examples),
+                ("coordinates".to_owned(), f.model.ftrl.coordinates() as u64),
+                ("outcomes_learnt".to_owned(), f.model.ftrl.seen()),
+            ]),
+            diagnostics: crate::propensity::diagnostics(f).into_iter().collect(),
             ..pb::Model::default()
         },
         Fitted::Affinity(f) => pb::Model {
@@ -335,6 +359,7 @@ fn features_message(f: &Features, as_of: DateTime<Utc>) -> pb::Features {
             csat_latest,
             sentiment_answers,
             sentiment_mean,
+            sentiment_scored: f.sentiment_scored,
         }),
         hour_of_week: f.hour_of_week.clone(),
     }
@@ -432,6 +457,18 @@ impl ScoringService for ScoringApi {
         Ok(Response::new(pb::GetScoresResponse {
             computed_traits,
             audiences,
+            propensity: scores.propensity.as_ref().map(|(p, fit)| pb::Propensity {
+                probability: p.probability,
+                horizon_days: fit.horizon_days,
+                churn_risk: p.churn_risk,
+                explanation: p
+                    .drivers
+                    .iter()
+                    .map(|(name, c)| format!("{name} {c:+.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                model_fitted_at: Some(timestamp(fit.fitted_at)),
+            }),
             profile_id: scores.profile.to_string(),
             as_of: Some(timestamp(scores.as_of)),
             features: Some(features_message(&scores.features, scores.as_of)),
@@ -488,6 +525,11 @@ impl ScoringService for ScoringApi {
             k @ 2..=20 => Some(k as usize),
             _ => return Err(invalid_argument("k", "between 2 and 20, or 0 to choose by silhouette")),
         };
+        let horizon_days = match request.horizon_days {
+            0 => 30,
+            d @ 1..=365 => d,
+            _ => return Err(invalid_argument("horizon_days", "at most 365")),
+        };
         let restarts = match request.restarts {
             0 => segments::DEFAULT_RESTARTS,
             r @ 1..=20 => r as usize,
@@ -513,6 +555,10 @@ impl ScoringService for ScoringApi {
             let result = match kind {
                 CLV => scoring.fit_clv(ws, fit, progress).await.map(Fitted::Clv),
                 RFM => scoring.fit_rfm(ws, fit.as_of, progress).await.map(Fitted::Rfm),
+                PROPENSITY => scoring
+                    .fit_propensity(ws, fit.as_of, horizon_days, progress)
+                    .await
+                    .map(|f| Fitted::Propensity(Box::new(f))),
                 SEGMENTS => scoring
                     .fit_segments(ws, fit.as_of, k, restarts, progress)
                     .await

@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod models;
+pub mod propensity;
 pub mod service;
 pub mod storage;
 

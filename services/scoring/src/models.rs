@@ -15,6 +15,7 @@ use crate::domain::engagement::{self, Prior};
 use crate::domain::features::{Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel};
 use crate::domain::segments::{self, Segmentation};
+use crate::propensity::{PROPENSITY, PropensityFit};
 use crate::service::{Scoring, ScoringError};
 
 /// A time unit of the CLV model.
@@ -153,6 +154,7 @@ pub struct Models {
     pub engagement: Option<EngagementFit>,
     pub affinity: Option<AffinityFit>,
     pub segments: Option<SegmentsFit>,
+    pub propensity: Option<PropensityFit>,
 }
 
 /// A fitted model of any kind.
@@ -163,6 +165,7 @@ pub enum Fitted {
     Engagement(EngagementFit),
     Affinity(AffinityFit),
     Segments(SegmentsFit),
+    Propensity(Box<PropensityFit>),
 }
 /// What a CLV fit is asked for.
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +195,7 @@ impl Scoring {
                 ENGAGEMENT => models.engagement = Some(decode(&kind, &json)?),
                 AFFINITY => models.affinity = Some(decode(&kind, &json)?),
                 SEGMENTS => models.segments = Some(decode(&kind, &json)?),
+                PROPENSITY => models.propensity = Some(decode(&kind, &json)?),
                 _ => {}
             }
         }
@@ -208,6 +212,7 @@ impl Scoring {
             RFM => Fitted::Rfm(decode(kind, &json)?),
             AFFINITY => Fitted::Affinity(decode(kind, &json)?),
             SEGMENTS => Fitted::Segments(decode(kind, &json)?),
+            PROPENSITY => Fitted::Propensity(Box::new(decode(kind, &json)?)),
             _ => Fitted::Engagement(decode(kind, &json)?),
         }))
     }

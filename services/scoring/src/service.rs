@@ -19,6 +19,7 @@ use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::domain::segments;
 use crate::domain::traits::Payload;
 use crate::models::{ClvModel, Models};
+use crate::propensity::{Propensity, PropensityFit, propensity_of};
 use crate::storage::{self, Change, ScoringStore};
 
 /// The name scoring consumes identity's log under, and answers erasures as.
@@ -72,6 +73,7 @@ pub struct Scores {
     pub send_time: Option<SendTime>,
     /// The segment's id and name, and the distance to its centre.
     pub segment: Option<(u32, String, f64)>,
+    pub propensity: Option<(Propensity, PropensityFit)>,
 }
 
 /// A profile's recency, frequency and monetary value as of `as_of`, if it bought.
@@ -248,6 +250,7 @@ impl Scoring {
             properties: &properties,
             channel,
             timezone: context.map(|c| c.timezone.as_str()).filter(|t| !t.is_empty()),
+            locale: context.map(|c| c.locale.as_str()).filter(|l| !l.is_empty()),
             at,
         };
         let fact =
@@ -329,7 +332,12 @@ impl Scoring {
             let (s, distance) = fit.segmentation.assign(&segments::vector(&features, as_of))?;
             Some((s.id, s.name.clone(), distance))
         });
+        let propensity = models
+            .propensity
+            .as_ref()
+            .map(|fit| (propensity_of(fit, &features, as_of), fit.clone()));
         Ok(Scores {
+            propensity,
             profile,
             as_of,
             features,

@@ -20,6 +20,7 @@ mod models;
 mod people;
 mod report;
 mod scenarios;
+mod scoring;
 mod setup;
 
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ enum Section {
     Handoff,
     /// Scoring's model fits against the Python reference libraries.
     Models,
+    /// Scoring at identity's pace; features and audience membership fresh under load.
+    Scoring,
 }
 
 #[derive(Debug, Parser)]
@@ -127,6 +130,7 @@ impl Args {
             identity: on(Section::Identity),
             handoff: on(Section::Handoff),
             models: on(Section::Models),
+            scoring: on(Section::Scoring),
             identity_events,
             probes,
             read_secs,
@@ -248,6 +252,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if plan.models {
         models::run(&mut results)?;
+    }
+    if plan.scoring {
+        header.push_str(&format!(
+            "scoring: the identity mix ({} events) at full rate, one audience evaluated per event; then {} probes \
+             under 5,000 events/s, from the ack to the audience entry\n",
+            plan.identity_events, plan.probes
+        ));
+        scoring::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
     }
 
     header.push_str(&format!(

@@ -39,6 +39,7 @@ pub struct Plan {
     pub identity: bool,
     pub handoff: bool,
     pub models: bool,
+    pub scoring: bool,
     /// Events of the identity mix.
     pub identity_events: usize,
     /// Freshness probes.

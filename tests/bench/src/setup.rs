@@ -199,6 +199,16 @@ impl Running {
         })
     }
 
+    /// An admin key of workspace `name` (made by `workspace_keys`).
+    pub async fn admin_key(&self, name: &str) -> anyhow::Result<String> {
+        let workspace = name.parse().map_err(|e| anyhow::anyhow!("workspace {name}: {e}"))?;
+        Ok(self
+            .keys
+            .create_key(&workspace, Role::Admin, "corvus-bench admin")
+            .await?
+            .secret)
+    }
+
     /// `count` fresh workspaces named `<label>-<n>`, one key each.
     pub async fn keys(&self, label: &str, count: usize) -> anyhow::Result<Vec<String>> {
         let mut keys = Vec::with_capacity(count);

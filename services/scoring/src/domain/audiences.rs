@@ -58,6 +58,8 @@ pub const SCORES: &[(&str, Kind)] = &[
     ("segment", Kind::Text),
     ("preferred_channel", Kind::Text),
     ("best_hour_of_week", Kind::Number),
+    ("propensity", Kind::Number),
+    ("churn_risk", Kind::Number),
 ];
 
 /// Features that change as time passes with no new event.
@@ -331,6 +333,17 @@ impl Condition {
         self.visit(&mut |c| {
             if let Condition::Audience(name) = c {
                 out.push(name.as_str());
+            }
+        });
+        out
+    }
+
+    /// The filters of its event conditions.
+    pub fn event_filters(&self) -> Vec<&EventFilter> {
+        let mut out = Vec::new();
+        self.visit(&mut |c| {
+            if let Condition::Event(e) = c {
+                out.push(&e.filter);
             }
         });
         out

@@ -7,6 +7,8 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::sentiment::{self, Language};
+
 /// A step of a message's life on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +52,10 @@ pub struct Fact {
     pub csat: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentiment: Option<f64>,
+    /// The language Corvus read the event's text in, when it scored the sentiment
+    /// itself (the event carried text but no `sentiment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentiment_language: Option<Language>,
     /// The hour of the week (0 = Monday 00:00) in the person's time zone, for an
     /// engaging event (an open, a click, a purchase, a page or screen view).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +80,8 @@ pub struct EventView<'a> {
     pub channel: Option<&'a str>,
     /// The context's IANA time zone, if sent.
     pub timezone: Option<&'a str>,
+    /// The context's locale ("fr-FR"), if sent: the language of the event's text.
+    pub locale: Option<&'a str>,
     pub at: DateTime<Utc>,
 }
 
@@ -151,6 +159,12 @@ fn score(
     }
 }
 
+/// The properties whose text Corvus scores the sentiment of, first found first, when
+/// the event carries no `sentiment`: a survey's comment, a chat message, a mention.
+pub const TEXT_FIELDS: [&str; 8] = [
+    "comment", "text", "message", "body", "review", "feedback", "content", "mention",
+];
+
 /// Reads the fact of one event; `purchase` says whether a track event's name counts as
 /// a purchase in its workspace.
 pub fn read(event: &EventView<'_>, purchase: impl Fn(&str) -> bool) -> Result<Fact, BadEvent> {
@@ -181,6 +195,21 @@ pub fn read(event: &EventView<'_>, purchase: impl Fn(&str) -> bool) -> Result<Fa
     fact.nps = score(props, "nps", 0.0..=10.0)?;
     fact.csat = score(props, "csat", 1.0..=5.0)?;
     fact.sentiment = score(props, "sentiment", -1.0..=1.0)?;
+    if fact.sentiment.is_none()
+        && let Some(text) = TEXT_FIELDS
+            .iter()
+            .find_map(|f| props.get(*f).and_then(Value::as_str).filter(|t| !t.trim().is_empty()))
+    {
+        let language = props
+            .get("language")
+            .and_then(Value::as_str)
+            .or(event.locale)
+            .and_then(Language::parse);
+        if let Some(s) = sentiment::score(text, language) {
+            fact.sentiment = Some(s.score);
+            fact.sentiment_language = Some(s.language);
+        }
+    }
     if engaging {
         fact.hour_of_week = Some(hour_of_week(event.at, event.timezone));
     }
@@ -245,6 +274,7 @@ mod tests {
             properties: props,
             channel: None,
             timezone: Some("Europe/Paris"),
+            locale: None,
             // A Monday, 22:30 UTC: Tuesday 00:30 in Paris (summer time).
             at: Utc.with_ymd_and_hms(2026, 6, 1, 22, 30, 0).unwrap(),
         }
@@ -281,6 +311,22 @@ mod tests {
         let props = json!({"channel": "SMS"});
         let fact = read(&view("Message Sent", props.as_object().unwrap()), is_order).unwrap();
         assert_eq!((fact.stage, fact.channel.as_deref()), (Some(Stage::Sent), Some("sms")));
+    }
+
+    #[test]
+    fn text_without_a_sentiment_is_scored_in_its_language() {
+        let props = json!({"comment": "Le service était vraiment excellent, merci !"});
+        let fact = read(&view("Survey Answered", props.as_object().unwrap()), is_order).unwrap();
+        assert!(fact.sentiment.unwrap() > 0.5, "{fact:?}");
+        assert_eq!(fact.sentiment_language, Some(Language::Fr));
+        // A sentiment sent with the event is kept as sent.
+        let props = json!({"comment": "terrible", "sentiment": 0.2});
+        let fact = read(&view("Survey Answered", props.as_object().unwrap()), is_order).unwrap();
+        assert_eq!((fact.sentiment, fact.sentiment_language), (Some(0.2), None));
+        // Text with no opinion in it has no sentiment, rather than a neutral one.
+        let props = json!({"message": "order 1234 shipped to 10 Downing Street"});
+        let fact = read(&view("Chat Message", props.as_object().unwrap()), is_order).unwrap();
+        assert_eq!(fact.sentiment, None);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct Features {
     pub nps: Answers,
     pub csat: Answers,
     pub sentiment: Answers,
+    /// Of the sentiment answers, those Corvus scored from the event's text.
+    pub sentiment_scored: u64,
     pub hour_of_week: Vec<u32>,
 }
 
@@ -97,6 +99,7 @@ impl Features {
             nps: Answers::default(),
             csat: Answers::default(),
             sentiment: Answers::default(),
+            sentiment_scored: 0,
             hour_of_week: vec![0; 168],
         };
         // The latest click on each channel, for conversions.
@@ -150,6 +153,7 @@ impl Features {
             f.nps.add(fact.nps);
             f.csat.add(fact.csat);
             f.sentiment.add(fact.sentiment);
+            f.sentiment_scored += u64::from(fact.sentiment_language.is_some());
             if let Some(hour) = fact.hour_of_week {
                 f.hour_of_week[usize::from(hour) % 168] += 1;
             }

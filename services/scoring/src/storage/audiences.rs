@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::StorageError;
 
-use super::{PgScoringStore, SqliteScoringStore, micros, time};
+use std::collections::HashMap;
+
+use super::{IN_LIST, PgScoringStore, SqliteScoringStore, micros, placeholders, time};
 
 /// A saved definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +68,9 @@ pub trait AudienceStore: Send + Sync + 'static {
 
     async fn mark_built(&self, ws: &WorkspaceId, audience: &str, at: DateTime<Utc>) -> Result<(), StorageError>;
 
-    /// Records standings in one transaction; returns the entries and exits they make.
-    /// Concurrent evaluators of one profile record each change once.
+    /// Records standings in one transaction, writing only those that differ from the
+    /// ones held; returns the entries and exits they make. Concurrent recorders take
+    /// turns, so each change is recorded once.
     async fn record(
         &self,
         ws: &WorkspaceId,
@@ -245,74 +248,68 @@ macro_rules! audience_store {
                     return Ok(changes);
                 }
                 let (_writer, mut tx) = self.begin().await?;
+                // Recorders take turns (see `serialise_changes`), so the standings read here
+                // are the ones each write replaces: a change is recorded once.
                 Self::serialise_changes(&mut tx).await?;
+                let mut profiles: Vec<ProfileId> = standings.iter().map(|s| s.profile).collect();
+                profiles.sort();
+                profiles.dedup();
+                let mut held: HashMap<(String, ProfileId), (bool, i64, Option<i64>)> = HashMap::new();
+                for chunk in profiles.chunks(IN_LIST) {
+                    let sql = format!(
+                        "SELECT audience, profile_id, member, since, recheck_at FROM audience_members \
+                         WHERE workspace_id = $1 AND profile_id IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (String, ProfileId, bool, i64, Option<i64>)>(&sql).bind(ws);
+                    for p in chunk {
+                        query = query.bind(*p);
+                    }
+                    for (audience, profile, member, since, recheck) in query.fetch_all(&mut *tx).await? {
+                        held.insert((audience, profile), (member, since, recheck));
+                    }
+                }
                 for s in standings {
                     let recheck = s.recheck_at.map(micros);
-                    // Each statement changes the row only from the standing it expects, so
-                    // of two evaluators racing on one profile only one records the change.
-                    let changed = if !s.member && recheck.is_none() {
-                        let was: Option<bool> = sqlx::query_scalar(
-                            "DELETE FROM audience_members WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 \
-                             RETURNING member",
-                        )
-                        .bind(ws)
-                        .bind(&s.audience)
-                        .bind(s.profile)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        was == Some(true)
-                    } else {
-                        let same = sqlx::query(
-                            "UPDATE audience_members SET recheck_at = $5 \
-                             WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 AND member = $4",
-                        )
-                        .bind(ws)
-                        .bind(&s.audience)
-                        .bind(s.profile)
-                        .bind(s.member)
-                        .bind(recheck)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if same == 1 {
-                            false
-                        } else {
-                            let flipped = sqlx::query(
-                                "UPDATE audience_members SET member = $4, since = $6, recheck_at = $5 \
-                                 WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3 AND member <> $4",
+                    let before = held.get(&(s.audience.clone(), s.profile)).copied();
+                    let was_member = before.is_some_and(|(member, _, _)| member);
+                    match before {
+                        // Nothing held, and nothing to hold: out, with nothing due.
+                        None if !s.member && recheck.is_none() => continue,
+                        Some((member, _, due)) if member == s.member && due == recheck => continue,
+                        Some(_) if !s.member && recheck.is_none() => {
+                            sqlx::query(
+                                "DELETE FROM audience_members WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3",
+                            )
+                            .bind(ws)
+                            .bind(&s.audience)
+                            .bind(s.profile)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        _ => {
+                            let since = match before {
+                                Some((member, since, _)) if member == s.member => since,
+                                _ => micros(at),
+                            };
+                            sqlx::query(
+                                "INSERT INTO audience_members \
+                                 (workspace_id, audience, profile_id, member, since, recheck_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6) \
+                                 ON CONFLICT (workspace_id, audience, profile_id) DO UPDATE SET \
+                                 member = excluded.member, since = excluded.since, recheck_at = excluded.recheck_at",
                             )
                             .bind(ws)
                             .bind(&s.audience)
                             .bind(s.profile)
                             .bind(s.member)
+                            .bind(since)
                             .bind(recheck)
-                            .bind(micros(at))
                             .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                            if flipped == 1 {
-                                true
-                            } else {
-                                let inserted = sqlx::query(
-                                    "INSERT INTO audience_members \
-                                     (workspace_id, audience, profile_id, member, since, recheck_at) \
-                                     VALUES ($1, $2, $3, $4, $6, $5) \
-                                     ON CONFLICT (workspace_id, audience, profile_id) DO NOTHING",
-                                )
-                                .bind(ws)
-                                .bind(&s.audience)
-                                .bind(s.profile)
-                                .bind(s.member)
-                                .bind(recheck)
-                                .bind(micros(at))
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                                inserted == 1 && s.member
-                            }
+                            .await?;
                         }
-                    };
-                    if changed {
+                    }
+                    if was_member != s.member {
                         let seq: i64 = sqlx::query_scalar(
                             "INSERT INTO audience_changes (workspace_id, audience, profile_id, entered, at, reason) \
                              VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",

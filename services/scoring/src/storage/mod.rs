@@ -58,6 +58,9 @@ pub enum Change {
     },
 }
 
+/// A profile's facts and its events' payloads, in time order.
+pub type History = (Vec<Dated>, Vec<Held>);
+
 /// A purchase, as a model is fitted from it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Purchase {
@@ -86,6 +89,13 @@ pub trait ScoringStore: AudienceStore {
     /// order.
     async fn history(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<(Vec<Dated>, Vec<Held>), StorageError>;
 
+    /// The histories of many profiles, as `history` gives each.
+    async fn histories(
+        &self,
+        ws: &WorkspaceId,
+        profiles: &[ProfileId],
+    ) -> Result<HashMap<ProfileId, History>, StorageError>;
+
     /// Every purchase of the workspace up to `until`, by profile.
     async fn purchases(&self, ws: &WorkspaceId, until: DateTime<Utc>) -> Result<Vec<Purchase>, StorageError>;
 
@@ -110,6 +120,9 @@ pub trait ScoringStore: AudienceStore {
 
     /// Every model of the workspace, by kind.
     async fn models(&self, ws: &WorkspaceId) -> Result<Vec<(String, String)>, StorageError>;
+
+    /// The workspaces with a model of `kind`.
+    async fn workspaces_with_model(&self, kind: &str) -> Result<Vec<WorkspaceId>, StorageError>;
 }
 
 fn dated(at: i64, fact: &str) -> Result<Dated, StorageError> {
@@ -199,6 +212,28 @@ impl SqliteScoringStore {
     }
 }
 
+/// Ids bound one by one into an `IN (...)` list, this many at a time.
+const IN_LIST: usize = 500;
+
+/// Facts written by one statement, at most (7 values each).
+const FACT_ROWS: usize = 500;
+
+/// `($1, ..., $width), ($width+1, ...), ...`: `n` rows of placeholders.
+fn rows(n: usize, width: usize) -> String {
+    (0..n)
+        .map(|r| format!("({})", placeholders(1 + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -268,30 +303,45 @@ macro_rules! scoring_store {
                     return Ok(erased);
                 }
                 let (_writer, mut tx) = self.begin().await?;
-                for (ws, change) in changes {
+                let mut next = 0;
+                while let Some((ws, change)) = changes.get(next) {
+                    next += 1;
                     match change {
-                        Change::Fact {
-                            event,
-                            profile,
-                            at,
-                            fact,
-                            payload,
-                        } => {
-                            let json = serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?;
-                            let payload = serde_json::to_string(payload).map_err(|e| undecodable("event", e))?;
-                            sqlx::query(
+                        Change::Fact { .. } => {
+                            // The run of facts from here, in one statement.
+                            let run: Vec<&(WorkspaceId, Change)> = changes[next - 1..]
+                                .iter()
+                                .take_while(|(_, c)| matches!(c, Change::Fact { .. }))
+                                .take(FACT_ROWS)
+                                .collect();
+                            next += run.len() - 1;
+                            let sql = format!(
                                 "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, event_id) DO NOTHING",
-                            )
-                            .bind(ws)
-                            .bind(*event)
-                            .bind(*profile)
-                            .bind(micros(*at))
-                            .bind(fact.revenue)
-                            .bind(json)
-                            .bind(payload)
-                            .execute(&mut *tx)
-                            .await?;
+                                 VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                                rows(run.len(), 7)
+                            );
+                            let mut query = sqlx::query(&sql);
+                            for (ws, c) in run {
+                                let Change::Fact {
+                                    event,
+                                    profile,
+                                    at,
+                                    fact,
+                                    payload,
+                                } = c
+                                else {
+                                    unreachable!("the run holds facts only");
+                                };
+                                query = query
+                                    .bind(ws)
+                                    .bind(*event)
+                                    .bind(*profile)
+                                    .bind(micros(*at))
+                                    .bind(fact.revenue)
+                                    .bind(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?)
+                                    .bind(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
+                            }
+                            query.execute(&mut *tx).await?;
                         }
                         Change::Merged { survivor, merged } => {
                             for id in merged {
@@ -423,6 +473,51 @@ macro_rules! scoring_store {
                 Ok((facts, held))
             }
 
+            async fn histories(
+                &self,
+                ws: &WorkspaceId,
+                profiles: &[ProfileId],
+            ) -> Result<HashMap<ProfileId, History>, StorageError> {
+                let mut out: HashMap<ProfileId, History> =
+                    profiles.iter().map(|p| (*p, (Vec::new(), Vec::new()))).collect();
+                for chunk in profiles.chunks(IN_LIST) {
+                    let list = placeholders(2, chunk.len());
+                    let sql = format!(
+                        "SELECT profile_id, at, fact, event FROM facts WHERE workspace_id = $1 \
+                         AND profile_id IN ({list}) ORDER BY profile_id, at, event_id"
+                    );
+                    let mut query = sqlx::query_as::<_, (ProfileId, i64, String, Option<String>)>(&sql).bind(ws);
+                    for p in chunk {
+                        query = query.bind(*p);
+                    }
+                    for (profile, at, fact, event) in query.fetch_all(&self.pool).await? {
+                        let entry = out.entry(profile).or_default();
+                        entry.0.push(dated(at, &fact)?);
+                        if let Some(event) = event {
+                            entry.1.push(Held {
+                                at: time(at),
+                                payload: serde_json::from_str(&event).map_err(|e| undecodable("event", e))?,
+                            });
+                        }
+                    }
+                    // A survivor of merges may hold facts under a merged id too (an event
+                    // replayed after the merge): those few are read with their family.
+                    let sql = format!(
+                        "SELECT DISTINCT a.survivor_id FROM aliases a JOIN facts f \
+                         ON f.workspace_id = a.workspace_id AND f.profile_id = a.profile_id \
+                         WHERE a.workspace_id = $1 AND a.survivor_id IN ({list})"
+                    );
+                    let mut query = sqlx::query_scalar::<_, ProfileId>(&sql).bind(ws);
+                    for p in chunk {
+                        query = query.bind(*p);
+                    }
+                    for survivor in query.fetch_all(&self.pool).await? {
+                        out.insert(survivor, self.history(ws, survivor).await?);
+                    }
+                }
+                Ok(out)
+            }
+
             async fn workspace_facts(
                 &self,
                 ws: &WorkspaceId,
@@ -495,6 +590,15 @@ macro_rules! scoring_store {
                 Ok(
                     sqlx::query_as("SELECT kind, model FROM models WHERE workspace_id = $1 ORDER BY kind")
                         .bind(ws)
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn workspaces_with_model(&self, kind: &str) -> Result<Vec<WorkspaceId>, StorageError> {
+                Ok(
+                    sqlx::query_scalar("SELECT workspace_id FROM models WHERE kind = $1 ORDER BY workspace_id")
+                        .bind(kind)
                         .fetch_all(&self.pool)
                         .await?,
                 )
