@@ -526,13 +526,14 @@ impl Scoring {
     }
 
     /// Audience upkeep every `interval` (and at once when an audience is created) until
-    /// `stop`.
+    /// `stop`; every minute, the propensity models' new outcomes and the refits due.
     pub fn spawn_audience_upkeep(&self, interval: Duration, stop: CancellationToken) -> JoinSet<()> {
         let scoring = self.clone();
         let mut news = self.audiences_changed.subscribe();
         let mut set = JoinSet::new();
         set.spawn(async move {
             let mut outcomes_learnt: Option<std::time::Instant> = None;
+            let mut refits = crate::refit::Attempts::default();
             loop {
                 news.borrow_and_update();
                 if let Err(err) = scoring.upkeep().await {
@@ -544,6 +545,12 @@ impl Scoring {
                     outcomes_learnt = Some(std::time::Instant::now());
                     if let Err(err) = scoring.learn_outcomes(Utc::now()).await {
                         tracing::warn!(error = %err, "propensity models could not learn new outcomes");
+                    }
+                    let every = scoring.config().refit_every;
+                    if !every.is_zero()
+                        && let Err(err) = scoring.refit_due(Utc::now(), every, &mut refits).await
+                    {
+                        tracing::warn!(error = %err, "scheduled refits failed");
                     }
                 }
                 tokio::select! {

@@ -20,6 +20,10 @@ pub struct ScoringConfig {
     /// looked at again, and new audiences built.
     #[serde(with = "humantime_serde")]
     pub audience_upkeep_interval: std::time::Duration,
+    /// Models fitted longer ago than this are fitted again as of now, with the settings
+    /// they were fitted with ("0s": never).
+    #[serde(with = "humantime_serde")]
+    pub refit_every: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,6 +39,7 @@ impl Default for ScoringConfig {
             workspaces: BTreeMap::new(),
             batch_size: 1000,
             audience_upkeep_interval: std::time::Duration::from_secs(1),
+            refit_every: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod grpc;
 pub mod models;
 pub mod propensity;
+pub mod refit;
 pub mod service;
 pub mod storage;
 

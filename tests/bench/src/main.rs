@@ -255,7 +255,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if plan.scoring {
         header.push_str(&format!(
-            "scoring: the identity mix ({} events) at full rate, one audience evaluated per event; then {} probes \
+            "scoring: the identity mix ({} events) at full rate, an audience kept current; then {} probes \
              under 5,000 events/s, from the ack to the audience entry\n",
             plan.identity_events, plan.probes
         ));

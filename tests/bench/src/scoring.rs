@@ -1,7 +1,7 @@
 //! Scoring at identity's pace, and how fresh what it keeps is.
 //!
-//! (a) The identity mix resolved by identity and kept by scoring (facts, and each
-//! profile evaluated against an audience as its events arrive), at full ingest rate: the
+//! (a) The identity mix resolved by identity and kept by scoring (facts, and an audience
+//! on the person's traits kept current as their events arrive), at full ingest rate: the
 //! time from the first send until identity's lag is 0, and until scoring's is. Scoring
 //! keeps up when it ends within a few per cent of identity.
 //! (b) Under 5,000 events/s, a probe every 20 ms (an identify with an email no one had),
@@ -140,7 +140,7 @@ async fn measure(plan: &Plan, scratch: &Scratch, app: &Running, results: &mut Re
         latencies: Vec::new(),
     };
     let mut scoring_row = Row::new(
-        "scoring: the mix kept by scoring, one audience evaluated per event (its lag 0)",
+        "scoring: the mix kept by scoring, an audience kept current (its lag 0)",
         &mut kept,
         cores,
     )

@@ -14,6 +14,7 @@ on_both_backends!(
     facts_are_kept_once_and_follow_profile_changes,
     purchases_and_models_are_kept_per_workspace,
     standings_record_each_change_once,
+    models_older_than_the_schedule_are_refitted,
 );
 
 async fn store(backend: Backend, dir: &TempDir) -> Option<std::sync::Arc<dyn ScoringStore>> {
@@ -50,6 +51,33 @@ fn standing(audience: &str, profile: ProfileId, member: bool, recheck_at: Option
         recheck_at,
         reason: "event",
     }
+}
+
+/// An RFM model fitted on day 10, refitted by the schedule once it is a day old, as of
+/// the time of the refit; a model the schedule has not reached is left alone.
+async fn models_older_than_the_schedule_are_refitted(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(store) = store(backend, &dir).await else {
+        return;
+    };
+    let scoring = corvus_scoring::Scoring::new(store.clone(), &corvus_scoring::ScoringConfig::default());
+    let ws: WorkspaceId = "acme".parse().unwrap();
+    let changes: Vec<_> = (0..6u32)
+        .map(|i| (ws.clone(), fact(EventId::new(), ProfileId::new(), 1 + i, Some(10.0 * f64::from(i + 1)))))
+        .collect();
+    store.apply(&changes).await.unwrap();
+    let fitted = scoring.fit_rfm(&ws, day(10), |_, _| {}).await.unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let mut attempts = corvus_scoring::refit::Attempts::default();
+    let not_yet = fitted.fitted_at + chrono::TimeDelta::hours(1);
+    assert_eq!(scoring.refit_due(not_yet, day, &mut attempts).await.unwrap(), 0);
+    let later = fitted.fitted_at + chrono::TimeDelta::days(2);
+    assert_eq!(scoring.refit_due(later, day, &mut attempts).await.unwrap(), 1);
+    let Some(corvus_scoring::models::Fitted::Rfm(refitted)) = scoring.model(&ws, "rfm").await.unwrap() else {
+        panic!("an RFM model");
+    };
+    assert_eq!(refitted.as_of, later);
+    assert!(refitted.fitted_at >= fitted.fitted_at);
 }
 
 async fn standings_record_each_change_once(backend: Backend) {
