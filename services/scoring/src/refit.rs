@@ -44,7 +44,9 @@ impl Scoring {
         let mut refitted = 0;
         for kind in [CLV, RFM, ENGAGEMENT, AFFINITY, SEGMENTS] {
             for ws in self.store.workspaces_with_model(kind).await? {
-                let Some(model) = self.model(&ws, kind).await? else { continue };
+                let Some(model) = self.model(&ws, kind).await? else {
+                    continue;
+                };
                 if fitted_at(&model) + every > now {
                     continue;
                 }

@@ -243,17 +243,8 @@ async fn freshness(
     through: &str,
 ) -> anyhow::Result<Row> {
     let one_dead = downstream.last().is_some_and(|d| d.dead.load(Ordering::Relaxed));
-    let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
-    let secs = LOAD_LEAD.as_secs_f64() + plan.probes as f64 * PROBE_EVERY.as_secs_f64() + 0.5;
-    let requests = (secs * batches_per_s).ceil() as usize;
-    let work = Arc::new(Work {
-        batches: Arc::new(mix.batches(requests * LOAD_BATCH, LOAD_BATCH)?),
-        keys: vec![keys.ingest.clone()],
-        requests,
-    });
     // Numbered apart from every other run's probes.
     let first = (2 + round) * plan.probes;
-    let probes = Arc::new(probe_batches(mix, first, plan.probes)?);
     let label = format!(
         "hand-off freshness ({}): ack to a consumer{through}, {} probes, {LOAD_PER_S:.0}/s{}",
         round + 1,
@@ -261,34 +252,15 @@ async fn freshness(
         if one_dead { ", another dead" } else { "" }
     );
     progress(&label);
-    let ingest = load::connect(&app.grpc_url).await?;
-    let ingest_key = Arc::new(keys.ingest.clone());
     let cpu = CpuSample::now();
-    let grpc_url = app.grpc_url.clone();
-    let background =
-        tokio::spawn(async move { load::grpc_open(&grpc_url, work, LOAD_CONNECTIONS, batches_per_s).await });
-    tokio::time::sleep(LOAD_LEAD).await;
-    let started = Instant::now();
-    let mut set = JoinSet::new();
-    for n in 0..plan.probes {
-        tokio::time::sleep_until((started + PROBE_EVERY * n as u32).into()).await;
-        let (mut ingest, probes, ingest_key) = (ingest.clone(), probes.clone(), ingest_key.clone());
-        set.spawn(async move {
-            load::ingest(&mut ingest, &probes[n].0, &ingest_key).await?;
-            anyhow::Ok((format!("probe-{}", first + n), Instant::now()))
-        });
-    }
-    let mut acked = Vec::with_capacity(plan.probes);
-    while let Some(done) = set.join_next().await {
-        acked.push(done??);
-    }
-    let load = background.await??;
+    let (acked, load) = probes_under_load(app, &keys.ingest, mix, first, plan.probes).await?;
     let receiver = &downstream[0];
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let mut latencies = Vec::with_capacity(acked.len());
-    for (message_id, ack) in &acked {
+    for (n, _, ack) in &acked {
+        let message_id = format!("probe-{n}");
         let arrived = loop {
-            if let Some(at) = receiver.probes.lock().unwrap().get(message_id) {
+            if let Some(at) = receiver.probes.lock().unwrap().get(&message_id) {
                 break *at;
             }
             ensure!(
@@ -308,4 +280,47 @@ async fn freshness(
     row.writes = false;
     eprintln!("corvus-bench:   p50 {:?}, p99 {:?}", row.p50, row.p99);
     Ok(row)
+}
+
+/// Probes `first..first + count` (each an identify giving an account holder a new
+/// email), one every [`PROBE_EVERY`], under an open-loop load of [`LOAD_PER_S`] events/s
+/// of the mix: each probe's number, email and when it was acked, and the load.
+pub(crate) async fn probes_under_load(
+    app: &Running,
+    ingest_key: &str,
+    mix: &mut Mix,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<(Vec<(usize, String, Instant)>, Measured)> {
+    let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
+    let secs = LOAD_LEAD.as_secs_f64() + count as f64 * PROBE_EVERY.as_secs_f64() + 0.5;
+    let requests = (secs * batches_per_s).ceil() as usize;
+    let work = Arc::new(Work {
+        batches: Arc::new(mix.batches(requests * LOAD_BATCH, LOAD_BATCH)?),
+        keys: vec![ingest_key.to_owned()],
+        requests,
+    });
+    let probes = Arc::new(probe_batches(mix, first, count)?);
+    let ingest = load::connect(&app.grpc_url).await?;
+    let ingest_key = Arc::new(ingest_key.to_owned());
+    let grpc_url = app.grpc_url.clone();
+    let background =
+        tokio::spawn(async move { load::grpc_open(&grpc_url, work, LOAD_CONNECTIONS, batches_per_s).await });
+    tokio::time::sleep(LOAD_LEAD).await;
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for n in 0..count {
+        tokio::time::sleep_until((started + PROBE_EVERY * n as u32).into()).await;
+        let (mut ingest, probes, ingest_key) = (ingest.clone(), probes.clone(), ingest_key.clone());
+        set.spawn(async move {
+            let (batch, email) = &probes[n];
+            load::ingest(&mut ingest, batch, &ingest_key).await?;
+            anyhow::Ok((first + n, email.clone(), Instant::now()))
+        });
+    }
+    let mut acked = Vec::with_capacity(count);
+    while let Some(done) = set.join_next().await {
+        acked.push(done??);
+    }
+    Ok((acked, background.await??))
 }

@@ -20,13 +20,10 @@ use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::identity::v1::{GetProfileRequest, ListConsumersRequest};
 use corvus_proto::scoring::v1 as pb;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::identity::{
-    EVENTS_PER_PERSON, FRESH_P99, LOAD_BATCH, LOAD_CONNECTIONS, LOAD_LEAD, LOAD_PER_S, PROBE_EVERY, caught_up,
-    ingestion_client, probe_batches, progress, resolved,
-};
+use crate::handoff::probes_under_load;
+use crate::identity::{EVENTS_PER_PERSON, FRESH_P99, LOAD_PER_S, caught_up, ingestion_client, progress, resolved};
 use crate::load::{self, Measured, Work, bearer};
 use crate::people::Mix;
 use crate::report::{CpuSample, Row, Target};
@@ -179,46 +176,16 @@ async fn measure(plan: &Plan, scratch: &Scratch, app: &Running, results: &mut Re
             }
         })
     };
-    let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
-    let secs = LOAD_LEAD.as_secs_f64() + plan.probes as f64 * PROBE_EVERY.as_secs_f64() + 0.5;
-    let requests = (secs * batches_per_s).ceil() as usize;
-    let work = Arc::new(Work {
-        batches: Arc::new(mix.batches(requests * LOAD_BATCH, LOAD_BATCH)?),
-        keys: vec![keys.ingest.clone()],
-        requests,
-    });
-    let probes = Arc::new(probe_batches(&mix, 0, plan.probes)?);
     let label = format!(
         "scoring freshness: ack to audience entry, {} probes, {LOAD_PER_S:.0}/s",
         plan.probes
     );
     progress(&label);
-    let ingest = load::connect(&app.grpc_url).await?;
-    let ingest_key = Arc::new(keys.ingest.clone());
     let cpu = CpuSample::now();
-    let grpc_url = app.grpc_url.clone();
-    let background =
-        tokio::spawn(async move { load::grpc_open(&grpc_url, work, LOAD_CONNECTIONS, batches_per_s).await });
-    tokio::time::sleep(LOAD_LEAD).await;
-    let started = Instant::now();
-    let mut set = JoinSet::new();
-    for n in 0..plan.probes {
-        tokio::time::sleep_until((started + PROBE_EVERY * n as u32).into()).await;
-        let (mut ingest, probes, ingest_key) = (ingest.clone(), probes.clone(), ingest_key.clone());
-        set.spawn(async move {
-            let (batch, email) = &probes[n];
-            load::ingest(&mut ingest, batch, &ingest_key).await?;
-            anyhow::Ok((email.clone(), Instant::now()))
-        });
-    }
-    let mut acked = Vec::with_capacity(plan.probes);
-    while let Some(done) = set.join_next().await {
-        acked.push(done??);
-    }
-    let load = background.await??;
+    let (acked, load) = probes_under_load(app, &keys.ingest, &mut mix, 0, plan.probes).await?;
     let deadline = Instant::now() + TIMEOUT;
     let mut latencies = Vec::with_capacity(acked.len());
-    for (email, ack) in &acked {
+    for (_, email, ack) in &acked {
         let lookup = GetProfileRequest {
             lookup: Some(Lookup::Identifier(Identifier {
                 kind: "email".into(),

@@ -63,7 +63,12 @@ async fn models_older_than_the_schedule_are_refitted(backend: Backend) {
     let scoring = corvus_scoring::Scoring::new(store.clone(), &corvus_scoring::ScoringConfig::default());
     let ws: WorkspaceId = "acme".parse().unwrap();
     let changes: Vec<_> = (0..6u32)
-        .map(|i| (ws.clone(), fact(EventId::new(), ProfileId::new(), 1 + i, Some(10.0 * f64::from(i + 1)))))
+        .map(|i| {
+            (
+                ws.clone(),
+                fact(EventId::new(), ProfileId::new(), 1 + i, Some(10.0 * f64::from(i + 1))),
+            )
+        })
         .collect();
     store.apply(&changes).await.unwrap();
     let fitted = scoring.fit_rfm(&ws, day(10), |_, _| {}).await.unwrap();
