@@ -186,11 +186,12 @@ async fn a_dead_consumer_holds_up_neither_identity_nor_another(backend: Backend)
     );
     let mut reader = app.identity(&app.read_key).await;
     assert!(by_identifier(&mut reader, "user_id", "u-2-19").await.is_ok());
-    // The healthy consumer's cursor moves once its delivery has returned.
+    // The healthy consumer's cursor moves once its delivery has returned; the dead one's
+    // first failed attempt may land a moment later.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let consumers = loop {
         let consumers = app.downstream().await;
-        if status(&consumers, "resolved").lag == 0 {
+        if status(&consumers, "resolved").lag == 0 && !status(&consumers, "warehouse").last_error.is_empty() {
             break consumers;
         }
         assert!(tokio::time::Instant::now() < deadline, "{consumers:?}");
