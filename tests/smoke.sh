@@ -81,10 +81,15 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 grep -q "$profile_id" <<<"$members" || fail "ListAudienceMembers said: $members"
+# The profile carries the audience, asked of scoring in the same call.
+with_scores=$(grpcurl -plaintext -H "authorization: Bearer $key" \
+  -d "{\"profile_id\": \"$profile_id\", \"include_scores\": true}" "$grpc" \
+  corvus.identity.v1.IdentityService/GetProfile 2>&1 || true)
+grep -q '"buyers"' <<<"$with_scores" || fail "GetProfile with include_scores said: $with_scores"
 
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences, scores on the profile, auth, graceful stop)"

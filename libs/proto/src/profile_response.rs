@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType, bytes as bytes_field, message, skip_field, string};
 use prost::{DecodeError, Message};
 
-use crate::identity::v1::Profile;
+use crate::identity::v1::{Profile, Score};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GetProfileResponse {
@@ -17,6 +17,8 @@ pub struct GetProfileResponse {
     pub profile: Option<Profile>,
     /// The id that was asked for, when it was merged into profile.
     pub redirected_from: String,
+    /// Why the profile carries no scores, when scoring could not be asked.
+    pub scores_unavailable: String,
     /// The encoded `Profile` to send in place of `profile`.
     encoded: Option<Bytes>,
 }
@@ -28,8 +30,30 @@ impl GetProfileResponse {
         Self {
             profile: None,
             redirected_from,
+            scores_unavailable: String::new(),
             encoded: Some(profile),
         }
+    }
+
+    /// Puts scoring's scores and segments on the profile. An encoded profile gets them
+    /// appended as the further fields they are: the read model's profiles hold none, and
+    /// protobuf reads concatenated messages as one.
+    pub fn add_scores(&mut self, scores: Vec<Score>, segments: Vec<String>) {
+        if let Some(profile) = &mut self.profile {
+            profile.scores.extend(scores);
+            profile.segments.extend(segments);
+            return;
+        }
+        let Some(bytes) = &self.encoded else { return };
+        let more = Profile {
+            scores,
+            segments,
+            ..Default::default()
+        };
+        let mut joined = Vec::with_capacity(bytes.len() + more.encoded_len());
+        joined.extend_from_slice(bytes);
+        more.encode_raw(&mut joined);
+        self.encoded = Some(joined.into());
     }
 
     /// The profile, whichever way the response holds it.
@@ -53,6 +77,9 @@ impl Message for GetProfileResponse {
         if !self.redirected_from.is_empty() {
             string::encode(2, &self.redirected_from, buf);
         }
+        if !self.scores_unavailable.is_empty() {
+            string::encode(3, &self.scores_unavailable, buf);
+        }
     }
 
     fn merge_field(
@@ -74,6 +101,9 @@ impl Message for GetProfileResponse {
                 merged.map_err(|e| (e, "profile"))
             }
             2 => string::merge(wire_type, &mut self.redirected_from, buf, ctx).map_err(|e| (e, "redirected_from")),
+            3 => {
+                string::merge(wire_type, &mut self.scores_unavailable, buf, ctx).map_err(|e| (e, "scores_unavailable"))
+            }
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
         field.map_err(|(mut e, name)| {
@@ -88,12 +118,11 @@ impl Message for GetProfileResponse {
             (None, Some(profile)) => message::encoded_len(1, profile),
             (None, None) => 0,
         };
-        let redirected = if self.redirected_from.is_empty() {
-            0
-        } else {
-            string::encoded_len(2, &self.redirected_from)
+        let text = |tag, value: &String| match value.is_empty() {
+            true => 0,
+            false => string::encoded_len(tag, value),
         };
-        profile + redirected
+        profile + text(2, &self.redirected_from) + text(3, &self.scores_unavailable)
     }
 
     fn clear(&mut self) {
@@ -113,6 +142,8 @@ mod tests {
         profile: Option<Profile>,
         #[prost(string, tag = "2")]
         redirected_from: String,
+        #[prost(string, tag = "3")]
+        scores_unavailable: String,
     }
 
     fn profile() -> Profile {
@@ -142,11 +173,13 @@ mod tests {
             let generated = Generated {
                 profile: Some(profile()),
                 redirected_from: redirected_from.to_owned(),
+                scores_unavailable: String::new(),
             };
             let encoded = GetProfileResponse::encoded(profile().encode_to_vec().into(), redirected_from.to_owned());
             let typed = GetProfileResponse {
                 profile: Some(profile()),
                 redirected_from: redirected_from.to_owned(),
+                scores_unavailable: String::new(),
                 encoded: None,
             };
             let wire = generated.encode_to_vec();
@@ -160,6 +193,47 @@ mod tests {
     }
 
     #[test]
+    fn scores_added_to_an_encoded_profile_decode_as_the_generated_message() {
+        let scores = vec![Score {
+            name: "segment".to_owned(),
+            value: 2.0,
+            label: "high_orders_high_revenue".to_owned(),
+            ..Default::default()
+        }];
+        let segments = vec!["vip".to_owned()];
+        let mut whole = profile();
+        whole.scores = scores.clone();
+        whole.segments = segments.clone();
+        let mut encoded = GetProfileResponse::encoded(profile().encode_to_vec().into(), String::new());
+        encoded.add_scores(scores.clone(), segments.clone());
+        let wire = encoded.encode_to_vec();
+        assert_eq!(encoded.encoded_len(), wire.len());
+        let generated = Generated::decode(wire.as_slice()).unwrap();
+        assert_eq!(generated.profile, Some(whole.clone()));
+        assert_eq!(encoded.to_profile().unwrap(), Some(whole.clone()));
+
+        let mut typed = GetProfileResponse {
+            profile: Some(profile()),
+            ..Default::default()
+        };
+        typed.add_scores(scores, segments);
+        assert_eq!(typed.profile, Some(whole));
+
+        let unavailable = GetProfileResponse {
+            profile: Some(profile()),
+            scores_unavailable: "scoring did not answer within 250ms".to_owned(),
+            ..Default::default()
+        };
+        let wire = unavailable.encode_to_vec();
+        assert_eq!(unavailable.encoded_len(), wire.len());
+        assert_eq!(
+            Generated::decode(wire.as_slice()).unwrap().scores_unavailable,
+            unavailable.scores_unavailable
+        );
+        assert_eq!(GetProfileResponse::decode(wire.as_slice()).unwrap(), unavailable);
+    }
+
+    #[test]
     fn a_profile_sent_twice_merges_and_unknown_fields_are_skipped() {
         let mut first = profile();
         first.traits.clear();
@@ -170,7 +244,7 @@ mod tests {
         second.traits = profile().traits;
         let mut wire = Generated {
             profile: Some(first.clone()),
-            redirected_from: String::new(),
+            ..Default::default()
         }
         .encode_to_vec();
         message::encode(1, &second, &mut wire);

@@ -400,6 +400,7 @@ async fn get_profile(
             kind: kind.to_owned(),
             value: value.to_owned(),
         })),
+        include_scores: false,
     };
     match client.get_profile(request).await {
         Ok(response) => Ok(response.into_inner().profile),

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod identity_link;
+pub mod scores_link;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -170,6 +171,19 @@ impl App {
             (Some(identity), Some(ingestion)) => {
                 Some(identity.with_eraser(Arc::new(identity_link::LogEraser(ingestion.log.clone()))))
             }
+            (identity, _) => identity,
+        };
+        // GetProfile asks scoring for the profile's scores: directly in one process, else
+        // at scoring_endpoint.
+        let scores = match (&stores.scoring, &config.identity.scoring_endpoint) {
+            (Some(scoring), _) => Some(scores_link::ScoringLink::local(scoring.clone())),
+            (None, Some(endpoint)) => scores_link::ScoringLink::remote(endpoint)
+                .inspect_err(|e| tracing::error!("identity.scoring_endpoint {endpoint:?}: {e}"))
+                .ok(),
+            (None, None) => None,
+        };
+        let identity = match (identity, scores) {
+            (Some(identity), Some(scores)) => Some(identity.with_scores(Arc::new(scores))),
             (identity, _) => identity,
         };
         Self {

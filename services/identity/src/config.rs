@@ -44,6 +44,14 @@ pub struct IdentityConfig {
     /// Hand the log on through a NATS JetStream stream instead of each consumer reading
     /// it from identity's store (`[identity.jetstream]`; absent, the store's log).
     pub jetstream: Option<JetStreamConfig>,
+    /// Scoring's gRPC address (`http://scoring:50051`), where GetProfile finds a
+    /// profile's scores and audiences when scoring runs in another process. In one
+    /// process with identity it is asked directly and this is not needed.
+    pub scoring_endpoint: Option<String>,
+    /// How long GetProfile waits for scoring before it answers without scores (saying
+    /// why in `scores_unavailable`).
+    #[serde(with = "humantime_serde")]
+    pub scores_timeout: Duration,
 }
 
 impl Default for IdentityConfig {
@@ -59,6 +67,8 @@ impl Default for IdentityConfig {
             log_retention: Duration::from_secs(7 * 24 * 3600),
             consumers: Vec::new(),
             jetstream: None,
+            scoring_endpoint: None,
+            scores_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -119,6 +129,18 @@ impl IdentityConfig {
         if let Some(stream) = &self.jetstream {
             stream.validate("identity.jetstream").map_err(anyhow::Error::msg)?;
         }
+        if let Some(endpoint) = &self.scoring_endpoint {
+            anyhow::ensure!(
+                endpoint
+                    .parse::<tonic::transport::Uri>()
+                    .is_ok_and(|u| u.scheme().is_some()),
+                "identity.scoring_endpoint: {endpoint:?} is not a URL (http://host:port)"
+            );
+        }
+        anyhow::ensure!(
+            (Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.scores_timeout),
+            "identity.scores_timeout must be between 10ms and 10s"
+        );
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailu
 use crate::domain::resolution::ProfileId;
 use crate::matching_job::Job;
 use crate::read_model::{identifier_message, merge_message, timestamp};
-use crate::service::{Identity, IdentityError, ProfileRead};
+use crate::service::{Caller, Identity, IdentityError, ProfileRead};
 use crate::storage::{CANDIDATE_PENDING, CandidateRecord};
 
 pub struct IdentityApi {
@@ -72,6 +72,11 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let principal = authorise(&request, Role::Read, "read profiles")?;
         let ws = &principal.workspace;
+        let caller = Caller {
+            principal: principal.clone(),
+            metadata: request.metadata().clone(),
+        };
+        let include_scores = request.get_ref().include_scores;
         let read = match &request.get_ref().lookup {
             Some(pb::get_profile_request::Lookup::ProfileId(id)) => {
                 let id = profile_id("profile_id", id)?;
@@ -92,14 +97,19 @@ impl IdentityService for IdentityApi {
             None => return Err(invalid_argument("lookup", "give a profile_id or an identifier")),
         };
         let ProfileRead {
+            id,
             profile,
             redirected_from,
-            ..
         } = read;
-        Ok(Response::new(pb::GetProfileResponse::encoded(
-            profile,
-            redirected_from.map(|p| p.to_string()).unwrap_or_default(),
-        )))
+        let mut response =
+            pb::GetProfileResponse::encoded(profile, redirected_from.map(|p| p.to_string()).unwrap_or_default());
+        if include_scores {
+            match self.identity.scores_of(&caller, id).await {
+                Ok(scores) => response.add_scores(scores.scores, scores.segments),
+                Err(why) => response.scores_unavailable = why,
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn list_merges(

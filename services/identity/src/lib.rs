@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::IdentityConfig;
-pub use service::{EventEraser, Identity, IdentityError, Resolved};
+pub use service::{Caller, EventEraser, Identity, IdentityError, ProfileScores, Resolved, ScoresSource};
 
 /// The gRPC service name, as health reports it.
 pub const SERVICE_NAME: &str = "corvus.identity.v1.IdentityService";

@@ -36,6 +36,30 @@ pub trait EventEraser: Send + Sync {
     async fn erase(&self, workspace: &WorkspaceId, message_ids: &[String]) -> Result<u64, StorageError>;
 }
 
+/// Where GetProfile finds a profile's scores and audiences: scoring, in this process or
+/// over gRPC. They are asked for at each read rather than copied onto the read model, as
+/// much of them moves with time alone (P(alive), recency, a window closing on an
+/// audience) and a copy would be stale by the time it was read.
+#[async_trait]
+pub trait ScoresSource: Send + Sync {
+    /// The profile's scores; `Err` says why there are none to give (scoring down, say).
+    async fn scores(&self, caller: &Caller, profile: ProfileId) -> Result<ProfileScores, String>;
+}
+
+/// Who asked for a profile: scoring is asked on their behalf, with their key.
+pub struct Caller {
+    pub principal: corvus_platform::Principal,
+    pub metadata: tonic::metadata::MetadataMap,
+}
+
+/// What scoring holds of a profile, as `corvus.identity.v1.Profile` carries it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProfileScores {
+    pub scores: Vec<pb::Score>,
+    /// The audiences the person is in.
+    pub segments: Vec<String>,
+}
+
 /// Why a request cannot be served, in terms the API maps to a status.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -92,6 +116,8 @@ pub struct Identity {
     pub read_model: ReadModel,
     rules: Arc<Rules>,
     erasers: Vec<Arc<dyn EventEraser>>,
+    scores: Option<Arc<dyn ScoresSource>>,
+    scores_timeout: Duration,
     parts: usize,
 }
 
@@ -123,6 +149,8 @@ impl Identity {
             },
             rules: Arc::new(config.rules()?),
             erasers: Vec::new(),
+            scores: None,
+            scores_timeout: config.scores_timeout,
             parts: config.resolve_parts.max(1),
         })
     }
@@ -131,6 +159,26 @@ impl Identity {
     pub fn with_eraser(mut self, eraser: Arc<dyn EventEraser>) -> Self {
         self.erasers.push(eraser);
         self
+    }
+
+    /// Sets where GetProfile finds scores.
+    pub fn with_scores(mut self, source: Arc<dyn ScoresSource>) -> Self {
+        self.scores = Some(source);
+        self
+    }
+
+    /// A profile's scores from scoring, or why there are none.
+    pub async fn scores_of(&self, caller: &Caller, profile: ProfileId) -> Result<ProfileScores, String> {
+        let Some(source) = &self.scores else {
+            return Err("scoring does not run beside identity and identity.scoring_endpoint is not set".to_owned());
+        };
+        match tokio::time::timeout(self.scores_timeout, source.scores(caller, profile)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!(
+                "scoring did not answer within {} ms",
+                self.scores_timeout.as_millis()
+            )),
+        }
     }
 
     pub fn rules(&self, ws: &WorkspaceId) -> &IdentityRules {

@@ -191,6 +191,7 @@ async fn measure(plan: &Plan, scratch: &Scratch, app: &Running, results: &mut Re
                 kind: "email".into(),
                 value: email.clone(),
             })),
+            include_scores: false,
         };
         let profile = loop {
             match identity.get_profile(request(lookup.clone(), &keys.read)?).await {

@@ -23,8 +23,8 @@ use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerSer
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest};
-use corvus_proto::scoring::v1::GetScoresRequest;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use corvus_proto::scoring::v1::{self as scoring_pb, GetScoresRequest};
 use corvus_test_support::TempDir;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -173,7 +173,7 @@ struct Cluster {
     /// Held to keep the process (killed when dropped).
     _ingestion: Process,
     identity: Process,
-    _scoring: Process,
+    scoring: Process,
 }
 
 impl Cluster {
@@ -209,7 +209,8 @@ impl Cluster {
             dir.path(),
             "identity",
             &format!(
-                "{}[identity]\nbatch_size = 500\n[identity.log]\nretry_max = \"300ms\"\n\
+                "{}[identity]\nbatch_size = 500\nscoring_endpoint = \"http://127.0.0.1:{scoring_port}\"\n\
+                 [identity.log]\nretry_max = \"300ms\"\n\
                  [[identity.consumers]]\nname = \"downstream\"\nendpoint = \"http://{downstream_addr}\"\n\
                  [[identity.consumers]]\nname = \"ingestion\"\nendpoint = \"http://127.0.0.1:{ingestion_port}\"\n\
                  changes_only = true\n\
@@ -251,7 +252,7 @@ impl Cluster {
             downstream_up,
             _ingestion: ingestion,
             identity,
-            _scoring: scoring,
+            scoring,
         })
     }
 }
@@ -328,6 +329,7 @@ async fn services_apart_lose_nothing_when_killed() {
                         value: format!("u-{person}"),
                     },
                 )),
+                include_scores: false,
             })
             .await
             .unwrap()
@@ -366,6 +368,51 @@ async fn services_apart_lose_nothing_when_killed() {
         }
     }
 
+    // GetProfile, in identity's process, carries the audiences scoring keeps in its own:
+    // identity asks it with the caller's key.
+    let everyone = scoring_pb::Condition {
+        condition: Some(scoring_pb::condition::Condition::Compare(scoring_pb::Comparison {
+            field: "features.events".into(),
+            op: scoring_pb::Operator::Gte as i32,
+            value: Some(corvus_proto::json::json_to_value(&serde_json::json!(1))),
+        })),
+    };
+    scoring
+        .create_audience(scoring_pb::CreateAudienceRequest {
+            audience: Some(scoring_pb::Audience {
+                name: "everyone".into(),
+                definition: Some(everyone),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let profile_of_u17 = async |reader: &mut IdentityServiceClient<_>| {
+        reader
+            .get_profile(identity_pb::GetProfileRequest {
+                lookup: Some(identity_pb::get_profile_request::Lookup::ProfileId(
+                    seen["e-00017"].0.clone(),
+                )),
+                include_scores: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let read = profile_of_u17(&mut reader).await;
+        assert_eq!(read.scores_unavailable, "");
+        if read.profile.unwrap().segments == ["everyone"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the audience never reached the profile"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The cursors reach the end: nothing left behind for a later restart to redo.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -399,6 +446,7 @@ async fn services_apart_lose_nothing_when_killed() {
                     value: "u-0".into(),
                 },
             )),
+            include_scores: false,
         })
         .await
         .unwrap()
@@ -456,6 +504,16 @@ async fn services_apart_lose_nothing_when_killed() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Without scoring, GetProfile still answers, and says why the scores are missing.
+    cluster.scoring.kill().await;
+    let read = profile_of_u17(&mut reader).await;
+    assert!(read.profile.unwrap().segments.is_empty());
+    assert!(
+        read.scores_unavailable.starts_with("scoring answered Unavailable"),
+        "{}",
+        read.scores_unavailable
+    );
     cluster.downstream_up.cancel();
 }
 

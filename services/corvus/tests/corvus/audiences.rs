@@ -14,7 +14,7 @@ use prost_types::Timestamp;
 use serde_json::json;
 use tonic::Code;
 
-use crate::identity::{identify, send};
+use crate::identity::{identify, send, with_scores};
 use crate::scoring::{ScoringClient, profile_of, scores, scoring, track};
 use crate::support::spawn;
 
@@ -263,6 +263,14 @@ async fn audiences_follow_events_merges_erasures_and_time(backend: Backend) {
         scores(&mut client, &a, None).await.unwrap().audiences,
         vec!["big_spenders", "twice_in_30d"]
     );
+    // The profile carries them too, so a decision reads one record.
+    let mut reader = app.identity(&app.read_key).await;
+    let segments_of_ann = async |reader: &mut crate::support::IdentityClient| {
+        let read = with_scores(reader, "user_id", "ann").await;
+        assert_eq!(read.scores_unavailable, "");
+        read.profile.unwrap().segments
+    };
+    assert_eq!(segments_of_ann(&mut reader).await, vec!["big_spenders", "twice_in_30d"]);
 
     // An event moves Bob in at once.
     send(&app, vec![order("bob-3", bob, 60, 20.0, &["Games"])]).await;
@@ -289,6 +297,7 @@ async fn audiences_follow_events_merges_erasures_and_time(backend: Backend) {
         (a.as_str(), false, "time")
     );
     assert_eq!(members(&mut client, "twice_in_30d").await, vec![b.clone()]);
+    assert_eq!(segments_of_ann(&mut reader).await, vec!["big_spenders"]);
 
     // Cat's device signs in as Bob: Bob's profile absorbs Cat's (or the other way), the
     // merged id leaves, the survivor holds both histories.

@@ -70,21 +70,34 @@ pub async fn by_identifier(
     kind: &str,
     value: &str,
 ) -> Result<pb::GetProfileResponse, tonic::Status> {
-    client
-        .get_profile(pb::GetProfileRequest {
-            lookup: Some(Lookup::Identifier(Identifier {
-                kind: kind.into(),
-                value: value.into(),
-            })),
-        })
-        .await
-        .map(|r| r.into_inner())
+    get_profile(client, identifier(kind, value), false).await
+}
+
+/// The profile holding an identifier, with its scores and audiences from scoring.
+pub async fn with_scores(client: &mut IdentityClient, kind: &str, value: &str) -> pb::GetProfileResponse {
+    get_profile(client, identifier(kind, value), true).await.unwrap()
 }
 
 pub async fn by_id(client: &mut IdentityClient, id: &str) -> Result<pb::GetProfileResponse, tonic::Status> {
+    get_profile(client, Lookup::ProfileId(id.to_owned()), false).await
+}
+
+fn identifier(kind: &str, value: &str) -> Lookup {
+    Lookup::Identifier(Identifier {
+        kind: kind.into(),
+        value: value.into(),
+    })
+}
+
+async fn get_profile(
+    client: &mut IdentityClient,
+    lookup: Lookup,
+    include_scores: bool,
+) -> Result<pb::GetProfileResponse, tonic::Status> {
     client
         .get_profile(pb::GetProfileRequest {
-            lookup: Some(Lookup::ProfileId(id.to_owned())),
+            lookup: Some(lookup),
+            include_scores,
         })
         .await
         .map(|r| r.into_inner())
@@ -440,7 +453,10 @@ async fn bad_identity_requests_are_refused_and_change_nothing(backend: Backend) 
     );
     assert_eq!(code(by_id(&mut admin, "not-a-uuid").await), Code::InvalidArgument);
     let empty = admin
-        .get_profile(pb::GetProfileRequest { lookup: None })
+        .get_profile(pb::GetProfileRequest {
+            lookup: None,
+            include_scores: true,
+        })
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);

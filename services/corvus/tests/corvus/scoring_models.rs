@@ -13,7 +13,7 @@ use prost_types::Timestamp;
 use serde_json::json;
 use tonic::Code;
 
-use crate::identity::send;
+use crate::identity::{send, with_scores};
 use crate::scoring::{at, fit, profile_of, scores, scoring, track};
 use crate::support::spawn;
 
@@ -336,6 +336,33 @@ async fn rfm_channel_preference_and_send_time(backend: Backend) {
         "{}",
         quiet.explanation
     );
+
+    // The same, as of now, on the profile: what a decision reads in one call.
+    let now = scores(&mut client, &profile_of(&mut identity, "user_id", "u-0").await, None)
+        .await
+        .unwrap();
+    let read = with_scores(&mut identity, "user_id", "u-0").await;
+    assert_eq!(read.scores_unavailable, "");
+    let on_profile: std::collections::BTreeMap<String, (f64, String)> = read
+        .profile
+        .unwrap()
+        .scores
+        .into_iter()
+        .map(|s| (s.name, (s.value, s.label)))
+        .collect();
+    let rfm = now.rfm.unwrap();
+    assert_eq!(on_profile["rfm_recency"].0, f64::from(rfm.recency));
+    assert_eq!(on_profile["rfm_frequency"].0, f64::from(rfm.frequency));
+    assert_eq!(on_profile["rfm_monetary"].0, f64::from(rfm.monetary));
+    assert_eq!(on_profile["rfm_cell"].1, rfm.cell);
+    let email = now.channel_preference.unwrap().channels[0].rate;
+    assert_eq!(on_profile["preferred_channel"], (email, "email".to_owned()));
+    assert_eq!(on_profile["best_send_time"], (19.0, "Mon 19:00".to_owned()));
+    assert!(
+        !on_profile.contains_key("p_alive"),
+        "no CLV model was fitted: {on_profile:?}"
+    );
+
     app.stop().await;
 }
 

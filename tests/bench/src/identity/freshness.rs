@@ -270,6 +270,7 @@ async fn poll_until_visible(
     loop {
         let mut request = tonic::Request::new(GetProfileRequest {
             lookup: Some(lookup.clone()),
+            include_scores: false,
         });
         request.metadata_mut().insert("authorization", key.clone());
         match client.get_profile(request).await {

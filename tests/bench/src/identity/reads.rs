@@ -75,6 +75,7 @@ pub(super) async fn reads(
         .map(|id| {
             GetProfileRequest {
                 lookup: Some(Lookup::ProfileId(id.clone())),
+                include_scores: false,
             }
             .encode_to_vec()
             .into()
@@ -129,6 +130,7 @@ pub(super) async fn reads(
     let refused = Requests::new(vec![Bytes::from(
         GetProfileRequest {
             lookup: Some(Lookup::ProfileId("not-a-profile-id".to_owned())),
+            include_scores: false,
         }
         .encode_to_vec(),
     )]);
@@ -296,6 +298,7 @@ async fn get_profiles(
             while let Some(lookup) = lookups.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
                 let mut request = tonic::Request::new(GetProfileRequest {
                     lookup: Some(lookup.clone()),
+                    include_scores: false,
                 });
                 request.metadata_mut().insert("authorization", key.clone());
                 let response = client
