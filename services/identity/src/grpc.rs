@@ -72,11 +72,11 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::GetProfileResponse>, Status> {
         let principal = authorise(&request, Role::Read, "read profiles")?;
         let ws = &principal.workspace;
-        let caller = Caller {
+        // Scoring is asked as the caller, with their key: only when asked to.
+        let caller = request.get_ref().include_scores.then(|| Caller {
             principal: principal.clone(),
             metadata: request.metadata().clone(),
-        };
-        let include_scores = request.get_ref().include_scores;
+        });
         let read = match &request.get_ref().lookup {
             Some(pb::get_profile_request::Lookup::ProfileId(id)) => {
                 let id = profile_id("profile_id", id)?;
@@ -103,7 +103,7 @@ impl IdentityService for IdentityApi {
         } = read;
         let mut response =
             pb::GetProfileResponse::encoded(profile, redirected_from.map(|p| p.to_string()).unwrap_or_default());
-        if include_scores {
+        if let Some(caller) = caller {
             match self.identity.scores_of(&caller, id).await {
                 Ok(scores) => response.add_scores(scores.scores, scores.segments),
                 Err(why) => response.scores_unavailable = why,

@@ -7,6 +7,7 @@ pub mod engagement;
 pub mod facts;
 pub mod features;
 pub mod kmeans;
+pub mod metrics;
 pub mod optimize;
 pub mod propensity;
 pub mod rfm;

@@ -2,6 +2,9 @@
 //! gradient: BFGS with a backtracking line search while the value still falls
 //! measurably, then Newton steps on a Hessian differenced from the gradient, which
 //! converge quadratically where the value's rounding no longer shows progress.
+//!
+//! For many variables, [`lbfgs`]: limited-memory BFGS, which keeps ten correction pairs
+//! in place of the inverse Hessian.
 
 /// Where a minimisation ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +172,84 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         x[row] = (b[row] - rest) / a[row][row];
     }
     Some(x)
+}
+
+/// L-BFGS stops when no gradient component is larger.
+const LBFGS_TOLERANCE: f64 = 1e-11;
+const LBFGS_MAX_ITERATIONS: u32 = 10_000;
+
+/// Minimises a smooth convex `f` (value, gradient written into its second argument)
+/// by L-BFGS with ten correction pairs and a backtracking (Armijo) line search.
+/// Returns the point, the iterations and the largest absolute gradient component.
+pub fn lbfgs(mut f: impl FnMut(&[f64], &mut [f64]) -> f64, mut x: Vec<f64>) -> (Vec<f64>, u32, f64) {
+    const MEMORY: usize = 10;
+    let dim = x.len();
+    let mut g = vec![0.0; dim];
+    let mut fx = f(&x, &mut g);
+    let mut pairs: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
+        std::collections::VecDeque::with_capacity(MEMORY);
+    let (mut x_new, mut g_new) = (vec![0.0; dim], vec![0.0; dim]);
+    let mut iterations = 0;
+    while iterations < LBFGS_MAX_ITERATIONS && max_abs(&g) > LBFGS_TOLERANCE {
+        iterations += 1;
+        // Two-loop recursion: d = −H g.
+        let mut d: Vec<f64> = g.iter().map(|v| -v).collect();
+        let mut alphas = Vec::with_capacity(pairs.len());
+        for (s, y, rho) in pairs.iter().rev() {
+            let a = rho * dot(s, &d);
+            d.iter_mut().zip(y).for_each(|(d, y)| *d -= a * y);
+            alphas.push(a);
+        }
+        let scale = pairs
+            .back()
+            .map_or(1.0 / max_abs(&g).max(1.0), |(_, y, rho)| 1.0 / (rho * dot(y, y)));
+        d.iter_mut().for_each(|d| *d *= scale);
+        for ((s, y, rho), a) in pairs.iter().zip(alphas.into_iter().rev()) {
+            let b = rho * dot(y, &d);
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += (a - b) * s);
+        }
+        let slope = dot(&d, &g);
+        if slope >= 0.0 {
+            pairs.clear();
+            continue;
+        }
+        let mut step = 1.0;
+        let mut accepted = false;
+        for _ in 0..60 {
+            x_new
+                .iter_mut()
+                .zip(&x)
+                .zip(&d)
+                .for_each(|((xn, x), d)| *xn = x + step * d);
+            let f_new = f(&x_new, &mut g_new);
+            // Near the minimum the decrease falls below the value's rounding: a step
+            // that leaves the value level within rounding and shrinks the slope along
+            // the direction (Wolfe's curvature condition) is taken on the gradient's word.
+            let level = f_new - fx <= 1e-12 * fx.abs().max(1.0) && dot(&g_new, &d).abs() <= 0.9 * slope.abs();
+            if f_new.is_finite() && (f_new <= fx + 1e-4 * step * slope || level) {
+                fx = f_new;
+                accepted = true;
+                break;
+            }
+            step *= 0.5;
+        }
+        if !accepted {
+            break;
+        }
+        let s: Vec<f64> = x_new.iter().zip(&x).map(|(a, b)| a - b).collect();
+        let y: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
+        let sy = dot(&s, &y);
+        if sy > 0.0 {
+            if pairs.len() == MEMORY {
+                pairs.pop_front();
+            }
+            pairs.push_back((s, y, 1.0 / sy));
+        }
+        std::mem::swap(&mut x, &mut x_new);
+        std::mem::swap(&mut g, &mut g_new);
+    }
+    let gradient = max_abs(&g);
+    (x, iterations, gradient)
 }
 
 #[cfg(test)]
