@@ -1,9 +1,9 @@
 //! Scoring's store: the facts of each profile's events, the aliases of merged profiles
 //! and the workspaces' models. One trait, written once for Postgres and SQLite (the
 //! SQL runs unchanged on both; `scoring_store!` expands it per backend) and held to one
-//! conformance suite (`tests/scoring/store.rs`).
+//! conformance suite (`tests/scoring/main.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -218,6 +218,50 @@ const IN_LIST: usize = 500;
 /// Facts written by one statement, at most (7 values each).
 const FACT_ROWS: usize = 500;
 
+/// A long run of facts is written in up to this many chunks side by side (SQLite takes
+/// them in turn), each of at least half of `FACT_ROWS`: a short one in one.
+const WRITERS: usize = 4;
+
+fn is_barrier(change: &Change) -> bool {
+    matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
+}
+
+/// Changes cut into runs of facts and merges, each unmerge and erasure alone between
+/// them, in order.
+fn segments(changes: &[(WorkspaceId, Change)]) -> Vec<&[(WorkspaceId, Change)]> {
+    changes
+        .chunk_by(|(_, a), (_, b)| !is_barrier(a) && !is_barrier(b))
+        .collect()
+}
+
+fn facts_of(run: &[(WorkspaceId, Change)]) -> Vec<&(WorkspaceId, Change)> {
+    run.iter().filter(|(_, c)| matches!(c, Change::Fact { .. })).collect()
+}
+
+/// A run's merges, per workspace: where each merged id's facts go (to where the run's
+/// chain of merges ends: a merged into b, then b into c, sends a and b to c), and each
+/// alias as merged (a to b, b to c).
+type Moves<'a> = BTreeMap<&'a WorkspaceId, (BTreeMap<ProfileId, ProfileId>, BTreeMap<ProfileId, ProfileId>)>;
+
+fn moves(run: &[(WorkspaceId, Change)]) -> Moves<'_> {
+    let mut moves: Moves<'_> = BTreeMap::new();
+    for (ws, change) in run {
+        if let Change::Merged { survivor, merged } = change {
+            let (to, aliases) = moves.entry(ws).or_default();
+            for end in to.values_mut() {
+                if merged.contains(end) {
+                    *end = *survivor;
+                }
+            }
+            for id in merged {
+                to.insert(*id, *survivor);
+                aliases.insert(*id, *survivor);
+            }
+        }
+    }
+    moves
+}
+
 /// `($1, ..., $width), ($width+1, ...), ...`: `n` rows of placeholders.
 fn rows(n: usize, width: usize) -> String {
     (0..n)
@@ -277,7 +321,7 @@ fn root_of(aliases: &HashMap<ProfileId, ProfileId>, mut id: ProfileId) -> Profil
 }
 
 macro_rules! scoring_store {
-    ($Store:ident) => {
+    ($Store:ident, $Db:ty) => {
         impl $Store {
             /// The workspace's aliases: merged id → the profile it was merged into.
             async fn roots(&self, ws: &WorkspaceId) -> Result<HashMap<ProfileId, ProfileId>, StorageError> {
@@ -287,6 +331,206 @@ macro_rules! scoring_store {
                         .fetch_all(&self.pool)
                         .await?;
                 Ok(rows.into_iter().collect())
+            }
+
+            /// The histories of up to `IN_LIST` profiles (those with no facts left out).
+            async fn histories_of(
+                &self,
+                ws: &WorkspaceId,
+                chunk: &[ProfileId],
+            ) -> Result<HashMap<ProfileId, History>, StorageError> {
+                let mut out: HashMap<ProfileId, History> = HashMap::new();
+                let list = placeholders(2, chunk.len());
+                let sql = format!(
+                    "SELECT profile_id, at, fact, event FROM facts WHERE workspace_id = $1 \
+                     AND profile_id IN ({list}) ORDER BY profile_id, at, event_id"
+                );
+                let mut query = sqlx::query_as::<_, (ProfileId, i64, String, Option<String>)>(&sql).bind(ws);
+                for p in chunk {
+                    query = query.bind(*p);
+                }
+                for (profile, at, fact, event) in query.fetch_all(&self.pool).await? {
+                    let entry = out.entry(profile).or_default();
+                    entry.0.push(dated(at, &fact)?);
+                    if let Some(event) = event {
+                        entry.1.push(Held {
+                            at: time(at),
+                            payload: serde_json::from_str(&event).map_err(|e| undecodable("event", e))?,
+                        });
+                    }
+                }
+                // A survivor of merges may hold facts under a merged id too (an event
+                // replayed after the merge): those few are read with their family.
+                let sql = format!(
+                    "SELECT DISTINCT a.survivor_id FROM aliases a JOIN facts f \
+                     ON f.workspace_id = a.workspace_id AND f.profile_id = a.profile_id \
+                     WHERE a.workspace_id = $1 AND a.survivor_id IN ({list})"
+                );
+                let mut query = sqlx::query_scalar::<_, ProfileId>(&sql).bind(ws);
+                for p in chunk {
+                    query = query.bind(*p);
+                }
+                for survivor in query.fetch_all(&self.pool).await? {
+                    out.insert(survivor, self.history(ws, survivor).await?);
+                }
+                Ok(out)
+            }
+
+            /// Writes facts; one already held (by event id) is left as it is.
+            async fn write_facts(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                facts: &[&(WorkspaceId, Change)],
+            ) -> Result<(), StorageError> {
+                for run in facts.chunks(FACT_ROWS) {
+                    let sql = format!(
+                        "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
+                         VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                        rows(run.len(), 7)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (ws, c) in run {
+                        let Change::Fact {
+                            event,
+                            profile,
+                            at,
+                            fact,
+                            payload,
+                        } = c
+                        else {
+                            unreachable!("facts only");
+                        };
+                        query = query
+                            .bind(ws)
+                            .bind(*event)
+                            .bind(*profile)
+                            .bind(micros(*at))
+                            .bind(fact.revenue)
+                            .bind(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?)
+                            .bind(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
+                    }
+                    query.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Applies a run's merges: the facts moved by one statement per workspace
+            /// (and `IN_LIST` ids), the aliases written by another.
+            async fn write_merges(tx: &mut sqlx::Transaction<'_, $Db>, moves: &Moves<'_>) -> Result<(), StorageError> {
+                for (ws, (to, aliases)) in moves {
+                    let to: Vec<_> = to.iter().collect();
+                    for chunk in to.chunks(IN_LIST) {
+                        let cases: String = (0..chunk.len())
+                            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+                            .collect();
+                        let ids = (0..chunk.len())
+                            .map(|i| format!("${}", 2 + 2 * i))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let sql = format!(
+                            "UPDATE facts SET profile_id = CASE profile_id{cases} END \
+                             WHERE workspace_id = $1 AND profile_id IN ({ids})"
+                        );
+                        let mut query = sqlx::query(&sql).bind(*ws);
+                        for (from, to) in chunk {
+                            query = query.bind(**from).bind(**to);
+                        }
+                        query.execute(&mut **tx).await?;
+                    }
+                    let aliases: Vec<_> = aliases.iter().collect();
+                    for chunk in aliases.chunks(IN_LIST) {
+                        let sql = format!(
+                            "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES {} \
+                             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
+                            rows(chunk.len(), 3)
+                        );
+                        let mut query = sqlx::query(&sql);
+                        for (id, survivor) in chunk {
+                            query = query.bind(*ws).bind(**id).bind(**survivor);
+                        }
+                        query.execute(&mut **tx).await?;
+                    }
+                }
+                Ok(())
+            }
+
+            /// Applies an unmerge or an erasure; returns what an erasure deleted.
+            async fn write_barrier(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                (ws, change): &(WorkspaceId, Change),
+            ) -> Result<Option<(u64, u64)>, StorageError> {
+                match change {
+                    Change::Unmerged { sides } => {
+                        for (profile, events) in sides {
+                            sqlx::query("DELETE FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            for event in events {
+                                sqlx::query(
+                                    "UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND event_id = $2",
+                                )
+                                .bind(ws)
+                                .bind(*event)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            }
+                        }
+                    }
+                    Change::Erased { profiles } => {
+                        let (mut removed, mut standings) = (0, 0);
+                        for profile in profiles {
+                            Self::serialise_changes(tx).await?;
+                            // The person's history of entries and exits goes; an exit
+                            // from each audience they were in tells its stream.
+                            let held: Vec<(String, bool)> = sqlx::query_as(
+                                "DELETE FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 \
+                                 RETURNING audience, member",
+                            )
+                            .bind(ws)
+                            .bind(*profile)
+                            .fetch_all(&mut **tx)
+                            .await?;
+                            sqlx::query("DELETE FROM audience_changes WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            for (audience, _) in held.iter().filter(|(_, member)| *member) {
+                                sqlx::query(
+                                    "INSERT INTO audience_changes \
+                                     (workspace_id, audience, profile_id, entered, at, reason) \
+                                     VALUES ($1, $2, $3, $4, $5, 'erased')",
+                                )
+                                .bind(ws)
+                                .bind(audience)
+                                .bind(*profile)
+                                .bind(false)
+                                .bind(micros(Utc::now()))
+                                .execute(&mut **tx)
+                                .await?;
+                            }
+                            standings += held.len() as u64;
+                            removed += sqlx::query("DELETE FROM facts WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?
+                                .rows_affected();
+                            sqlx::query(
+                                "DELETE FROM aliases WHERE workspace_id = $1 AND (profile_id = $2 OR survivor_id = $2)",
+                            )
+                            .bind(ws)
+                            .bind(*profile)
+                            .execute(&mut **tx)
+                            .await?;
+                        }
+                        return Ok(Some((removed, standings)));
+                    }
+                            Change::Fact { .. } | Change::Merged { .. } => {}
+                }
+                Ok(None)
             }
         }
 
@@ -302,141 +546,54 @@ macro_rules! scoring_store {
                 if changes.is_empty() {
                     return Ok(erased);
                 }
-                let (_writer, mut tx) = self.begin().await?;
-                let mut next = 0;
-                while let Some((ws, change)) = changes.get(next) {
-                    next += 1;
-                    match change {
-                        Change::Fact { .. } => {
-                            // The run of facts from here, in one statement.
-                            let run: Vec<&(WorkspaceId, Change)> = changes[next - 1..]
-                                .iter()
-                                .take_while(|(_, c)| matches!(c, Change::Fact { .. }))
-                                .take(FACT_ROWS)
-                                .collect();
-                            next += run.len() - 1;
-                            let sql = format!(
-                                "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
-                                 VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
-                                rows(run.len(), 7)
-                            );
-                            let mut query = sqlx::query(&sql);
-                            for (ws, c) in run {
-                                let Change::Fact {
-                                    event,
-                                    profile,
-                                    at,
-                                    fact,
-                                    payload,
-                                } = c
-                                else {
-                                    unreachable!("the run holds facts only");
-                                };
-                                query = query
-                                    .bind(ws)
-                                    .bind(*event)
-                                    .bind(*profile)
-                                    .bind(micros(*at))
-                                    .bind(fact.revenue)
-                                    .bind(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?)
-                                    .bind(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
-                            }
-                            query.execute(&mut *tx).await?;
-                        }
-                        Change::Merged { survivor, merged } => {
-                            for id in merged {
-                                sqlx::query("UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
-                                    .bind(ws)
-                                    .bind(*id)
-                                    .bind(*survivor)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                sqlx::query(
-                                    "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
-                                     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
-                                )
-                                .bind(ws)
-                                .bind(*id)
-                                .bind(*survivor)
-                                .execute(&mut *tx)
-                                .await?;
-                            }
-                        }
-                        Change::Unmerged { sides } => {
-                            for (profile, events) in sides {
-                                sqlx::query("DELETE FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
-                                    .bind(ws)
-                                    .bind(*profile)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                for event in events {
-                                    sqlx::query(
-                                        "UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND event_id = $2",
-                                    )
-                                    .bind(ws)
-                                    .bind(*event)
-                                    .bind(*profile)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                }
-                            }
-                        }
-                        Change::Erased { profiles } => {
-                            let (mut removed, mut standings) = (0, 0);
-                            for profile in profiles {
-                                Self::serialise_changes(&mut tx).await?;
-                                // The person's history of entries and exits goes; an exit
-                                // from each audience they were in tells its stream.
-                                let held: Vec<(String, bool)> = sqlx::query_as(
-                                    "DELETE FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 \
-                                     RETURNING audience, member",
-                                )
-                                .bind(ws)
-                                .bind(*profile)
-                                .fetch_all(&mut *tx)
-                                .await?;
-                                sqlx::query("DELETE FROM audience_changes WHERE workspace_id = $1 AND profile_id = $2")
-                                    .bind(ws)
-                                    .bind(*profile)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                for (audience, _) in held.iter().filter(|(_, member)| *member) {
-                                    sqlx::query(
-                                        "INSERT INTO audience_changes \
-                                         (workspace_id, audience, profile_id, entered, at, reason) \
-                                         VALUES ($1, $2, $3, $4, $5, 'erased')",
-                                    )
-                                    .bind(ws)
-                                    .bind(audience)
-                                    .bind(*profile)
-                                    .bind(false)
-                                    .bind(micros(Utc::now()))
-                                    .execute(&mut *tx)
-                                    .await?;
-                                }
-                                standings += held.len() as u64;
-                                removed += sqlx::query("DELETE FROM facts WHERE workspace_id = $1 AND profile_id = $2")
-                                    .bind(ws)
-                                    .bind(*profile)
-                                    .execute(&mut *tx)
-                                    .await?
-                                    .rows_affected();
-                                sqlx::query(
-                                    "DELETE FROM aliases WHERE workspace_id = $1 AND (profile_id = $2 OR survivor_id = $2)",
-                                )
-                                .bind(ws)
-                                .bind(*profile)
-                                .execute(&mut *tx)
-                                .await?;
-                            }
-                            erased.push((removed, standings));
+                // In a run of facts and merges the facts are written first: a merge then
+                // moves every fact of the merged id, whichever came first in the run.
+                if changes.iter().any(|(_, c)| matches!(c, Change::Erased { .. })) {
+                    // An erasure's counts are its answer: the delivery is applied whole or
+                    // not at all, so that a retry never answers for a part already done.
+                    let (_writer, mut tx) = self.begin().await?;
+                    for segment in segments(changes) {
+                        if let [barrier] = segment
+                            && is_barrier(&barrier.1)
+                        {
+                            erased.extend(Self::write_barrier(&mut tx, barrier).await?);
+                        } else {
+                            Self::write_facts(&mut tx, &facts_of(segment)).await?;
+                            Self::write_merges(&mut tx, &moves(segment)).await?;
                         }
                     }
-                }
-                tx.commit().await?;
-                drop(_writer);
-                if changes.iter().any(|(_, c)| matches!(c, Change::Erased { .. })) {
+                    tx.commit().await?;
+                    drop(_writer);
                     self.scrub().await?;
+                    return Ok(erased);
+                }
+                // Otherwise a run's facts are written in chunks side by side, each
+                // committed alone (a fact is kept once by its event id, so a retry after a
+                // failure part way is harmless), then its merges; unmerges in order.
+                for segment in segments(changes) {
+                    if let [barrier] = segment
+                        && is_barrier(&barrier.1)
+                    {
+                        let (_writer, mut tx) = self.begin().await?;
+                        Self::write_barrier(&mut tx, barrier).await?;
+                        tx.commit().await?;
+                        continue;
+                    }
+                    let facts = facts_of(segment);
+                    let chunk = facts.len().div_ceil(WRITERS).clamp(FACT_ROWS / 2, FACT_ROWS);
+                    futures::future::try_join_all(facts.chunks(chunk).map(|part| async move {
+                        let (_writer, mut tx) = self.begin().await?;
+                        Self::write_facts(&mut tx, part).await?;
+                        tx.commit().await?;
+                        Ok::<_, StorageError>(())
+                    }))
+                    .await?;
+                    let moves = moves(segment);
+                    if !moves.is_empty() {
+                        let (_writer, mut tx) = self.begin().await?;
+                        Self::write_merges(&mut tx, &moves).await?;
+                        tx.commit().await?;
+                    }
                 }
                 Ok(erased)
             }
@@ -480,40 +637,10 @@ macro_rules! scoring_store {
             ) -> Result<HashMap<ProfileId, History>, StorageError> {
                 let mut out: HashMap<ProfileId, History> =
                     profiles.iter().map(|p| (*p, (Vec::new(), Vec::new()))).collect();
-                for chunk in profiles.chunks(IN_LIST) {
-                    let list = placeholders(2, chunk.len());
-                    let sql = format!(
-                        "SELECT profile_id, at, fact, event FROM facts WHERE workspace_id = $1 \
-                         AND profile_id IN ({list}) ORDER BY profile_id, at, event_id"
-                    );
-                    let mut query = sqlx::query_as::<_, (ProfileId, i64, String, Option<String>)>(&sql).bind(ws);
-                    for p in chunk {
-                        query = query.bind(*p);
-                    }
-                    for (profile, at, fact, event) in query.fetch_all(&self.pool).await? {
-                        let entry = out.entry(profile).or_default();
-                        entry.0.push(dated(at, &fact)?);
-                        if let Some(event) = event {
-                            entry.1.push(Held {
-                                at: time(at),
-                                payload: serde_json::from_str(&event).map_err(|e| undecodable("event", e))?,
-                            });
-                        }
-                    }
-                    // A survivor of merges may hold facts under a merged id too (an event
-                    // replayed after the merge): those few are read with their family.
-                    let sql = format!(
-                        "SELECT DISTINCT a.survivor_id FROM aliases a JOIN facts f \
-                         ON f.workspace_id = a.workspace_id AND f.profile_id = a.profile_id \
-                         WHERE a.workspace_id = $1 AND a.survivor_id IN ({list})"
-                    );
-                    let mut query = sqlx::query_scalar::<_, ProfileId>(&sql).bind(ws);
-                    for p in chunk {
-                        query = query.bind(*p);
-                    }
-                    for survivor in query.fetch_all(&self.pool).await? {
-                        out.insert(survivor, self.history(ws, survivor).await?);
-                    }
+                // The chunks are read side by side.
+                let read = profiles.chunks(IN_LIST).map(|chunk| self.histories_of(ws, chunk));
+                for histories in futures::future::try_join_all(read).await? {
+                    out.extend(histories);
                 }
                 Ok(out)
             }
@@ -617,5 +744,5 @@ macro_rules! scoring_store {
     };
 }
 
-scoring_store!(PgScoringStore);
-scoring_store!(SqliteScoringStore);
+scoring_store!(PgScoringStore, sqlx::Postgres);
+scoring_store!(SqliteScoringStore, sqlx::Sqlite);

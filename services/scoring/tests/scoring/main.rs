@@ -12,6 +12,7 @@ use corvus_test_support::{Backend, TempDir, on_both_backends};
 
 on_both_backends!(
     facts_are_kept_once_and_follow_profile_changes,
+    a_delivery_is_applied_in_log_order,
     purchases_and_models_are_kept_per_workspace,
     standings_record_each_change_once,
     models_older_than_the_schedule_are_refitted,
@@ -317,6 +318,72 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
     assert!(store.facts(&ws, b).await.unwrap().is_empty());
     assert_eq!(store.facts(&other, b).await.unwrap().len(), 1);
     assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
+}
+
+/// A large delivery (its facts written in chunks side by side) with a chain of merges
+/// in it, an event replayed under a merged id after them, and the same profile id in
+/// another workspace; then one with an erasure between facts, applied whole.
+async fn a_delivery_is_applied_in_log_order(backend: Backend) {
+    let dir = TempDir::new();
+    let Some(store) = store(backend, &dir).await else {
+        return;
+    };
+    let (ws, other): (WorkspaceId, WorkspaceId) = ("acme".parse().unwrap(), "globex".parse().unwrap());
+    let (p, q, r) = (ProfileId::new(), ProfileId::new(), ProfileId::new());
+    let mut changes: Vec<(WorkspaceId, Change)> = (0..1500u32)
+        .map(|i| {
+            (
+                ws.clone(),
+                fact(EventId::new(), [p, q, r][i as usize % 3], 1 + i % 28, None),
+            )
+        })
+        .collect();
+    changes.push((
+        ws.clone(),
+        Change::Merged {
+            survivor: q,
+            merged: vec![p],
+        },
+    ));
+    changes.push((other.clone(), fact(EventId::new(), p, 1, None)));
+    changes.push((
+        ws.clone(),
+        Change::Merged {
+            survivor: r,
+            merged: vec![q],
+        },
+    ));
+    changes.push((ws.clone(), fact(EventId::new(), p, 2, Some(3.0))));
+    store.apply(&changes).await.unwrap();
+    // Every fact of p and q is r's now, the replayed one too, whichever id it names.
+    assert_eq!(store.facts(&ws, r).await.unwrap().len(), 1501);
+    let histories = store.histories(&ws, &[p, q, r]).await.unwrap();
+    assert_eq!(histories[&r].0.len(), 1501);
+    assert_eq!(histories[&r].1.len(), 1501, "each fact with its event");
+    assert!(histories[&p].0.is_empty() && histories[&q].0.is_empty());
+    assert_eq!(
+        (
+            store.survivor(&ws, p).await.unwrap(),
+            store.survivor(&ws, q).await.unwrap()
+        ),
+        (r, r)
+    );
+    let purchases = store.purchases(&ws, day(28)).await.unwrap();
+    assert_eq!(purchases.iter().map(|b| b.profile).collect::<Vec<_>>(), vec![r]);
+    // A merge in one workspace moves nothing of another's.
+    assert_eq!(store.facts(&other, p).await.unwrap().len(), 1);
+    assert_eq!(store.survivor(&other, p).await.unwrap(), p);
+
+    // An erasure between facts: those before it go, those after it stay.
+    let s = ProfileId::new();
+    let mut changes: Vec<(WorkspaceId, Change)> = (0..700u32)
+        .map(|i| (ws.clone(), fact(EventId::new(), s, 1 + i % 28, None)))
+        .collect();
+    changes.push((ws.clone(), Change::Erased { profiles: vec![s] }));
+    changes.push((ws.clone(), fact(EventId::new(), s, 3, None)));
+    assert_eq!(store.apply(&changes).await.unwrap(), vec![(700, 0)]);
+    assert_eq!(store.facts(&ws, s).await.unwrap().len(), 1);
+    assert_eq!(store.facts(&ws, r).await.unwrap().len(), 1501);
 }
 
 async fn purchases_and_models_are_kept_per_workspace(backend: Backend) {
