@@ -364,12 +364,26 @@ async fn audiences_follow_events_merges_erasures_and_time(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "pro_small refers to it: {err:?}");
+    let mut watching = client
+        .stream_audience_changes(pb::StreamAudienceChangesRequest {
+            name: "pro_small".into(),
+            after_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     for name in ["pro_small", "big_spenders"] {
         client
             .delete_audience(pb::DeleteAudienceRequest { name: name.into() })
             .await
             .unwrap();
     }
+    // A stream of a deleted audience ends, saying so.
+    let ended = tokio::time::timeout(Duration::from_secs(20), watching.message())
+        .await
+        .expect("the stream ends within 20 s")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
     client
         .delete_computed_trait(pb::DeleteComputedTraitRequest { name: "spend".into() })
         .await

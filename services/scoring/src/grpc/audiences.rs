@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use corvus_platform::error::invalid_argument;
+use corvus_platform::error::{invalid_argument, storage_status};
 use corvus_proto::WorkspaceId;
 use corvus_proto::json::{json_to_value, value_to_json};
 use corvus_proto::scoring::v1 as pb;
@@ -18,6 +18,7 @@ use crate::audiences::Audience;
 use crate::domain::audiences::{Condition, EventCondition, MAX_CHILDREN, MAX_DEPTH};
 use crate::domain::traits::{Aggregation, ComputedTrait, EventFilter, Op, PropertyCondition};
 use crate::service::Scoring;
+use crate::storage::Definitions;
 
 /// How long a change stream waits for news before looking at the store again (other
 /// replicas' changes reach it this way).
@@ -244,10 +245,27 @@ pub fn audience_message(a: &Audience) -> pb::Audience {
 
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAudienceChangesResponse, Status>> + Send>>;
 
-/// An audience's changes after `after`, then each as it is recorded.
+/// When the audience named was created; none when there is none.
+async fn created_at(scoring: &Scoring, ws: &WorkspaceId, audience: &str) -> Result<Option<DateTime<Utc>>, Status> {
+    let definitions = scoring
+        .store
+        .definitions(ws, Definitions::Audiences)
+        .await
+        .map_err(storage_status)?;
+    Ok(definitions
+        .into_iter()
+        .find(|d| d.name == audience)
+        .map(|d| d.created_at))
+}
+
+/// An audience's changes after `after`, then each as it is recorded. The stream ends with
+/// NOT_FOUND once the audience is deleted (looked for at most once a `STREAM_POLL` while
+/// no change comes), even if one of the same name has been created since.
 pub fn change_stream(scoring: Scoring, ws: WorkspaceId, audience: String, mut after: i64) -> ChangeStream {
     Box::pin(async_stream::try_stream! {
         let mut news = scoring.audience_news();
+        let created = created_at(&scoring, &ws, &audience).await?;
+        let mut looked = std::time::Instant::now();
         loop {
             news.borrow_and_update();
             let batch = scoring.audience_changes(&ws, &audience, after, 500).await?;
@@ -264,6 +282,12 @@ pub fn change_stream(scoring: Scoring, ws: WorkspaceId, audience: String, mut af
                 };
             }
             if !full {
+                if looked.elapsed() >= STREAM_POLL {
+                    if created.is_none() || created_at(&scoring, &ws, &audience).await? != created {
+                        Err(Status::not_found(format!("audience {audience:?} was deleted")))?;
+                    }
+                    looked = std::time::Instant::now();
+                }
                 let _ = tokio::time::timeout(STREAM_POLL, news.changed()).await;
             }
         }
