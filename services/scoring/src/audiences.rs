@@ -402,11 +402,8 @@ impl Scoring {
         reason: &'static str,
         only: Option<&str>,
     ) -> Result<Vec<MembershipChange>, ScoringError> {
-        let mut bench = self.workbench(ws).await?;
-        if let Some(name) = only {
-            bench.audiences.retain(|n, _| n == name);
-        }
-        self.evaluate_with(ws, &bench, profiles, reason).await
+        let bench = self.workbench(ws).await?;
+        self.evaluate_with(ws, &bench, profiles, reason, only).await
     }
 
     async fn evaluate_with(
@@ -415,6 +412,7 @@ impl Scoring {
         bench: &Workbench,
         profiles: &[ProfileId],
         reason: &'static str,
+        only: Option<&str>,
     ) -> Result<Vec<MembershipChange>, ScoringError> {
         if bench.audiences.is_empty() || profiles.is_empty() {
             return Ok(Vec::new());
@@ -433,7 +431,12 @@ impl Scoring {
                 (Some(models), false) => values_of(&self.scores_from(ws, models, *profile, facts, now, None)?),
                 _ => BTreeMap::new(),
             };
-            for (name, condition) in &bench.audiences {
+            // Every audience stays on the bench: one may refer to another.
+            for (name, condition) in bench
+                .audiences
+                .iter()
+                .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
+            {
                 // A profile scoring holds nothing of (merged away, erased) is in no audience.
                 let (member, recheck_at) = if held.is_empty() {
                     (false, None)
@@ -491,7 +494,7 @@ impl Scoring {
         for (ws, (profiles, reason)) in touched {
             let mut profiles: Vec<ProfileId> = profiles.into_iter().collect();
             profiles.sort();
-            self.evaluate_with(ws, &benches[ws], &profiles, reason).await?;
+            self.evaluate_with(ws, &benches[ws], &profiles, reason, None).await?;
         }
         Ok(())
     }
