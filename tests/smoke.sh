@@ -70,10 +70,13 @@ grep -q '"revenue": 42' <<<"$scores" || fail "GetScores said: $scores"
 fit=$("$bin" models fit clv --endpoint "http://$grpc" --key "$key" 2>&1 || true)
 grep -q 'needs at least 20 customers; the data holds 1' <<<"$fit" || fail "corvus models fit said: $fit"
 
-# An audience of buyers in the last 30 days takes the profile in.
-grpcurl -plaintext -H "authorization: Bearer $key" -d '{"audience": {"name": "buyers",
-  "definition": {"event": {"filter": {"events": ["Order Completed"]}, "within": "2592000s"}}}}' \
-  "$grpc" corvus.scoring.v1.ScoringService/CreateAudience >/dev/null
+# An audience of buyers in the last 30 days, applied from a file, takes the profile in.
+cat > "$dir/audiences.json" <<'JSON'
+{"audiences": [{"name": "buyers",
+  "definition": {"event": {"filter": {"events": ["Order Completed"]}, "within_seconds": 2592000, "at_least": 1}}}]}
+JSON
+applied=$("$bin" audiences apply "$dir/audiences.json" --endpoint "http://$grpc" --key "$key" 2>&1 || true)
+grep -q 'applied: 1 created' <<<"$applied" || fail "corvus audiences apply said: $applied"
 for _ in $(seq 100); do
   members=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{"name": "buyers"}' "$grpc" \
     corvus.scoring.v1.ScoringService/ListAudienceMembers 2>/dev/null || true)
@@ -92,4 +95,4 @@ grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refus
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences, scores on the profile, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, auth, graceful stop)"

@@ -1,6 +1,7 @@
 //! `corvus`: run Corvus (`dev`, `serve`), prepare it (`migrate`, `keys`), feed it (`send`),
 //! show what it does (`demo`).
 
+mod audiences;
 mod demo;
 mod models;
 
@@ -87,6 +88,52 @@ enum Command {
         /// Print the model as JSON.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Computed traits and audiences as code: apply a file of definitions, export,
+    /// list, delete, watch an audience's entries and exits.
+    Audiences {
+        #[command(subcommand)]
+        command: AudiencesCommand,
+        #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
+        endpoint: String,
+        /// An API key (admin to change, read to show; also `CORVUS_API_KEY`).
+        #[arg(long, env = "CORVUS_API_KEY", global = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AudiencesCommand {
+    /// Make the workspace hold a JSON file's computed traits and audiences
+    /// (`{"computed_traits": [...], "audiences": [...]}`, the format `export` writes).
+    /// Shows what it does (+ create, = unchanged, ~ replace), checks every definition
+    /// before changing anything, and leaves definitions the file does not name alone.
+    Apply {
+        file: PathBuf,
+        /// Delete and create again definitions that differ from those held (an
+        /// audience's members are found again and its history starts over).
+        #[arg(long)]
+        replace: bool,
+        /// Show what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the workspace's definitions as a file `apply` takes.
+    Export,
+    /// The computed traits, and the audiences with their sizes.
+    List,
+    /// Delete an audience (or, with --computed-trait, a computed trait).
+    Delete {
+        name: String,
+        #[arg(long)]
+        computed_trait: bool,
+    },
+    /// Print an audience's entries and exits as they happen.
+    Watch {
+        name: String,
+        /// From after this sequence (0: every change kept); from now when absent.
+        #[arg(long)]
+        after: Option<u64>,
     },
 }
 
@@ -343,6 +390,20 @@ async fn main() -> anyhow::Result<()> {
                     models::fit(&endpoint, &key, fit, json).await
                 }
                 ModelsCommand::Get { kind } => models::get(&endpoint, &key, models::kind_of(&kind), json).await,
+            }
+        }
+        Command::Audiences { command, endpoint, key } => {
+            let key = key.ok_or_else(|| anyhow::anyhow!("--key (or CORVUS_API_KEY) is required"))?;
+            match command {
+                AudiencesCommand::Apply { file, replace, dry_run } => {
+                    audiences::apply(&endpoint, &key, &file, replace, dry_run).await
+                }
+                AudiencesCommand::Export => audiences::export(&endpoint, &key).await,
+                AudiencesCommand::List => audiences::list(&endpoint, &key).await,
+                AudiencesCommand::Delete { name, computed_trait } => {
+                    audiences::delete(&endpoint, &key, &name, computed_trait).await
+                }
+                AudiencesCommand::Watch { name, after } => audiences::watch(&endpoint, &key, &name, after).await,
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::models::{AFFINITY, CLV, ClvFit, ENGAGEMENT, Fitted, RFM, SEGMENTS, Se
 use crate::propensity::PROPENSITY;
 use crate::service::{Scoring, ScoringError};
 
-mod audiences;
+pub mod audiences;
 mod messages;
 
 use messages::{features_message, preference_message, rfm_message, rule_message, send_time_message, summary_message};

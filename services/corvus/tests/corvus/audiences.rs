@@ -1,7 +1,7 @@
 //! Computed traits and audiences through the public API: values folded from the events
 //! held, membership kept current by events, merges, erasures and the passing of time,
 //! entries and exits streamed in order, estimates before saving, bad definitions
-//! refused with their path.
+//! refused with their path; `corvus audiences apply` of a file of definitions.
 
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use crate::support::spawn;
 
 on_both_backends!(
     audiences_follow_events_merges_erasures_and_time,
-    bad_definitions_are_refused_with_their_path
+    bad_definitions_are_refused_with_their_path,
+    definitions_are_applied_from_a_file,
 );
 
 /// A time `seconds` ago.
@@ -497,5 +498,166 @@ async fn bad_definitions_are_refused_with_their_path(backend: Backend) {
     let mut reader = scoring(&app, &app.read_key).await;
     let err = reader.create_audience(audience("b", bought(1, DAY))).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    app.stop().await;
+}
+
+/// `corvus audiences ARGS` against the app: whether it succeeded, and what it printed.
+async fn cli(app: &crate::support::TestApp, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corvus"));
+    command
+        .arg("audiences")
+        .args(args)
+        .args(["--endpoint", &app.grpc, "--key", &app.admin_key]);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("corvus runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), printed)
+}
+
+/// Members of an audience, once they are `want` (within 20 s).
+async fn members_become(client: &mut ScoringClient, name: &str, mut want: Vec<String>) {
+    want.sort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = members(client, name).await;
+        if now == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name}: {now:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn definitions_are_applied_from_a_file(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let mut client = scoring(&app, &app.admin_key).await;
+    let order = |id: &str, user: &str, revenue: f64| {
+        track(
+            id,
+            ("user_id", user),
+            "Order Completed",
+            ago(DAY),
+            json!({"revenue": revenue}),
+        )
+    };
+    send(
+        &app,
+        vec![
+            order("ann-1", "ann", 10.0),
+            order("ann-2", "ann", 30.0),
+            order("bob-1", "bob", 5.0),
+            identify("ann-3", &[("user_id", "ann")], json!({"plan": "pro"})),
+        ],
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut identity = app.identity(&app.admin_key).await;
+    let (ann, bob) = (
+        profile_of(&mut identity, "user_id", "ann").await,
+        profile_of(&mut identity, "user_id", "bob").await,
+    );
+
+    // An audience that refers to another comes first in the file: it is created after.
+    let file = |threshold: serde_json::Value| {
+        json!({
+            "computed_traits": [{"name": "spend", "aggregation": "sum", "property": "revenue",
+                                 "filter": {"events": ["Order Completed"]}}],
+            "audiences": [
+                {"name": "spenders_pro", "definition": {"all": [{"audience": "spenders"},
+                    {"compare": {"field": "traits.plan", "op": "eq", "value": "pro"}}]}},
+                {"name": "spenders", "description": "spent more than the threshold",
+                 "definition": {"compare": {"field": "computed.spend", "op": "gt", "value": threshold}}}
+            ]
+        })
+    };
+    let dir = corvus_test_support::TempDir::new();
+    let write = |name: &str, value: &serde_json::Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let first = write("first.json", &file(json!(20)));
+
+    let (ok, printed) = cli(&app, &["apply", &first, "--dry-run"]).await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("+ computed trait spend") && printed.contains("nothing changed"),
+        "{printed}"
+    );
+    assert!(built(&mut client).await.is_empty(), "a dry run changes nothing");
+
+    let (ok, printed) = cli(&app, &["apply", &first]).await;
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("applied: 3 created, 0 replaced, 0 unchanged"),
+        "{printed}"
+    );
+    built(&mut client).await;
+    members_become(&mut client, "spenders", vec![ann.clone()]).await;
+    members_become(&mut client, "spenders_pro", vec![ann.clone()]).await;
+
+    // Again, and from what `export` writes: nothing to do (20 in the file is the 20.0
+    // the API holds).
+    let (ok, printed) = cli(&app, &["apply", &first]).await;
+    assert!(
+        printed.contains("applied: 0 created, 0 replaced, 3 unchanged"),
+        "{ok} {printed}"
+    );
+    let (ok, exported) = cli(&app, &["export"]).await;
+    assert!(ok, "{exported}");
+    let exported = write("exported.json", &serde_json::from_str(&exported).unwrap());
+    let (ok, printed) = cli(&app, &["apply", &exported]).await;
+    assert!(ok && printed.contains("3 unchanged"), "{printed}");
+
+    // A changed definition: refused without --replace, nothing changed; replaced with it.
+    let second = write("second.json", &file(json!(2)));
+    let (ok, printed) = cli(&app, &["apply", &second]).await;
+    assert!(
+        !ok && printed.contains("~ audience spenders") && printed.contains("--replace"),
+        "{printed}"
+    );
+    members_become(&mut client, "spenders", vec![ann.clone()]).await;
+    // The audience that refers to it is replaced with it.
+    let (ok, printed) = cli(&app, &["apply", &second, "--replace"]).await;
+    assert!(
+        ok && printed.contains("~ audience spenders_pro")
+            && printed.contains("applied: 0 created, 2 replaced, 1 unchanged"),
+        "{printed}"
+    );
+    built(&mut client).await;
+    members_become(&mut client, "spenders", vec![ann.clone(), bob.clone()]).await;
+
+    // A file the server would refuse changes nothing, and says where it is wrong.
+    let mut bad = file(json!(2));
+    bad["audiences"][1]["definition"]["compare"]["field"] = json!("computed.spent");
+    bad["audiences"].as_array_mut().unwrap().push(json!({"name": "new_one",
+        "definition": {"compare": {"field": "traits.plan", "op": "exists"}}}));
+    let (ok, printed) = cli(&app, &["apply", &write("bad.json", &bad), "--replace"]).await;
+    assert!(
+        !ok && printed.contains("audiences[1] (spenders).definition.compare.field"),
+        "{printed}"
+    );
+    assert_eq!(built(&mut client).await.len(), 2, "nothing created");
+    let (ok, printed) = cli(&app, &["apply", &write("typo.json", &json!({"audience": []}))]).await;
+    assert!(!ok && printed.contains("unknown field `audience`"), "{printed}");
+
+    let (ok, printed) = cli(&app, &["list"]).await;
+    assert!(
+        ok && printed.contains("audience spenders") && printed.contains("2 members"),
+        "{printed}"
+    );
+    let (ok, printed) = cli(&app, &["delete", "spenders"]).await;
+    assert!(!ok && printed.contains("spenders_pro"), "referred to: {printed}");
+    let (ok, printed) = cli(&app, &["delete", "spenders_pro"]).await;
+    assert!(ok, "{printed}");
     app.stop().await;
 }

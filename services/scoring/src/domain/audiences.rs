@@ -117,6 +117,7 @@ impl Field {
 
 /// "Did these events happen, between at_least and at_most times, within the window?"
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventCondition {
     #[serde(default)]
     pub filter: EventFilter,
@@ -129,7 +130,7 @@ pub struct EventCondition {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     All(Vec<Condition>),
     Any(Vec<Condition>),

@@ -171,6 +171,7 @@ pub fn lookup<'a>(root: &'a Map<String, Value>, path: &str) -> Vec<&'a Value> {
 
 /// A check a property of an event must pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PropertyCondition {
     pub property: String,
     pub op: Op,
@@ -181,6 +182,7 @@ pub struct PropertyCondition {
 /// Which events count: any of the names (every event when empty) whose properties pass
 /// every condition.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
@@ -268,6 +270,7 @@ impl Aggregation {
 
 /// A user's computed trait.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ComputedTrait {
     pub name: String,
     pub aggregation: Aggregation,
