@@ -73,10 +73,14 @@ pub struct Purchase {
 pub trait ScoringStore: AudienceStore {
     async fn ping(&self) -> Result<(), StorageError>;
 
-    /// Applies changes in order, in one transaction. A fact already held (by event id)
-    /// is left as it is. An erasure deletes the profiles' facts and audience standings
-    /// (their history of entries and exits ends in one exit, "erased"). Returns, for each
-    /// erasure among them, the facts and the standings it deleted.
+    /// Applies changes as in their order: within a run of facts and merges, the facts
+    /// first and every merge after (so a fact that names an id merged earlier in the run
+    /// lands with its survivor); unmerges and erasures in their place. Changes with an
+    /// erasure among them are applied in one transaction; others in several, which a
+    /// retry after a failure part way repeats harmlessly. A fact already held (by event
+    /// id) is left as it is. An erasure deletes the profiles' facts and audience
+    /// standings (their history of entries and exits ends in one exit, "erased").
+    /// Returns, for each erasure among them, the facts and the standings it deleted.
     async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<(u64, u64)>, StorageError>;
 
     /// The profile `profile` stands for now: its survivor if it was merged.
