@@ -122,7 +122,9 @@ fn example(hasher: &FeatureHasher, named: &[(String, f64)]) -> Example {
 }
 
 /// The examples of every profile seen by `t`, labelled by a purchase in the `horizon`
-/// after it, in an order fixed by a hash of snapshot and profile.
+/// after it, in an order fixed by a hash of the snapshot and the example itself (its
+/// features and label): the same events give the same order, and so the same model,
+/// whatever ids identity gave the profiles; equal examples are interchangeable.
 fn snapshot(
     hasher: &FeatureHasher,
     profiles: &[(ProfileId, Vec<Dated>)],
@@ -133,13 +135,14 @@ fn snapshot(
     let mut rows: Vec<(u64, Example, bool)> = profiles
         .iter()
         .filter(|(_, facts)| facts.first().is_some_and(|d| d.at <= t))
-        .map(|(profile, facts)| {
+        .map(|(_, facts)| {
             let features = Features::compute(facts, t);
             let bought = facts
                 .iter()
                 .any(|d| d.at > t && d.at <= end && d.fact.revenue.is_some());
-            let order = hash64(&format!("{}/{profile}", t.timestamp()), 0);
-            (order, example(hasher, &named(&features, t, horizon_days)), bought)
+            let named = named(&features, t, horizon_days);
+            let order = hash64(&format!("{}/{named:?}/{bought}", t.timestamp()), 0);
+            (order, example(hasher, &named), bought)
         })
         .collect();
     rows.sort_by_key(|(order, _, _)| *order);
