@@ -43,7 +43,7 @@ fn request<T>(message: T, key: &str) -> anyhow::Result<tonic::Request<T>> {
 }
 
 /// Scoring's lag on identity's log.
-async fn scoring_lag(identity: &mut IdentityServiceClient<Channel>, key: &str) -> anyhow::Result<u64> {
+pub(crate) async fn scoring_lag(identity: &mut IdentityServiceClient<Channel>, key: &str) -> anyhow::Result<u64> {
     let consumers = identity
         .list_consumers(request(ListConsumersRequest {}, key)?)
         .await?

@@ -85,7 +85,7 @@ async fn sections(plan: &Plan, scratch: &Scratch, app: &Running, results: &mut R
     scratch.checkpoint().await?;
     freshness(plan, app, &keys, &mut mix, results, 0.0).await?;
     freshness(plan, app, &keys, &mut mix, results, LOAD_PER_S).await?;
-    reads(plan, app, &keys, &mix, results).await
+    reads(plan, app, &keys, workspace, &mix, results).await
 }
 
 /// (a) The mix ingested at full speed, then until identity has resolved all of it.

@@ -10,6 +10,8 @@ use bytes::{Buf as _, BufMut as _, Bytes};
 use corvus_proto::common::v1::Identifier;
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::identity::v1::{GetProfileRequest, get_profile_request::Lookup};
+use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use corvus_proto::scoring::v1::{FitModelRequest, ModelKind};
 use http::uri::PathAndQuery;
 use prost::Message as _;
 use tokio::task::JoinSet;
@@ -46,6 +48,7 @@ pub(super) async fn reads(
     plan: &Plan,
     app: &Running,
     keys: &Keys,
+    workspace: &str,
     mix: &Mix,
     results: &mut Results,
 ) -> anyhow::Result<()> {
@@ -122,6 +125,8 @@ pub(super) async fn reads(
     };
     let mut row = best.clone();
     row.scenario = format!("GetProfile by id (cache) best ({point})");
+    let cached = best.events_per_s;
+    let point = *point;
     results
         .rows
         .push(row.with_target(Target::PerSecWithP99(READ_TARGET, READ_P99)));
@@ -140,12 +145,92 @@ pub(super) async fn reads(
         keys,
         label,
         &refused,
-        *point,
+        point,
         tonic::Code::InvalidArgument,
         plan,
         results,
     )
     .await?;
+    // The same point asking for the scores too, from the in-process loops (h2load sends
+    // one profile's request throughout, which scoring would answer from warm pages).
+    let point = match point {
+        ReadPoint::InProcess { .. } => point,
+        ReadPoint::H2load { .. } => ReadPoint::InProcess { tasks: 8, shared: true },
+    };
+    with_scores(app, keys, workspace, &ids, point, cached, plan, results).await
+}
+
+/// GetProfile with `include_scores` (GetScores and GetRecommendations asked of scoring,
+/// in process, in the same call), once scoring has caught up with identity and the
+/// workspace's models are fitted, so that each answer carries what a workspace in use
+/// would: RFM, channel, send time, segment, lifetime value, suggestions, audiences.
+#[allow(clippy::too_many_arguments)]
+async fn with_scores(
+    app: &Running,
+    keys: &Keys,
+    workspace: &str,
+    ids: &[String],
+    point: ReadPoint,
+    cached: f64,
+    plan: &Plan,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    progress("with scores: scoring catching up, models fitted");
+    let channel = load::channel(&app.grpc_url).await?;
+    let mut identity = IdentityServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while crate::scoring::scoring_lag(&mut identity, &keys.read).await? > 0 {
+        ensure!(Instant::now() < deadline, "scoring did not catch up with identity");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = bearer(&app.admin_key(workspace).await?)?;
+    let mut scoring = ScoringServiceClient::new(channel);
+    let mut fitted = Vec::new();
+    for kind in [
+        ModelKind::Rfm,
+        ModelKind::Engagement,
+        ModelKind::Affinity,
+        ModelKind::Segments,
+        ModelKind::Clv,
+    ] {
+        let mut request = tonic::Request::new(FitModelRequest {
+            kind: kind as i32,
+            ..FitModelRequest::default()
+        });
+        request.metadata_mut().insert("authorization", admin.clone());
+        let outcome = async {
+            let mut progress = scoring.fit_model(request).await?.into_inner();
+            while progress.message().await?.is_some() {}
+            Ok::<_, Status>(())
+        }
+        .await;
+        fitted.push(match outcome {
+            Ok(()) => kind.as_str_name().to_owned(),
+            Err(status) => format!("{} not fitted ({})", kind.as_str_name(), status.message()),
+        });
+    }
+    let requests = Requests::new(
+        ids.iter()
+            .map(|id| {
+                Bytes::from(
+                    GetProfileRequest {
+                        lookup: Some(Lookup::ProfileId(id.clone())),
+                        include_scores: true,
+                    }
+                    .encode_to_vec(),
+                )
+            })
+            .collect(),
+    );
+    let label = format!("GetProfile by id with scores, {} profiles, {point}", ids.len());
+    let row = read_point(app, keys, label, &requests, point, tonic::Code::Ok, plan, results).await?;
+    results.notes.push(format!(
+        "GetProfile with scores: {:.0} requests/s against {cached:.0} for the cached profile alone at the best \
+         point ({:.2} of it); models: {}",
+        row.events_per_s,
+        row.events_per_s / cached.max(1e-9),
+        fitted.join(", ")
+    ));
     Ok(())
 }
 
