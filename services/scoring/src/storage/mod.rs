@@ -162,6 +162,10 @@ pub struct SqliteScoringStore {
 }
 
 impl PgScoringStore {
+    /// A long run of facts is written in chunks side by side (a quarter of the run,
+    /// between half of `FACT_ROWS` and `FACT_ROWS` each): a short one in one.
+    const SIDE_BY_SIDE: bool = true;
+
     async fn begin(
         &self,
     ) -> Result<
@@ -191,6 +195,10 @@ impl PgScoringStore {
 }
 
 impl SqliteScoringStore {
+    /// One writer at a time: chunks side by side would only take turns, each with a
+    /// commit of its own.
+    const SIDE_BY_SIDE: bool = false;
+
     async fn begin(
         &self,
     ) -> Result<
@@ -221,10 +229,6 @@ const IN_LIST: usize = 500;
 
 /// Facts written by one statement, at most (7 values each).
 const FACT_ROWS: usize = 500;
-
-/// A long run of facts is written in up to this many chunks side by side (SQLite takes
-/// them in turn), each of at least half of `FACT_ROWS`: a short one in one.
-const WRITERS: usize = 4;
 
 fn is_barrier(change: &Change) -> bool {
     matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
@@ -571,8 +575,8 @@ macro_rules! scoring_store {
                     self.scrub().await?;
                     return Ok(erased);
                 }
-                // Otherwise a run's facts are written in chunks side by side, each
-                // committed alone (a fact is kept once by its event id, so a retry after a
+                // Otherwise a run's facts are written in chunks side by side (Postgres),
+                // each committed alone (a fact is kept once by its event id, so a retry after a
                 // failure part way is harmless), then its merges; unmerges in order.
                 for segment in segments(changes) {
                     if let [barrier] = segment
@@ -584,7 +588,10 @@ macro_rules! scoring_store {
                         continue;
                     }
                     let facts = facts_of(segment);
-                    let chunk = facts.len().div_ceil(WRITERS).clamp(FACT_ROWS / 2, FACT_ROWS);
+                    let chunk = match Self::SIDE_BY_SIDE {
+                        true => facts.len().div_ceil(4).clamp(FACT_ROWS / 2, FACT_ROWS),
+                        false => facts.len().max(1),
+                    };
                     futures::future::try_join_all(facts.chunks(chunk).map(|part| async move {
                         let (_writer, mut tx) = self.begin().await?;
                         Self::write_facts(&mut tx, part).await?;
