@@ -9,7 +9,7 @@ use std::path::Path;
 
 use corvus_proto::scoring::v1 as pb;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use corvus_scoring::domain::audiences::{Condition, Field, Known, check_trait};
+use corvus_scoring::domain::audiences::{Condition, Field, Known, check_name, check_trait};
 use corvus_scoring::domain::traits::ComputedTrait;
 use corvus_scoring::grpc::audiences::{condition_from, condition_message, trait_from, trait_message};
 use serde::{Deserialize, Serialize};
@@ -215,6 +215,8 @@ pub fn plan(file: &Definitions, held: &Definitions, replace: bool) -> anyhow::Re
         audiences: &audiences,
     };
     for (i, a) in file.audiences.iter().enumerate() {
+        check_name("name", &a.name)
+            .map_err(|e| anyhow::anyhow!("audiences[{i}] ({}).{}: {}", a.name, e.path, e.reason))?;
         a.definition
             .check(&a.name, &known)
             .map_err(|e| anyhow::anyhow!("audiences[{i}] ({}).{}: {}", a.name, e.path, e.reason))?;
@@ -502,6 +504,10 @@ mod tests {
                 "cycle",
             ),
             (json!({"computed_traits": [spend(), spend()]}), "named twice"),
+            (
+                json!({"audiences": [{"name": "Big-FR", "definition": {"audience": "b"}}]}),
+                "audiences[0] (Big-FR).name",
+            ),
         ] {
             let err = plan(&defs(file), &held, true).unwrap_err().to_string();
             assert!(err.contains(says), "{err} should say {says}");

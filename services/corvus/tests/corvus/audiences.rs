@@ -379,12 +379,26 @@ async fn audiences_follow_events_merges_erasures_and_time(backend: Backend) {
             .await
             .unwrap();
     }
-    // A stream of a deleted audience ends, saying so.
+    // A stream of a deleted audience ends, saying so, and sends nothing of a new one of
+    // the same name (this one takes Bob in as it is built).
+    client
+        .create_audience(audience(
+            "pro_small",
+            compare("traits.plan", pb::Operator::Eq, json!("pro")),
+        ))
+        .await
+        .unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), watching.message())
         .await
         .expect("the stream ends within 20 s")
         .unwrap_err();
     assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    client
+        .delete_audience(pb::DeleteAudienceRequest {
+            name: "pro_small".into(),
+        })
+        .await
+        .unwrap();
     client
         .delete_computed_trait(pb::DeleteComputedTraitRequest { name: "spend".into() })
         .await

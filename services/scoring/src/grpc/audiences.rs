@@ -259,8 +259,9 @@ async fn created_at(scoring: &Scoring, ws: &WorkspaceId, audience: &str) -> Resu
 }
 
 /// An audience's changes after `after`, then each as it is recorded. The stream ends with
-/// NOT_FOUND once the audience is deleted (looked for at most once a `STREAM_POLL` while
-/// no change comes), even if one of the same name has been created since.
+/// NOT_FOUND once the audience is deleted (looked for before changes are sent, and at
+/// most once a `STREAM_POLL` while none come), even if one of the same name has been
+/// created since.
 pub fn change_stream(scoring: Scoring, ws: WorkspaceId, audience: String, mut after: i64) -> ChangeStream {
     Box::pin(async_stream::try_stream! {
         let mut news = scoring.audience_news();
@@ -270,6 +271,10 @@ pub fn change_stream(scoring: Scoring, ws: WorkspaceId, audience: String, mut af
             news.borrow_and_update();
             let batch = scoring.audience_changes(&ws, &audience, after, 500).await?;
             let full = batch.len() == 500;
+            // Changes of a new audience of the same name are not this one's.
+            if !batch.is_empty() && created_at(&scoring, &ws, &audience).await? != created {
+                Err(Status::not_found(format!("audience {audience:?} was deleted")))?;
+            }
             for c in batch {
                 after = c.seq;
                 yield pb::StreamAudienceChangesResponse {

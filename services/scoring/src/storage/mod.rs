@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_proto::{EventId, ProfileId, WorkspaceId};
 use corvus_storage::{Database, Migrators, StorageConfig, StorageError, Vacuum};
+use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Mutex;
 
@@ -76,8 +77,8 @@ pub trait ScoringStore: AudienceStore {
     /// Applies changes as in their order: within a run of facts and merges, the facts
     /// first and every merge after (so a fact that names an id merged earlier in the run
     /// lands with its survivor); unmerges and erasures in their place. Changes with an
-    /// erasure among them are applied in one transaction; others in several, which a
-    /// retry after a failure part way repeats harmlessly. A fact already held (by event
+    /// unmerge or an erasure among them are applied in one transaction; others in
+    /// several, which a retry after a failure part way repeats harmlessly. A fact already held (by event
     /// id) is left as it is. An erasure deletes the profiles' facts and audience
     /// standings (their history of entries and exits ends in one exit, "erased").
     /// Returns, for each erasure among them, the facts and the standings it deleted.
@@ -162,7 +163,7 @@ pub struct SqliteScoringStore {
 }
 
 impl PgScoringStore {
-    /// A long run of facts is written in chunks side by side (a quarter of the run,
+    /// A long run of facts is written in chunks side by side (`SIDE_BY_SIDE` at a time,
     /// between half of `FACT_ROWS` and `FACT_ROWS` each): a short one in one.
     const SIDE_BY_SIDE: bool = true;
 
@@ -230,6 +231,10 @@ const IN_LIST: usize = 500;
 /// Facts written by one statement, at most (7 values each).
 const FACT_ROWS: usize = 500;
 
+/// Statements a delivery runs side by side on one store, at most: the pool serves the
+/// API's reads too.
+const SIDE_BY_SIDE: usize = 4;
+
 fn is_barrier(change: &Change) -> bool {
     matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
 }
@@ -242,28 +247,38 @@ fn segments(changes: &[(WorkspaceId, Change)]) -> Vec<&[(WorkspaceId, Change)]> 
         .collect()
 }
 
+/// A run's facts, each event once (a replay can bring one twice; two chunks side by side
+/// inserting the same two events in turn would deadlock).
 fn facts_of(run: &[(WorkspaceId, Change)]) -> Vec<&(WorkspaceId, Change)> {
-    run.iter().filter(|(_, c)| matches!(c, Change::Fact { .. })).collect()
+    let mut seen = std::collections::HashSet::new();
+    run.iter()
+        .filter(|(ws, c)| matches!(c, Change::Fact { event, .. } if seen.insert((ws, *event))))
+        .collect()
 }
 
 /// A run's merges, per workspace: where each merged id's facts go (to where the run's
-/// chain of merges ends: a merged into b, then b into c, sends a and b to c), and each
-/// alias as merged (a to b, b to c).
+/// chain of merges ends: a merged into b and b into c send a and b to c, in whichever
+/// order they came), and each alias as merged (a to b, b to c).
 type Moves<'a> = BTreeMap<&'a WorkspaceId, (BTreeMap<ProfileId, ProfileId>, BTreeMap<ProfileId, ProfileId>)>;
 
 fn moves(run: &[(WorkspaceId, Change)]) -> Moves<'_> {
     let mut moves: Moves<'_> = BTreeMap::new();
     for (ws, change) in run {
         if let Change::Merged { survivor, merged } = change {
-            let (to, aliases) = moves.entry(ws).or_default();
-            for end in to.values_mut() {
-                if merged.contains(end) {
-                    *end = *survivor;
-                }
-            }
+            let (to, _) = moves.entry(ws).or_default();
             for id in merged {
                 to.insert(*id, *survivor);
-                aliases.insert(*id, *survivor);
+            }
+        }
+    }
+    for (to, aliases) in moves.values_mut() {
+        aliases.clone_from(to);
+        for end in to.values_mut() {
+            for _ in 0..64 {
+                match aliases.get(end) {
+                    Some(next) => *end = *next,
+                    None => break,
+                }
             }
         }
     }
@@ -556,9 +571,10 @@ macro_rules! scoring_store {
                 }
                 // In a run of facts and merges the facts are written first: a merge then
                 // moves every fact of the merged id, whichever came first in the run.
-                if changes.iter().any(|(_, c)| matches!(c, Change::Erased { .. })) {
-                    // An erasure's counts are its answer: the delivery is applied whole or
-                    // not at all, so that a retry never answers for a part already done.
+                if changes.iter().any(|(_, c)| is_barrier(c)) {
+                    // An erasure's counts are its answer, and an unmerge moves back only
+                    // the events it names (a merge repeated by a retry would take the
+                    // others with it): such a delivery is applied whole or not at all.
                     let (_writer, mut tx) = self.begin().await?;
                     for segment in segments(changes) {
                         if let [barrier] = segment
@@ -575,36 +591,33 @@ macro_rules! scoring_store {
                     self.scrub().await?;
                     return Ok(erased);
                 }
-                // Otherwise a run's facts are written in chunks side by side (Postgres),
-                // each committed alone (a fact is kept once by its event id, so a retry after a
-                // failure part way is harmless), then its merges; unmerges in order.
-                for segment in segments(changes) {
-                    if let [barrier] = segment
-                        && is_barrier(&barrier.1)
-                    {
-                        let (_writer, mut tx) = self.begin().await?;
-                        Self::write_barrier(&mut tx, barrier).await?;
-                        tx.commit().await?;
-                        continue;
-                    }
-                    let facts = facts_of(segment);
-                    let chunk = match Self::SIDE_BY_SIDE {
-                        true => facts.len().div_ceil(4).clamp(FACT_ROWS / 2, FACT_ROWS),
-                        false => facts.len().max(1),
-                    };
-                    futures::future::try_join_all(facts.chunks(chunk).map(|part| async move {
+                // Otherwise the delivery is one run of facts and merges: its facts are
+                // written in chunks side by side (Postgres), each committed alone (a fact
+                // is kept once by its event id, and merges are repeated whole, so a retry
+                // after a failure part way is harmless), then its merges.
+                let facts = facts_of(changes);
+                let chunk = match Self::SIDE_BY_SIDE {
+                    true => facts.len().div_ceil(SIDE_BY_SIDE).clamp(FACT_ROWS / 2, FACT_ROWS),
+                    false => facts.len().max(1),
+                };
+                let writes: Vec<_> = facts
+                    .chunks(chunk)
+                    .map(|part| async move {
                         let (_writer, mut tx) = self.begin().await?;
                         Self::write_facts(&mut tx, part).await?;
                         tx.commit().await?;
                         Ok::<_, StorageError>(())
-                    }))
+                    })
+                    .collect();
+                futures::stream::iter(writes)
+                    .buffer_unordered(SIDE_BY_SIDE)
+                    .try_collect::<()>()
                     .await?;
-                    let moves = moves(segment);
-                    if !moves.is_empty() {
-                        let (_writer, mut tx) = self.begin().await?;
-                        Self::write_merges(&mut tx, &moves).await?;
-                        tx.commit().await?;
-                    }
+                let moves = moves(changes);
+                if !moves.is_empty() {
+                    let (_writer, mut tx) = self.begin().await?;
+                    Self::write_merges(&mut tx, &moves).await?;
+                    tx.commit().await?;
                 }
                 Ok(erased)
             }
@@ -649,8 +662,9 @@ macro_rules! scoring_store {
                 let mut out: HashMap<ProfileId, History> =
                     profiles.iter().map(|p| (*p, (Vec::new(), Vec::new()))).collect();
                 // The chunks are read side by side.
-                let read = profiles.chunks(IN_LIST).map(|chunk| self.histories_of(ws, chunk));
-                for histories in futures::future::try_join_all(read).await? {
+                let reads: Vec<_> = profiles.chunks(IN_LIST).map(|chunk| self.histories_of(ws, chunk)).collect();
+                let mut read = futures::stream::iter(reads).buffer_unordered(SIDE_BY_SIDE);
+                while let Some(histories) = read.try_next().await? {
                     out.extend(histories);
                 }
                 Ok(out)
@@ -757,3 +771,34 @@ macro_rules! scoring_store {
 
 scoring_store!(PgScoringStore, sqlx::Postgres);
 scoring_store!(SqliteScoringStore, sqlx::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(survivor: ProfileId, merged: &[ProfileId]) -> (WorkspaceId, Change) {
+        (
+            "acme".parse().unwrap(),
+            Change::Merged {
+                survivor,
+                merged: merged.to_vec(),
+            },
+        )
+    }
+
+    /// Facts go to the end of the run's chain, in whichever order its links came; the
+    /// aliases are the links as merged.
+    #[test]
+    fn a_runs_merges_move_facts_to_the_end_of_their_chain() {
+        let [a, b, c, d, e] = [(); 5].map(|_| ProfileId::new());
+        for run in [
+            vec![merged(b, &[a]), merged(c, &[b]), merged(e, &[d])],
+            vec![merged(c, &[b]), merged(b, &[a]), merged(e, &[d])],
+        ] {
+            let moves = moves(&run);
+            let (to, aliases) = &moves[&"acme".parse::<WorkspaceId>().unwrap()];
+            assert_eq!(to, &BTreeMap::from([(a, c), (b, c), (d, e)]));
+            assert_eq!(aliases, &BTreeMap::from([(a, b), (b, c), (d, e)]));
+        }
+    }
+}
