@@ -231,9 +231,9 @@ const IN_LIST: usize = 500;
 /// Facts written by one statement, at most (7 values each).
 const FACT_ROWS: usize = 500;
 
-/// Statements a delivery runs side by side on one store, at most: the pool serves the
-/// API's reads too.
-const SIDE_BY_SIDE: usize = 4;
+/// Statements a delivery runs side by side, at most: half of the store's pool (16 by
+/// default), which serves the API's reads too.
+const SIDE_BY_SIDE: usize = 8;
 
 fn is_barrier(change: &Change) -> bool {
     matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
