@@ -186,7 +186,26 @@ fn encode<T: Serialize>(model: &T) -> Result<String, StorageError> {
 
 impl Scoring {
     /// Every model of the workspace.
-    pub async fn models(&self, ws: &WorkspaceId) -> Result<Models, ScoringError> {
+    /// The workspace's models, decoded again only when one has been saved since the
+    /// last time (asked of the store by version: one small read a call).
+    pub async fn models(&self, ws: &WorkspaceId) -> Result<std::sync::Arc<Models>, ScoringError> {
+        let versions = self.store.model_versions(ws).await?;
+        if let Some((held, models)) = self.models_cache.lock().expect("models cache").get(ws)
+            && *held == versions
+        {
+            return Ok(models.clone());
+        }
+        // A save between the two reads leaves newer models under older versions: the
+        // next call decodes them again, never serves older ones.
+        let models = std::sync::Arc::new(self.decode_models(ws).await?);
+        self.models_cache
+            .lock()
+            .expect("models cache")
+            .insert(ws.clone(), (versions, models.clone()));
+        Ok(models)
+    }
+
+    async fn decode_models(&self, ws: &WorkspaceId) -> Result<Models, ScoringError> {
         let mut models = Models::default();
         for (kind, json) in self.store.models(ws).await? {
             match kind.as_str() {
@@ -252,7 +271,7 @@ impl Scoring {
             .iter()
             .map(|f| segments::vector(f, as_of))
             .collect();
-        let previous = self.models(ws).await?.segments.map(|f| f.segmentation);
+        let previous = self.models(ws).await?.segments.as_ref().map(|f| f.segmentation.clone());
         progress(
             match k {
                 Some(_) => "clustering",
@@ -341,7 +360,8 @@ impl Scoring {
         limit: usize,
         include_owned: bool,
     ) -> Result<(ProfileId, Vec<Suggestion>), ScoringError> {
-        let Some(Fitted::Affinity(fit)) = self.model(ws, AFFINITY).await? else {
+        let models = self.models(ws).await?;
+        let Some(fit) = &models.affinity else {
             return Err(ScoringError::NotFound(
                 "no affinity model has been fitted in this workspace; FitModel (MODEL_KIND_AFFINITY) fits one"
                     .to_owned(),

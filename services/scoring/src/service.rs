@@ -48,7 +48,11 @@ pub struct Scoring {
     config: Arc<ScoringConfig>,
     /// Counts changes of audiences or their members: their streams and upkeep wait on it.
     pub(crate) audiences_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Each workspace's models as last decoded, with the versions they were read at.
+    pub(crate) models_cache: Arc<std::sync::Mutex<ModelsCache>>,
 }
+
+pub(crate) type ModelsCache = std::collections::HashMap<WorkspaceId, (Vec<(String, i64)>, Arc<Models>)>;
 
 /// A profile's CLV predictions.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +99,7 @@ impl Scoring {
             store,
             config: Arc::new(config.clone()),
             audiences_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            models_cache: Arc::default(),
         }
     }
 

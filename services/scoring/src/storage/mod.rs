@@ -123,6 +123,9 @@ pub trait ScoringStore: AudienceStore {
 
     async fn model(&self, ws: &WorkspaceId, kind: &str) -> Result<Option<String>, StorageError>;
 
+    /// The version of each model of the workspace, by kind: each save counts it up.
+    async fn model_versions(&self, ws: &WorkspaceId) -> Result<Vec<(String, i64)>, StorageError>;
+
     /// Every model of the workspace, by kind.
     async fn models(&self, ws: &WorkspaceId) -> Result<Vec<(String, String)>, StorageError>;
 
@@ -726,7 +729,8 @@ macro_rules! scoring_store {
                 let (_writer, mut tx) = self.begin().await?;
                 sqlx::query(
                     "INSERT INTO models (workspace_id, kind, model, fitted_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (workspace_id, kind) DO UPDATE SET model = excluded.model, fitted_at = excluded.fitted_at",
+                     ON CONFLICT (workspace_id, kind) DO UPDATE SET model = excluded.model, fitted_at = excluded.fitted_at, \
+                     version = models.version + 1",
                 )
                 .bind(ws)
                 .bind(kind)
@@ -751,6 +755,15 @@ macro_rules! scoring_store {
                 Ok(
                     sqlx::query_scalar("SELECT workspace_id FROM models WHERE kind = $1 ORDER BY workspace_id")
                         .bind(kind)
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn model_versions(&self, ws: &WorkspaceId) -> Result<Vec<(String, i64)>, StorageError> {
+                Ok(
+                    sqlx::query_as("SELECT kind, version FROM models WHERE workspace_id = $1 ORDER BY kind")
+                        .bind(ws)
                         .fetch_all(&self.pool)
                         .await?,
                 )

@@ -415,7 +415,24 @@ async fn purchases_and_models_are_kept_per_workspace(backend: Backend) {
 
     assert_eq!(store.model(&ws, "clv").await.unwrap(), None);
     store.save_model(&ws, "clv", "{\"v\":1}", day(1)).await.unwrap();
-    store.save_model(&ws, "clv", "{\"v\":2}", day(2)).await.unwrap();
+    store.save_model(&ws, "rfm", "{}", day(1)).await.unwrap();
+    assert_eq!(
+        store.model_versions(&ws).await.unwrap(),
+        vec![("clv".to_owned(), 1), ("rfm".to_owned(), 1)]
+    );
+    // A save counts the version up, with the same fitted_at too (an online update).
+    store.save_model(&ws, "clv", "{\"v\":2}", day(1)).await.unwrap();
     assert_eq!(store.model(&ws, "clv").await.unwrap().as_deref(), Some("{\"v\":2}"));
+    assert_eq!(
+        store.model_versions(&ws).await.unwrap(),
+        vec![("clv".to_owned(), 2), ("rfm".to_owned(), 1)]
+    );
     assert_eq!(store.model(&"globex".parse().unwrap(), "clv").await.unwrap(), None);
+    assert!(
+        store
+            .model_versions(&"globex".parse().unwrap())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
