@@ -325,24 +325,32 @@ const SURVIVOR: &str = "WITH RECURSIVE chain(id, depth) AS ( \
             ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) \
      SELECT id FROM chain ORDER BY depth DESC LIMIT 1";
 
+/// The ids whose facts are a profile's: itself and every id merged into it, up the
+/// chain of merges.
+macro_rules! family {
+    () => {
+        "WITH RECURSIVE family(id, depth) AS ( \
+            SELECT $2, 0 \
+            UNION ALL \
+            SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
+                ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) "
+    };
+}
+
 /// A profile's facts (with its events' payloads) and those of every id merged into it,
 /// in time order.
-const FACTS_OF_FAMILY: &str = "WITH RECURSIVE family(id, depth) AS ( \
-        SELECT $2, 0 \
-        UNION ALL \
-        SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
-            ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) \
-     SELECT at, fact, event FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
-     ORDER BY at, event_id";
+const FACTS_OF_FAMILY: &str = concat!(
+    family!(),
+    "SELECT at, fact, event FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
+     ORDER BY at, event_id"
+);
 
 /// The same without the payloads, which are most of each row.
-const ONLY_FACTS_OF_FAMILY: &str = "WITH RECURSIVE family(id, depth) AS ( \
-        SELECT $2, 0 \
-        UNION ALL \
-        SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
-            ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) \
-     SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
-     ORDER BY at, event_id";
+const ONLY_FACTS_OF_FAMILY: &str = concat!(
+    family!(),
+    "SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
+     ORDER BY at, event_id"
+);
 
 /// The profile an id stands for, by the workspace's aliases.
 fn root_of(aliases: &HashMap<ProfileId, ProfileId>, mut id: ProfileId) -> ProfileId {
