@@ -77,21 +77,10 @@ impl Plan {
 
 /// The definitions a workspace holds, as the API gives them.
 async fn held(client: &mut Client) -> anyhow::Result<Definitions> {
-    let traits = client
-        .list_computed_traits(pb::ListComputedTraitsRequest {})
-        .await?
-        .into_inner()
-        .computed_traits;
-    let audiences = client
-        .list_audiences(pb::ListAudiencesRequest {})
-        .await?
-        .into_inner()
-        .audiences;
+    let computed_traits = held_traits(client).await?;
+    let audiences = held_audiences(client).await?;
     Ok(Definitions {
-        computed_traits: traits
-            .iter()
-            .map(|t| trait_from(Some(t)).map_err(|s| anyhow::anyhow!("{}", s.message())))
-            .collect::<anyhow::Result<_>>()?,
+        computed_traits,
         audiences: audiences
             .iter()
             .map(|a| {
@@ -104,6 +93,25 @@ async fn held(client: &mut Client) -> anyhow::Result<Definitions> {
             })
             .collect::<anyhow::Result<_>>()?,
     })
+}
+
+async fn held_traits(client: &mut Client) -> anyhow::Result<Vec<ComputedTrait>> {
+    client
+        .list_computed_traits(pb::ListComputedTraitsRequest {})
+        .await?
+        .into_inner()
+        .computed_traits
+        .iter()
+        .map(|t| trait_from(Some(t)).map_err(|s| anyhow::anyhow!("{}", s.message())))
+        .collect()
+}
+
+async fn held_audiences(client: &mut Client) -> anyhow::Result<Vec<pb::Audience>> {
+    Ok(client
+        .list_audiences(pb::ListAudiencesRequest {})
+        .await?
+        .into_inner()
+        .audiences)
 }
 
 /// The file's definitions as the API would hold them (numbers as it keeps them, say),
@@ -384,14 +392,10 @@ pub async fn export(endpoint: &str, key: &str) -> anyhow::Result<()> {
 
 pub async fn list(endpoint: &str, key: &str) -> anyhow::Result<()> {
     let mut client = client(endpoint, key).await?;
-    for t in held(&mut client).await?.computed_traits {
+    for t in held_traits(&mut client).await? {
         println!("computed trait {:<24} {}", t.name, serde_json::to_string(&t)?);
     }
-    let audiences = client
-        .list_audiences(pb::ListAudiencesRequest {})
-        .await?
-        .into_inner()
-        .audiences;
+    let audiences = held_audiences(&mut client).await?;
     for a in audiences {
         let state = if a.built_at.is_some() { "" } else { " (building)" };
         println!("audience {:<30} {} members{state}", a.name, a.size);

@@ -3,7 +3,7 @@
 //! SQL runs unchanged on both; `scoring_store!` expands it per backend) and held to one
 //! conformance suite (`tests/scoring/main.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,8 +19,10 @@ use crate::domain::features::Dated;
 use crate::domain::traits::{Held, Payload};
 
 mod audiences;
+mod delivery;
 
 pub use audiences::{AudienceStore, Definition, Definitions, MembershipChange, Standing};
+use delivery::{Moves, facts_of, is_barrier, moves, segments};
 
 static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -238,56 +240,6 @@ const FACT_ROWS: usize = 500;
 /// default), which serves the API's reads too.
 const SIDE_BY_SIDE: usize = 8;
 
-fn is_barrier(change: &Change) -> bool {
-    matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
-}
-
-/// Changes cut into runs of facts and merges, each unmerge and erasure alone between
-/// them, in order.
-fn segments(changes: &[(WorkspaceId, Change)]) -> Vec<&[(WorkspaceId, Change)]> {
-    changes
-        .chunk_by(|(_, a), (_, b)| !is_barrier(a) && !is_barrier(b))
-        .collect()
-}
-
-/// A run's facts, each event once (a replay can bring one twice; two chunks side by side
-/// inserting the same two events in turn would deadlock).
-fn facts_of(run: &[(WorkspaceId, Change)]) -> Vec<&(WorkspaceId, Change)> {
-    let mut seen = std::collections::HashSet::new();
-    run.iter()
-        .filter(|(ws, c)| matches!(c, Change::Fact { event, .. } if seen.insert((ws, *event))))
-        .collect()
-}
-
-/// A run's merges, per workspace: where each merged id's facts go (to where the run's
-/// chain of merges ends: a merged into b and b into c send a and b to c, in whichever
-/// order they came), and each alias as merged (a to b, b to c).
-type Moves<'a> = BTreeMap<&'a WorkspaceId, (BTreeMap<ProfileId, ProfileId>, BTreeMap<ProfileId, ProfileId>)>;
-
-fn moves(run: &[(WorkspaceId, Change)]) -> Moves<'_> {
-    let mut moves: Moves<'_> = BTreeMap::new();
-    for (ws, change) in run {
-        if let Change::Merged { survivor, merged } = change {
-            let (to, _) = moves.entry(ws).or_default();
-            for id in merged {
-                to.insert(*id, *survivor);
-            }
-        }
-    }
-    for (to, aliases) in moves.values_mut() {
-        aliases.clone_from(to);
-        for end in to.values_mut() {
-            for _ in 0..64 {
-                match aliases.get(end) {
-                    Some(next) => *end = *next,
-                    None => break,
-                }
-            }
-        }
-    }
-    moves
-}
-
 /// `($1, ..., $width), ($width+1, ...), ...`: `n` rows of placeholders.
 fn rows(n: usize, width: usize) -> String {
     (0..n)
@@ -352,11 +304,12 @@ const ONLY_FACTS_OF_FAMILY: &str = concat!(
      ORDER BY at, event_id"
 );
 
-/// The profile an id stands for, by the workspace's aliases.
-fn root_of(aliases: &HashMap<ProfileId, ProfileId>, mut id: ProfileId) -> ProfileId {
+/// The profile an id stands for, following `next` (the profile each id was merged
+/// into) up the chain of merges.
+fn root_of(next: impl Fn(&ProfileId) -> Option<ProfileId>, mut id: ProfileId) -> ProfileId {
     for _ in 0..64 {
-        match aliases.get(&id) {
-            Some(next) => id = *next,
+        match next(&id) {
+            Some(survivor) => id = survivor,
             None => break,
         }
     }
@@ -713,7 +666,7 @@ macro_rules! scoring_store {
                 let roots = self.roots(ws).await?;
                 let mut facts = rows
                     .into_iter()
-                    .map(|(profile, at, fact)| Ok((root_of(&roots, profile), dated(at, &fact)?)))
+                    .map(|(profile, at, fact)| Ok((root_of(|p| roots.get(p).copied(), profile), dated(at, &fact)?)))
                     .collect::<Result<Vec<_>, StorageError>>()?;
                 // Facts under an id merged away (rare: an event replayed after the merge)
                 // join their survivor's.
@@ -734,7 +687,7 @@ macro_rules! scoring_store {
                 Ok(rows
                     .into_iter()
                     .map(|(profile, at, revenue)| Purchase {
-                        profile: root_of(&roots, profile),
+                        profile: root_of(|p| roots.get(p).copied(), profile),
                         at: time(at),
                         revenue,
                     })
@@ -806,34 +759,3 @@ macro_rules! scoring_store {
 
 scoring_store!(PgScoringStore, sqlx::Postgres);
 scoring_store!(SqliteScoringStore, sqlx::Sqlite);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn merged(survivor: ProfileId, merged: &[ProfileId]) -> (WorkspaceId, Change) {
-        (
-            "acme".parse().unwrap(),
-            Change::Merged {
-                survivor,
-                merged: merged.to_vec(),
-            },
-        )
-    }
-
-    /// Facts go to the end of the run's chain, in whichever order its links came; the
-    /// aliases are the links as merged.
-    #[test]
-    fn a_runs_merges_move_facts_to_the_end_of_their_chain() {
-        let [a, b, c, d, e] = [(); 5].map(|_| ProfileId::new());
-        for run in [
-            vec![merged(b, &[a]), merged(c, &[b]), merged(e, &[d])],
-            vec![merged(c, &[b]), merged(b, &[a]), merged(e, &[d])],
-        ] {
-            let moves = moves(&run);
-            let (to, aliases) = &moves[&"acme".parse::<WorkspaceId>().unwrap()];
-            assert_eq!(to, &BTreeMap::from([(a, c), (b, c), (d, e)]));
-            assert_eq!(aliases, &BTreeMap::from([(a, b), (b, c), (d, e)]));
-        }
-    }
-}
