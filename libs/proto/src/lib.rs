@@ -29,6 +29,12 @@ pub mod ingestion {
     }
 }
 
+pub mod orchestration {
+    pub mod v1 {
+        tonic::include_proto!("corvus.orchestration.v1");
+    }
+}
+
 pub mod scoring {
     pub mod v1 {
         tonic::include_proto!("corvus.scoring.v1");

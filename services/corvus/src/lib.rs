@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod identity_link;
+pub mod orchestration_link;
 pub mod scores_link;
 
 use std::path::Path;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use corvus_identity::{Identity, IdentityConfig};
 use corvus_ingestion::outbox::{Consumer, ConsumerConfig};
 use corvus_ingestion::{Ingestion, IngestionConfig};
+use corvus_orchestration::storage::OrchestrationStore;
+use corvus_orchestration::{Orchestration, OrchestrationConfig};
 use corvus_platform::server::{Listeners, Services};
 use corvus_platform::telemetry::TelemetryConfig;
 use corvus_platform::{Authenticator, KeyStore, ServerConfig};
@@ -32,6 +35,7 @@ pub struct CorvusConfig {
     pub ingestion: IngestionConfig,
     pub identity: IdentityConfig,
     pub scoring: ScoringConfig,
+    pub orchestration: OrchestrationConfig,
 }
 
 impl CorvusConfig {
@@ -46,6 +50,7 @@ impl CorvusConfig {
         self.ingestion.validate()?;
         self.identity.validate()?;
         self.scoring.validate()?;
+        self.orchestration.validate()?;
         // A consumer's metrics carry its name alone, whichever log it consumes.
         if let Some(c) = self
             .identity
@@ -63,14 +68,15 @@ impl CorvusConfig {
 }
 
 /// Which services a process runs: all of them (`corvus dev`, `corvus serve all`), or
-/// one (`corvus serve ingestion`, `corvus serve identity`, `corvus serve scoring`), the
-/// others reached over gRPC.
+/// one (`corvus serve ingestion`, `identity`, `scoring`, `orchestration`), the others
+/// reached over gRPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
     All,
     Ingestion,
     Identity,
     Scoring,
+    Orchestration,
 }
 
 impl std::str::FromStr for Deployment {
@@ -81,8 +87,9 @@ impl std::str::FromStr for Deployment {
             "ingestion" => Ok(Self::Ingestion),
             "identity" => Ok(Self::Identity),
             "scoring" => Ok(Self::Scoring),
+            "orchestration" => Ok(Self::Orchestration),
             other => Err(format!(
-                "unknown service {other:?}: expected all, ingestion, identity or scoring"
+                "unknown service {other:?}: expected all, ingestion, identity, scoring or orchestration"
             )),
         }
     }
@@ -101,6 +108,10 @@ impl Deployment {
         matches!(self, Self::All | Self::Scoring)
     }
 
+    fn runs_orchestration(self) -> bool {
+        matches!(self, Self::All | Self::Orchestration)
+    }
+
     /// Whether the process serves the Segment HTTP API (ingestion's).
     pub fn serves_http(self) -> bool {
         self.runs_ingestion()
@@ -113,6 +124,7 @@ pub struct Stores {
     pub ingestion: Option<Ingestion>,
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
+    pub orchestration: Option<Arc<dyn OrchestrationStore>>,
 }
 
 impl Stores {
@@ -132,6 +144,10 @@ impl Stores {
                 true => Some(Scoring::connect(&config.storage, &config.scoring).await?),
                 false => None,
             },
+            orchestration: match deployment.runs_orchestration() {
+                true => Some(corvus_orchestration::storage::connect(&config.storage).await?),
+                false => None,
+            },
         })
     }
 }
@@ -141,6 +157,7 @@ pub struct App {
     pub ingestion: Option<Ingestion>,
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
+    pub orchestration: Option<Orchestration>,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
@@ -186,8 +203,22 @@ impl App {
             (Some(identity), Some(scores)) => Some(identity.with_scores(Arc::new(scores))),
             (identity, _) => identity,
         };
+        // Decide reads people from identity and campaigns' targets from scoring: directly
+        // in one process, else at their endpoints.
+        let orchestration = stores.orchestration.and_then(|store| {
+            let people = orchestration_link::People::new(
+                identity.as_ref(),
+                config.orchestration.identity_endpoint.as_deref(),
+                stores.scoring.as_ref(),
+                config.orchestration.scoring_endpoint.as_deref(),
+            )
+            .inspect_err(|e| tracing::error!("orchestration's identity or scoring endpoint: {e}"))
+            .ok()?;
+            Some(Orchestration::new(store, &config.orchestration, Arc::new(people)))
+        });
         Self {
             identity,
+            orchestration,
             ingestion: stores.ingestion,
             scoring: stores.scoring,
             keys: stores.keys,
@@ -272,6 +303,9 @@ impl App {
             if let Some(scoring) = &self.scoring {
                 downstream.push(scoring.consumer());
             }
+            if let Some(orchestration) = &self.orchestration {
+                downstream.push(orchestration.consumer());
+            }
             downstream.extend(ConsumerConfig::consumers(&self.config.identity.consumers)?);
             let (log, retention) = (&self.config.identity.log, self.config.identity.log_retention);
             workers.push(identity.spawn_log(downstream, log, retention, workers_stop.clone()));
@@ -292,6 +326,14 @@ impl App {
             }
             names.push(corvus_scoring::SERVICE_NAME.to_owned());
             checks.push(scoring.readiness());
+        }
+        if let Some(orchestration) = &self.orchestration {
+            routes.add_service(orchestration.grpc_service());
+            if self.identity.is_none() {
+                routes.add_service(orchestration.log_consumer());
+            }
+            names.push(corvus_orchestration::SERVICE_NAME.to_owned());
+            checks.push(orchestration.readiness());
         }
         let services = Services {
             grpc: routes.routes(),

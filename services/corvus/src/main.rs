@@ -42,11 +42,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_addr: std::net::SocketAddr,
     },
-    /// Run services as configured (for Kubernetes): `corvus serve ingestion`, `corvus serve
-    /// identity`, `corvus serve scoring`, each reaching the others over gRPC, or `corvus
-    /// serve all` in one process.
+    /// Run services as configured (for Kubernetes): `corvus serve ingestion`, `identity`,
+    /// `scoring` or `orchestration`, each reaching the others over gRPC, or `corvus serve
+    /// all` in one process.
     Serve {
-        #[arg(value_parser = ["all", "ingestion", "identity", "scoring"])]
+        #[arg(value_parser = ["all", "ingestion", "identity", "scoring", "orchestration"])]
         service: String,
     },
     /// Create or update every schema, then exit.

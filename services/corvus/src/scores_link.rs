@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use corvus_identity::{Caller, ProfileScores, ScoresSource};
+use corvus_platform::Principal;
 use corvus_platform::server::WORKSPACE_HEADER;
 use corvus_proto::ProfileId;
 use corvus_proto::identity::v1::Score;
@@ -11,6 +12,7 @@ use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use corvus_proto::scoring::v1::scoring_service_server::ScoringService;
 use corvus_scoring::Scoring;
 use corvus_scoring::grpc::ScoringApi;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -54,14 +56,14 @@ impl ScoringLink {
         };
         match self {
             Self::Local(api) => tokio::join!(
-                api.get_scores(as_principal(caller, scores)),
-                api.get_recommendations(as_principal(caller, suggestions))
+                api.get_scores(as_principal(&caller.principal, scores)),
+                api.get_recommendations(as_principal(&caller.principal, suggestions))
             ),
             Self::Remote(client) => {
                 let (mut a, mut b) = (client.clone(), client.clone());
                 tokio::join!(
-                    a.get_scores(as_caller(caller, scores)),
-                    b.get_recommendations(as_caller(caller, suggestions))
+                    a.get_scores(as_caller(&caller.metadata, scores)),
+                    b.get_recommendations(as_caller(&caller.metadata, suggestions))
                 )
             }
         }
@@ -69,17 +71,17 @@ impl ScoringLink {
 }
 
 /// A request made as the caller, as the auth layer leaves one.
-fn as_principal<T>(caller: &Caller, message: T) -> Request<T> {
+pub(crate) fn as_principal<T>(principal: &Principal, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.extensions_mut().insert(caller.principal.clone());
+    request.extensions_mut().insert(principal.clone());
     request
 }
 
 /// A request that carries the caller's key (and the workspace it named).
-fn as_caller<T>(caller: &Caller, message: T) -> Request<T> {
+pub(crate) fn as_caller<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     let mut request = Request::new(message);
     for header in ["authorization", WORKSPACE_HEADER, "traceparent", "tracestate"] {
-        if let Some(value) = caller.metadata.get(header) {
+        if let Some(value) = metadata.get(header) {
             request.metadata_mut().insert(header, value.clone());
         }
     }

@@ -1,0 +1,134 @@
+//! Where orchestration meets identity and scoring: the person Decide decides for
+//! (identity's GetProfile with scores) and what a campaign may target (scoring's
+//! audiences and segments), asked in this process or over gRPC with the caller's key.
+
+use async_trait::async_trait;
+use corvus_identity::Identity;
+use corvus_identity::grpc::IdentityApi;
+use corvus_orchestration::people::{Caller, Directory, Person, Targets, Who};
+use corvus_proto::common::v1::Identifier;
+use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
+use corvus_proto::identity::v1::identity_service_server::IdentityService;
+use corvus_proto::identity::v1::{GetProfileRequest, get_profile_request};
+use corvus_proto::scoring::v1 as pb;
+use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use corvus_proto::scoring::v1::scoring_service_server::ScoringService;
+use corvus_scoring::Scoring;
+use corvus_scoring::grpc::ScoringApi;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+use crate::scores_link::{as_caller, as_principal};
+
+pub struct People {
+    identity: IdentityLink,
+    scoring: ScoringLink,
+}
+
+enum IdentityLink {
+    Local(IdentityApi),
+    Remote(IdentityServiceClient<Channel>),
+    Missing,
+}
+
+enum ScoringLink {
+    Local(ScoringApi),
+    Remote(ScoringServiceClient<Channel>),
+    Missing,
+}
+
+/// Connects when first asked, and again whenever the connection is lost.
+fn lazy(endpoint: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())?.connect_lazy())
+}
+
+impl People {
+    /// Identity and scoring in this process where they run here, else at their
+    /// endpoints; a service with neither answers UNAVAILABLE, saying which setting is
+    /// missing.
+    pub fn new(
+        identity: Option<&Identity>,
+        identity_endpoint: Option<&str>,
+        scoring: Option<&Scoring>,
+        scoring_endpoint: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            identity: match (identity, identity_endpoint) {
+                (Some(identity), _) => IdentityLink::Local(IdentityApi {
+                    identity: identity.clone(),
+                }),
+                (None, Some(endpoint)) => IdentityLink::Remote(IdentityServiceClient::new(lazy(endpoint)?)),
+                (None, None) => IdentityLink::Missing,
+            },
+            scoring: match (scoring, scoring_endpoint) {
+                (Some(scoring), _) => ScoringLink::Local(ScoringApi {
+                    scoring: scoring.clone(),
+                }),
+                (None, Some(endpoint)) => ScoringLink::Remote(ScoringServiceClient::new(lazy(endpoint)?)),
+                (None, None) => ScoringLink::Missing,
+            },
+        })
+    }
+}
+
+/// An answer, `None` for NOT_FOUND, or why the service could not answer.
+fn answer<T>(service: &str, result: Result<Response<T>, Status>) -> Result<Option<T>, String> {
+    match result {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status) if status.code() == Code::NotFound => Ok(None),
+        Err(status) => Err(format!("{service} answered {:?}: {}", status.code(), status.message())),
+    }
+}
+
+#[async_trait]
+impl Directory for People {
+    async fn person(&self, caller: &Caller, who: &Who) -> Result<Option<Person>, String> {
+        let request = GetProfileRequest {
+            lookup: Some(match who {
+                Who::Profile(id) => get_profile_request::Lookup::ProfileId(id.to_string()),
+                Who::Identifier { kind, value } => get_profile_request::Lookup::Identifier(Identifier {
+                    kind: kind.clone(),
+                    value: value.clone(),
+                }),
+            }),
+            include_scores: true,
+        };
+        let answered = match &self.identity {
+            IdentityLink::Local(api) => api.get_profile(as_principal(&caller.principal, request)).await,
+            IdentityLink::Remote(client) => client.clone().get_profile(as_caller(&caller.metadata, request)).await,
+            IdentityLink::Missing => {
+                return Err("orchestration has no identity to ask: set orchestration.identity_endpoint".to_owned());
+            }
+        };
+        let Some(response) = answer("identity", answered)? else {
+            return Ok(None);
+        };
+        let profile = response.to_profile().map_err(|e| format!("identity's profile: {e}"))?;
+        Ok(profile.as_ref().map(Person::from_profile))
+    }
+
+    async fn targets(&self, caller: &Caller) -> Result<Targets, String> {
+        let (audiences, segments) = match &self.scoring {
+            ScoringLink::Local(api) => tokio::join!(
+                api.list_audiences(as_principal(&caller.principal, pb::ListAudiencesRequest {})),
+                api.list_segments(as_principal(&caller.principal, pb::ListSegmentsRequest::default()))
+            ),
+            ScoringLink::Remote(client) => {
+                let (mut a, mut b) = (client.clone(), client.clone());
+                tokio::join!(
+                    a.list_audiences(as_caller(&caller.metadata, pb::ListAudiencesRequest {})),
+                    b.list_segments(as_caller(&caller.metadata, pb::ListSegmentsRequest::default()))
+                )
+            }
+            ScoringLink::Missing => {
+                return Err("orchestration has no scoring to ask: set orchestration.scoring_endpoint".to_owned());
+            }
+        };
+        Ok(Targets {
+            audiences: answer("scoring", audiences)?
+                .map(|a| a.audiences.into_iter().map(|a| a.name).collect())
+                .unwrap_or_default(),
+            segments: answer("scoring", segments)?.map(|s| s.segments.into_iter().map(|s| s.name).collect()),
+        })
+    }
+}

@@ -1,0 +1,51 @@
+//! The `[orchestration]` section.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestrationConfig {
+    /// The exploration floor: every eligible action keeps at least this probability of
+    /// being chosen (at most 1/m of m actions).
+    pub epsilon: f64,
+    /// Seeded draws a propensity is estimated from, when more than one action is
+    /// eligible.
+    pub propensity_draws: u32,
+    /// Identity's gRPC endpoint, when orchestration runs apart from it
+    /// (`corvus serve orchestration`).
+    pub identity_endpoint: Option<String>,
+    /// Scoring's gRPC endpoint, when orchestration runs apart from it.
+    pub scoring_endpoint: Option<String>,
+    /// Entries of identity's log taken at a time, at most.
+    pub batch_size: u32,
+}
+
+impl Default for OrchestrationConfig {
+    fn default() -> Self {
+        Self {
+            epsilon: 0.05,
+            propensity_draws: 1_000,
+            identity_endpoint: None,
+            scoring_endpoint: None,
+            batch_size: 1_000,
+        }
+    }
+}
+
+impl OrchestrationConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.epsilon > 0.0 && self.epsilon <= 0.5,
+            "orchestration.epsilon must be in (0, 0.5]"
+        );
+        anyhow::ensure!(
+            (100..=100_000).contains(&self.propensity_draws),
+            "orchestration.propensity_draws must be between 100 and 100000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_size),
+            "orchestration.batch_size must be between 1 and 10000"
+        );
+        Ok(())
+    }
+}

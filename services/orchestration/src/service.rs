@@ -1,0 +1,715 @@
+//! The orchestration service: campaigns kept and checked, and Decide.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use corvus_proto::WorkspaceId;
+use corvus_storage::{StorageConfig, StorageError};
+use uuid::Uuid;
+
+use crate::config::OrchestrationConfig;
+use crate::domain::campaign::{CONTROL, Definition, HOLDOUT, Trigger, Window};
+use crate::domain::policy::{self, bucket, pick_weighted};
+use crate::domain::template::{self, Fill};
+use crate::domain::timing::{self, LocalTime};
+use crate::people::{Caller, Directory, Person, Who};
+use crate::storage::{
+    self, Blocked, Candidate, Cell, Decision, Explanation, Ledger, OrchestrationStore, Reason, Recorded, State, Stored,
+    Touch, WriteError, Writes,
+};
+
+/// The name orchestration consumes identity's log under, and answers erasures as.
+pub const CONSUMER_NAME: &str = "orchestration";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestrationError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Precondition(String),
+    /// Identity or scoring could not be asked.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<WriteError> for OrchestrationError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::NotFound(_) => Self::NotFound(err.to_string()),
+            WriteError::Exists(_) => Self::AlreadyExists(err.to_string()),
+            WriteError::State { .. } | WriteError::Version { .. } => Self::Precondition(err.to_string()),
+            WriteError::Storage(e) => Self::Storage(e),
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrchestrationError {
+    OrchestrationError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A workspace's live campaigns and control group, as of a count of its changes.
+#[derive(Default)]
+pub(crate) struct Live {
+    changed: i64,
+    /// Every campaign, whatever its state (outcomes reach paused and ended ones).
+    pub(crate) all: Vec<Arc<Stored>>,
+    campaigns: Vec<Arc<Stored>>,
+    control_share: f64,
+}
+
+#[derive(Clone)]
+pub struct Orchestration {
+    pub store: Arc<dyn OrchestrationStore>,
+    directory: Arc<dyn Directory>,
+    config: Arc<OrchestrationConfig>,
+    live: Arc<Mutex<HashMap<WorkspaceId, Arc<Live>>>>,
+}
+
+/// What a Decide call asks.
+#[derive(Debug, Clone)]
+pub struct DecideInput {
+    pub who: Who,
+    pub placement: String,
+    pub channels: Vec<String>,
+    pub campaigns: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Channels that reach out to the person, where quiet hours and the best hour apply;
+/// the others answer the person where they are (a page, the app, a call).
+const OUTBOUND: [&str; 3] = ["email", "sms", "push"];
+
+/// A campaign that passed every check that needs no lock, with its channel and time.
+struct Open {
+    campaign: Arc<Stored>,
+    channel: String,
+    send_at: DateTime<Utc>,
+    zone: Tz,
+    arm: String,
+    timing: String,
+    channel_why: String,
+}
+
+impl Orchestration {
+    pub async fn connect(
+        storage: &StorageConfig,
+        config: &OrchestrationConfig,
+        directory: Arc<dyn Directory>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::new(storage::connect(storage).await?, config, directory))
+    }
+
+    pub fn new(
+        store: Arc<dyn OrchestrationStore>,
+        config: &OrchestrationConfig,
+        directory: Arc<dyn Directory>,
+    ) -> Self {
+        Self {
+            store,
+            directory,
+            config: Arc::new(config.clone()),
+            live: Arc::default(),
+        }
+    }
+
+    pub fn config(&self) -> &OrchestrationConfig {
+        &self.config
+    }
+
+    /// Checks a definition against itself and the workspace (its audience or segment
+    /// exists).
+    pub async fn check(&self, caller: &Caller, def: &Definition) -> Result<(), OrchestrationError> {
+        def.check().map_err(|(field, reason)| invalid(field, reason))?;
+        if def.audience.is_empty()
+            && def.segment.is_empty()
+            && !matches!(def.trigger, Some(Trigger::AudienceEntered(_)))
+        {
+            return Ok(());
+        }
+        let targets = self
+            .directory
+            .targets(caller)
+            .await
+            .map_err(OrchestrationError::Unavailable)?;
+        if !def.audience.is_empty() && !targets.audiences.contains(&def.audience) {
+            return Err(invalid(
+                "campaign.audience",
+                format!("no audience is named {:?} in this workspace", def.audience),
+            ));
+        }
+        if let Some(Trigger::AudienceEntered(name)) = &def.trigger
+            && !targets.audiences.contains(name)
+        {
+            return Err(invalid(
+                "campaign.trigger.audience_entered",
+                format!("no audience is named {name:?} in this workspace"),
+            ));
+        }
+        if !def.segment.is_empty() {
+            match &targets.segments {
+                None => {
+                    return Err(invalid(
+                        "campaign.segment",
+                        "the workspace has no segments yet: fit them first (FitModel, MODEL_KIND_SEGMENTS)",
+                    ));
+                }
+                Some(names) if !names.contains(&def.segment) => {
+                    return Err(invalid(
+                        "campaign.segment",
+                        format!(
+                            "no segment is named {:?}; the segments are {}",
+                            def.segment,
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, caller: &Caller, def: &Definition) -> Result<Stored, OrchestrationError> {
+        self.check(caller, def).await?;
+        Ok(self
+            .store
+            .create_campaign(&caller.principal.workspace, def, Utc::now())
+            .await?)
+    }
+
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        def: &Definition,
+        expected: Option<u32>,
+    ) -> Result<Stored, OrchestrationError> {
+        self.check(caller, def).await?;
+        Ok(self
+            .store
+            .update_campaign(&caller.principal.workspace, def, expected, Utc::now())
+            .await?)
+    }
+
+    pub async fn set_state(&self, ws: &WorkspaceId, name: &str, to: State) -> Result<Stored, OrchestrationError> {
+        Ok(self.store.set_state(ws, name, to, Utc::now()).await?)
+    }
+
+    /// Pauses every live campaign tagged `tag`.
+    pub async fn pause_tagged(&self, ws: &WorkspaceId, tag: &str) -> Result<Vec<String>, OrchestrationError> {
+        let names: Vec<String> = self
+            .store
+            .campaigns(ws)
+            .await?
+            .into_iter()
+            .filter(|c| c.state == State::Live && c.definition.tags.iter().any(|t| t == tag))
+            .map(|c| c.definition.name)
+            .collect();
+        Ok(self.store.pause(ws, &names, Utc::now()).await?)
+    }
+
+    /// The live campaigns, read again whenever the workspace's campaigns changed: one
+    /// small read a call, so a pause is seen by the next Decide on every replica.
+    pub(crate) async fn live(&self, ws: &WorkspaceId) -> Result<Arc<Live>, StorageError> {
+        let changed = self.store.campaigns_changed(ws).await?;
+        if let Some(live) = self
+            .live
+            .lock()
+            .expect("live lock")
+            .get(ws)
+            .filter(|l| l.changed == changed)
+        {
+            return Ok(live.clone());
+        }
+        let all: Vec<Arc<Stored>> = self.store.campaigns(ws).await?.into_iter().map(Arc::new).collect();
+        let live = Arc::new(Live {
+            changed,
+            campaigns: all.iter().filter(|c| c.state == State::Live).cloned().collect(),
+            all,
+            control_share: self.store.control_share(ws).await?,
+        });
+        self.live.lock().expect("live lock").insert(ws.clone(), live.clone());
+        Ok(live)
+    }
+
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        input: &DecideInput,
+    ) -> Result<(Option<Decision>, Explanation), OrchestrationError> {
+        let ws = &caller.principal.workspace;
+        let person = self
+            .directory
+            .person(caller, &input.who)
+            .await
+            .map_err(OrchestrationError::Unavailable)?
+            .ok_or_else(|| OrchestrationError::NotFound("no such person (unknown, or erased)".to_owned()))?;
+        let profile = person
+            .profile
+            .ok_or_else(|| OrchestrationError::Unavailable("identity answered a profile without an id".to_owned()))?;
+        let live = self.live(ws).await?;
+        if !input.campaigns.is_empty() {
+            for (i, name) in input.campaigns.iter().enumerate() {
+                if !live.all.iter().any(|c| &c.definition.name == name) {
+                    return Err(invalid(
+                        format!("campaigns[{i}]"),
+                        format!("no campaign is named {name:?}"),
+                    ));
+                }
+            }
+        }
+        let mut explanation = Explanation::default();
+        let mut open = Vec::new();
+        for campaign in &live.campaigns {
+            if !input.campaigns.is_empty() && !input.campaigns.contains(&campaign.definition.name) {
+                continue;
+            }
+            match Self::open(ws, campaign, &person, input) {
+                Ok(o) => open.push(o),
+                Err(blocked) => explanation.blocked.push(blocked),
+            }
+        }
+        let control =
+            live.control_share > 0.0 && bucket(&[ws.as_str(), CONTROL, &profile.to_string()]) < live.control_share;
+        let segment = person.segment.clone().unwrap_or_default();
+        let cells: Vec<Cell> = open
+            .iter()
+            .flat_map(|o| {
+                let (def, segment) = (&o.campaign.definition, &segment);
+                def.actions.iter().map(move |a| Cell {
+                    campaign: def.name.clone(),
+                    segment: segment.clone(),
+                    action: a.name.clone(),
+                    channel: o.channel.clone(),
+                })
+            })
+            .collect();
+        let evidence = match cells.is_empty() {
+            true => HashMap::new(),
+            false => self.store.evidence(ws, &cells).await?,
+        };
+        let mut exhausted: Vec<String> = Vec::new();
+        for _ in 0..4 {
+            let since = open
+                .iter()
+                .flat_map(|o| {
+                    o.campaign
+                        .definition
+                        .caps
+                        .iter()
+                        .map(|c| window_start(c.window(), o.send_at))
+                })
+                .min()
+                .unwrap_or(input.at);
+            let budgeted: Vec<String> = open
+                .iter()
+                .filter(|o| o.campaign.definition.budget > 0)
+                .map(|o| o.campaign.definition.name.clone())
+                .collect();
+            let id = Uuid::now_v7();
+            let plan = |ledger: &Ledger| {
+                self.plan(
+                    id,
+                    ledger,
+                    &Planning {
+                        open: &open,
+                        person: &person,
+                        input,
+                        evidence: &evidence,
+                        control,
+                        exhausted: &exhausted,
+                        explanation: &explanation,
+                    },
+                )
+            };
+            match self.store.decide(ws, profile, since, &budgeted, &plan).await? {
+                Recorded::Nothing(explanation) => return Ok((None, explanation)),
+                Recorded::BudgetSpent(campaign) => exhausted.push(campaign),
+                Recorded::Written(writes) => {
+                    let Writes { decision, .. } = *writes;
+                    if decision.sends() {
+                        let cell = Cell {
+                            campaign: decision.campaign.clone(),
+                            segment: decision.segment.clone(),
+                            action: decision.action.clone(),
+                            channel: decision.channel.clone(),
+                        };
+                        self.store.count_trial(ws, &cell).await?;
+                    }
+                    metrics::counter!("corvus_orchestration_decisions_total", "arm_kind" => arm_kind(&decision.arm))
+                        .increment(1);
+                    let explanation = decision.explanation.clone();
+                    return Ok((Some(decision), explanation));
+                }
+            }
+        }
+        Err(OrchestrationError::Unavailable(
+            "budgets kept running out while deciding; try again".to_owned(),
+        ))
+    }
+
+    /// A live campaign for the person, with its channel and send time; or why not.
+    fn open(ws: &WorkspaceId, campaign: &Arc<Stored>, person: &Person, input: &DecideInput) -> Result<Open, Blocked> {
+        let def = &campaign.definition;
+        let block = |reason, detail: String| Blocked {
+            campaign: def.name.clone(),
+            reason,
+            detail,
+        };
+        if !def.audience.is_empty() && !person.audiences.contains(&def.audience) {
+            return Err(block(Reason::Audience, format!("not in audience {:?}", def.audience)));
+        }
+        if !def.segment.is_empty() && person.segment.as_deref() != Some(def.segment.as_str()) {
+            return Err(block(Reason::Audience, format!("not in segment {:?}", def.segment)));
+        }
+        let channels: Vec<&String> = def
+            .channels
+            .iter()
+            .filter(|c| input.channels.is_empty() || input.channels.contains(c))
+            .collect();
+        if channels.is_empty() {
+            return Err(block(Reason::Channel, "none of its channels was asked for".to_owned()));
+        }
+        let mut refused = Vec::new();
+        let consented: Vec<&String> = channels
+            .into_iter()
+            .filter(|c| match person.consents_to(&def.consent_purposes, c) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push(why);
+                    false
+                }
+            })
+            .collect();
+        if consented.is_empty() {
+            return Err(block(Reason::Consent, refused.join("; ")));
+        }
+        let (channel, channel_why) = match person.preferred_channel.as_ref().filter(|p| consented.contains(p)) {
+            Some(p) => (p.clone(), format!("{p}: the person's preferred channel")),
+            None => (
+                consented[0].clone(),
+                format!("{}: the campaign's first allowed channel with consent", consented[0]),
+            ),
+        };
+        let zone = person
+            .time_zone
+            .as_deref()
+            .or(Some(def.default_time_zone.as_str()).filter(|z| !z.is_empty()))
+            .and_then(|z| timing::zone(z).ok())
+            .unwrap_or(Tz::UTC);
+        let (mut send_at, mut timing) = (input.at, String::from("now"));
+        if OUTBOUND.contains(&channel.as_str()) {
+            if let Some(hour) = person.best_hour_of_week {
+                send_at = timing::next_hour(input.at, hour % 24, zone);
+                timing = format!("at {:02}:00 {zone}, the person's best hour", hour % 24);
+            }
+            if let Some(quiet) = &def.quiet_hours {
+                let (start, end) = (
+                    LocalTime::parse(&quiet.start).expect("checked"),
+                    LocalTime::parse(&quiet.end).expect("checked"),
+                );
+                let after = timing::after_quiet_hours(send_at, start, end, zone);
+                if after != send_at {
+                    send_at = after;
+                    timing = format!("deferred to {} {zone}, the end of quiet hours", quiet.end);
+                }
+            }
+        }
+        let profile = person.profile.map(|p| p.to_string()).unwrap_or_default();
+        let arm = arm_of(ws, def, &profile);
+        Ok(Open {
+            campaign: campaign.clone(),
+            channel,
+            send_at,
+            zone,
+            arm,
+            timing,
+            channel_why,
+        })
+    }
+
+    /// Under the person's lock: caps, budgets and states as they are now, then the
+    /// policy's choice among the actions of the highest priority's campaigns.
+    fn plan(&self, id: Uuid, ledger: &Ledger, p: &Planning<'_>) -> Result<Writes, Explanation> {
+        let mut explanation = p.explanation.clone();
+        let mut eligible: Vec<&Open> = Vec::new();
+        for o in p.open {
+            let def = &o.campaign.definition;
+            let block = |reason, detail: String| Blocked {
+                campaign: def.name.clone(),
+                reason,
+                detail,
+            };
+            match ledger.states.get(&def.name) {
+                Some((State::Live, v)) if *v == o.campaign.version => {}
+                Some((state, _)) if *state != State::Live => {
+                    explanation
+                        .blocked
+                        .push(block(Reason::State, format!("it is {} now", state.as_str())));
+                    continue;
+                }
+                _ => {
+                    explanation
+                        .blocked
+                        .push(block(Reason::State, "it changed while deciding".to_owned()));
+                    continue;
+                }
+            }
+            if let Some(detail) = capped(o, ledger) {
+                explanation.blocked.push(block(Reason::Cap, detail));
+                continue;
+            }
+            let spent = ledger.spent.get(&def.name).copied().unwrap_or_default();
+            if def.budget > 0 && (spent >= def.budget || p.exhausted.contains(&def.name)) {
+                explanation.blocked.push(block(
+                    Reason::Budget,
+                    format!("its budget of {} sends is spent", def.budget),
+                ));
+                continue;
+            }
+            eligible.push(o);
+        }
+        let Some(top) = eligible.iter().map(|o| o.campaign.definition.priority).max() else {
+            return Err(explanation);
+        };
+        for o in eligible.iter().filter(|o| o.campaign.definition.priority < top) {
+            explanation.blocked.push(Blocked {
+                campaign: o.campaign.definition.name.clone(),
+                reason: Reason::Priority,
+                detail: format!("priority {} is below {top}", o.campaign.definition.priority),
+            });
+        }
+        let segment = p.person.segment.clone().unwrap_or_default();
+        // Each action the person's arm may send, of each campaign at the top priority.
+        let mut choices = Vec::new();
+        for o in eligible.iter().filter(|o| o.campaign.definition.priority == top) {
+            let def = &o.campaign.definition;
+            for action in def.actions_of(&o.arm) {
+                let cell = Cell {
+                    campaign: def.name.clone(),
+                    segment: segment.clone(),
+                    action: action.name.clone(),
+                    channel: o.channel.clone(),
+                };
+                let (successes, trials) = p.evidence.get(&cell).copied().unwrap_or_default();
+                choices.push((
+                    *o,
+                    action,
+                    policy::Arm {
+                        successes: successes as f64,
+                        trials: trials as f64,
+                        value: action.value,
+                    },
+                ));
+            }
+        }
+        let arms: Vec<policy::Arm> = choices.iter().map(|c| c.2).collect();
+        let choice = policy::thompson(
+            &arms,
+            self.config.epsilon,
+            self.config.propensity_draws,
+            &id.to_string(),
+        );
+        explanation.eligible = choices
+            .iter()
+            .zip(&choice.propensities)
+            .map(|((o, action, arm), &propensity)| Candidate {
+                campaign: o.campaign.definition.name.clone(),
+                action: action.name.clone(),
+                priority: top,
+                expected_value: arm.expected_value(),
+                propensity,
+                successes: arm.successes,
+                trials: arm.trials,
+                value: arm.value,
+            })
+            .collect();
+        let (o, action, _) = choices[choice.index];
+        let def = &o.campaign.definition;
+        explanation.timing = o.timing.clone();
+        explanation.channel = o.channel_why.clone();
+        let held = match (p.control, o.arm == HOLDOUT) {
+            (true, _) => Some((
+                CONTROL,
+                Reason::Control,
+                "the person is in the workspace's control group",
+            )),
+            (false, true) => Some((HOLDOUT, Reason::Holdout, "the person is in the campaign's holdout")),
+            (false, false) => None,
+        };
+        let profile = p.person.profile.expect("a person with an id");
+        let products: Vec<String> = p
+            .person
+            .products
+            .iter()
+            .take(action.products as usize)
+            .cloned()
+            .collect();
+        let fill = Fill {
+            traits: &p.person.traits,
+            products: &products,
+            profile_id: &profile.to_string(),
+            campaign: &def.name,
+            action: &action.name,
+        };
+        let mut decision = Decision {
+            id,
+            profile,
+            campaign: def.name.clone(),
+            campaign_version: o.campaign.version,
+            arm: o.arm.clone(),
+            action: action.name.clone(),
+            subject: template::render(&action.subject, &fill),
+            body: template::render(&action.body, &fill),
+            products,
+            channel: o.channel.clone(),
+            send_at: o.send_at,
+            policy: match choice.draws {
+                0 => "only".to_owned(),
+                _ => "thompson".to_owned(),
+            },
+            propensity: choice.propensities[choice.index],
+            propensity_draws: choice.draws,
+            placement: p.input.placement.clone(),
+            decided_at: p.input.at,
+            segment,
+            explanation: Explanation::default(),
+            outcome: None,
+        };
+        if let Some((arm, reason, detail)) = held {
+            explanation.blocked.push(Blocked {
+                campaign: def.name.clone(),
+                reason,
+                detail: detail.to_owned(),
+            });
+            decision.arm = arm.to_owned();
+            decision.channel.clear();
+            decision.subject.clear();
+            decision.body.clear();
+            decision.products.clear();
+            decision.explanation = explanation;
+            return Ok(Writes {
+                decision,
+                touch: None,
+                spend: None,
+            });
+        }
+        decision.explanation = explanation;
+        let touch = Touch {
+            campaign: def.name.clone(),
+            channel: o.channel.clone(),
+            at: o.send_at,
+            local_day: local_day(o.send_at, o.zone),
+        };
+        Ok(Writes {
+            decision,
+            touch: Some(touch),
+            spend: (def.budget > 0).then_some(def.budget),
+        })
+    }
+}
+
+struct Planning<'a> {
+    open: &'a [Open],
+    person: &'a Person,
+    input: &'a DecideInput,
+    evidence: &'a HashMap<Cell, (u64, u64)>,
+    control: bool,
+    exhausted: &'a [String],
+    explanation: &'a Explanation,
+}
+
+fn arm_kind(arm: &str) -> &'static str {
+    match arm {
+        HOLDOUT => "holdout",
+        CONTROL => "control",
+        _ => "treated",
+    }
+}
+
+/// The arm a person is in: the holdout below its share, else an arm by weight over the
+/// rest, from a hash of the campaign and the profile id.
+pub fn arm_of(ws: &WorkspaceId, def: &Definition, profile: &str) -> String {
+    let point = bucket(&[ws.as_str(), &def.name, "arm", profile]);
+    if point < def.holdout {
+        return HOLDOUT.to_owned();
+    }
+    let arms = def.arms();
+    let weights: Vec<f64> = arms.iter().map(|a| a.weight).collect();
+    let rest = (point - def.holdout) / (1.0 - def.holdout);
+    arms[pick_weighted(rest, &weights)].name.clone()
+}
+
+fn local_day(at: DateTime<Utc>, zone: Tz) -> i32 {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    (timing::local_date(at, zone) - epoch).num_days() as i32
+}
+
+/// The earliest send a cap's window around `at` can reach.
+fn window_start(window: Window, at: DateTime<Utc>) -> DateTime<Utc> {
+    match window {
+        Window::Rolling(w) => at - w,
+        // A local day starts at most 14 hours before its UTC day.
+        Window::CalendarDays(days) => at - Duration::days(i64::from(days) + 1),
+    }
+}
+
+/// The first of the campaign's caps the send would exceed, described. A rolling window
+/// counts the sends within its length either side of this one, and calendar days the
+/// sends on the days any window of that many days holding this send's day spans: so no
+/// window, wherever it falls, holds more sends than the limit.
+fn capped(o: &Open, ledger: &Ledger) -> Option<String> {
+    let def = &o.campaign.definition;
+    for cap in &def.caps {
+        if !cap.channel.is_empty() && cap.channel != o.channel {
+            continue;
+        }
+        let counts = |t: &&Touch| {
+            (cap.all_campaigns || t.campaign == def.name) && (cap.channel.is_empty() || t.channel == cap.channel)
+        };
+        let (n, window) = match cap.window() {
+            Window::Rolling(w) => (
+                ledger
+                    .touches
+                    .iter()
+                    .filter(counts)
+                    .filter(|t| t.at > o.send_at - w && t.at < o.send_at + w)
+                    .count(),
+                format!("{} s", w.num_seconds()),
+            ),
+            Window::CalendarDays(days) => {
+                let day = local_day(o.send_at, o.zone);
+                let span = days as i32 - 1;
+                (
+                    ledger
+                        .touches
+                        .iter()
+                        .filter(counts)
+                        .filter(|t| (day - span..=day + span).contains(&t.local_day))
+                        .count(),
+                    format!("{days} calendar day(s)"),
+                )
+            }
+        };
+        if n >= cap.limit as usize {
+            let scope = match (cap.all_campaigns, cap.channel.is_empty()) {
+                (true, true) => "from every campaign".to_owned(),
+                (true, false) => format!("on {} from every campaign", cap.channel),
+                (false, true) => "from this campaign".to_owned(),
+                (false, false) => format!("on {} from this campaign", cap.channel),
+            };
+            return Some(format!("{n} send(s) {scope} within {window}: the cap is {}", cap.limit));
+        }
+    }
+    None
+}

@@ -1,0 +1,1013 @@
+//! Orchestration's store: campaigns and their versions, the decision log, what caps and
+//! budgets count, and the policy's evidence. One trait, written once for Postgres and
+//! SQLite (`orchestration_store!` expands it per backend) and held to one conformance
+//! suite (`tests/orchestration/main.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_proto::{ProfileId, WorkspaceId};
+use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::domain::campaign::Definition;
+
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The schema (Postgres) or file (SQLite) of the orchestration service.
+pub const SCHEMA: &str = "orchestration";
+
+pub fn migrators() -> Migrators {
+    Migrators {
+        postgres: &MIGRATE_POSTGRES,
+        sqlite: &MIGRATE_SQLITE,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Draft,
+    Live,
+    Paused,
+    Ended,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Live => "live",
+            Self::Paused => "paused",
+            Self::Ended => "ended",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StorageError> {
+        match text {
+            "draft" => Ok(Self::Draft),
+            "live" => Ok(Self::Live),
+            "paused" => Ok(Self::Paused),
+            "ended" => Ok(Self::Ended),
+            other => Err(StorageError::Internal(format!("unknown campaign state {other:?}"))),
+        }
+    }
+
+    /// The states a campaign may move to this one from (itself included: setting the
+    /// state it is in changes nothing).
+    pub fn reached_from(self) -> &'static [State] {
+        match self {
+            Self::Draft => &[Self::Draft],
+            Self::Live => &[Self::Draft, Self::Live, Self::Paused],
+            Self::Paused => &[Self::Live, Self::Paused],
+            Self::Ended => &[Self::Draft, Self::Live, Self::Paused, Self::Ended],
+        }
+    }
+}
+
+/// A campaign as stored: a version's definition, and the campaign's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub definition: Definition,
+    pub version: u32,
+    pub state: State,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a campaign write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no campaign is named {0:?}")]
+    NotFound(String),
+    #[error("a campaign is already named {0:?}")]
+    Exists(String),
+    #[error("campaign {name:?} is {state}; it cannot become {to}", state = .state.as_str(), to = .to.as_str())]
+    State { name: String, state: State, to: State },
+    #[error("campaign {name:?} is at version {current}, not {expected}")]
+    Version { name: String, current: u32, expected: u32 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Storage(err.into())
+    }
+}
+
+/// A send, as caps count it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Touch {
+    pub campaign: String,
+    pub channel: String,
+    pub at: DateTime<Utc>,
+    /// Days since 1970-01-01 in the person's zone.
+    pub local_day: i32,
+}
+
+/// What a person's decision is made against, read under the person's lock.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    /// The person's sends since the longest window looked at.
+    pub touches: Vec<Touch>,
+    /// Sends spent of the campaigns with a budget among those asked about.
+    pub spent: HashMap<String, u64>,
+    /// Every campaign's state and version now.
+    pub states: HashMap<String, (State, u32)>,
+}
+
+/// A logged decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: Uuid,
+    pub profile: ProfileId,
+    pub campaign: String,
+    pub campaign_version: u32,
+    pub arm: String,
+    pub action: String,
+    pub products: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    /// Empty when nothing is sent.
+    pub channel: String,
+    pub send_at: DateTime<Utc>,
+    pub policy: String,
+    pub propensity: f64,
+    pub propensity_draws: u32,
+    pub placement: String,
+    pub decided_at: DateTime<Utc>,
+    pub segment: String,
+    pub explanation: Explanation,
+    /// The outcome attributed to it (not in the JSON kept: the columns hold it).
+    #[serde(skip)]
+    pub outcome: Option<(String, DateTime<Utc>)>,
+}
+
+impl Decision {
+    /// Whether it sends (the person is not held out).
+    pub fn sends(&self) -> bool {
+        !self.channel.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub eligible: Vec<Candidate>,
+    pub blocked: Vec<Blocked>,
+    pub timing: String,
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub campaign: String,
+    pub action: String,
+    pub priority: i32,
+    pub expected_value: f64,
+    pub propensity: f64,
+    /// The evidence the policy drew from, so that the decision can be replayed.
+    pub successes: f64,
+    pub trials: f64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Audience,
+    Consent,
+    Cap,
+    QuietHours,
+    Holdout,
+    Budget,
+    Channel,
+    Priority,
+    Control,
+    /// Paused, ended or changed since the decision began.
+    State,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocked {
+    pub campaign: String,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// What a decision writes: the decision, and when it sends, its touch and the budget it
+/// spends (with the budget).
+#[derive(Debug, Clone)]
+pub struct Writes {
+    pub decision: Decision,
+    pub touch: Option<Touch>,
+    pub spend: Option<u64>,
+}
+
+/// How a decision's transaction ended.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// Nothing to write: nothing was eligible.
+    Nothing(Explanation),
+    Written(Box<Writes>),
+    /// The campaign's budget was spent by another decision meanwhile: nothing written.
+    BudgetSpent(String),
+}
+
+/// A cell of the policy's evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cell {
+    pub campaign: String,
+    pub segment: String,
+    pub action: String,
+    pub channel: String,
+}
+
+/// Decides under the person's lock: from what the ledger says, the writes (or why none).
+pub type Plan<'a> = dyn Fn(&Ledger) -> Result<Writes, Explanation> + Send + Sync + 'a;
+
+#[async_trait]
+pub trait OrchestrationStore: Send + Sync {
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    async fn create_campaign(
+        &self,
+        ws: &WorkspaceId,
+        def: &Definition,
+        at: DateTime<Utc>,
+    ) -> Result<Stored, WriteError>;
+
+    /// A new version; refused for an ended campaign, or when `expected` is not the
+    /// current version.
+    async fn update_campaign(
+        &self,
+        ws: &WorkspaceId,
+        def: &Definition,
+        expected: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Stored, WriteError>;
+
+    /// The current version, or `version`'s definition with the state as now.
+    async fn campaign(
+        &self,
+        ws: &WorkspaceId,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Stored>, StorageError>;
+
+    /// Every campaign, current versions, by name.
+    async fn campaigns(&self, ws: &WorkspaceId) -> Result<Vec<Stored>, StorageError>;
+
+    async fn set_state(&self, ws: &WorkspaceId, name: &str, to: State, at: DateTime<Utc>)
+    -> Result<Stored, WriteError>;
+
+    /// Pauses every live campaign among `names`; returns those it paused.
+    async fn pause(&self, ws: &WorkspaceId, names: &[String], at: DateTime<Utc>) -> Result<Vec<String>, StorageError>;
+
+    /// Counts every change of the workspace's campaigns: a cache is current while it
+    /// holds the count.
+    async fn campaigns_changed(&self, ws: &WorkspaceId) -> Result<i64, StorageError>;
+
+    async fn control_share(&self, ws: &WorkspaceId) -> Result<f64, StorageError>;
+    async fn set_control_share(&self, ws: &WorkspaceId, share: f64) -> Result<(), StorageError>;
+
+    /// The policy's evidence of each cell asked: (successes, trials).
+    async fn evidence(&self, ws: &WorkspaceId, cells: &[Cell]) -> Result<HashMap<Cell, (u64, u64)>, StorageError>;
+
+    /// Takes the person's lock, reads their ledger (touches since `since`, the spend of
+    /// `budgeted`, every campaign's state), and writes what `plan` makes of it, in one
+    /// transaction: decisions for one person never interleave, on any replica.
+    async fn decide(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+        since: DateTime<Utc>,
+        budgeted: &[String],
+        plan: &Plan<'_>,
+    ) -> Result<Recorded, StorageError>;
+
+    /// Counts a decision that sent as a trial of its cell.
+    async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError>;
+
+    async fn decision(&self, ws: &WorkspaceId, id: Uuid) -> Result<Option<Decision>, StorageError>;
+
+    /// The log in order, after `after`, at most `limit`.
+    async fn decisions(
+        &self,
+        ws: &WorkspaceId,
+        campaign: Option<&str>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Decision>, StorageError>;
+
+    /// A person's decisions (under their id or one merged into it) decided at or after
+    /// `since`, without an outcome yet, newest first.
+    async fn open_decisions(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Decision>, StorageError>;
+
+    /// Records an outcome on a decision that has none, and counts it as a success of its
+    /// cell when it sent. False when it had one already.
+    async fn record_outcome(
+        &self,
+        ws: &WorkspaceId,
+        decision: &Decision,
+        event: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+
+    /// `merged` now stand for `survivor`: their sends count against its caps, and its
+    /// outcomes find their decisions.
+    async fn merge(&self, ws: &WorkspaceId, survivor: ProfileId, merged: &[ProfileId]) -> Result<(), StorageError>;
+
+    /// Deletes what is kept of the profiles: decisions, sends, aliases. Returns the rows
+    /// deleted.
+    async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError>;
+}
+
+pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn OrchestrationStore>, StorageError> {
+    Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
+        Database::Postgres(pool) => Arc::new(PgOrchestrationStore { pool }),
+        Database::Sqlite(pool) => Arc::new(SqliteOrchestrationStore {
+            pool,
+            writer: Mutex::new(()),
+        }),
+    })
+}
+
+pub struct PgOrchestrationStore {
+    pool: PgPool,
+}
+
+pub struct SqliteOrchestrationStore {
+    pool: SqlitePool,
+    /// SQLite takes one writer at a time: writers queue here rather than on the file.
+    writer: Mutex<()>,
+}
+
+type Guard<'a> = Option<tokio::sync::MutexGuard<'a, ()>>;
+
+impl PgOrchestrationStore {
+    async fn begin(&self) -> Result<(Guard<'_>, sqlx::Transaction<'_, sqlx::Postgres>), sqlx::Error> {
+        Ok((None, self.pool.begin().await?))
+    }
+}
+
+impl SqliteOrchestrationStore {
+    /// `BEGIN IMMEDIATE` takes the file's write lock at once, so another process on the
+    /// same file (a second replica) waits for this transaction as a second writer here
+    /// waits on `writer`.
+    async fn begin(&self) -> Result<(Guard<'_>, sqlx::Transaction<'_, sqlx::Sqlite>), sqlx::Error> {
+        let guard = self.writer.lock().await;
+        Ok((Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?))
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
+    StorageError::Internal(format!("{what}: {err}"))
+}
+
+fn definition_json(def: &Definition) -> String {
+    serde_json::to_string(def).expect("a definition serialises")
+}
+
+type CampaignRow = (String, i32, String, i64, i64, String);
+
+fn stored(row: CampaignRow) -> Result<Stored, StorageError> {
+    let (name, version, state, created_at, updated_at, definition) = row;
+    Ok(Stored {
+        definition: serde_json::from_str(&definition).map_err(|e| undecodable(&format!("campaign {name}"), e))?,
+        version: version as u32,
+        state: State::parse(&state)?,
+        created_at: time(created_at),
+        updated_at: time(updated_at),
+    })
+}
+
+type DecisionRow = (String, Option<String>, Option<i64>);
+
+fn decision_of(row: DecisionRow) -> Result<Decision, StorageError> {
+    let (detail, event, at) = row;
+    let mut decision: Decision = serde_json::from_str(&detail).map_err(|e| undecodable("decision", e))?;
+    decision.outcome = event.zip(at.map(time));
+    Ok(decision)
+}
+
+/// A campaign with its current version's definition.
+const CAMPAIGN: &str = "SELECT c.name, c.version, c.state, c.created_at, c.updated_at, v.definition \
+     FROM campaigns c JOIN campaign_versions v \
+       ON v.workspace_id = c.workspace_id AND v.name = c.name AND v.version = c.version \
+     WHERE c.workspace_id = $1";
+
+const BUMP: &str = "INSERT INTO workspaces (workspace_id, campaigns) VALUES ($1, 1) \
+     ON CONFLICT (workspace_id) DO UPDATE SET campaigns = workspaces.campaigns + 1";
+
+/// The ids a person's decisions are kept under: their own and those merged into it.
+const FAMILY: &str =
+    "(profile_id = $2 OR profile_id IN (SELECT profile_id FROM aliases WHERE workspace_id = $1 AND survivor_id = $2))";
+
+const DECISION: &str = "SELECT detail, outcome_event, outcome_at FROM decisions";
+
+macro_rules! orchestration_store {
+    ($Store:ident, $Db:ty) => {
+        impl $Store {
+            async fn current(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                ws: &WorkspaceId,
+                name: &str,
+            ) -> Result<Option<Stored>, StorageError> {
+                let row: Option<CampaignRow> = sqlx::query_as(&format!("{CAMPAIGN} AND c.name = $2"))
+                    .bind(ws.as_str())
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(stored).transpose()
+            }
+        }
+
+        #[async_trait]
+        impl OrchestrationStore for $Store {
+            async fn ping(&self) -> Result<(), StorageError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_campaign(
+                &self,
+                ws: &WorkspaceId,
+                def: &Definition,
+                at: DateTime<Utc>,
+            ) -> Result<Stored, WriteError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO campaigns (workspace_id, name, version, state, created_at, updated_at) \
+                     VALUES ($1, $2, 1, 'draft', $3, $3) ON CONFLICT (workspace_id, name) DO NOTHING",
+                )
+                .bind(ws.as_str())
+                .bind(&def.name)
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Err(WriteError::Exists(def.name.clone()));
+                }
+                sqlx::query(
+                    "INSERT INTO campaign_versions (workspace_id, name, version, definition, created_at) \
+                     VALUES ($1, $2, 1, $3, $4)",
+                )
+                .bind(ws.as_str())
+                .bind(&def.name)
+                .bind(definition_json(def))
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP).bind(ws.as_str()).execute(&mut *tx).await?;
+                let stored = Self::current(&mut tx, ws, &def.name).await?;
+                tx.commit().await?;
+                Ok(stored.expect("the campaign just written"))
+            }
+
+            async fn update_campaign(
+                &self,
+                ws: &WorkspaceId,
+                def: &Definition,
+                expected: Option<u32>,
+                at: DateTime<Utc>,
+            ) -> Result<Stored, WriteError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let version: Option<(i32,)> = sqlx::query_as(
+                    "UPDATE campaigns SET version = version + 1, updated_at = $3 \
+                     WHERE workspace_id = $1 AND name = $2 AND state <> 'ended' AND version = COALESCE($4, version) \
+                     RETURNING version",
+                )
+                .bind(ws.as_str())
+                .bind(&def.name)
+                .bind(micros(at))
+                .bind(expected.map(|v| v as i32))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((version,)) = version else {
+                    let now = Self::current(&mut tx, ws, &def.name).await?;
+                    return Err(match now {
+                        None => WriteError::NotFound(def.name.clone()),
+                        Some(c) if c.state == State::Ended => WriteError::State {
+                            name: def.name.clone(),
+                            state: c.state,
+                            to: c.state,
+                        },
+                        Some(c) => WriteError::Version {
+                            name: def.name.clone(),
+                            current: c.version,
+                            expected: expected.unwrap_or_default(),
+                        },
+                    });
+                };
+                sqlx::query(
+                    "INSERT INTO campaign_versions (workspace_id, name, version, definition, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(ws.as_str())
+                .bind(&def.name)
+                .bind(version)
+                .bind(definition_json(def))
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP).bind(ws.as_str()).execute(&mut *tx).await?;
+                let stored = Self::current(&mut tx, ws, &def.name).await?;
+                tx.commit().await?;
+                Ok(stored.expect("the campaign just written"))
+            }
+
+            async fn campaign(
+                &self,
+                ws: &WorkspaceId,
+                name: &str,
+                version: Option<u32>,
+            ) -> Result<Option<Stored>, StorageError> {
+                let row: Option<CampaignRow> = match version {
+                    None => {
+                        sqlx::query_as(&format!("{CAMPAIGN} AND c.name = $2"))
+                            .bind(ws.as_str())
+                            .bind(name)
+                            .fetch_optional(&self.pool)
+                            .await?
+                    }
+                    Some(version) => {
+                        sqlx::query_as(
+                            "SELECT c.name, v.version, c.state, c.created_at, c.updated_at, v.definition \
+                             FROM campaigns c JOIN campaign_versions v \
+                               ON v.workspace_id = c.workspace_id AND v.name = c.name \
+                             WHERE c.workspace_id = $1 AND c.name = $2 AND v.version = $3",
+                        )
+                        .bind(ws.as_str())
+                        .bind(name)
+                        .bind(version as i32)
+                        .fetch_optional(&self.pool)
+                        .await?
+                    }
+                };
+                row.map(stored).transpose()
+            }
+
+            async fn campaigns(&self, ws: &WorkspaceId) -> Result<Vec<Stored>, StorageError> {
+                let rows: Vec<CampaignRow> = sqlx::query_as(&format!("{CAMPAIGN} ORDER BY c.name"))
+                    .bind(ws.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(stored).collect()
+            }
+
+            async fn set_state(
+                &self,
+                ws: &WorkspaceId,
+                name: &str,
+                to: State,
+                at: DateTime<Utc>,
+            ) -> Result<Stored, WriteError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let Some(now) = Self::current(&mut tx, ws, name).await? else {
+                    return Err(WriteError::NotFound(name.to_owned()));
+                };
+                if now.state == to {
+                    return Ok(now);
+                }
+                let from: Vec<&str> = to.reached_from().iter().map(|s| s.as_str()).collect();
+                let moved = sqlx::query(
+                    "UPDATE campaigns SET state = $3, updated_at = $4 \
+                     WHERE workspace_id = $1 AND name = $2 AND state IN ($5, $6, $7, $8)",
+                )
+                .bind(ws.as_str())
+                .bind(name)
+                .bind(to.as_str())
+                .bind(micros(at))
+                .bind(from.first().copied())
+                .bind(from.get(1).copied())
+                .bind(from.get(2).copied())
+                .bind(from.get(3).copied())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    let now = Self::current(&mut tx, ws, name).await?.map_or(now.state, |c| c.state);
+                    return Err(WriteError::State {
+                        name: name.to_owned(),
+                        state: now,
+                        to,
+                    });
+                }
+                sqlx::query(BUMP).bind(ws.as_str()).execute(&mut *tx).await?;
+                let stored = Self::current(&mut tx, ws, name).await?;
+                tx.commit().await?;
+                Ok(stored.expect("the campaign just written"))
+            }
+
+            async fn pause(
+                &self,
+                ws: &WorkspaceId,
+                names: &[String],
+                at: DateTime<Utc>,
+            ) -> Result<Vec<String>, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let mut paused = Vec::new();
+                for name in names {
+                    let moved = sqlx::query(
+                        "UPDATE campaigns SET state = 'paused', updated_at = $3 \
+                         WHERE workspace_id = $1 AND name = $2 AND state = 'live'",
+                    )
+                    .bind(ws.as_str())
+                    .bind(name)
+                    .bind(micros(at))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved > 0 {
+                        paused.push(name.clone());
+                    }
+                }
+                sqlx::query(BUMP).bind(ws.as_str()).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(paused)
+            }
+
+            async fn campaigns_changed(&self, ws: &WorkspaceId) -> Result<i64, StorageError> {
+                let row: Option<(i64,)> = sqlx::query_as("SELECT campaigns FROM workspaces WHERE workspace_id = $1")
+                    .bind(ws.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map_or(0, |r| r.0))
+            }
+
+            async fn control_share(&self, ws: &WorkspaceId) -> Result<f64, StorageError> {
+                let row: Option<(f64,)> =
+                    sqlx::query_as("SELECT control_share FROM workspaces WHERE workspace_id = $1")
+                        .bind(ws.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map_or(0.0, |r| r.0))
+            }
+
+            async fn set_control_share(&self, ws: &WorkspaceId, share: f64) -> Result<(), StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO workspaces (workspace_id, campaigns, control_share) VALUES ($1, 1, $2) \
+                     ON CONFLICT (workspace_id) DO UPDATE \
+                     SET control_share = $2, campaigns = workspaces.campaigns + 1",
+                )
+                .bind(ws.as_str())
+                .bind(share)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn evidence(
+                &self,
+                ws: &WorkspaceId,
+                cells: &[Cell],
+            ) -> Result<HashMap<Cell, (u64, u64)>, StorageError> {
+                let mut out = HashMap::new();
+                let campaigns: std::collections::BTreeSet<&str> =
+                    cells.iter().map(|c| c.campaign.as_str()).collect();
+                for campaign in campaigns {
+                    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+                        "SELECT segment, action, channel, successes, trials FROM outcomes \
+                         WHERE workspace_id = $1 AND campaign = $2",
+                    )
+                    .bind(ws.as_str())
+                    .bind(campaign)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for (segment, action, channel, successes, trials) in rows {
+                        let cell = Cell {
+                            campaign: campaign.to_owned(),
+                            segment,
+                            action,
+                            channel,
+                        };
+                        if cells.contains(&cell) {
+                            out.insert(cell, (successes as u64, trials as u64));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn decide(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+                since: DateTime<Utc>,
+                budgeted: &[String],
+                plan: &Plan<'_>,
+            ) -> Result<Recorded, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                // The person's lock: a second decision for them waits here for this one's
+                // commit, and then counts its touch.
+                sqlx::query(
+                    "INSERT INTO people (workspace_id, profile_id, decisions) VALUES ($1, $2, 1) \
+                     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + 1",
+                )
+                .bind(ws.as_str())
+                .bind(profile.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+                let touches: Vec<(String, String, i64, i32)> = sqlx::query_as(
+                    "SELECT campaign, channel, at, local_day FROM touches \
+                     WHERE workspace_id = $1 AND profile_id = $2 AND at >= $3",
+                )
+                .bind(ws.as_str())
+                .bind(profile.as_uuid())
+                .bind(micros(since))
+                .fetch_all(&mut *tx)
+                .await?;
+                let states: Vec<(String, String, i32)> =
+                    sqlx::query_as("SELECT name, state, version FROM campaigns WHERE workspace_id = $1")
+                        .bind(ws.as_str())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let mut ledger = Ledger {
+                    touches: touches
+                        .into_iter()
+                        .map(|(campaign, channel, at, local_day)| Touch {
+                            campaign,
+                            channel,
+                            at: time(at),
+                            local_day,
+                        })
+                        .collect(),
+                    spent: HashMap::new(),
+                    states: states
+                        .into_iter()
+                        .map(|(name, state, version)| Ok((name, (State::parse(&state)?, version as u32))))
+                        .collect::<Result<_, StorageError>>()?,
+                };
+                for campaign in budgeted {
+                    let spent: Option<(i64,)> =
+                        sqlx::query_as("SELECT spent FROM budgets WHERE workspace_id = $1 AND campaign = $2")
+                            .bind(ws.as_str())
+                            .bind(campaign)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    ledger.spent.insert(campaign.clone(), spent.map_or(0, |s| s.0 as u64));
+                }
+                let writes = match plan(&ledger) {
+                    Ok(writes) => writes,
+                    Err(explanation) => return Ok(Recorded::Nothing(explanation)),
+                };
+                let d = &writes.decision;
+                if let Some(budget) = writes.spend {
+                    // Spent only while under budget: two people's decisions may read the
+                    // same spend, and the second to get here finds it spent.
+                    let spent = sqlx::query(
+                        "INSERT INTO budgets (workspace_id, campaign, spent) VALUES ($1, $2, 1) \
+                         ON CONFLICT (workspace_id, campaign) DO UPDATE SET spent = budgets.spent + 1 \
+                         WHERE budgets.spent < $3",
+                    )
+                    .bind(ws.as_str())
+                    .bind(&d.campaign)
+                    .bind(budget as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if spent == 0 {
+                        return Ok(Recorded::BudgetSpent(d.campaign.clone()));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO decisions (decision_id, workspace_id, profile_id, campaign, campaign_version, \
+                     arm, action, channel, segment, send_at, decided_at, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(d.id)
+                .bind(ws.as_str())
+                .bind(d.profile.as_uuid())
+                .bind(&d.campaign)
+                .bind(d.campaign_version as i32)
+                .bind(&d.arm)
+                .bind(&d.action)
+                .bind(&d.channel)
+                .bind(&d.segment)
+                .bind(micros(d.send_at))
+                .bind(micros(d.decided_at))
+                .bind(serde_json::to_string(d).expect("a decision serialises"))
+                .execute(&mut *tx)
+                .await?;
+                if let Some(touch) = &writes.touch {
+                    sqlx::query(
+                        "INSERT INTO touches (workspace_id, profile_id, campaign, channel, at, local_day, decision_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(ws.as_str())
+                    .bind(profile.as_uuid())
+                    .bind(&touch.campaign)
+                    .bind(&touch.channel)
+                    .bind(micros(touch.at))
+                    .bind(touch.local_day)
+                    .bind(d.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Recorded::Written(Box::new(writes)))
+            }
+
+            async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError> {
+                let _guard = self.writer_guard().await;
+                sqlx::query(
+                    "INSERT INTO outcomes (workspace_id, campaign, segment, action, channel, trials) \
+                     VALUES ($1, $2, $3, $4, $5, 1) \
+                     ON CONFLICT (workspace_id, campaign, segment, action, channel) \
+                     DO UPDATE SET trials = outcomes.trials + 1",
+                )
+                .bind(ws.as_str())
+                .bind(&cell.campaign)
+                .bind(&cell.segment)
+                .bind(&cell.action)
+                .bind(&cell.channel)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn decision(&self, ws: &WorkspaceId, id: Uuid) -> Result<Option<Decision>, StorageError> {
+                let row: Option<DecisionRow> =
+                    sqlx::query_as(&format!("{DECISION} WHERE workspace_id = $1 AND decision_id = $2"))
+                        .bind(ws.as_str())
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(decision_of).transpose()
+            }
+
+            async fn decisions(
+                &self,
+                ws: &WorkspaceId,
+                campaign: Option<&str>,
+                after: Option<Uuid>,
+                limit: u32,
+            ) -> Result<Vec<Decision>, StorageError> {
+                let rows: Vec<DecisionRow> = sqlx::query_as(&format!(
+                    "{DECISION} WHERE workspace_id = $1 AND ($2 IS NULL OR campaign = $2) AND decision_id > $3 \
+                     ORDER BY decision_id LIMIT $4"
+                ))
+                .bind(ws.as_str())
+                .bind(campaign)
+                .bind(after.unwrap_or(Uuid::nil()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(decision_of).collect()
+            }
+
+            async fn open_decisions(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<Decision>, StorageError> {
+                let rows: Vec<DecisionRow> = sqlx::query_as(&format!(
+                    "{DECISION} WHERE workspace_id = $1 AND {FAMILY} \
+                     AND decided_at >= $3 AND outcome_at IS NULL ORDER BY decided_at DESC LIMIT 100"
+                ))
+                .bind(ws.as_str())
+                .bind(profile.as_uuid())
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(decision_of).collect()
+            }
+
+            async fn record_outcome(
+                &self,
+                ws: &WorkspaceId,
+                decision: &Decision,
+                event: &str,
+                at: DateTime<Utc>,
+            ) -> Result<bool, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let marked = sqlx::query(
+                    "UPDATE decisions SET outcome_event = $3, outcome_at = $4 \
+                     WHERE workspace_id = $1 AND decision_id = $2 AND outcome_at IS NULL",
+                )
+                .bind(ws.as_str())
+                .bind(decision.id)
+                .bind(event)
+                .bind(micros(at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if marked > 0 && decision.sends() {
+                    sqlx::query(
+                        "INSERT INTO outcomes (workspace_id, campaign, segment, action, channel, successes) \
+                         VALUES ($1, $2, $3, $4, $5, 1) \
+                         ON CONFLICT (workspace_id, campaign, segment, action, channel) \
+                         DO UPDATE SET successes = outcomes.successes + 1",
+                    )
+                    .bind(ws.as_str())
+                    .bind(&decision.campaign)
+                    .bind(&decision.segment)
+                    .bind(&decision.action)
+                    .bind(&decision.channel)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(marked > 0)
+            }
+
+            async fn merge(
+                &self,
+                ws: &WorkspaceId,
+                survivor: ProfileId,
+                merged: &[ProfileId],
+            ) -> Result<(), StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                for id in merged {
+                    // Ids merged into this one earlier now stand for the survivor too.
+                    sqlx::query("UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2")
+                        .bind(ws.as_str())
+                        .bind(id.as_uuid())
+                        .bind(survivor.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
+                    )
+                    .bind(ws.as_str())
+                    .bind(id.as_uuid())
+                    .bind(survivor.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
+                        .bind(ws.as_str())
+                        .bind(id.as_uuid())
+                        .bind(survivor.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let mut removed = 0;
+                for id in profiles {
+                    for table in ["decisions", "touches", "people", "aliases"] {
+                        removed += sqlx::query(&format!(
+                            "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
+                        ))
+                        .bind(ws.as_str())
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    }
+                    sqlx::query("DELETE FROM aliases WHERE workspace_id = $1 AND survivor_id = $2")
+                        .bind(ws.as_str())
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(removed)
+            }
+        }
+    };
+}
+
+impl PgOrchestrationStore {
+    async fn writer_guard(&self) -> Guard<'_> {
+        None
+    }
+}
+
+impl SqliteOrchestrationStore {
+    async fn writer_guard(&self) -> Guard<'_> {
+        Some(self.writer.lock().await)
+    }
+}
+
+orchestration_store!(PgOrchestrationStore, sqlx::Postgres);
+orchestration_store!(SqliteOrchestrationStore, sqlx::Sqlite);
