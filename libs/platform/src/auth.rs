@@ -21,8 +21,11 @@ const KEY_PREFIX: &str = "cvs_";
 const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(1);
 
 /// What a key may do. `Admin` may do everything in its workspace; `Read` reads; `Ingest`
-/// only sends events. `Service` only delivers a log's entries from one Corvus service to
-/// another (a consumer's `Deliver`), across workspaces: no other key may, admin included.
+/// only sends events. `Service` delivers a log's entries from one Corvus service to
+/// another (a consumer's `Deliver`), across workspaces: no other key may, admin included;
+/// and, in the workspace it names, reads what a service needs to act on an entry (the
+/// profile an alert describes, the person a triggered campaign decides for) and sends
+/// the events a service reports (a message sent). It changes no definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Ingest,
@@ -43,7 +46,9 @@ impl Role {
 
     /// Whether a key of this role may act as `needed`.
     pub fn allows(self, needed: Role) -> bool {
-        self == needed || (self == Role::Admin && needed != Role::Service)
+        self == needed
+            || (self == Role::Admin && needed != Role::Service)
+            || (self == Role::Service && matches!(needed, Role::Read | Role::Ingest))
     }
 }
 
@@ -284,7 +289,8 @@ impl Authenticator {
     }
 
     /// The principal for `secret`. `workspace_opt` is the workspace the caller says it
-    /// acts for (a header); a key of another workspace is refused.
+    /// acts for (a header); a key of another workspace is refused, but for a service
+    /// key, which acts for the workspace it names.
     pub async fn authenticate(&self, secret: &str, workspace_opt: Option<&str>) -> Result<Principal, AuthError> {
         if !secret.starts_with(KEY_PREFIX) {
             return Err(AuthError::InvalidKey);
@@ -313,6 +319,10 @@ impl Authenticator {
         };
         let principal = principal.ok_or(AuthError::InvalidKey)?;
         match workspace_opt {
+            Some(ws) if ws != principal.workspace.as_str() && principal.role == Role::Service => Ok(Principal {
+                workspace: ws.parse().map_err(|_| AuthError::WrongWorkspace)?,
+                ..principal
+            }),
             Some(ws) if ws != principal.workspace.as_str() => Err(AuthError::WrongWorkspace),
             _ => Ok(principal),
         }
@@ -329,9 +339,10 @@ mod tests {
         assert!(Role::Ingest.allows(Role::Ingest) && !Role::Ingest.allows(Role::Read));
         assert!(!Role::Read.allows(Role::Ingest) && !Role::Read.allows(Role::Admin));
         // Deliveries cross workspaces: an admin of one may not make them, and a service
-        // key may do nothing else.
+        // key may otherwise only read and report events.
         assert!(!Role::Admin.allows(Role::Service) && Role::Service.allows(Role::Service));
-        assert!(!Role::Service.allows(Role::Read) && !Role::Service.allows(Role::Ingest));
+        assert!(Role::Service.allows(Role::Read) && Role::Service.allows(Role::Ingest));
+        assert!(!Role::Service.allows(Role::Admin));
         assert_eq!("service".parse::<Role>(), Ok(Role::Service));
     }
 

@@ -214,7 +214,21 @@ impl App {
             )
             .inspect_err(|e| tracing::error!("orchestration's identity or scoring endpoint: {e}"))
             .ok()?;
-            Some(Orchestration::new(store, &config.orchestration, Arc::new(people)))
+            let orchestration = Orchestration::new(store, &config.orchestration, Arc::new(people))
+                .with_service_key(config.server.service_key.clone());
+            // Sends' outcomes go back in through ingestion: directly in one process,
+            // else at its endpoint.
+            match orchestration_link::ReceiptLink::new(
+                stores.ingestion.as_ref(),
+                config.orchestration.ingestion_endpoint.as_deref(),
+            ) {
+                Ok(Some(receipts)) => Some(orchestration.with_receipts(Arc::new(receipts))),
+                Ok(None) => Some(orchestration),
+                Err(e) => {
+                    tracing::error!("orchestration.ingestion_endpoint: {e}");
+                    Some(orchestration)
+                }
+            }
         });
         Self {
             identity,
@@ -328,6 +342,9 @@ impl App {
             checks.push(scoring.readiness());
         }
         if let Some(orchestration) = &self.orchestration {
+            workers.push(orchestration.spawn_delivery(workers_stop.clone()));
+            workers.push(orchestration.spawn_triggers(workers_stop.clone()));
+            workers.push(orchestration.spawn_alert_webhooks(workers_stop.clone()));
             routes.add_service(orchestration.grpc_service());
             if self.identity.is_none() {
                 routes.add_service(orchestration.log_consumer());

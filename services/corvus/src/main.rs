@@ -2,6 +2,7 @@
 //! show what it does (`demo`).
 
 mod audiences;
+mod campaigns;
 mod demo;
 mod models;
 
@@ -99,6 +100,49 @@ enum Command {
         /// An API key (admin to change, read to show; also `CORVUS_API_KEY`).
         #[arg(long, env = "CORVUS_API_KEY", global = true)]
         key: Option<String>,
+    },
+    /// Campaigns as code: apply a file of campaigns, export, list, set a campaign's
+    /// state, pause campaigns by tag.
+    Campaigns {
+        #[command(subcommand)]
+        command: CampaignsCommand,
+        #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
+        endpoint: String,
+        /// An API key (admin to change, read to show; also `CORVUS_API_KEY`).
+        #[arg(long, env = "CORVUS_API_KEY", global = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignsCommand {
+    /// Make the workspace hold a JSON file's campaigns (`{"campaigns": [...]}`, the
+    /// format `export` writes). Checks the whole file before changing anything, shows
+    /// what it does (+ create as a draft, = unchanged, ~ a new version), and leaves
+    /// campaigns the file does not name alone. An ended campaign cannot be changed.
+    Apply {
+        file: PathBuf,
+        /// Show what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Set the file's campaigns that are drafts live once applied.
+        #[arg(long)]
+        launch: bool,
+    },
+    /// Print the workspace's campaigns (their current versions) as a file `apply` takes.
+    Export,
+    /// The campaigns: name, state, version, priority, channels, tags.
+    List,
+    /// Set a campaign's state: draft → live ⇄ paused, any → ended (final).
+    State {
+        name: String,
+        #[arg(value_parser = campaigns::parse_state)]
+        state: corvus_proto::orchestration::v1::CampaignState,
+    },
+    /// Pause every live campaign with a tag, at once.
+    Pause {
+        #[arg(long)]
+        tag: String,
     },
 }
 
@@ -404,6 +448,18 @@ async fn main() -> anyhow::Result<()> {
                     audiences::delete(&endpoint, &key, &name, computed_trait).await
                 }
                 AudiencesCommand::Watch { name, after } => audiences::watch(&endpoint, &key, &name, after).await,
+            }
+        }
+        Command::Campaigns { command, endpoint, key } => {
+            let key = key.ok_or_else(|| anyhow::anyhow!("--key (or CORVUS_API_KEY) is required"))?;
+            match command {
+                CampaignsCommand::Apply { file, dry_run, launch } => {
+                    campaigns::apply(&endpoint, &key, &file, dry_run, launch).await
+                }
+                CampaignsCommand::Export => campaigns::export(&endpoint, &key).await,
+                CampaignsCommand::List => campaigns::list(&endpoint, &key).await,
+                CampaignsCommand::State { name, state } => campaigns::set_state(&endpoint, &key, &name, state).await,
+                CampaignsCommand::Pause { tag } => campaigns::pause(&endpoint, &key, &tag).await,
             }
         }
     }

@@ -5,11 +5,19 @@
 use async_trait::async_trait;
 use corvus_identity::Identity;
 use corvus_identity::grpc::IdentityApi;
+use corvus_ingestion::Ingestion;
+use corvus_ingestion::grpc::IngestionApi;
+use corvus_orchestration::delivery::Receipts;
 use corvus_orchestration::people::{Caller, Directory, Person, Targets, Who};
-use corvus_proto::common::v1::Identifier;
+use corvus_proto::ProfileId;
+use corvus_proto::common::v1::Event;
+use corvus_proto::common::v1::{Identifier, PageRequest};
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::identity::v1::identity_service_server::IdentityService;
 use corvus_proto::identity::v1::{GetProfileRequest, get_profile_request};
+use corvus_proto::ingestion::v1::IngestRequest;
+use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
+use corvus_proto::ingestion::v1::ingestion_service_server::IngestionService;
 use corvus_proto::scoring::v1 as pb;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use corvus_proto::scoring::v1::scoring_service_server::ScoringService;
@@ -130,5 +138,84 @@ impl Directory for People {
                 .unwrap_or_default(),
             segments: answer("scoring", segments)?.map(|s| s.segments.into_iter().map(|s| s.name).collect()),
         })
+    }
+
+    async fn members(&self, caller: &Caller, audience: &str) -> Result<Option<Vec<ProfileId>>, String> {
+        let mut members = Vec::new();
+        let mut token = String::new();
+        loop {
+            let request = pb::ListAudienceMembersRequest {
+                name: audience.to_owned(),
+                page: Some(PageRequest {
+                    page_size: 1_000,
+                    page_token: token.clone(),
+                }),
+            };
+            let answered = match &self.scoring {
+                ScoringLink::Local(api) => {
+                    api.list_audience_members(as_principal(&caller.principal, request))
+                        .await
+                }
+                ScoringLink::Remote(client) => {
+                    client
+                        .clone()
+                        .list_audience_members(as_caller(&caller.metadata, request))
+                        .await
+                }
+                ScoringLink::Missing => {
+                    return Err("orchestration has no scoring to ask: set orchestration.scoring_endpoint".to_owned());
+                }
+            };
+            let Some(page) = answer("scoring", answered)? else {
+                return Ok(None);
+            };
+            members.extend(
+                page.members
+                    .iter()
+                    .filter_map(|m| m.profile_id.parse::<ProfileId>().ok()),
+            );
+            token = page.page.map(|p| p.next_page_token).unwrap_or_default();
+            if token.is_empty() {
+                return Ok(Some(members));
+            }
+        }
+    }
+}
+
+/// Where sends' outcomes go back in: ingestion in this process, or at its endpoint (as
+/// the service, naming the workspace).
+pub enum ReceiptLink {
+    Local(IngestionApi),
+    Remote(IngestionServiceClient<Channel>),
+}
+
+impl ReceiptLink {
+    pub fn new(ingestion: Option<&Ingestion>, endpoint: Option<&str>) -> anyhow::Result<Option<Self>> {
+        Ok(match (ingestion, endpoint) {
+            (Some(ingestion), _) => Some(Self::Local(IngestionApi {
+                ingestor: ingestion.ingestor.clone(),
+                log: ingestion.log.clone(),
+            })),
+            (None, Some(endpoint)) => Some(Self::Remote(IngestionServiceClient::new(lazy(endpoint)?))),
+            (None, None) => None,
+        })
+    }
+}
+
+#[async_trait]
+impl Receipts for ReceiptLink {
+    async fn ingest(&self, caller: &Caller, events: Vec<Event>) -> Result<(), String> {
+        let request = IngestRequest { events, sent_at: None };
+        let answered = match self {
+            Self::Local(api) => api.ingest(as_principal(&caller.principal, request)).await,
+            Self::Remote(client) => client.clone().ingest(as_caller(&caller.metadata, request)).await,
+        };
+        let response = answered
+            .map_err(|s| format!("ingestion answered {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        match response.rejected {
+            0 => Ok(()),
+            n => Err(format!("ingestion rejected {n} report(s): {:?}", response.statuses)),
+        }
     }
 }

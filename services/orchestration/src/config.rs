@@ -18,6 +18,13 @@ pub struct OrchestrationConfig {
     pub scoring_endpoint: Option<String>,
     /// Entries of identity's log taken at a time, at most.
     pub batch_size: u32,
+    /// Where sends on a channel with no connector of its workspace go: "log" (written
+    /// to the process's log and counted delivered, for development) or "none" (they
+    /// wait until a connector is set).
+    pub default_connector: String,
+    /// Ingestion's gRPC endpoint, for sends' outcomes (`Message Sent`, `Delivery
+    /// Failed`) when orchestration runs apart from it.
+    pub ingestion_endpoint: Option<String>,
 }
 
 impl Default for OrchestrationConfig {
@@ -28,6 +35,8 @@ impl Default for OrchestrationConfig {
             identity_endpoint: None,
             scoring_endpoint: None,
             batch_size: 1_000,
+            default_connector: "log".to_owned(),
+            ingestion_endpoint: None,
         }
     }
 }
@@ -45,6 +54,10 @@ impl OrchestrationConfig {
         anyhow::ensure!(
             (1..=10_000).contains(&self.batch_size),
             "orchestration.batch_size must be between 1 and 10000"
+        );
+        anyhow::ensure!(
+            matches!(self.default_connector.as_str(), "log" | "none"),
+            "orchestration.default_connector must be \"log\" or \"none\""
         );
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! gRPC handlers: check the role, parse, call the service, map the error. No SQL here.
 
+mod alerts;
+
 use chrono::{DateTime, Utc};
 use corvus_platform::Role;
 use corvus_platform::error::{invalid_argument, storage_status};
@@ -202,9 +204,9 @@ fn state_of(field: &'static str, state: i32) -> Result<Option<State>, Status> {
     }
 }
 
-/// A stored campaign as the API shows it.
-pub fn campaign_message(c: &Stored) -> pb::Campaign {
-    let d = &c.definition;
+/// A definition as the API shows it; the output-only fields (version, state, times)
+/// are left empty.
+pub fn campaign_of(d: &Definition) -> pb::Campaign {
     pb::Campaign {
         name: d.name.clone(),
         description: d.description.clone(),
@@ -281,10 +283,21 @@ pub fn campaign_message(c: &Stored) -> pb::Campaign {
             window: Some(duration(d.goal.window_seconds)),
         }),
         default_time_zone: d.default_time_zone.clone(),
+        version: 0,
+        state: pb::CampaignState::Unspecified as i32,
+        created_at: None,
+        updated_at: None,
+    }
+}
+
+/// A stored campaign as the API shows it.
+pub fn campaign_message(c: &Stored) -> pb::Campaign {
+    pb::Campaign {
         version: c.version,
         state: state_message(c.state) as i32,
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
+        ..campaign_of(&c.definition)
     }
 }
 
@@ -580,13 +593,134 @@ impl OrchestrationService for OrchestrationApi {
         }))
     }
 
+    type StreamAlertsStream = alerts::AlertStream;
+
+    async fn create_alert_rule(
+        &self,
+        request: Request<pb::CreateAlertRuleRequest>,
+    ) -> Result<Response<pb::CreateAlertRuleResponse>, Status> {
+        alerts::create_rule(&self.orchestration, request).await
+    }
+
+    async fn list_alert_rules(
+        &self,
+        request: Request<pb::ListAlertRulesRequest>,
+    ) -> Result<Response<pb::ListAlertRulesResponse>, Status> {
+        alerts::list_rules(&self.orchestration, request).await
+    }
+
+    async fn delete_alert_rule(
+        &self,
+        request: Request<pb::DeleteAlertRuleRequest>,
+    ) -> Result<Response<pb::DeleteAlertRuleResponse>, Status> {
+        alerts::delete_rule(&self.orchestration, request).await
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        alerts::list_alerts(&self.orchestration, request).await
+    }
+
+    async fn stream_alerts(
+        &self,
+        request: Request<pb::StreamAlertsRequest>,
+    ) -> Result<Response<Self::StreamAlertsStream>, Status> {
+        alerts::stream_alerts(&self.orchestration, request).await
+    }
+
+    async fn acknowledge_alert(
+        &self,
+        request: Request<pb::AcknowledgeAlertRequest>,
+    ) -> Result<Response<pb::AcknowledgeAlertResponse>, Status> {
+        alerts::acknowledge(&self.orchestration, request).await
+    }
+
+    async fn assign_alert(
+        &self,
+        request: Request<pb::AssignAlertRequest>,
+    ) -> Result<Response<pb::AssignAlertResponse>, Status> {
+        alerts::assign(&self.orchestration, request).await
+    }
+
     async fn simulate_campaign(
         &self,
-        _request: Request<pb::SimulateCampaignRequest>,
+        request: Request<pb::SimulateCampaignRequest>,
     ) -> Result<Response<pb::SimulateCampaignResponse>, Status> {
-        Err(Status::unimplemented(
-            "SimulateCampaign is not built yet: see docs/orchestration.md",
-        ))
+        let caller = caller(&request, Role::Read, "simulate a campaign")?;
+        let req = request.get_ref();
+        let at = time_of("at", req.at.as_ref())?;
+        let version = (req.version > 0).then_some(req.version);
+        let sim = self.orchestration.simulate(&caller, &req.name, version, at).await?;
+        Ok(Response::new(pb::SimulateCampaignResponse {
+            audience: sim.audience,
+            unknown: sim.unknown,
+            would_send: sim.would_send,
+            sends: sim
+                .sends
+                .iter()
+                .map(|((action, channel), people)| pb::SimulatedSends {
+                    action: action.clone(),
+                    channel: channel_of(channel) as i32,
+                    people: *people,
+                })
+                .collect(),
+            hours: sim
+                .hours
+                .iter()
+                .map(|(hours, people)| pb::SimulatedHour {
+                    hours_from_now: *hours,
+                    people: *people,
+                })
+                .collect(),
+            blocked: sim
+                .blocked
+                .iter()
+                .map(|(reason, people)| pb::SimulatedBlock {
+                    reason: reason_message(*reason) as i32,
+                    people: *people,
+                })
+                .collect(),
+            expected_conversions: sim.expected_conversions,
+            from_propensity: sim.from_propensity,
+            from_policy: sim.from_policy,
+        }))
+    }
+
+    async fn set_connector(
+        &self,
+        request: Request<pb::SetConnectorRequest>,
+    ) -> Result<Response<pb::SetConnectorResponse>, Status> {
+        self.orchestration.set_connector_api(request).await
+    }
+
+    async fn list_connectors(
+        &self,
+        request: Request<pb::ListConnectorsRequest>,
+    ) -> Result<Response<pb::ListConnectorsResponse>, Status> {
+        self.orchestration.list_connectors_api(request).await
+    }
+
+    async fn delete_connector(
+        &self,
+        request: Request<pb::DeleteConnectorRequest>,
+    ) -> Result<Response<pb::DeleteConnectorResponse>, Status> {
+        self.orchestration.delete_connector_api(request).await
+    }
+
+    async fn list_sends(
+        &self,
+        request: Request<pb::ListSendsRequest>,
+    ) -> Result<Response<pb::ListSendsResponse>, Status> {
+        self.orchestration.list_sends_api(request).await
+    }
+
+    async fn retry_send(
+        &self,
+        request: Request<pb::RetrySendRequest>,
+    ) -> Result<Response<pb::RetrySendResponse>, Status> {
+        self.orchestration.retry_send_api(request).await
     }
 }
 

@@ -2,13 +2,18 @@
 //! channel and when, within their consent, caps and quiet hours, learning from the
 //! outcomes of earlier decisions.
 
+pub mod alerts;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod grpc;
 pub mod outcomes;
 pub mod people;
 pub mod service;
+pub mod simulate;
 pub mod storage;
+pub mod triggers;
+pub mod webhook;
 
 use std::sync::Arc;
 

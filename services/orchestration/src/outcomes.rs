@@ -13,6 +13,7 @@ use corvus_storage::StorageError;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::alerts::AlertPass;
 use crate::service::{CONSUMER_NAME, Live, Orchestration};
 
 impl Orchestration {
@@ -21,9 +22,11 @@ impl Orchestration {
         let mut failures = Vec::new();
         let mut answers = Vec::new();
         let mut campaigns = std::collections::HashMap::new();
+        let mut alerts = AlertPass::default();
         for entry in entries {
             match &entry.entry {
                 Some(log_entry::Entry::Event(stored)) => {
+                    self.alerts_on_event(&mut alerts, stored).await?;
                     if let Err(reason) = self.outcome_of(stored, &mut campaigns).await? {
                         failures.push(Failure {
                             event_id: stored.event_id.clone(),
@@ -44,13 +47,26 @@ impl Orchestration {
                         Some(profile_change::Change::Merged(m)) => {
                             if let Ok(survivor) = m.survivor_id.parse() {
                                 self.store.merge(&ws, survivor, &ids(&m.merged_ids)).await?;
+                                self.alerts_on_merge(
+                                    &mut alerts,
+                                    &ws,
+                                    survivor,
+                                    &ids(&m.merged_ids),
+                                    &change.change_id,
+                                )
+                                .await?;
                             }
                         }
                         Some(profile_change::Change::Erased(e)) => {
                             let removed = self.store.erase(&ws, &ids(&e.profile_ids)).await?;
+                            let alerts_removed = self.alerts_on_erasure(&mut alerts, &ws, &ids(&e.profile_ids)).await?;
                             answers.push(ErasureAnswer {
                                 change_id: change.change_id.clone(),
-                                removed: [("decisions_and_sends".to_owned(), removed)].into(),
+                                removed: [
+                                    ("decisions_and_sends".to_owned(), removed),
+                                    ("alerts".to_owned(), alerts_removed),
+                                ]
+                                .into(),
                                 store: CONSUMER_NAME.to_owned(),
                             });
                         }
@@ -62,6 +78,7 @@ impl Orchestration {
                 None => {}
             }
         }
+        self.raise_alerts(&mut alerts).await?;
         Ok((failures, answers))
     }
 
@@ -84,7 +101,7 @@ impl Orchestration {
         ) else {
             return Ok(Err("workspace_id or profile_id: not an id".to_owned()));
         };
-        // Only a goal of some campaign can be an outcome.
+        // The workspace's campaigns, read once a delivery.
         let live = match campaigns.get(&ws) {
             Some(live) => live.clone(),
             None => {
@@ -93,6 +110,8 @@ impl Orchestration {
                 live
             }
         };
+        self.triggers_on(stored, &live).await?;
+        // Only a goal of some campaign can be an outcome.
         let goals: Vec<_> = live
             .all
             .iter()

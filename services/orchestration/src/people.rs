@@ -48,6 +48,8 @@ pub struct Person {
     pub best_hour_of_week: Option<u32>,
     /// Suggested products, best first.
     pub products: Vec<String>,
+    /// The person's identifiers (kind, value), strongest first: where a send goes.
+    pub identifiers: Vec<(String, String)>,
 }
 
 /// The lowercase name of a channel (`email`), empty for none.
@@ -97,6 +99,11 @@ impl Person {
             time_zone,
             traits,
             audiences: profile.segments.clone(),
+            identifiers: profile
+                .identifiers
+                .iter()
+                .map(|i| (i.kind.clone(), i.value.clone()))
+                .collect(),
             ..Default::default()
         };
         for score in &profile.scores {
@@ -111,6 +118,24 @@ impl Person {
             }
         }
         person
+    }
+
+    /// Where a send on `channel` goes: the strongest identifier of the kind the channel
+    /// reaches (email: `email`; sms and call_center: `phone`; push and app:
+    /// `device_token`, else `device_id`); else the strongest of any kind, for a
+    /// provider that looks the person up itself.
+    pub fn address(&self, channel: &str) -> Option<(String, String)> {
+        let kinds: &[&str] = match channel {
+            "email" => &["email"],
+            "sms" | "call_center" => &["phone"],
+            "push" | "app" => &["device_token", "device_id"],
+            _ => &[],
+        };
+        kinds
+            .iter()
+            .find_map(|k| self.identifiers.iter().find(|(kind, _)| kind == k))
+            .or_else(|| self.identifiers.first())
+            .cloned()
     }
 
     /// Whether every purpose is granted for `channel`: the latest consent given for the
@@ -147,4 +172,7 @@ pub trait Directory: Send + Sync {
 
     /// The workspace's audiences and segments.
     async fn targets(&self, caller: &Caller) -> Result<Targets, String>;
+
+    /// The members of a scoring audience, or `None` for an unknown audience.
+    async fn members(&self, caller: &Caller, audience: &str) -> Result<Option<Vec<ProfileId>>, String>;
 }

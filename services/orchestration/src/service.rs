@@ -16,8 +16,8 @@ use crate::domain::template::{self, Fill};
 use crate::domain::timing::{self, LocalTime};
 use crate::people::{Caller, Directory, Person, Who};
 use crate::storage::{
-    self, Blocked, Candidate, Cell, Decision, Explanation, Ledger, OrchestrationStore, Reason, Recorded, State, Stored,
-    Touch, WriteError, Writes,
+    self, Blocked, Candidate, Cell, Decision, Explanation, Ledger, OrchestrationStore, Outbound, Reason, Recorded,
+    State, Stored, Touch, WriteError, Writes,
 };
 
 /// The name orchestration consumes identity's log under, and answers erasures as.
@@ -64,16 +64,24 @@ pub(crate) struct Live {
     changed: i64,
     /// Every campaign, whatever its state (outcomes reach paused and ended ones).
     pub(crate) all: Vec<Arc<Stored>>,
-    campaigns: Vec<Arc<Stored>>,
-    control_share: f64,
+    pub(crate) campaigns: Vec<Arc<Stored>>,
+    pub(crate) control_share: f64,
 }
 
 #[derive(Clone)]
 pub struct Orchestration {
     pub store: Arc<dyn OrchestrationStore>,
-    directory: Arc<dyn Directory>,
+    pub(crate) directory: Arc<dyn Directory>,
     config: Arc<OrchestrationConfig>,
     live: Arc<Mutex<HashMap<WorkspaceId, Arc<Live>>>>,
+    /// Alert rules cached, what this replica knows of cooldowns, and the news of alerts
+    /// raised here.
+    pub(crate) alerting: Arc<crate::alerts::Alerting>,
+    /// The key of role `service` this process presents to identity and scoring when it
+    /// acts on an entry of identity's log rather than on a caller's request.
+    service_key: Option<secrecy::SecretString>,
+    /// Where sends' outcomes go back in as events.
+    pub(crate) receipts: Option<Arc<dyn crate::delivery::Receipts>>,
 }
 
 /// What a Decide call asks.
@@ -91,14 +99,14 @@ pub struct DecideInput {
 const OUTBOUND: [&str; 3] = ["email", "sms", "push"];
 
 /// A campaign that passed every check that needs no lock, with its channel and time.
-struct Open {
-    campaign: Arc<Stored>,
-    channel: String,
-    send_at: DateTime<Utc>,
-    zone: Tz,
-    arm: String,
-    timing: String,
-    channel_why: String,
+pub(crate) struct Open {
+    pub(crate) campaign: Arc<Stored>,
+    pub(crate) channel: String,
+    pub(crate) send_at: DateTime<Utc>,
+    pub(crate) zone: Tz,
+    pub(crate) arm: String,
+    pub(crate) timing: String,
+    pub(crate) channel_why: String,
 }
 
 impl Orchestration {
@@ -120,6 +128,44 @@ impl Orchestration {
             directory,
             config: Arc::new(config.clone()),
             live: Arc::default(),
+            alerting: Arc::default(),
+            service_key: None,
+            receipts: None,
+        }
+    }
+
+    pub fn with_receipts(mut self, receipts: Arc<dyn crate::delivery::Receipts>) -> Self {
+        self.receipts = Some(receipts);
+        self
+    }
+
+    pub fn with_service_key(mut self, key: Option<secrecy::SecretString>) -> Self {
+        self.service_key = key;
+        self
+    }
+
+    /// Orchestration itself as the caller, in workspace `ws`: for what it does on an
+    /// entry of identity's log. Over gRPC it presents the service key and names the
+    /// workspace.
+    pub fn service_caller(&self, ws: &WorkspaceId) -> Caller {
+        use secrecy::ExposeSecret;
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(key) = &self.service_key
+            && let Ok(value) = format!("Bearer {}", key.expose_secret()).parse()
+        {
+            metadata.insert("authorization", value);
+        }
+        if let Ok(value) = ws.as_str().parse() {
+            metadata.insert(corvus_platform::server::WORKSPACE_HEADER, value);
+        }
+        Caller {
+            principal: corvus_platform::Principal {
+                workspace: ws.clone(),
+                role: corvus_platform::Role::Service,
+                key_prefix: "orchestration".to_owned(),
+                events_per_second: None,
+            },
+            metadata,
         }
     }
 
@@ -242,6 +288,11 @@ impl Orchestration {
         Ok(live)
     }
 
+    /// Whether a person is in the workspace's control group of `share`.
+    pub(crate) fn in_control_group(&self, ws: &WorkspaceId, profile: corvus_proto::ProfileId, share: f64) -> bool {
+        share > 0.0 && bucket(&[ws.as_str(), CONTROL, &profile.to_string()]) < share
+    }
+
     pub async fn decide(
         &self,
         caller: &Caller,
@@ -279,38 +330,15 @@ impl Orchestration {
                 Err(blocked) => explanation.blocked.push(blocked),
             }
         }
-        let control =
-            live.control_share > 0.0 && bucket(&[ws.as_str(), CONTROL, &profile.to_string()]) < live.control_share;
-        let segment = person.segment.clone().unwrap_or_default();
-        let cells: Vec<Cell> = open
-            .iter()
-            .flat_map(|o| {
-                let (def, segment) = (&o.campaign.definition, &segment);
-                def.actions.iter().map(move |a| Cell {
-                    campaign: def.name.clone(),
-                    segment: segment.clone(),
-                    action: a.name.clone(),
-                    channel: o.channel.clone(),
-                })
-            })
-            .collect();
-        let evidence = match cells.is_empty() {
+        let control = self.in_control_group(ws, profile, live.control_share);
+        let names: Vec<String> = open.iter().map(|o| o.campaign.definition.name.clone()).collect();
+        let evidence = match names.is_empty() {
             true => HashMap::new(),
-            false => self.store.evidence(ws, &cells).await?,
+            false => self.store.evidence_of(ws, &names).await?,
         };
         let mut exhausted: Vec<String> = Vec::new();
         for _ in 0..4 {
-            let since = open
-                .iter()
-                .flat_map(|o| {
-                    o.campaign
-                        .definition
-                        .caps
-                        .iter()
-                        .map(|c| window_start(c.window(), o.send_at))
-                })
-                .min()
-                .unwrap_or(input.at);
+            let since = earliest_counted(&open, input.at);
             let budgeted: Vec<String> = open
                 .iter()
                 .filter(|o| o.campaign.definition.budget > 0)
@@ -329,6 +357,8 @@ impl Orchestration {
                         control,
                         exhausted: &exhausted,
                         explanation: &explanation,
+                        ws,
+                        draws: self.config.propensity_draws,
                     },
                 )
             };
@@ -344,7 +374,11 @@ impl Orchestration {
                             action: decision.action.clone(),
                             channel: decision.channel.clone(),
                         };
-                        self.store.count_trial(ws, &cell).await?;
+                        // The decision is made: a trial not counted only leaves the
+                        // policy's evidence a send short, so it must not fail the call.
+                        if let Err(e) = self.store.count_trial(ws, &cell).await {
+                            tracing::warn!(error = %e, "decide: the trial was not counted");
+                        }
                     }
                     metrics::counter!("corvus_orchestration_decisions_total", "arm_kind" => arm_kind(&decision.arm))
                         .increment(1);
@@ -359,7 +393,12 @@ impl Orchestration {
     }
 
     /// A live campaign for the person, with its channel and send time; or why not.
-    fn open(ws: &WorkspaceId, campaign: &Arc<Stored>, person: &Person, input: &DecideInput) -> Result<Open, Blocked> {
+    pub(crate) fn open(
+        ws: &WorkspaceId,
+        campaign: &Arc<Stored>,
+        person: &Person,
+        input: &DecideInput,
+    ) -> Result<Open, Blocked> {
         let def = &campaign.definition;
         let block = |reason, detail: String| Blocked {
             campaign: def.name.clone(),
@@ -440,7 +479,7 @@ impl Orchestration {
 
     /// Under the person's lock: caps, budgets and states as they are now, then the
     /// policy's choice among the actions of the highest priority's campaigns.
-    fn plan(&self, id: Uuid, ledger: &Ledger, p: &Planning<'_>) -> Result<Writes, Explanation> {
+    pub(crate) fn plan(&self, id: Uuid, ledger: &Ledger, p: &Planning<'_>) -> Result<Writes, Explanation> {
         let mut explanation = p.explanation.clone();
         let mut eligible: Vec<&Open> = Vec::new();
         for o in p.open {
@@ -514,12 +553,7 @@ impl Orchestration {
             }
         }
         let arms: Vec<policy::Arm> = choices.iter().map(|c| c.2).collect();
-        let choice = policy::thompson(
-            &arms,
-            self.config.epsilon,
-            self.config.propensity_draws,
-            &id.to_string(),
-        );
+        let choice = policy::thompson(&arms, self.config.epsilon, p.draws, &id.to_string());
         explanation.eligible = choices
             .iter()
             .zip(&choice.propensities)
@@ -574,8 +608,8 @@ impl Orchestration {
             products,
             channel: o.channel.clone(),
             send_at: o.send_at,
-            policy: match choice.draws {
-                0 => "only".to_owned(),
+            policy: match choice.propensities.len() {
+                1 => "only".to_owned(),
                 _ => "thompson".to_owned(),
             },
             propensity: choice.propensities[choice.index],
@@ -602,6 +636,7 @@ impl Orchestration {
                 decision,
                 touch: None,
                 spend: None,
+                send: None,
             });
         }
         decision.explanation = explanation;
@@ -611,22 +646,52 @@ impl Orchestration {
             at: o.send_at,
             local_day: local_day(o.send_at, o.zone),
         };
+        let send = outbound(&decision, p.person.address(&decision.channel), p.ws);
         Ok(Writes {
             decision,
             touch: Some(touch),
             spend: (def.budget > 0).then_some(def.budget),
+            send: Some(send),
         })
     }
 }
 
-struct Planning<'a> {
-    open: &'a [Open],
-    person: &'a Person,
-    input: &'a DecideInput,
-    evidence: &'a HashMap<Cell, (u64, u64)>,
-    control: bool,
-    exhausted: &'a [String],
-    explanation: &'a Explanation,
+/// What a connector sends of a decision: everything a provider needs to deliver the
+/// message, as JSON.
+fn outbound(d: &Decision, to: Option<(String, String)>, ws: &WorkspaceId) -> Outbound {
+    let payload = serde_json::json!({
+        "decision_id": d.id.to_string(),
+        "workspace_id": ws.as_str(),
+        "profile_id": d.profile.to_string(),
+        "to": to.as_ref().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})),
+        "channel": d.channel,
+        "campaign": d.campaign,
+        "campaign_version": d.campaign_version,
+        "arm": d.arm,
+        "action": d.action,
+        "subject": d.subject,
+        "body": d.body,
+        "products": d.products,
+        "send_at": d.send_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "placement": d.placement,
+    });
+    Outbound {
+        recipient: to.map(|(kind, value)| format!("{kind}:{value}")).unwrap_or_default(),
+        payload: payload.to_string(),
+    }
+}
+
+pub(crate) struct Planning<'a> {
+    pub open: &'a [Open],
+    pub person: &'a Person,
+    pub input: &'a DecideInput,
+    pub evidence: &'a HashMap<Cell, (u64, u64)>,
+    pub control: bool,
+    pub exhausted: &'a [String],
+    pub explanation: &'a Explanation,
+    pub ws: &'a WorkspaceId,
+    /// Draws the propensities are estimated from (0: not wanted).
+    pub draws: u32,
 }
 
 fn arm_kind(arm: &str) -> &'static str {
@@ -655,6 +720,20 @@ fn local_day(at: DateTime<Utc>, zone: Tz) -> i32 {
     (timing::local_date(at, zone) - epoch).num_days() as i32
 }
 
+/// The earliest send any of the campaigns' caps counts (`at` when none has a cap).
+pub(crate) fn earliest_counted(open: &[Open], at: DateTime<Utc>) -> DateTime<Utc> {
+    open.iter()
+        .flat_map(|o| {
+            o.campaign
+                .definition
+                .caps
+                .iter()
+                .map(|c| window_start(c.window(), o.send_at))
+        })
+        .min()
+        .unwrap_or(at)
+}
+
 /// The earliest send a cap's window around `at` can reach.
 fn window_start(window: Window, at: DateTime<Utc>) -> DateTime<Utc> {
     match window {
@@ -668,7 +747,7 @@ fn window_start(window: Window, at: DateTime<Utc>) -> DateTime<Utc> {
 /// counts the sends within its length either side of this one, and calendar days the
 /// sends on the days any window of that many days holding this send's day spans: so no
 /// window, wherever it falls, holds more sends than the limit.
-fn capped(o: &Open, ledger: &Ledger) -> Option<String> {
+pub(crate) fn capped(o: &Open, ledger: &Ledger) -> Option<String> {
     let def = &o.campaign.definition;
     for cap in &def.caps {
         if !cap.channel.is_empty() && cap.channel != o.channel {

@@ -1,10 +1,11 @@
-//! The services apart: `corvus serve ingestion`, `corvus serve identity` and `corvus
-//! serve scoring` as processes of their own over Postgres and Redis, identity consuming
-//! the event log over gRPC and handing its log on to scoring and to a downstream
-//! service (this test's own server). Identity is
-//! killed with SIGKILL in the middle of a load and started again; the downstream is
-//! stopped and started again. Afterwards every accepted event is resolved once and has
-//! reached the downstream, with no gap and no duplicate effect. And one trace follows an
+//! The services apart: `corvus serve ingestion`, `corvus serve identity`, `corvus
+//! serve scoring` and `corvus serve orchestration` as processes of their own over
+//! Postgres and Redis, identity consuming the event log over gRPC and handing its log on
+//! to scoring, to orchestration and to a downstream service (this test's own server).
+//! Identity is killed with SIGKILL in the middle of a load and started again; the
+//! downstream is stopped and started again. Afterwards every accepted event is resolved
+//! once and has reached the downstream, with no gap and no duplicate effect, and
+//! orchestration decides for a person it asks identity about. And one trace follows an
 //! event from the HTTP request through both logs and both processes to the downstream,
 //! as an OTLP collector in the test receives it.
 
@@ -23,6 +24,8 @@ use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerSer
 use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, IngestRequest, ListConsumersRequest};
+use corvus_proto::orchestration::v1 as orchestration_pb;
+use corvus_proto::orchestration::v1::orchestration_service_client::OrchestrationServiceClient;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use corvus_proto::scoring::v1::{self as scoring_pb, GetScoresRequest};
 use corvus_test_support::TempDir;
@@ -158,8 +161,9 @@ fn load_event(n: usize) -> Event {
     )
 }
 
-/// Ingestion and identity as processes of their own over a fresh database, identity
-/// handing its log to this test's downstream, and the keys to call them with.
+/// Ingestion, identity, scoring and orchestration as processes of their own over a
+/// fresh database, identity handing its log to scoring, orchestration and this test's
+/// downstream, and the keys to call them with.
 struct Cluster {
     _dir: TempDir,
     admin: String,
@@ -167,6 +171,7 @@ struct Cluster {
     http_port: u16,
     identity_port: u16,
     scoring_port: u16,
+    orchestration_port: u16,
     downstream: Downstream,
     downstream_addr: SocketAddr,
     downstream_up: CancellationToken,
@@ -174,10 +179,11 @@ struct Cluster {
     _ingestion: Process,
     identity: Process,
     scoring: Process,
+    _orchestration: Process,
 }
 
 impl Cluster {
-    /// `None` (skip) without the test servers; `env` goes to both processes.
+    /// `None` (skip) without the test servers; `env` goes to every process.
     async fn start(env: &[(&'static str, String)]) -> Option<Self> {
         let (server, redis) = (corvus_test_support::postgres_url()?, corvus_test_support::redis_url()?);
         let database = corvus_test_support::fresh_postgres_database(&server).await;
@@ -204,7 +210,7 @@ impl Cluster {
         let downstream_up = serve_downstream(&downstream, downstream_addr);
 
         let (ingestion_port, http_port, identity_port) = (free_port(), free_port(), free_port());
-        let scoring_port = free_port();
+        let (scoring_port, orchestration_port) = (free_port(), free_port());
         let identity_config = write_config(
             dir.path(),
             "identity",
@@ -214,7 +220,9 @@ impl Cluster {
                  [[identity.consumers]]\nname = \"downstream\"\nendpoint = \"http://{downstream_addr}\"\n\
                  [[identity.consumers]]\nname = \"ingestion\"\nendpoint = \"http://127.0.0.1:{ingestion_port}\"\n\
                  changes_only = true\n\
-                 [[identity.consumers]]\nname = \"scoring\"\nendpoint = \"http://127.0.0.1:{scoring_port}\"\n",
+                 [[identity.consumers]]\nname = \"scoring\"\nendpoint = \"http://127.0.0.1:{scoring_port}\"\n\
+                 [[identity.consumers]]\nname = \"orchestration\"\n\
+                 endpoint = \"http://127.0.0.1:{orchestration_port}\"\n",
                 server_section(identity_port, free_port())
             ),
         );
@@ -237,7 +245,18 @@ impl Cluster {
             ("CORVUS_SERVER__SERVICE_KEY", service),
         ]);
         let scoring_config = write_config(dir.path(), "scoring", &server_section(scoring_port, free_port()));
+        // Orchestration reads people from identity and targets from scoring, over gRPC.
+        let orchestration_config = write_config(
+            dir.path(),
+            "orchestration",
+            &format!(
+                "{}[orchestration]\nidentity_endpoint = \"http://127.0.0.1:{identity_port}\"\n\
+                 scoring_endpoint = \"http://127.0.0.1:{scoring_port}\"\n",
+                server_section(orchestration_port, free_port())
+            ),
+        );
         let scoring = Process::start("scoring", scoring_config, env.clone());
+        let orchestration = Process::start("orchestration", orchestration_config, env.clone());
         let identity = Process::start("identity", identity_config, env.clone());
         let ingestion = Process::start("ingestion", ingestion_config, env);
         Some(Self {
@@ -247,12 +266,14 @@ impl Cluster {
             http_port,
             identity_port,
             scoring_port,
+            orchestration_port,
             downstream,
             downstream_addr,
             downstream_up,
             _ingestion: ingestion,
             identity,
             scoring,
+            _orchestration: orchestration,
         })
     }
 }
@@ -267,12 +288,13 @@ async fn services_apart_lose_nothing_when_killed() {
         ingestion_port,
         identity_port,
         scoring_port,
+        orchestration_port,
         downstream,
         downstream_addr,
         ..
     } = &cluster;
     let (admin, ingestion_port, identity_port) = (admin.clone(), *ingestion_port, *identity_port);
-    let scoring_port = *scoring_port;
+    let (scoring_port, orchestration_port) = (*scoring_port, *orchestration_port);
     let (downstream, downstream_addr) = (downstream.clone(), *downstream_addr);
     let bearer = Key::bearer(&admin);
     let mut client = IngestionServiceClient::with_interceptor(connect(ingestion_port).await, bearer.clone());
@@ -413,6 +435,55 @@ async fn services_apart_lose_nothing_when_killed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Orchestration, in a process of its own, decides for a person the load made: it
+    // reads them from identity in another process, with the caller's key.
+    let mut orchestration =
+        OrchestrationServiceClient::with_interceptor(connect(orchestration_port).await, bearer.clone());
+    orchestration
+        .create_campaign(orchestration_pb::CreateCampaignRequest {
+            campaign: Some(orchestration_pb::Campaign {
+                name: "welcome".into(),
+                actions: vec![orchestration_pb::Action {
+                    name: "hello".into(),
+                    kind: "message".into(),
+                    subject: "Hello".into(),
+                    ..Default::default()
+                }],
+                channels: vec![corvus_proto::common::v1::Channel::Email as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    orchestration
+        .set_campaign_state(orchestration_pb::SetCampaignStateRequest {
+            name: "welcome".into(),
+            state: orchestration_pb::CampaignState::Live as i32,
+        })
+        .await
+        .unwrap();
+    let decided = orchestration
+        .decide(orchestration_pb::DecideRequest {
+            person: Some(orchestration_pb::decide_request::Person::Identifier(
+                corvus_proto::common::v1::Identifier {
+                    kind: "user_id".into(),
+                    value: "u-17".into(),
+                },
+            )),
+            placement: "apart".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = decided
+        .decision
+        .unwrap_or_else(|| panic!("no decision: {:?}", decided.explanation));
+    assert_eq!(decision.profile_id, seen["e-00017"].0);
+    assert_eq!(decision.campaign, "welcome");
+    assert_eq!(decision.action, "hello");
+    assert_eq!(decision.channel, corvus_proto::common::v1::Channel::Email as i32);
+
     // The cursors reach the end: nothing left behind for a later restart to redo.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -427,10 +498,16 @@ async fn services_apart_lose_nothing_when_killed() {
             .unwrap()
             .into_inner();
         let lags: Vec<(String, u64)> = (ingestion.consumers.into_iter().map(|c| (c.name, c.lag)))
-            .chain(identity.consumers.into_iter().map(|c| (c.name, c.lag)))
+            .chain(identity.consumers.iter().map(|c| (c.name.clone(), c.lag)))
             .collect();
         if lags.iter().all(|(_, lag)| *lag == 0) {
-            assert_eq!(lags.len(), 4, "{lags:?}");
+            assert_eq!(lags.len(), 5, "{lags:?}");
+            // Orchestration, apart, took identity's log to its end, and kept all of it.
+            let orchestration = identity.consumers.iter().find(|c| c.name == "orchestration");
+            let orchestration = orchestration.unwrap_or_else(|| panic!("{:?}", identity.consumers));
+            assert!(orchestration.last_delivery_at.is_some(), "{orchestration:?}");
+            assert_eq!(orchestration.dead_letters, 0, "{orchestration:?}");
+            assert_eq!(orchestration.last_error, "", "{orchestration:?}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{lags:?}");
@@ -620,14 +697,15 @@ async fn one_trace_follows_an_event_across_processes() {
     );
 
     // Each process exported its part of the same trace: ingestion took the request and
-    // delivered to identity; identity took the delivery and delivered to the downstream
-    // and to scoring, which took it.
+    // delivered to identity; identity took the delivery and delivered to the downstream,
+    // to scoring and to orchestration, which took it.
     let wanted = [
         ("corvus-ingestion", "request"),
         ("corvus-ingestion", "outbox.deliver"),
         ("corvus-identity", "request"),
         ("corvus-identity", "outbox.deliver"),
         ("corvus-scoring", "request"),
+        ("corvus-orchestration", "request"),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -77,7 +77,7 @@ fn bought(at_least: u32, within: i64) -> pb::Condition {
     }))
 }
 
-fn compare(field: &str, op: pb::Operator, value: serde_json::Value) -> pb::Condition {
+pub(crate) fn compare(field: &str, op: pb::Operator, value: serde_json::Value) -> pb::Condition {
     condition(pb::condition::Condition::Compare(pb::Comparison {
         field: field.into(),
         op: op as i32,
@@ -85,7 +85,7 @@ fn compare(field: &str, op: pb::Operator, value: serde_json::Value) -> pb::Condi
     }))
 }
 
-fn audience(name: &str, definition: pb::Condition) -> pb::CreateAudienceRequest {
+pub(crate) fn audience(name: &str, definition: pb::Condition) -> pb::CreateAudienceRequest {
     pb::CreateAudienceRequest {
         audience: Some(pb::Audience {
             name: name.into(),
@@ -114,7 +114,7 @@ async fn members(client: &mut ScoringClient, name: &str) -> Vec<String> {
 }
 
 /// Waits until every audience is built.
-async fn built(client: &mut ScoringClient) -> Vec<pb::Audience> {
+pub(crate) async fn built(client: &mut ScoringClient) -> Vec<pb::Audience> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let list = client
@@ -515,23 +515,9 @@ async fn bad_definitions_are_refused_with_their_path(backend: Backend) {
     app.stop().await;
 }
 
-/// `corvus audiences ARGS` against the app: whether it succeeded, and what it printed.
+/// `corvus audiences ARGS` against the app.
 async fn cli(app: &crate::support::TestApp, args: &[&str]) -> (bool, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corvus"));
-    command
-        .arg("audiences")
-        .args(args)
-        .args(["--endpoint", &app.grpc, "--key", &app.admin_key]);
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("corvus runs");
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), printed)
+    app.cli("audiences", args).await
 }
 
 /// Members of an audience, once they are `want` (within 20 s).

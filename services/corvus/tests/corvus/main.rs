@@ -3,12 +3,14 @@
 
 mod apart;
 mod audiences;
+mod campaigns;
 mod downstream;
 mod erasure;
 mod fault;
 mod grpc;
 mod http;
 mod identity;
+mod orchestration;
 mod platform;
 mod scoring;
 mod scoring_models;

@@ -260,6 +260,25 @@ impl TestApp {
     }
 
     /// Every stored event of the key's workspace, through ListEvents.
+    /// `corvus COMMAND ARGS` against the app with its admin key: whether it
+    /// succeeded, and what it printed.
+    pub async fn cli(&self, command: &str, args: &[&str]) -> (bool, String) {
+        let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_corvus"));
+        run.arg(command)
+            .args(args)
+            .args(["--endpoint", &self.grpc, "--key", &self.admin_key]);
+        let out = tokio::task::spawn_blocking(move || run.output())
+            .await
+            .unwrap()
+            .expect("corvus runs");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), printed)
+    }
+
     pub async fn stored(&self, key: &str) -> Vec<StoredEvent> {
         stored_events(&mut self.client(key).await).await
     }

@@ -21,8 +21,28 @@ use corvus_proto::common::v1::{Event, EventType, StoredEvent};
 use corvus_proto::identity::v1::{LogEntry, ProfileChange, ProfilesErased, ProfilesMerged, log_entry, profile_change};
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_test_support::{Backend, TempDir, on_both_backends};
+use tokio_util::sync::CancellationToken;
+
+mod alerts;
+mod delivery;
+
+use alerts::{
+    a_churn_jump_alerts_for_valuable_customers, a_detractor_raises_one_alert_per_cooldown,
+    alert_webhooks_are_signed_retried_and_independent, alerts_are_acknowledged_assigned_moved_and_erased,
+    complaints_and_negative_chats_raise_alerts_of_their_kinds, replicas_raise_one_alert_and_stream_it,
+};
+use delivery::each_send_goes_once_through_its_connector;
 
 on_both_backends!(
+    a_detractor_raises_one_alert_per_cooldown,
+    complaints_and_negative_chats_raise_alerts_of_their_kinds,
+    a_churn_jump_alerts_for_valuable_customers,
+    replicas_raise_one_alert_and_stream_it,
+    alerts_are_acknowledged_assigned_moved_and_erased,
+    alert_webhooks_are_signed_retried_and_independent,
+    each_send_goes_once_through_its_connector,
+    triggers_decide_on_events_waits_and_scores,
+    a_simulation_decides_for_the_audience_and_changes_nothing,
     campaigns_are_versioned_and_move_through_states,
     caps_hold_under_concurrent_decisions_across_replicas,
     a_paused_campaign_is_never_chosen_after_its_pause_returned,
@@ -37,6 +57,8 @@ on_both_backends!(
 struct People {
     people: std::sync::Mutex<HashMap<ProfileId, Person>>,
     audiences: Vec<String>,
+    /// Audience members identity no longer knows.
+    gone: std::sync::Mutex<Vec<ProfileId>>,
 }
 
 impl People {
@@ -65,6 +87,20 @@ impl Directory for People {
             audiences: self.audiences.clone(),
             segments: Some(vec!["bargain_hunters".to_owned()]),
         })
+    }
+
+    async fn members(&self, _: &Caller, audience: &str) -> Result<Option<Vec<ProfileId>>, String> {
+        if !self.audiences.iter().any(|a| a == audience) {
+            return Ok(None);
+        }
+        let people = self.people.lock().unwrap();
+        let mut members: Vec<ProfileId> = people
+            .values()
+            .filter(|p| p.audiences.iter().any(|a| a == audience))
+            .filter_map(|p| p.profile)
+            .collect();
+        members.extend(self.gone.lock().unwrap().iter().copied());
+        Ok(Some(members))
     }
 }
 
@@ -473,6 +509,11 @@ fn goal_event(profile: ProfileId, decision: Option<uuid::Uuid>, when: DateTime<U
         Some(id) => serde_json::json!({"decision_id": id.to_string(), "revenue": 10}),
         None => serde_json::json!({"revenue": 10}),
     };
+    track(profile, "Order Completed", properties, when)
+}
+
+/// A resolved track event of identity's log.
+fn track(profile: ProfileId, name: &str, properties: serde_json::Value, when: DateTime<Utc>) -> LogEntry {
     LogEntry {
         entry: Some(log_entry::Entry::Event(StoredEvent {
             workspace_id: "acme".to_owned(),
@@ -480,11 +521,11 @@ fn goal_event(profile: ProfileId, decision: Option<uuid::Uuid>, when: DateTime<U
             profile_id: profile.to_string(),
             event: Some(Event {
                 r#type: EventType::Track as i32,
-                event: "Order Completed".to_owned(),
+                event: name.to_owned(),
                 properties: Some(corvus_proto::raw::RawStruct::from_json(properties.as_object().unwrap())),
                 timestamp: Some(prost_types::Timestamp {
                     seconds: when.timestamp(),
-                    nanos: 0,
+                    nanos: when.timestamp_subsec_nanos() as i32,
                 }),
                 ..Default::default()
             }),
@@ -593,8 +634,184 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         .await
         .unwrap();
     assert_eq!(
-        answers[0].removed["decisions_and_sends"], 3,
-        "decision, send and lock row"
+        answers[0].removed["decisions_and_sends"], 4,
+        "decision, touch, send and lock row"
     );
     assert!(o.store.decision(&ws(), d.id).await.unwrap().is_none());
+}
+
+/// A draft over its audience: who would get what, on which channel and when, who is
+/// blocked and why, the conversions to expect; and nothing sent or logged.
+async fn a_simulation_decides_for_the_audience_and_changes_nothing(backend: Backend) {
+    let Some(setup) = Setup::new(backend).await else {
+        return;
+    };
+    let o = setup.replica().await;
+    // A live campaign of higher priority for people in audience "vip" with a trait.
+    launch(
+        &o,
+        campaign(serde_json::json!({"name": "loud", "priority": 5, "audience": "vip", "segment": ""})),
+    )
+    .await;
+    let draft = campaign(serde_json::json!({
+        "name": "draft",
+        "audience": "vip",
+        "channels": ["email"],
+        "holdout": 0.25,
+        "budget": 30,
+        "quiet_hours": {"start": "00:00", "end": "06:00"},
+    }));
+    o.create(&caller(), &draft).await.unwrap();
+    // 100 members: 60 consenting (20 of them with a propensity of 0.2), 40 without
+    // consent; 2 members identity no longer knows.
+    for i in 0..100 {
+        let mut person = match i < 60 {
+            true => consenting(),
+            false => Person::default(),
+        };
+        person.audiences = vec!["vip".to_owned()];
+        if i < 20 {
+            person.scores.insert("propensity".to_owned(), 0.2);
+        }
+        setup.people.add(person);
+    }
+    setup
+        .people
+        .gone
+        .lock()
+        .unwrap()
+        .extend([ProfileId::new(), ProfileId::new()]);
+    // "loud" takes everyone it can: pause it first, and the draft is simulated alone.
+    o.set_state(&ws(), "loud", State::Paused).await.unwrap();
+    let at = at("2026-03-02T02:00:00Z");
+    let sim = o.simulate(&caller(), "draft", None, at).await.unwrap();
+    assert_eq!((sim.audience, sim.unknown), (102, 2));
+    let consent = sim.blocked.get(&Reason::Consent).copied().unwrap_or(0);
+    let holdout = sim.blocked.get(&Reason::Holdout).copied().unwrap_or(0);
+    assert_eq!(consent, 40);
+    // Of the 60 who consent: the holdout's share, and the budget of 30 for the rest.
+    let treated = 60 - holdout;
+    assert_eq!(sim.would_send, treated.min(30));
+    assert_eq!(
+        sim.blocked.get(&Reason::Budget).copied().unwrap_or(0),
+        treated.saturating_sub(30)
+    );
+    assert!((5..=25).contains(&holdout), "{holdout}");
+    assert_eq!(
+        sim.sends.get(&("mail".to_owned(), "email".to_owned())),
+        Some(&sim.would_send)
+    );
+    // 02:00 UTC is within quiet hours (UTC): every send waits until 06:00.
+    assert_eq!(sim.hours.keys().collect::<Vec<_>>(), [&4]);
+    assert_eq!(sim.from_propensity + sim.from_policy, sim.would_send);
+    // Without evidence, the policy's prior mean is 0.5 a person.
+    let expected = 0.2 * sim.from_propensity as f64 + 0.5 * sim.from_policy as f64;
+    assert!((sim.expected_conversions - expected).abs() < 1e-9);
+    // Nothing sent, logged or spent.
+    assert!(o.store.decisions(&ws(), None, None, 10).await.unwrap().is_empty());
+    assert!(o.store.sends(&ws(), None, None, 10).await.unwrap().is_empty());
+    assert_eq!(o.store.spent(&ws(), "draft").await.unwrap(), 0);
+    // With "loud" live, the people it reaches are blocked by its priority.
+    o.set_state(&ws(), "loud", State::Live).await.unwrap();
+    let sim = o.simulate(&caller(), "draft", None, at).await.unwrap();
+    assert_eq!(sim.would_send, 0);
+    assert_eq!(sim.blocked.get(&Reason::Priority).copied().unwrap_or(0), 60);
+    // A campaign without an audience cannot be simulated.
+    let everyone = campaign(serde_json::json!({"name": "everyone"}));
+    o.create(&caller(), &everyone).await.unwrap();
+    assert!(matches!(
+        o.simulate(&caller(), "everyone", None, at).await,
+        Err(OrchestrationError::Precondition(_))
+    ));
+}
+
+/// An event trigger with a property and a wait-and-check ("Product Added" for a book,
+/// not followed by "Order Completed" within the wait), one at once ("Signed Up"), and
+/// one on a score crossing its threshold upwards; decided by the trigger worker.
+async fn triggers_decide_on_events_waits_and_scores(backend: Backend) {
+    let Some(setup) = Setup::new(backend).await else {
+        return;
+    };
+    let o = setup.replica().await;
+    launch(
+        &o,
+        campaign(serde_json::json!({
+            "name": "cart",
+            "trigger": {"event": {"event": "Product Added", "properties": {"category": "Books"},
+                                   "wait_seconds": 1, "unless": "Order Completed"}},
+        })),
+    )
+    .await;
+    launch(
+        &o,
+        campaign(serde_json::json!({"name": "welcome", "trigger": {"event": {"event": "Signed Up"}}})),
+    )
+    .await;
+    launch(
+        &o,
+        campaign(serde_json::json!({"name": "save", "trigger": {"score": {"score": "churn_risk", "above": 0.7}}})),
+    )
+    .await;
+    let [buys, abandons, toys, joins, churns] = std::array::from_fn(|_| setup.people.add(consenting()));
+    let now = Utc::now();
+    let book = serde_json::json!({"category": "Books"});
+    o.deliver(&[
+        track(buys, "Product Added", book.clone(), now),
+        track(abandons, "Product Added", book, now),
+        track(toys, "Product Added", serde_json::json!({"category": "Toys"}), now),
+        track(joins, "Signed Up", serde_json::json!({}), now),
+        track(
+            buys,
+            "Order Completed",
+            serde_json::json!({}),
+            now + chrono::Duration::milliseconds(300),
+        ),
+    ])
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let mut workers = o.spawn_triggers(stop.clone());
+    let decided = async |campaign: Option<&str>| {
+        let log = o.store.decisions(&ws(), campaign, None, 100).await.unwrap();
+        log.into_iter().map(|d| (d.campaign, d.profile)).collect::<Vec<_>>()
+    };
+    // At once: the sign-up; after the wait: the abandoned cart only.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while decided(None).await.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let log = decided(None).await;
+    assert!(log.contains(&("welcome".to_owned(), joins)), "{log:?}");
+    assert!(log.contains(&("cart".to_owned(), abandons)), "{log:?}");
+    assert_eq!(log.len(), 2, "{log:?}");
+    // The score: first seen at 0.5, then 0.9 after another event: it crossed 0.7.
+    let set_risk = |risk: f64| {
+        let mut people = setup.people.people.lock().unwrap();
+        people
+            .get_mut(&churns)
+            .unwrap()
+            .scores
+            .insert("churn_risk".to_owned(), risk);
+    };
+    set_risk(0.5);
+    o.deliver(&[track(churns, "Page Viewed", serde_json::json!({}), Utc::now())])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2_600)).await;
+    assert!(
+        decided(Some("save")).await.is_empty(),
+        "the first look only notes the score"
+    );
+    set_risk(0.9);
+    o.deliver(&[track(churns, "Page Viewed", serde_json::json!({}), Utc::now())])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
+    while decided(Some("save")).await.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(decided(Some("save")).await, [("save".to_owned(), churns)]);
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
 }

@@ -17,6 +17,16 @@ use uuid::Uuid;
 
 use crate::domain::campaign::Definition;
 
+mod alerts;
+mod sends;
+mod triggers;
+
+pub use alerts::{
+    Alert, AlertFilter, AlertState, AlertStore, NewAlert, Raised, StoredRule, WebhookAttempt, WebhookState,
+};
+pub use sends::{ConnectorDef, ConnectorKind, Outbound, SendRow, SendState, SendStore, Settle};
+pub use triggers::{Pending, TriggerKind, TriggerStore};
+
 static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -178,7 +188,7 @@ pub struct Candidate {
     pub value: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     Audience,
@@ -208,6 +218,7 @@ pub struct Writes {
     pub decision: Decision,
     pub touch: Option<Touch>,
     pub spend: Option<u64>,
+    pub send: Option<Outbound>,
 }
 
 /// How a decision's transaction ended.
@@ -233,7 +244,7 @@ pub struct Cell {
 pub type Plan<'a> = dyn Fn(&Ledger) -> Result<Writes, Explanation> + Send + Sync + 'a;
 
 #[async_trait]
-pub trait OrchestrationStore: Send + Sync {
+pub trait OrchestrationStore: SendStore + AlertStore + TriggerStore {
     async fn ping(&self) -> Result<(), StorageError>;
 
     async fn create_campaign(
@@ -277,8 +288,12 @@ pub trait OrchestrationStore: Send + Sync {
     async fn control_share(&self, ws: &WorkspaceId) -> Result<f64, StorageError>;
     async fn set_control_share(&self, ws: &WorkspaceId, share: f64) -> Result<(), StorageError>;
 
-    /// The policy's evidence of each cell asked: (successes, trials).
-    async fn evidence(&self, ws: &WorkspaceId, cells: &[Cell]) -> Result<HashMap<Cell, (u64, u64)>, StorageError>;
+    /// The policy's evidence of every cell of the campaigns: (successes, trials).
+    async fn evidence_of(
+        &self,
+        ws: &WorkspaceId,
+        campaigns: &[String],
+    ) -> Result<HashMap<Cell, (u64, u64)>, StorageError>;
 
     /// Takes the person's lock, reads their ledger (touches since `since`, the spend of
     /// `budgeted`, every campaign's state), and writes what `plan` makes of it, in one
@@ -291,6 +306,17 @@ pub trait OrchestrationStore: Send + Sync {
         budgeted: &[String],
         plan: &Plan<'_>,
     ) -> Result<Recorded, StorageError>;
+
+    /// A person's sends since `since`, read without their lock (for a simulation).
+    async fn touches(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Touch>, StorageError>;
+
+    /// Sends spent of a campaign's budget.
+    async fn spent(&self, ws: &WorkspaceId, campaign: &str) -> Result<u64, StorageError>;
 
     /// Counts a decision that sent as a trial of its cell.
     async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError>;
@@ -382,6 +408,15 @@ fn time(micros: i64) -> DateTime<Utc> {
 
 fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::Internal(format!("{what}: {err}"))
+}
+
+fn touch_of((campaign, channel, at, local_day): (String, String, i64, i32)) -> Touch {
+    Touch {
+        campaign,
+        channel,
+        at: time(at),
+        local_day,
+    }
 }
 
 fn definition_json(def: &Definition) -> String {
@@ -680,14 +715,12 @@ macro_rules! orchestration_store {
                 Ok(())
             }
 
-            async fn evidence(
+            async fn evidence_of(
                 &self,
                 ws: &WorkspaceId,
-                cells: &[Cell],
+                campaigns: &[String],
             ) -> Result<HashMap<Cell, (u64, u64)>, StorageError> {
                 let mut out = HashMap::new();
-                let campaigns: std::collections::BTreeSet<&str> =
-                    cells.iter().map(|c| c.campaign.as_str()).collect();
                 for campaign in campaigns {
                     let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
                         "SELECT segment, action, channel, successes, trials FROM outcomes \
@@ -699,14 +732,12 @@ macro_rules! orchestration_store {
                     .await?;
                     for (segment, action, channel, successes, trials) in rows {
                         let cell = Cell {
-                            campaign: campaign.to_owned(),
+                            campaign: campaign.clone(),
                             segment,
                             action,
                             channel,
                         };
-                        if cells.contains(&cell) {
-                            out.insert(cell, (successes as u64, trials as u64));
-                        }
+                        out.insert(cell, (successes as u64, trials as u64));
                     }
                 }
                 Ok(out)
@@ -746,15 +777,7 @@ macro_rules! orchestration_store {
                         .fetch_all(&mut *tx)
                         .await?;
                 let mut ledger = Ledger {
-                    touches: touches
-                        .into_iter()
-                        .map(|(campaign, channel, at, local_day)| Touch {
-                            campaign,
-                            channel,
-                            at: time(at),
-                            local_day,
-                        })
-                        .collect(),
+                    touches: touches.into_iter().map(touch_of).collect(),
                     spent: HashMap::new(),
                     states: states
                         .into_iter()
@@ -827,8 +850,53 @@ macro_rules! orchestration_store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                if let Some(send) = &writes.send {
+                    sqlx::query(
+                        "INSERT INTO sends (decision_id, workspace_id, profile_id, campaign, channel, state, \
+                         send_at, next_attempt_at, recipient, payload) \
+                         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8)",
+                    )
+                    .bind(d.id)
+                    .bind(ws.as_str())
+                    .bind(profile.as_uuid())
+                    .bind(&d.campaign)
+                    .bind(&d.channel)
+                    .bind(micros(d.send_at))
+                    .bind(&send.recipient)
+                    .bind(&send.payload)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(Recorded::Written(Box::new(writes)))
+            }
+
+            async fn touches(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<Touch>, StorageError> {
+                let touches: Vec<(String, String, i64, i32)> = sqlx::query_as(
+                    "SELECT campaign, channel, at, local_day FROM touches \
+                     WHERE workspace_id = $1 AND profile_id = $2 AND at >= $3",
+                )
+                .bind(ws.as_str())
+                .bind(profile.as_uuid())
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(touches.into_iter().map(touch_of).collect())
+            }
+
+            async fn spent(&self, ws: &WorkspaceId, campaign: &str) -> Result<u64, StorageError> {
+                let spent: Option<(i64,)> =
+                    sqlx::query_as("SELECT spent FROM budgets WHERE workspace_id = $1 AND campaign = $2")
+                        .bind(ws.as_str())
+                        .bind(campaign)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(spent.map_or(0, |s| s.0 as u64))
             }
 
             async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError> {
@@ -959,12 +1027,17 @@ macro_rules! orchestration_store {
                     .bind(survivor.as_uuid())
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query("UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
+                    // Sends count against the survivor's caps; its triggers wait for it.
+                    for table in ["touches", "triggers"] {
+                        sqlx::query(&format!(
+                            "UPDATE {table} SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2"
+                        ))
                         .bind(ws.as_str())
                         .bind(id.as_uuid())
                         .bind(survivor.as_uuid())
                         .execute(&mut *tx)
                         .await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(())
@@ -974,7 +1047,7 @@ macro_rules! orchestration_store {
                 let (_guard, mut tx) = self.begin().await?;
                 let mut removed = 0;
                 for id in profiles {
-                    for table in ["decisions", "touches", "people", "aliases"] {
+                    for table in ["decisions", "touches", "sends", "triggers", "trigger_scores", "people", "aliases"] {
                         removed += sqlx::query(&format!(
                             "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
                         ))

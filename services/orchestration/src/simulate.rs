@@ -1,0 +1,250 @@
+//! SimulateCampaign: Decide, run for every member of a campaign's audience as things
+//! stand, with the campaign as if it were live, sending and logging nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use corvus_proto::ProfileId;
+use futures::StreamExt as _;
+use uuid::Uuid;
+
+use crate::people::{Caller, Who};
+use crate::service::{DecideInput, Open, Orchestration, OrchestrationError, Planning, earliest_counted};
+use crate::storage::{Explanation, Ledger, Reason, State, Stored};
+
+/// People simulated at once.
+const AT_ONCE: usize = 16;
+
+/// What a simulation found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Simulation {
+    pub audience: u64,
+    pub unknown: u64,
+    pub would_send: u64,
+    /// (action, channel) → people.
+    pub sends: BTreeMap<(String, String), u64>,
+    /// Hours from the time decided for until the send → people.
+    pub hours: BTreeMap<u32, u64>,
+    pub blocked: BTreeMap<Reason, u64>,
+    pub expected_conversions: f64,
+    pub from_propensity: u64,
+    pub from_policy: u64,
+}
+
+/// One person's answer.
+enum Outcome {
+    Unknown,
+    Sends {
+        action: String,
+        channel: String,
+        send_at: DateTime<Utc>,
+        /// The conversion to expect, and whether scoring's propensity gave it.
+        expected: (f64, bool),
+    },
+    Blocked(Reason),
+}
+
+impl Orchestration {
+    pub async fn simulate(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> Result<Simulation, OrchestrationError> {
+        let ws = &caller.principal.workspace;
+        let stored = self
+            .store
+            .campaign(ws, name, version)
+            .await?
+            .ok_or_else(|| OrchestrationError::NotFound(format!("no campaign {name:?} at that version")))?;
+        let def = &stored.definition;
+        if def.audience.is_empty() {
+            return Err(OrchestrationError::Precondition(format!(
+                "campaign {name:?} targets {}: a simulation runs over an audience",
+                match def.segment.is_empty() {
+                    true => "everyone".to_owned(),
+                    false => format!("segment {:?}", def.segment),
+                }
+            )));
+        }
+        let members = self
+            .directory
+            .members(caller, &def.audience)
+            .await
+            .map_err(OrchestrationError::Unavailable)?
+            .ok_or_else(|| OrchestrationError::Precondition(format!("audience {:?} no longer exists", def.audience)))?;
+        let live = self.live(ws).await?;
+        // The campaign as if live, beside the live others.
+        let simulated = Arc::new(Stored {
+            state: State::Live,
+            ..stored.clone()
+        });
+        let mut campaigns: Vec<Arc<Stored>> = live
+            .campaigns
+            .iter()
+            .filter(|c| c.definition.name != def.name)
+            .cloned()
+            .collect();
+        campaigns.push(simulated.clone());
+        let mut states: HashMap<String, (State, u32)> = live
+            .all
+            .iter()
+            .map(|c| (c.definition.name.clone(), (c.state, c.version)))
+            .collect();
+        states.insert(def.name.clone(), (State::Live, stored.version));
+        let names: Vec<String> = campaigns.iter().map(|c| c.definition.name.clone()).collect();
+        let evidence = self.store.evidence_of(ws, &names).await?;
+        let spent = AtomicU64::new(match def.budget {
+            0 => 0,
+            _ => self.store.spent(ws, &def.name).await?,
+        });
+        let context = Context {
+            campaigns: &campaigns,
+            simulated: &def.name,
+            states: &states,
+            evidence: &evidence,
+            control_share: live.control_share,
+            spent: &spent,
+            budget: def.budget,
+            at,
+        };
+        let outcomes: Vec<Result<Outcome, OrchestrationError>> = futures::stream::iter(members.iter().copied())
+            .map(|profile| self.simulate_one(caller, profile, &context))
+            .buffer_unordered(AT_ONCE)
+            .collect()
+            .await;
+        let mut sim = Simulation {
+            audience: members.len() as u64,
+            ..Default::default()
+        };
+        for outcome in outcomes {
+            match outcome? {
+                Outcome::Unknown => sim.unknown += 1,
+                Outcome::Blocked(reason) => *sim.blocked.entry(reason).or_default() += 1,
+                Outcome::Sends {
+                    action,
+                    channel,
+                    send_at,
+                    expected: (expected, from_propensity),
+                } => {
+                    sim.would_send += 1;
+                    *sim.sends.entry((action, channel)).or_default() += 1;
+                    let hours = (send_at - at).num_hours().max(0) as u32;
+                    *sim.hours.entry(hours).or_default() += 1;
+                    sim.expected_conversions += expected;
+                    match from_propensity {
+                        true => sim.from_propensity += 1,
+                        false => sim.from_policy += 1,
+                    }
+                }
+            }
+        }
+        Ok(sim)
+    }
+
+    async fn simulate_one(
+        &self,
+        caller: &Caller,
+        profile: ProfileId,
+        cx: &Context<'_>,
+    ) -> Result<Outcome, OrchestrationError> {
+        let ws = &caller.principal.workspace;
+        let Some(person) = self
+            .directory
+            .person(caller, &Who::Profile(profile))
+            .await
+            .map_err(OrchestrationError::Unavailable)?
+        else {
+            return Ok(Outcome::Unknown);
+        };
+        let input = DecideInput {
+            who: Who::Profile(profile),
+            placement: String::new(),
+            channels: Vec::new(),
+            campaigns: Vec::new(),
+            at: cx.at,
+        };
+        let mut explanation = Explanation::default();
+        let mut open: Vec<Open> = Vec::new();
+        for campaign in cx.campaigns {
+            match Self::open(ws, campaign, &person, &input) {
+                Ok(o) => open.push(o),
+                Err(blocked) => explanation.blocked.push(blocked),
+            }
+        }
+        let since = earliest_counted(&open, cx.at);
+        let touches = match open.is_empty() {
+            true => Vec::new(),
+            false => self.store.touches(ws, profile, since).await?,
+        };
+        let ledger = Ledger {
+            touches,
+            spent: [(cx.simulated.to_owned(), cx.spent.load(Ordering::SeqCst))].into(),
+            states: cx.states.clone(),
+        };
+        let control = self.in_control_group(ws, profile, cx.control_share);
+        let planned = self.plan(
+            Uuid::now_v7(),
+            &ledger,
+            &Planning {
+                open: &open,
+                person: &person,
+                input: &input,
+                evidence: cx.evidence,
+                control,
+                exhausted: &[],
+                explanation: &explanation,
+                ws,
+                draws: 0,
+            },
+        );
+        let blocked_reason = |e: &Explanation| {
+            e.blocked
+                .iter()
+                .find(|b| b.campaign == cx.simulated)
+                .map_or(Reason::Priority, |b| b.reason)
+        };
+        let writes = match planned {
+            Err(e) => return Ok(Outcome::Blocked(blocked_reason(&e))),
+            Ok(w) if w.decision.campaign != cx.simulated => return Ok(Outcome::Blocked(Reason::Priority)),
+            Ok(w) if !w.decision.sends() => return Ok(Outcome::Blocked(blocked_reason(&w.decision.explanation))),
+            Ok(w) => w,
+        };
+        // The budget is spent in the order people come; those past it are blocked.
+        if cx.budget > 0 && cx.spent.fetch_add(1, Ordering::SeqCst) >= cx.budget {
+            return Ok(Outcome::Blocked(Reason::Budget));
+        }
+        let d = &writes.decision;
+        let expected = match person.scores.get("propensity") {
+            Some(p) => (*p, true),
+            None => {
+                let chosen = d
+                    .explanation
+                    .eligible
+                    .iter()
+                    .find(|c| c.campaign == d.campaign && c.action == d.action);
+                (chosen.map_or(0.5, |c| c.expected_value / c.value), false)
+            }
+        };
+        Ok(Outcome::Sends {
+            action: d.action.clone(),
+            channel: d.channel.clone(),
+            send_at: d.send_at,
+            expected,
+        })
+    }
+}
+
+struct Context<'a> {
+    campaigns: &'a [Arc<Stored>],
+    simulated: &'a str,
+    states: &'a HashMap<String, (State, u32)>,
+    evidence: &'a HashMap<crate::storage::Cell, (u64, u64)>,
+    control_share: f64,
+    spent: &'a AtomicU64,
+    budget: u64,
+    at: DateTime<Utc>,
+}
