@@ -90,9 +90,23 @@ with_scores=$(grpcurl -plaintext -H "authorization: Bearer $key" \
   corvus.identity.v1.IdentityService/GetProfile 2>&1 || true)
 grep -q '"buyers"' <<<"$with_scores" || fail "GetProfile with include_scores said: $with_scores"
 
+# A campaign for the buyers, applied from a file and launched; Decide picks it for the
+# person by identifier, on the web (no consent purpose asked, no quiet hours there).
+cat > "$dir/campaigns.json" <<'JSON'
+{"campaigns": [{"name": "thanks", "audience": "buyers",
+  "actions": [{"name": "banner", "subject": "Thanks, {{traits.email|friend}}"}],
+  "channels": ["web"]}]}
+JSON
+launched=$("$bin" campaigns apply "$dir/campaigns.json" --launch --endpoint "http://$grpc" --key "$key" 2>&1 || true)
+grep -q 'live thanks' <<<"$launched" || fail "corvus campaigns apply said: $launched"
+decided=$(grpcurl -plaintext -H "authorization: Bearer $key" \
+  -d '{"identifier": {"kind": "user_id", "value": "u-1"}, "placement": "home"}' "$grpc" \
+  corvus.orchestration.v1.OrchestrationService/Decide 2>&1 || true)
+grep -q '"subject": "Thanks, ada@example.com"' <<<"$decided" || fail "Decide said: $decided"
+
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, campaigns apply, Decide, auth, graceful stop)"
