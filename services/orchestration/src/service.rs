@@ -330,12 +330,13 @@ impl Orchestration {
                 Err(blocked) => explanation.blocked.push(blocked),
             }
         }
+        // Nothing open to the person: no lock to take, nothing to log.
+        if open.is_empty() {
+            return Ok((None, explanation));
+        }
         let control = self.in_control_group(ws, profile, live.control_share);
         let names: Vec<String> = open.iter().map(|o| o.campaign.definition.name.clone()).collect();
-        let evidence = match names.is_empty() {
-            true => HashMap::new(),
-            false => self.store.evidence_of(ws, &names).await?,
-        };
+        let evidence = self.store.evidence_of(ws, &names).await?;
         let mut exhausted: Vec<String> = Vec::new();
         for _ in 0..4 {
             let since = earliest_counted(&open, input.at);
