@@ -22,6 +22,7 @@ use corvus_ingestion::outbox::{Consumer, EventSink, Failure, JetStream, JetStrea
 use corvus_proto::identity::v1::{LogEntry, log_entry};
 use tokio::task::JoinSet;
 
+use crate::corpus::Batch;
 use crate::identity::{
     EVENTS_PER_PERSON, FRESH_P99, LOAD_BATCH, LOAD_CONNECTIONS, LOAD_LEAD, LOAD_PER_S, PROBE_EVERY, caught_up,
     ingestion_client, probe_batches, progress, resolved,
@@ -292,6 +293,21 @@ pub(crate) async fn probes_under_load(
     first: usize,
     count: usize,
 ) -> anyhow::Result<(Vec<(usize, String, Instant)>, Measured)> {
+    let probes = probe_batches(mix, first, count)?;
+    batches_under_load(app, ingest_key, mix, first, probes).await
+}
+
+/// `probes` (each a batch and what it is known by, numbered from `first`), one every
+/// [`PROBE_EVERY`], under an open-loop load of [`LOAD_PER_S`] events/s of the mix: each
+/// probe's number, what it is known by and when it was acked, and the load.
+pub(crate) async fn batches_under_load(
+    app: &Running,
+    ingest_key: &str,
+    mix: &mut Mix,
+    first: usize,
+    probes: Vec<(Batch, String)>,
+) -> anyhow::Result<(Vec<(usize, String, Instant)>, Measured)> {
+    let count = probes.len();
     let batches_per_s = LOAD_PER_S / LOAD_BATCH as f64;
     let secs = LOAD_LEAD.as_secs_f64() + count as f64 * PROBE_EVERY.as_secs_f64() + 0.5;
     let requests = (secs * batches_per_s).ceil() as usize;
@@ -300,7 +316,7 @@ pub(crate) async fn probes_under_load(
         keys: vec![ingest_key.to_owned()],
         requests,
     });
-    let probes = Arc::new(probe_batches(mix, first, count)?);
+    let probes = Arc::new(probes);
     let ingest = load::connect(&app.grpc_url).await?;
     let ingest_key = Arc::new(ingest_key.to_owned());
     let grpc_url = app.grpc_url.clone();

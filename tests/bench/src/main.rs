@@ -1,6 +1,6 @@
 //! `corvus-bench`: how fast the all-in-one Corvus app ingests on this machine, measured
 //! in one run against a raw `COPY` of the same rows, how fast identity resolves what it
-//! ingests and serves profiles, printed as a table.
+//! ingests and serves profiles, and how fast orchestration decides, printed as a table.
 //!
 //! `cargo run --release -p corvus-bench -- [--quick] [--events N] [--only SECTION]...`
 //!
@@ -17,6 +17,7 @@ mod handoff;
 mod identity;
 mod load;
 mod models;
+mod orchestration;
 mod people;
 mod report;
 mod scenarios;
@@ -47,6 +48,8 @@ enum Section {
     Models,
     /// Scoring at identity's pace; features and audience membership fresh under load.
     Scoring,
+    /// Decide against GetProfile, its latency, event to alert, SimulateCampaign.
+    Orchestration,
 }
 
 #[derive(Debug, Parser)]
@@ -97,6 +100,9 @@ struct Args {
     /// Length of each GetProfile point in seconds [default: 10, or 2 with --quick].
     #[arg(long)]
     read_secs: Option<f64>,
+    /// People of the orchestration section [default: 50000, or 5000 with --quick].
+    #[arg(long)]
+    orchestration_people: Option<usize>,
 }
 
 impl Args {
@@ -117,6 +123,10 @@ impl Args {
         anyhow::ensure!(probes > 0, "--probes must be positive");
         let read_secs = self.read_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 });
         anyhow::ensure!(read_secs > 0.0, "--read-secs must be positive");
+        let orchestration_people = self
+            .orchestration_people
+            .unwrap_or(if self.quick { 5_000 } else { 50_000 });
+        anyhow::ensure!(orchestration_people > 0, "--orchestration-people must be positive");
         Ok(Plan {
             events,
             concurrency: self.concurrency.clone(),
@@ -131,6 +141,8 @@ impl Args {
             handoff: on(Section::Handoff),
             models: on(Section::Models),
             scoring: on(Section::Scoring),
+            orchestration: on(Section::Orchestration),
+            orchestration_people,
             identity_events,
             probes,
             read_secs,
@@ -261,13 +273,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         ));
         scoring::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
     }
+    if plan.orchestration {
+        header.push_str(&format!(
+            "orchestration: {} people (identify + consent), 20 live campaigns; GetProfile and Decide for {} s a \
+             point, Decide open loop at half its peak for {} s; SimulateCampaign over the people; then {} \
+             detractor probes under 5,000 events/s, from the ack to the alert on StreamAlerts\n",
+            plan.orchestration_people, plan.read_secs, plan.latency_secs, plan.probes
+        ));
+        orchestration::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
+    }
 
     header.push_str(&format!(
         "notes   : every Postgres ingestion point starts from an empty ingestion.events (TRUNCATE, \
          CHECKPOINT);\n          \
          latency is per batch, from send (closed loop) or from when it was due (open loop) \
          to the ack;\n          \
-         rate/s = events/s, or requests/s for the GetProfile rows;\n          \
+         rate/s = events/s, or requests/s for the GetProfile and Decide rows, people/s for SimulateCampaign;\n          \
          CPU app|pg|redis|other = cores used by this process (client and server) | by all \
          Postgres processes | by Redis | by anything else (should be ~0), of {nproc}.\n"
     ));

@@ -40,6 +40,9 @@ pub struct Plan {
     pub handoff: bool,
     pub models: bool,
     pub scoring: bool,
+    pub orchestration: bool,
+    /// People of the orchestration section.
+    pub orchestration_people: usize,
     /// Events of the identity mix.
     pub identity_events: usize,
     /// Freshness probes.

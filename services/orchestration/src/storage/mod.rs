@@ -455,8 +455,16 @@ const BUMP: &str = "INSERT INTO workspaces (workspace_id, campaigns) VALUES ($1,
      ON CONFLICT (workspace_id) DO UPDATE SET campaigns = workspaces.campaigns + 1";
 
 /// The ids a person's decisions are kept under: their own and those merged into it.
-const FAMILY: &str =
-    "(profile_id = $2 OR profile_id IN (SELECT profile_id FROM aliases WHERE workspace_id = $1 AND survivor_id = $2))";
+/// A person's open decisions since $3: under their own id ($2), and under each id merged
+/// into it, each part a range of the index on (workspace, profile, decided_at). (One
+/// `profile_id = $2 OR profile_id IN (…)` keeps the profile out of the index condition,
+/// and reads every decision of the workspace.)
+const OPEN_DECISIONS: &str = "SELECT detail, outcome_event, outcome_at FROM decisions \
+     WHERE workspace_id = $1 AND profile_id = $2 AND decided_at >= $3 AND outcome_at IS NULL \
+     UNION ALL \
+     SELECT d.detail, d.outcome_event, d.outcome_at FROM aliases a JOIN decisions d \
+       ON d.workspace_id = a.workspace_id AND d.profile_id = a.profile_id \
+     WHERE a.workspace_id = $1 AND a.survivor_id = $2 AND d.decided_at >= $3 AND d.outcome_at IS NULL";
 
 const DECISION: &str = "SELECT detail, outcome_event, outcome_at FROM decisions";
 
@@ -720,27 +728,28 @@ macro_rules! orchestration_store {
                 ws: &WorkspaceId,
                 campaigns: &[String],
             ) -> Result<HashMap<Cell, (u64, u64)>, StorageError> {
-                let mut out = HashMap::new();
-                for campaign in campaigns {
-                    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-                        "SELECT segment, action, channel, successes, trials FROM outcomes \
-                         WHERE workspace_id = $1 AND campaign = $2",
-                    )
-                    .bind(ws.as_str())
-                    .bind(campaign)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    for (segment, action, channel, successes, trials) in rows {
+                // One read of the workspace's cells: a round trip per campaign would be
+                // most of a Decide with many campaigns.
+                let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT campaign, segment, action, channel, successes, trials FROM outcomes \
+                     WHERE workspace_id = $1",
+                )
+                .bind(ws.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|row| campaigns.contains(&row.0))
+                    .map(|(campaign, segment, action, channel, successes, trials)| {
                         let cell = Cell {
-                            campaign: campaign.clone(),
+                            campaign,
                             segment,
                             action,
                             channel,
                         };
-                        out.insert(cell, (successes as u64, trials as u64));
-                    }
-                }
-                Ok(out)
+                        (cell, (successes as u64, trials as u64))
+                    })
+                    .collect())
             }
 
             async fn decide(
@@ -953,16 +962,15 @@ macro_rules! orchestration_store {
                 profile: ProfileId,
                 since: DateTime<Utc>,
             ) -> Result<Vec<Decision>, StorageError> {
-                let rows: Vec<DecisionRow> = sqlx::query_as(&format!(
-                    "{DECISION} WHERE workspace_id = $1 AND {FAMILY} \
-                     AND decided_at >= $3 AND outcome_at IS NULL ORDER BY decided_at DESC LIMIT 100"
-                ))
-                .bind(ws.as_str())
-                .bind(profile.as_uuid())
-                .bind(micros(since))
-                .fetch_all(&self.pool)
-                .await?;
-                rows.into_iter().map(decision_of).collect()
+                let rows: Vec<DecisionRow> = sqlx::query_as(OPEN_DECISIONS)
+                    .bind(ws.as_str())
+                    .bind(profile.as_uuid())
+                    .bind(micros(since))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut open: Vec<Decision> = rows.into_iter().map(decision_of).collect::<Result<_, _>>()?;
+                open.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
+                Ok(open)
             }
 
             async fn record_outcome(

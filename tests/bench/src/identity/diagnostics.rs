@@ -176,7 +176,7 @@ pub(super) fn scans_note(
 
 /// A Prometheus histogram of this process's recorder (the app's metrics), cumulative.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Histogram {
+pub(crate) struct Histogram {
     count: f64,
     seconds: f64,
     /// `(upper bound, cumulative count)`.
@@ -186,7 +186,7 @@ pub(super) struct Histogram {
 }
 
 /// What a histogram gained between two samples.
-pub(super) struct Delta {
+pub(crate) struct Delta {
     pub count: f64,
     pub seconds: f64,
     buckets: Vec<(f64, f64)>,
@@ -204,8 +204,13 @@ impl Histogram {
 
     /// `corvus_request_duration_seconds` of GetProfile.
     pub(super) fn server_time() -> Self {
+        Self::request_time("GetProfile")
+    }
+
+    /// `corvus_request_duration_seconds` of the method whose series' labels hold `method`.
+    pub(crate) fn request_time(method: &str) -> Self {
         let text = corvus_platform::metrics::recorder().render();
-        Self::parse(&text, "corvus_request_duration_seconds", "GetProfile")
+        Self::parse(&text, "corvus_request_duration_seconds", method)
     }
 
     /// The series `name` whose labels contain `labels`.
@@ -239,7 +244,7 @@ impl Histogram {
         h
     }
 
-    pub(super) fn since(&self, before: &Self) -> Option<Delta> {
+    pub(crate) fn since(&self, before: &Self) -> Option<Delta> {
         let count = self.count - before.count;
         (count > 0.0).then(|| Delta {
             count,

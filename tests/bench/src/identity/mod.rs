@@ -18,11 +18,13 @@ use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClien
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use self::diagnostics::{Histogram, graph_note, index_scans, round_trip, sample_sessions, scans_note, value_of};
+pub(crate) use self::diagnostics::Histogram;
+use self::diagnostics::{graph_note, index_scans, round_trip, sample_sessions, scans_note, value_of};
 use self::freshness::freshness;
 pub(crate) use self::freshness::{
     FRESH_P99, LOAD_BATCH, LOAD_CONNECTIONS, LOAD_LEAD, LOAD_PER_S, PROBE_EVERY, probe_batches,
 };
+pub(crate) use self::reads::BytesCodec;
 use self::reads::reads;
 use crate::load::{self, Measured, Work, bearer};
 use crate::people::{Mix, MixCounts};

@@ -498,11 +498,11 @@ async fn read_loop(
 /// Sends a pre-encoded request and keeps the response encoded: the client does as little
 /// as it can on the cores it shares with the server.
 #[derive(Clone, Copy)]
-struct BytesCodec;
+pub(crate) struct BytesCodec;
 
-struct BytesEncoder;
+pub(crate) struct BytesEncoder;
 
-struct BytesDecoder;
+pub(crate) struct BytesDecoder;
 
 impl Codec for BytesCodec {
     type Encode = Bytes;
