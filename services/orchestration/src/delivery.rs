@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::grpc::timestamp;
 use crate::people::{Caller, channel_name, channel_of};
 use crate::service::Orchestration;
 use crate::storage::{ConnectorDef, ConnectorKind, SendRow, SendState, Settle};
@@ -356,13 +357,6 @@ fn connector_message(c: &ConnectorDef) -> pb::Connector {
             seconds: (c.timeout_ms / 1_000) as i64,
             nanos: ((c.timeout_ms % 1_000) * 1_000_000) as i32,
         }),
-    }
-}
-
-fn timestamp(t: chrono::DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 

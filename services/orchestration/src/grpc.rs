@@ -48,7 +48,7 @@ fn caller<T>(request: &Request<T>, role: Role, action: &'static str) -> Result<C
     })
 }
 
-fn timestamp(t: DateTime<Utc>) -> Timestamp {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,

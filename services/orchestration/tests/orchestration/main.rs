@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 mod alerts;
 mod delivery;
+mod simulate;
+mod triggers;
 
 use alerts::{
     a_churn_jump_alerts_for_valuable_customers, a_detractor_raises_one_alert_per_cooldown,
@@ -32,6 +34,8 @@ use alerts::{
     complaints_and_negative_chats_raise_alerts_of_their_kinds, replicas_raise_one_alert_and_stream_it,
 };
 use delivery::each_send_goes_once_through_its_connector;
+use simulate::a_simulation_decides_for_the_audience_and_changes_nothing;
+use triggers::triggers_decide_on_events_waits_and_scores;
 
 on_both_backends!(
     a_detractor_raises_one_alert_per_cooldown,
@@ -638,178 +642,4 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         "decision, touch, send and lock row"
     );
     assert!(o.store.decision(&ws(), d.id).await.unwrap().is_none());
-}
-
-/// A draft over its audience: who would get what, on which channel and when, who is
-/// blocked and why, the conversions to expect; and nothing sent or logged.
-async fn a_simulation_decides_for_the_audience_and_changes_nothing(backend: Backend) {
-    let Some(setup) = Setup::new(backend).await else {
-        return;
-    };
-    let o = setup.replica().await;
-    // A live campaign of higher priority for people in audience "vip" with a trait.
-    launch(
-        &o,
-        campaign(serde_json::json!({"name": "loud", "priority": 5, "audience": "vip", "segment": ""})),
-    )
-    .await;
-    let draft = campaign(serde_json::json!({
-        "name": "draft",
-        "audience": "vip",
-        "channels": ["email"],
-        "holdout": 0.25,
-        "budget": 30,
-        "quiet_hours": {"start": "00:00", "end": "06:00"},
-    }));
-    o.create(&caller(), &draft).await.unwrap();
-    // 100 members: 60 consenting (20 of them with a propensity of 0.2), 40 without
-    // consent; 2 members identity no longer knows.
-    for i in 0..100 {
-        let mut person = match i < 60 {
-            true => consenting(),
-            false => Person::default(),
-        };
-        person.audiences = vec!["vip".to_owned()];
-        if i < 20 {
-            person.scores.insert("propensity".to_owned(), 0.2);
-        }
-        setup.people.add(person);
-    }
-    setup
-        .people
-        .gone
-        .lock()
-        .unwrap()
-        .extend([ProfileId::new(), ProfileId::new()]);
-    // "loud" takes everyone it can: pause it first, and the draft is simulated alone.
-    o.set_state(&ws(), "loud", State::Paused).await.unwrap();
-    let at = at("2026-03-02T02:00:00Z");
-    let sim = o.simulate(&caller(), "draft", None, at).await.unwrap();
-    assert_eq!((sim.audience, sim.unknown), (102, 2));
-    let consent = sim.blocked.get(&Reason::Consent).copied().unwrap_or(0);
-    let holdout = sim.blocked.get(&Reason::Holdout).copied().unwrap_or(0);
-    assert_eq!(consent, 40);
-    // Of the 60 who consent, 30 (the budget) are sent to; the others are held out, or,
-    // once the budget is spent, blocked by it (as Decide checks the budget first).
-    let budget = sim.blocked.get(&Reason::Budget).copied().unwrap_or(0);
-    assert_eq!(sim.would_send, 30);
-    assert_eq!(sim.would_send + holdout + budget, 60);
-    assert!(holdout <= 25, "{holdout}");
-    assert_eq!(
-        sim.sends.get(&("mail".to_owned(), "email".to_owned())),
-        Some(&sim.would_send)
-    );
-    // 02:00 UTC is within quiet hours (UTC): every send waits until 06:00.
-    assert_eq!(sim.hours.keys().collect::<Vec<_>>(), [&4]);
-    assert_eq!(sim.from_propensity + sim.from_policy, sim.would_send);
-    // Without evidence, the policy's prior mean is 0.5 a person.
-    let expected = 0.2 * sim.from_propensity as f64 + 0.5 * sim.from_policy as f64;
-    assert!((sim.expected_conversions - expected).abs() < 1e-9);
-    // Nothing sent, logged or spent.
-    assert!(o.store.decisions(&ws(), None, None, 10).await.unwrap().is_empty());
-    assert!(o.store.sends(&ws(), None, None, 10).await.unwrap().is_empty());
-    assert_eq!(o.store.spent(&ws(), "draft").await.unwrap(), 0);
-    // With "loud" live, the people it reaches are blocked by its priority.
-    o.set_state(&ws(), "loud", State::Live).await.unwrap();
-    let sim = o.simulate(&caller(), "draft", None, at).await.unwrap();
-    assert_eq!(sim.would_send, 0);
-    assert_eq!(sim.blocked.get(&Reason::Priority).copied().unwrap_or(0), 60);
-    // A campaign without an audience cannot be simulated.
-    let everyone = campaign(serde_json::json!({"name": "everyone"}));
-    o.create(&caller(), &everyone).await.unwrap();
-    assert!(matches!(
-        o.simulate(&caller(), "everyone", None, at).await,
-        Err(OrchestrationError::Precondition(_))
-    ));
-}
-
-/// An event trigger with a property and a wait-and-check ("Product Added" for a book,
-/// not followed by "Order Completed" within the wait), one at once ("Signed Up"), and
-/// one on a score crossing its threshold upwards; decided by the trigger worker.
-async fn triggers_decide_on_events_waits_and_scores(backend: Backend) {
-    let Some(setup) = Setup::new(backend).await else {
-        return;
-    };
-    let o = setup.replica().await;
-    launch(
-        &o,
-        campaign(serde_json::json!({
-            "name": "cart",
-            "trigger": {"event": {"event": "Product Added", "properties": {"category": "Books"},
-                                   "wait_seconds": 1, "unless": "Order Completed"}},
-        })),
-    )
-    .await;
-    launch(
-        &o,
-        campaign(serde_json::json!({"name": "welcome", "trigger": {"event": {"event": "Signed Up"}}})),
-    )
-    .await;
-    launch(
-        &o,
-        campaign(serde_json::json!({"name": "save", "trigger": {"score": {"score": "churn_risk", "above": 0.7}}})),
-    )
-    .await;
-    let [buys, abandons, toys, joins, churns] = std::array::from_fn(|_| setup.people.add(consenting()));
-    let now = Utc::now();
-    let book = serde_json::json!({"category": "Books"});
-    o.deliver(&[
-        track(buys, "Product Added", book.clone(), now),
-        track(abandons, "Product Added", book, now),
-        track(toys, "Product Added", serde_json::json!({"category": "Toys"}), now),
-        track(joins, "Signed Up", serde_json::json!({}), now),
-        track(
-            buys,
-            "Order Completed",
-            serde_json::json!({}),
-            now + chrono::Duration::milliseconds(300),
-        ),
-    ])
-    .await
-    .unwrap();
-    let stop = CancellationToken::new();
-    let mut workers = o.spawn_triggers(stop.clone());
-    let decided = async |campaign: Option<&str>| {
-        let log = o.store.decisions(&ws(), campaign, None, 100).await.unwrap();
-        log.into_iter().map(|d| (d.campaign, d.profile)).collect::<Vec<_>>()
-    };
-    // At once: the sign-up; after the wait: the abandoned cart only.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while decided(None).await.len() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let log = decided(None).await;
-    assert!(log.contains(&("welcome".to_owned(), joins)), "{log:?}");
-    assert!(log.contains(&("cart".to_owned(), abandons)), "{log:?}");
-    assert_eq!(log.len(), 2, "{log:?}");
-    // The score: first seen at 0.5, then 0.9 after another event: it crossed 0.7.
-    let set_risk = |risk: f64| {
-        let mut people = setup.people.people.lock().unwrap();
-        people
-            .get_mut(&churns)
-            .unwrap()
-            .scores
-            .insert("churn_risk".to_owned(), risk);
-    };
-    set_risk(0.5);
-    o.deliver(&[track(churns, "Page Viewed", serde_json::json!({}), Utc::now())])
-        .await
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2_600)).await;
-    assert!(
-        decided(Some("save")).await.is_empty(),
-        "the first look only notes the score"
-    );
-    set_risk(0.9);
-    o.deliver(&[track(churns, "Page Viewed", serde_json::json!({}), Utc::now())])
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(6);
-    while decided(Some("save")).await.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(decided(Some("save")).await, [("save".to_owned(), churns)]);
-    stop.cancel();
-    while workers.join_next().await.is_some() {}
 }
