@@ -342,6 +342,8 @@ impl App {
             checks.push(scoring.readiness());
         }
         if let Some(orchestration) = &self.orchestration {
+            let decisions = ConsumerConfig::consumers(&self.config.orchestration.consumers)?;
+            workers.push(orchestration.spawn_log(decisions, workers_stop.clone()));
             workers.push(orchestration.spawn_delivery(workers_stop.clone()));
             workers.push(orchestration.spawn_triggers(workers_stop.clone()));
             workers.push(orchestration.spawn_alert_webhooks(workers_stop.clone()));

@@ -8,7 +8,7 @@ use corvus_identity::grpc::IdentityApi;
 use corvus_ingestion::Ingestion;
 use corvus_ingestion::grpc::IngestionApi;
 use corvus_orchestration::delivery::Receipts;
-use corvus_orchestration::people::{Caller, Directory, Person, Targets, Who};
+use corvus_orchestration::people::{AudienceChange, Caller, Changes, Directory, Person, Targets, Who};
 use corvus_proto::ProfileId;
 use corvus_proto::common::v1::Event;
 use corvus_proto::common::v1::{Identifier, PageRequest};
@@ -179,6 +179,46 @@ impl Directory for People {
                 return Ok(Some(members));
             }
         }
+    }
+
+    async fn audience_changes(&self, caller: &Caller, audience: &str, after: Option<u64>) -> Result<Changes, String> {
+        use futures::StreamExt as _;
+        let request = pb::StreamAudienceChangesRequest {
+            name: audience.to_owned(),
+            after_sequence: after,
+        };
+        let failed = |status: Status| format!("scoring answered {:?}: {}", status.code(), status.message());
+        let changes: futures::stream::BoxStream<'static, Result<pb::StreamAudienceChangesResponse, Status>> =
+            match &self.scoring {
+                ScoringLink::Local(api) => api
+                    .stream_audience_changes(as_principal(&caller.principal, request))
+                    .await
+                    .map_err(failed)?
+                    .into_inner(),
+                ScoringLink::Remote(client) => client
+                    .clone()
+                    .stream_audience_changes(as_caller(&caller.metadata, request))
+                    .await
+                    .map_err(failed)?
+                    .into_inner()
+                    .boxed(),
+                ScoringLink::Missing => {
+                    return Err("orchestration has no scoring to ask: set orchestration.scoring_endpoint".to_owned());
+                }
+            };
+        Ok(changes
+            .map(move |change| {
+                let change = change.map_err(failed)?;
+                Ok(AudienceChange {
+                    sequence: change.sequence,
+                    profile: change
+                        .profile_id
+                        .parse()
+                        .map_err(|_| format!("scoring sent a profile id that is not one: {:?}", change.profile_id))?,
+                    entered: change.entered,
+                })
+            })
+            .boxed())
     }
 }
 

@@ -1,5 +1,8 @@
 //! The `[orchestration]` section.
 
+use std::time::Duration;
+
+use corvus_log::outbox::{ConsumerConfig, OutboxConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +28,15 @@ pub struct OrchestrationConfig {
     /// Ingestion's gRPC endpoint, for sends' outcomes (`Message Sent`, `Delivery
     /// Failed`) when orchestration runs apart from it.
     pub ingestion_endpoint: Option<String>,
+    /// How orchestration's log hands decisions on.
+    pub log: OutboxConfig,
+    /// How long a decision's entry stays in the log once every consumer has passed it
+    /// (the decision itself stays, readable through `ListDecisions`).
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
+    /// Services that receive orchestration's log over gRPC
+    /// (`corvus.ingestion.v1.EventConsumerService`, the `decisions` of each delivery).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 impl Default for OrchestrationConfig {
@@ -37,6 +49,9 @@ impl Default for OrchestrationConfig {
             batch_size: 1_000,
             default_connector: "log".to_owned(),
             ingestion_endpoint: None,
+            log: OutboxConfig::default(),
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            consumers: Vec::new(),
         }
     }
 }
@@ -58,6 +73,13 @@ impl OrchestrationConfig {
         anyhow::ensure!(
             matches!(self.default_connector.as_str(), "log" | "none"),
             "orchestration.default_connector must be \"log\" or \"none\""
+        );
+        self.log.validate("orchestration.log").map_err(anyhow::Error::msg)?;
+        ConsumerConfig::validate_all("orchestration.consumers", &self.consumers).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !self.consumers.iter().any(|c| c.name == crate::log::POLICY_CONSUMER),
+            "orchestration.consumers: {:?} is the name of orchestration's own consumer",
+            crate::log::POLICY_CONSUMER
         );
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! gRPC handlers: check the role, parse, call the service, map the error. No SQL here.
 
 mod alerts;
+mod log;
 
 use chrono::{DateTime, Utc};
 use corvus_platform::Role;
@@ -313,6 +314,7 @@ fn reason_message(reason: Reason) -> pb::BlockReason {
         Reason::Priority => pb::BlockReason::Priority,
         Reason::Control => pb::BlockReason::Control,
         Reason::State => pb::BlockReason::State,
+        Reason::Schedule => pb::BlockReason::Schedule,
     }
 }
 
@@ -541,6 +543,7 @@ impl OrchestrationService for OrchestrationApi {
                 .collect::<Result<_, _>>()?,
             campaigns: req.campaigns,
             at: time_of("at", req.at.as_ref())?,
+            occurrence: None,
         };
         let (decision, explanation) = self.orchestration.decide(&caller, &input).await?;
         Ok(Response::new(pb::DecideResponse {
@@ -591,6 +594,27 @@ impl OrchestrationService for OrchestrationApi {
             page: next_page(decisions.len(), size, decisions.last().map(|d| d.id)),
             decisions: decisions.iter().map(decision_message).collect(),
         }))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        log::list_consumers(&self.orchestration, request).await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        log::list_dead_letters(&self.orchestration, request).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        log::replay_dead_letters(&self.orchestration, request).await
     }
 
     type StreamAlertsStream = alerts::AlertStream;

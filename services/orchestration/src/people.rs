@@ -175,4 +175,19 @@ pub trait Directory: Send + Sync {
 
     /// The members of a scoring audience, or `None` for an unknown audience.
     async fn members(&self, caller: &Caller, audience: &str) -> Result<Option<Vec<ProfileId>>, String>;
+
+    /// A scoring audience's entries and exits after the change `after` (from now on
+    /// when `None`), as they happen; the stream ends with an error when the audience is
+    /// deleted or scoring cannot be asked.
+    async fn audience_changes(&self, caller: &Caller, audience: &str, after: Option<u64>) -> Result<Changes, String>;
 }
+
+/// An entry into or exit from an audience, as scoring reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudienceChange {
+    pub sequence: u64,
+    pub profile: ProfileId,
+    pub entered: bool,
+}
+
+pub type Changes = futures::stream::BoxStream<'static, Result<AudienceChange, String>>;

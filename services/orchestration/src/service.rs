@@ -92,6 +92,9 @@ pub struct DecideInput {
     pub channels: Vec<String>,
     pub campaigns: Vec<String>,
     pub at: DateTime<Utc>,
+    /// For a scheduled campaign: the local date of the occurrence decided for, sent at
+    /// the schedule's time on that date in the person's zone.
+    pub occurrence: Option<chrono::NaiveDate>,
 }
 
 /// Channels that reach out to the person, where quiet hours and the best hour apply;
@@ -338,6 +341,20 @@ impl Orchestration {
         let names: Vec<String> = open.iter().map(|o| o.campaign.definition.name.clone()).collect();
         let evidence = self.store.evidence_of(ws, &names).await?;
         let mut exhausted: Vec<String> = Vec::new();
+        let id = Uuid::now_v7();
+        // The policy's draws, made before the person's lock is taken: under it, they are
+        // used as they are when caps, budgets and states leave every open campaign
+        // eligible, as they mostly do, and drawn again over those left otherwise.
+        let segment = person.segment.clone().unwrap_or_default();
+        let all: Vec<&Open> = open.iter().collect();
+        let (_, candidates) = candidates(&all, &segment, &evidence);
+        let arms: Vec<policy::Arm> = candidates.iter().map(|c| c.2).collect();
+        let drawn = policy::thompson(
+            &arms,
+            self.config.epsilon,
+            self.config.propensity_draws,
+            &id.to_string(),
+        );
         for _ in 0..4 {
             let since = earliest_counted(&open, input.at);
             let budgeted: Vec<String> = open
@@ -345,7 +362,6 @@ impl Orchestration {
                 .filter(|o| o.campaign.definition.budget > 0)
                 .map(|o| o.campaign.definition.name.clone())
                 .collect();
-            let id = Uuid::now_v7();
             let plan = |ledger: &Ledger| {
                 self.plan(
                     id,
@@ -360,6 +376,7 @@ impl Orchestration {
                         explanation: &explanation,
                         ws,
                         draws: self.config.propensity_draws,
+                        drawn: Some(&drawn),
                     },
                 )
             };
@@ -368,19 +385,6 @@ impl Orchestration {
                 Recorded::BudgetSpent(campaign) => exhausted.push(campaign),
                 Recorded::Written(writes) => {
                     let Writes { decision, .. } = *writes;
-                    if decision.sends() {
-                        let cell = Cell {
-                            campaign: decision.campaign.clone(),
-                            segment: decision.segment.clone(),
-                            action: decision.action.clone(),
-                            channel: decision.channel.clone(),
-                        };
-                        // The decision is made: a trial not counted only leaves the
-                        // policy's evidence a send short, so it must not fail the call.
-                        if let Err(e) = self.store.count_trial(ws, &cell).await {
-                            tracing::warn!(error = %e, "decide: the trial was not counted");
-                        }
-                    }
                     metrics::counter!("corvus_orchestration_decisions_total", "arm_kind" => arm_kind(&decision.arm))
                         .increment(1);
                     let explanation = decision.explanation.clone();
@@ -448,21 +452,41 @@ impl Orchestration {
             .and_then(|z| timing::zone(z).ok())
             .unwrap_or(Tz::UTC);
         let (mut send_at, mut timing) = (input.at, String::from("now"));
-        if OUTBOUND.contains(&channel.as_str()) {
-            if let Some(hour) = person.best_hour_of_week {
-                send_at = timing::next_hour(input.at, hour % 24, zone);
-                timing = format!("at {:02}:00 {zone}, the person's best hour", hour % 24);
-            }
-            if let Some(quiet) = &def.quiet_hours {
-                let (start, end) = (
-                    LocalTime::parse(&quiet.start).expect("checked"),
-                    LocalTime::parse(&quiet.end).expect("checked"),
-                );
-                let after = timing::after_quiet_hours(send_at, start, end, zone);
-                if after != send_at {
-                    send_at = after;
-                    timing = format!("deferred to {} {zone}, the end of quiet hours", quiet.end);
+        if let Some(Trigger::Schedule { at, .. }) = &def.trigger {
+            // A scheduled campaign sends at its time in the person's zone: on the
+            // occurrence's date, or next.
+            let minute = LocalTime::parse(at).expect("checked");
+            send_at = match input.occurrence {
+                Some(date) => {
+                    let due = timing::local_instant(date, minute.0, zone);
+                    if due < input.at - Duration::hours(1) {
+                        return Err(block(
+                            Reason::Schedule,
+                            format!("{at} on {date} had passed in {zone} when it was decided"),
+                        ));
+                    }
+                    due.max(input.at)
                 }
+                None => timing::next_local(input.at, minute.0, zone),
+            };
+            timing = format!("at {at} {zone}, the campaign's schedule");
+        } else if OUTBOUND.contains(&channel.as_str())
+            && let Some(hour) = person.best_hour_of_week
+        {
+            send_at = timing::next_hour(input.at, hour % 24, zone);
+            timing = format!("at {:02}:00 {zone}, the person's best hour", hour % 24);
+        }
+        if OUTBOUND.contains(&channel.as_str())
+            && let Some(quiet) = &def.quiet_hours
+        {
+            let (start, end) = (
+                LocalTime::parse(&quiet.start).expect("checked"),
+                LocalTime::parse(&quiet.end).expect("checked"),
+            );
+            let after = timing::after_quiet_hours(send_at, start, end, zone);
+            if after != send_at {
+                send_at = after;
+                timing = format!("deferred to {} {zone}, the end of quiet hours", quiet.end);
             }
         }
         let profile = person.profile.map(|p| p.to_string()).unwrap_or_default();
@@ -530,31 +554,15 @@ impl Orchestration {
             });
         }
         let segment = p.person.segment.clone().unwrap_or_default();
-        // Each action the person's arm may send, of each campaign at the top priority.
-        let mut choices = Vec::new();
-        for o in eligible.iter().filter(|o| o.campaign.definition.priority == top) {
-            let def = &o.campaign.definition;
-            for action in def.actions_of(&o.arm) {
-                let cell = Cell {
-                    campaign: def.name.clone(),
-                    segment: segment.clone(),
-                    action: action.name.clone(),
-                    channel: o.channel.clone(),
-                };
-                let (successes, trials) = p.evidence.get(&cell).copied().unwrap_or_default();
-                choices.push((
-                    *o,
-                    action,
-                    policy::Arm {
-                        successes: successes as f64,
-                        trials: trials as f64,
-                        value: action.value,
-                    },
-                ));
+        let (_, choices) = candidates(&eligible, &segment, p.evidence);
+        let choice = match p.drawn {
+            // Every open campaign is eligible: the candidates are those drawn over.
+            Some(drawn) if eligible.len() == p.open.len() => drawn.clone(),
+            _ => {
+                let arms: Vec<policy::Arm> = choices.iter().map(|c| c.2).collect();
+                policy::thompson(&arms, self.config.epsilon, p.draws, &id.to_string())
             }
-        }
-        let arms: Vec<policy::Arm> = choices.iter().map(|c| c.2).collect();
-        let choice = policy::thompson(&arms, self.config.epsilon, p.draws, &id.to_string());
+        };
         explanation.eligible = choices
             .iter()
             .zip(&choice.propensities)
@@ -693,6 +701,45 @@ pub(crate) struct Planning<'a> {
     pub ws: &'a WorkspaceId,
     /// Draws the propensities are estimated from (0: not wanted).
     pub draws: u32,
+    /// The policy's choice over the candidates of every open campaign, drawn beforehand.
+    pub drawn: Option<&'a policy::Choice>,
+}
+
+/// The policy's candidates among `eligible`: each action the person's arm may send, of
+/// each campaign at the top priority (returned first), with its evidence in its cell.
+fn candidates<'o>(
+    eligible: &[&'o Open],
+    segment: &str,
+    evidence: &HashMap<Cell, (u64, u64)>,
+) -> (i32, Vec<(&'o Open, &'o crate::domain::campaign::Action, policy::Arm)>) {
+    let top = eligible
+        .iter()
+        .map(|o| o.campaign.definition.priority)
+        .max()
+        .unwrap_or_default();
+    let mut choices = Vec::new();
+    for o in eligible.iter().filter(|o| o.campaign.definition.priority == top) {
+        let def = &o.campaign.definition;
+        for action in def.actions_of(&o.arm) {
+            let cell = Cell {
+                campaign: def.name.clone(),
+                segment: segment.to_owned(),
+                action: action.name.clone(),
+                channel: o.channel.clone(),
+            };
+            let (successes, trials) = evidence.get(&cell).copied().unwrap_or_default();
+            choices.push((
+                *o,
+                action,
+                policy::Arm {
+                    successes: successes as f64,
+                    trials: trials as f64,
+                    value: action.value,
+                },
+            ));
+        }
+    }
+    (top, choices)
 }
 
 fn arm_kind(arm: &str) -> &'static str {

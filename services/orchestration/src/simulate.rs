@@ -166,6 +166,7 @@ impl Orchestration {
             channels: Vec::new(),
             campaigns: Vec::new(),
             at: cx.at,
+            occurrence: None,
         };
         let mut explanation = Explanation::default();
         let mut open: Vec<Open> = Vec::new();
@@ -199,6 +200,7 @@ impl Orchestration {
                 explanation: &explanation,
                 ws,
                 draws: 0,
+                drawn: None,
             },
         );
         let blocked_reason = |e: &Explanation| {

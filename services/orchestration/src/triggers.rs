@@ -115,9 +115,11 @@ impl Orchestration {
         self.store.add_triggers(&queued).await
     }
 
-    /// The worker that decides the triggers come due.
+    /// The worker that decides the triggers come due, and the one that follows
+    /// audiences and schedules.
     pub fn spawn_triggers(&self, stop: CancellationToken) -> JoinSet<()> {
         let mut set = JoinSet::new();
+        set.spawn(self.clone().follow(stop.clone()));
         let this = self.clone();
         set.spawn(async move {
             loop {
@@ -165,6 +167,7 @@ impl Orchestration {
             channels: Vec::new(),
             campaigns: vec![t.campaign.clone()],
             at: Utc::now(),
+            occurrence: crate::follow::occurrence_of(&t.cause),
         };
         match self.decide(&caller, &input).await {
             Ok((decision, _)) => {

@@ -3,11 +3,13 @@
 use async_trait::async_trait;
 use corvus_proto::common::v1::{Event, StoredEvent};
 use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
+use corvus_proto::orchestration::v1::DecisionLogEntry;
 use prost::Message;
 
 use crate::store::LoggedEvent;
 
-/// What a log hands on: ingestion's log hands `StoredEvent`s, identity's `LogEntry`s.
+/// What a log hands on: ingestion's log hands `StoredEvent`s, identity's `LogEntry`s,
+/// orchestration's `DecisionLogEntry`s.
 pub trait Entry: Send + Sync + Sized + 'static {
     /// The entry as the consumer receives it.
     fn from_logged(logged: &LoggedEvent) -> Result<Self, String>;
@@ -120,5 +122,28 @@ impl Entry for LogEntry {
             profile: erased.profile_ids.first()?,
             change_id: &change.change_id,
         })
+    }
+}
+
+impl Entry for DecisionLogEntry {
+    /// The log row holds the whole entry.
+    fn from_logged(e: &LoggedEvent) -> Result<Self, String> {
+        match DecisionLogEntry::decode(e.payload.as_slice()) {
+            Ok(entry) if entry.decision.is_some() => Ok(entry),
+            Ok(_) => Err("a decision log entry without a decision".to_owned()),
+            Err(err) => Err(format!("undecodable decision log entry: {err}")),
+        }
+    }
+
+    fn id(&self) -> &str {
+        self.decision.as_ref().map_or("", |d| &d.decision_id)
+    }
+
+    fn received_at(&self) -> Option<&prost_types::Timestamp> {
+        self.decision.as_ref()?.decided_at.as_ref()
+    }
+
+    fn key(&self) -> &str {
+        self.decision.as_ref().map_or("", |d| &d.profile_id)
     }
 }

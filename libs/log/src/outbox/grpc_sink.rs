@@ -4,6 +4,7 @@ use corvus_proto::common::v1::StoredEvent;
 use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry};
 use corvus_proto::ingestion::v1::DeliverRequest;
 use corvus_proto::ingestion::v1::event_consumer_service_client::EventConsumerServiceClient;
+use corvus_proto::orchestration::v1::DecisionLogEntry;
 use secrecy::ExposeSecret;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -16,7 +17,8 @@ use super::discovery::{self, Resolve};
 use super::{ConsumerConfig, EventSink, Failure};
 
 /// A consumer that is a service implementing `corvus.ingestion.v1.EventConsumerService`:
-/// of ingestion's log (`events`) or of identity's (`entries`). The channel connects
+/// of ingestion's log (`events`), of identity's (`entries`) or of orchestration's
+/// (`decisions`). The channel connects
 /// lazily and reconnects by itself, balanced over the pods of a headless Service
 /// (`discovery`); the trace context of the delivery and the key (a Corvus service's
 /// consumer requires one of role `service`) travel in the metadata.
@@ -123,7 +125,7 @@ impl EventSink<StoredEvent> for GrpcSink {
         let request = DeliverRequest {
             consumer: self.consumer.clone(),
             events: events.to_vec(),
-            entries: Vec::new(),
+            ..Default::default()
         };
         Ok(self.send(request).await?.0)
     }
@@ -146,9 +148,21 @@ impl EventSink<LogEntry> for GrpcSink {
         }
         self.send(DeliverRequest {
             consumer: self.consumer.clone(),
-            events: Vec::new(),
             entries,
+            ..Default::default()
         })
         .await
+    }
+}
+
+#[async_trait]
+impl EventSink<DecisionLogEntry> for GrpcSink {
+    async fn deliver(&self, decisions: &[DecisionLogEntry]) -> Result<Vec<Failure>, String> {
+        let request = DeliverRequest {
+            consumer: self.consumer.clone(),
+            decisions: decisions.to_vec(),
+            ..Default::default()
+        };
+        Ok(self.send(request).await?.0)
     }
 }

@@ -575,8 +575,7 @@ async fn services_apart_lose_nothing_when_killed() {
     let refused = deliver
         .deliver(DeliverRequest {
             consumer: "identity".into(),
-            events: vec![],
-            entries: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();

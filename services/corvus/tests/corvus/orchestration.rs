@@ -6,6 +6,8 @@
 
 use corvus_proto::common::v1::{Channel, Event, EventType, Identifier};
 use corvus_proto::identity::v1 as idpb;
+use corvus_proto::ingestion::v1::event_consumer_service_server::{EventConsumerService, EventConsumerServiceServer};
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse};
 use corvus_proto::orchestration::v1 as pb;
 use corvus_proto::orchestration::v1::orchestration_service_client::OrchestrationServiceClient;
 use corvus_proto::raw::RawStruct;
@@ -18,10 +20,11 @@ use tonic::transport::Channel as GrpcChannel;
 use crate::audiences::{audience, built, compare};
 use crate::identity::send;
 use crate::scoring::{profile_of, track};
-use crate::support::{Key, TestApp, spawn};
+use crate::support::{Key, TestApp, spawn, spawn_with};
 
 on_both_backends!(
     decide_through_the_api,
+    entering_an_audience_triggers_a_campaign,
     bad_campaigns_and_people_are_refused,
     a_detractor_reaches_the_alert_stream
 );
@@ -97,8 +100,47 @@ async fn decide(client: &mut OrchestrationClient, email: &str) -> Result<pb::Dec
         .map(|r| r.into_inner())
 }
 
+/// A service that consumes orchestration's log over gRPC, as measurement would apart:
+/// the decisions handed to it, in order.
+#[derive(Clone, Default)]
+struct DecisionSink {
+    received: std::sync::Arc<std::sync::Mutex<Vec<pb::Decision>>>,
+}
+
+#[tonic::async_trait]
+impl EventConsumerService for DecisionSink {
+    async fn deliver(
+        &self,
+        request: tonic::Request<DeliverRequest>,
+    ) -> Result<tonic::Response<DeliverResponse>, tonic::Status> {
+        let mut received = self.received.lock().unwrap();
+        received.extend(request.into_inner().decisions.into_iter().filter_map(|e| e.decision));
+        Ok(tonic::Response::new(DeliverResponse::default()))
+    }
+}
+
+/// Serves `sink` on an ephemeral port; its endpoint.
+async fn serve_sink(sink: DecisionSink) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EventConsumerServiceServer::new(sink))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    endpoint
+}
+
 async fn decide_through_the_api(backend: Backend) {
-    let Some(app) = spawn(backend).await else {
+    let sink = DecisionSink::default();
+    let endpoint = serve_sink(sink.clone()).await;
+    let Some(app) = spawn_with(backend, |c| {
+        c.orchestration
+            .consumers
+            .push(corvus_ingestion::outbox::ConsumerConfig::new("exports", &endpoint));
+    })
+    .await
+    else {
         return;
     };
     let who = ("user_id", "ada@example.com");
@@ -200,6 +242,25 @@ async fn decide_through_the_api(backend: Backend) {
         .decisions;
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].decision_id, decision.decision_id);
+    // The decisions went on through orchestration's log to the service configured, in
+    // order, as they were logged; its consumers have nothing left to take.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let consumers = reader
+            .list_consumers(pb::ListConsumersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .consumers;
+        let names: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["exports", "policy"]);
+        if consumers.iter().all(|c| c.lag == 0) && sink.received.lock().unwrap().len() == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{consumers:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(*sink.received.lock().unwrap(), listed);
 
     // Paused by its tag: nothing is chosen.
     let paused = admin
@@ -300,6 +361,84 @@ async fn decide_through_the_api(backend: Backend) {
     app.stop().await;
 }
 
+/// A campaign triggered by entering a scoring audience: the person who comes to match
+/// it after the campaign went live is decided for, through scoring's stream of changes.
+async fn entering_an_audience_triggers_a_campaign(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let who = ("user_id", "bo@example.com");
+    send(
+        &app,
+        vec![
+            identify("i-1", "bo@example.com", json!({"plan": "free"})),
+            track(
+                "c-1",
+                who,
+                "Consent Updated",
+                crate::scoring::at(1, 10),
+                json!({"purpose": "marketing", "channel": "email", "granted": true}),
+            ),
+        ],
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut scoring = crate::scoring::scoring(&app, &app.admin_key).await;
+    scoring
+        .create_audience(audience(
+            "on_pro",
+            compare("traits.plan", corvus_proto::scoring::v1::Operator::Eq, json!("pro")),
+        ))
+        .await
+        .unwrap();
+    built(&mut scoring).await;
+    let mut admin = orchestration(&app, &app.admin_key).await;
+    admin
+        .create_campaign(pb::CreateCampaignRequest {
+            campaign: Some(pb::Campaign {
+                quiet_hours: None,
+                trigger: Some(pb::Trigger {
+                    trigger: Some(pb::trigger::Trigger::AudienceEntered("on_pro".to_owned())),
+                }),
+                ..welcome("upgraded")
+            }),
+        })
+        .await
+        .unwrap();
+    admin
+        .set_campaign_state(pb::SetCampaignStateRequest {
+            name: "upgraded".to_owned(),
+            state: pb::CampaignState::Live as i32,
+        })
+        .await
+        .unwrap();
+    // Orchestration looks at its live campaigns every second, and follows the audience
+    // from then on.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    send(&app, vec![identify("i-2", "bo@example.com", json!({"plan": "pro"}))]).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let decisions = loop {
+        let decisions = admin
+            .list_decisions(pb::ListDecisionsRequest {
+                campaign: "upgraded".to_owned(),
+                page: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decisions;
+        if !decisions.is_empty() || tokio::time::Instant::now() > deadline {
+            break decisions;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].placement, "trigger: entered on_pro");
+    assert_eq!(decisions[0].channel, Channel::Email as i32);
+    app.stop().await;
+}
+
 async fn bad_campaigns_and_people_are_refused(backend: Backend) {
     let Some(app) = spawn(backend).await else {
         return;
@@ -310,7 +449,7 @@ async fn bad_campaigns_and_people_are_refused(backend: Backend) {
         change(&mut c);
         pb::CreateCampaignRequest { campaign: Some(c) }
     };
-    let cases: [Spoiler<pb::Campaign>; 7] = [
+    let cases: [Spoiler<pb::Campaign>; 8] = [
         (
             |c| {
                 c.arms = vec![
@@ -339,6 +478,18 @@ async fn bad_campaigns_and_people_are_refused(backend: Backend) {
         (
             |c| c.quiet_hours.as_mut().unwrap().end = "8am".into(),
             "campaign.quiet_hours.end",
+        ),
+        // A schedule sends to an audience's members: it needs one.
+        (
+            |c| {
+                c.trigger = Some(pb::Trigger {
+                    trigger: Some(pb::trigger::Trigger::Schedule(pb::Schedule {
+                        days: vec![1],
+                        at: "09:00".into(),
+                    })),
+                })
+            },
+            "campaign.audience",
         ),
     ];
     for (change, field) in cases {

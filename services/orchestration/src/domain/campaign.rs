@@ -240,6 +240,12 @@ impl Definition {
         }
         if let Some(trigger) = &self.trigger {
             self.check_trigger(trigger)?;
+            if matches!(trigger, Trigger::Schedule { .. }) && self.audience.is_empty() {
+                return Err(bad(
+                    "audience",
+                    "a scheduled campaign sends to the members of an audience: name one",
+                ));
+            }
         }
         if self.actions.is_empty() {
             return Err(bad("actions", "a campaign needs at least one action"));

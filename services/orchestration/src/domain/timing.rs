@@ -57,7 +57,7 @@ pub fn after_quiet_hours(at: DateTime<Utc>, start: LocalTime, end: LocalTime, tz
 
 /// The instant of a local day and minute in `tz`; across a gap (spring forward), the
 /// first instant after it.
-fn local_instant(day: NaiveDate, minute: u32, tz: Tz) -> DateTime<Utc> {
+pub fn local_instant(day: NaiveDate, minute: u32, tz: Tz) -> DateTime<Utc> {
     let naive = day
         .and_hms_opt(minute / 60, minute % 60, 0)
         .expect("a valid time of day");
@@ -68,6 +68,17 @@ fn local_instant(day: NaiveDate, minute: u32, tz: Tz) -> DateTime<Utc> {
         }
     }
     naive.and_utc()
+}
+
+/// The next `minute` of the day (local) at or after `at`, within a day.
+pub fn next_local(at: DateTime<Utc>, minute: u32, tz: Tz) -> DateTime<Utc> {
+    let local = at.with_timezone(&tz);
+    let now = local.hour() * 60 + local.minute();
+    let day = match now <= minute {
+        true => local.date_naive(),
+        false => local.date_naive() + Duration::days(1),
+    };
+    local_instant(day, minute, tz).max(at)
 }
 
 /// The next start of `hour` (0–23, local) at or after `at`, within a day.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corvus_log::store::{EventLog, NewEvent, PgEventLog, SqliteEventLog};
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
 use serde::{Deserialize, Serialize};
@@ -130,6 +131,8 @@ pub enum Reason {
     Control,
     /// Paused, ended or changed since the decision began.
     State,
+    /// A scheduled send whose time had passed in the person's zone.
+    Schedule,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,8 +208,14 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
     /// Sends spent of a campaign's budget.
     async fn spent(&self, ws: &WorkspaceId, campaign: &str) -> Result<u64, StorageError>;
 
-    /// Counts a decision that sent as a trial of its cell.
-    async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError>;
+    /// Counts the decisions among `ids` that sent, and were not counted yet, as trials of
+    /// their cells: however often a decision is handed over, it is counted once. Returns
+    /// how many were counted now.
+    async fn count_trials(&self, ws: &WorkspaceId, ids: &[Uuid]) -> Result<u64, StorageError>;
+
+    /// Orchestration's log of decisions, over the same database: `decide` writes each
+    /// decision's entry in its own transaction.
+    fn log(&self) -> Arc<dyn EventLog>;
 
     async fn decision(&self, ws: &WorkspaceId, id: Uuid) -> Result<Option<Decision>, StorageError>;
 
@@ -242,15 +251,19 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
     /// outcomes find their decisions.
     async fn merge(&self, ws: &WorkspaceId, survivor: ProfileId, merged: &[ProfileId]) -> Result<(), StorageError>;
 
-    /// Deletes what is kept of the profiles: decisions, sends, aliases. Returns the rows
-    /// deleted.
+    /// Deletes what is kept of the profiles: decisions (and their entries in the log),
+    /// sends, aliases. Returns the rows deleted.
     async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError>;
 }
 
 pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn OrchestrationStore>, StorageError> {
     Ok(match Database::connect(config, SCHEMA, &migrators()).await? {
-        Database::Postgres(pool) => Arc::new(PgOrchestrationStore { pool }),
+        Database::Postgres(pool) => Arc::new(PgOrchestrationStore {
+            log: Arc::new(PgEventLog::new(pool.clone(), crate::log::CHANNEL)),
+            pool,
+        }),
         Database::Sqlite(pool) => Arc::new(SqliteOrchestrationStore {
+            log: Arc::new(SqliteEventLog::new(pool.clone())),
             pool,
             writer: Mutex::new(()),
         }),
@@ -259,10 +272,12 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn OrchestrationStor
 
 pub struct PgOrchestrationStore {
     pool: PgPool,
+    log: Arc<dyn EventLog>,
 }
 
 pub struct SqliteOrchestrationStore {
     pool: SqlitePool,
+    log: Arc<dyn EventLog>,
     /// SQLite takes one writer at a time: writers queue here rather than on the file.
     writer: Mutex<()>,
 }
@@ -460,6 +475,7 @@ macro_rules! orchestration_store {
                 .bind(serde_json::to_string(d).expect("a decision serialises"))
                 .execute(&mut *tx)
                 .await?;
+                Self::log_in(&mut tx, ws, &[crate::log::entry(ws, d)]).await?;
                 if let Some(touch) = &writes.touch {
                     sqlx::query(
                         "INSERT INTO touches (workspace_id, profile_id, campaign, channel, at, local_day, decision_id) \
@@ -493,6 +509,7 @@ macro_rules! orchestration_store {
                     .await?;
                 }
                 tx.commit().await?;
+                self.log.wake();
                 Ok(Recorded::Written(Box::new(writes)))
             }
 
@@ -524,22 +541,51 @@ macro_rules! orchestration_store {
                 Ok(spent.map_or(0, |s| s.0 as u64))
             }
 
-            async fn count_trial(&self, ws: &WorkspaceId, cell: &Cell) -> Result<(), StorageError> {
-                let _guard = self.writer_guard().await;
-                sqlx::query(
-                    "INSERT INTO outcomes (workspace_id, campaign, segment, action, channel, trials) \
-                     VALUES ($1, $2, $3, $4, $5, 1) \
-                     ON CONFLICT (workspace_id, campaign, segment, action, channel) \
-                     DO UPDATE SET trials = outcomes.trials + 1",
-                )
-                .bind(ws.as_str())
-                .bind(&cell.campaign)
-                .bind(&cell.segment)
-                .bind(&cell.action)
-                .bind(&cell.channel)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
+            async fn count_trials(&self, ws: &WorkspaceId, ids: &[Uuid]) -> Result<u64, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let mut cells: HashMap<Cell, i64> = HashMap::new();
+                for id in ids {
+                    let cell: Option<(String, String, String, String)> = sqlx::query_as(
+                        "UPDATE decisions SET counted = true \
+                         WHERE workspace_id = $1 AND decision_id = $2 AND NOT counted AND channel <> '' \
+                         RETURNING campaign, segment, action, channel",
+                    )
+                    .bind(ws.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((campaign, segment, action, channel)) = cell {
+                        let cell = Cell {
+                            campaign,
+                            segment,
+                            action,
+                            channel,
+                        };
+                        *cells.entry(cell).or_default() += 1;
+                    }
+                }
+                for (cell, n) in &cells {
+                    sqlx::query(
+                        "INSERT INTO outcomes (workspace_id, campaign, segment, action, channel, trials) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (workspace_id, campaign, segment, action, channel) \
+                         DO UPDATE SET trials = outcomes.trials + $6",
+                    )
+                    .bind(ws.as_str())
+                    .bind(&cell.campaign)
+                    .bind(&cell.segment)
+                    .bind(&cell.action)
+                    .bind(&cell.channel)
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(cells.values().sum::<i64>() as u64)
+            }
+
+            fn log(&self) -> Arc<dyn EventLog> {
+                self.log.clone()
             }
 
             async fn decision(&self, ws: &WorkspaceId, id: Uuid) -> Result<Option<Decision>, StorageError> {
@@ -669,6 +715,21 @@ macro_rules! orchestration_store {
             }
 
             async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError> {
+                // The log's entries first: should what follows fail, the erasure is
+                // delivered again and finds the decisions still there to name them.
+                let mut ids = Vec::new();
+                for id in profiles {
+                    let decided: Vec<(Uuid,)> =
+                        sqlx::query_as("SELECT decision_id FROM decisions WHERE workspace_id = $1 AND profile_id = $2")
+                            .bind(ws.as_str())
+                            .bind(id.as_uuid())
+                            .fetch_all(&self.pool)
+                            .await?;
+                    ids.extend(decided.into_iter().map(|d| d.0.to_string()));
+                }
+                if !ids.is_empty() {
+                    self.log.erase(ws, &ids).await?;
+                }
                 let (_guard, mut tx) = self.begin().await?;
                 let mut removed = 0;
                 for id in profiles {
@@ -707,11 +768,23 @@ impl PgOrchestrationStore {
     async fn writer_guard(&self) -> Guard<'_> {
         None
     }
+
+    async fn log_in(conn: &mut sqlx::PgConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
+        PgEventLog::insert_in(conn, ws, entries).await
+    }
 }
 
 impl SqliteOrchestrationStore {
     async fn writer_guard(&self) -> Guard<'_> {
         Some(self.writer.lock().await)
+    }
+
+    async fn log_in(
+        conn: &mut sqlx::SqliteConnection,
+        ws: &WorkspaceId,
+        entries: &[NewEvent],
+    ) -> Result<(), sqlx::Error> {
+        SqliteEventLog::insert_in(conn, ws, entries).await
     }
 }
 

@@ -65,6 +65,23 @@ pub trait TriggerStore: Send + Sync {
 
     async fn remove_trigger(&self, id: Uuid) -> Result<(), StorageError>;
 
+    /// Where the cursor `key` of the workspace stands (`None` before it first moved).
+    async fn trigger_cursor(&self, ws: &WorkspaceId, key: &str) -> Result<Option<i64>, StorageError>;
+
+    /// Moves the cursor from `from` to `to` and queues `triggers`, in one transaction;
+    /// false, with nothing queued, when the cursor was no longer at `from`.
+    async fn advance_trigger_cursor(
+        &self,
+        ws: &WorkspaceId,
+        key: &str,
+        from: Option<i64>,
+        to: i64,
+        triggers: &[Pending],
+    ) -> Result<bool, StorageError>;
+
+    /// The workspaces with a live campaign.
+    async fn live_workspaces(&self) -> Result<Vec<WorkspaceId>, StorageError>;
+
     /// The score last seen of a person for a campaign, and records `value` as it.
     async fn swap_score(
         &self,
@@ -95,14 +112,11 @@ fn pending_of(row: Row) -> Result<Pending, StorageError> {
 }
 
 macro_rules! trigger_store {
-    ($Store:ident) => {
-        #[async_trait]
-        impl TriggerStore for $Store {
-            async fn add_triggers(&self, triggers: &[Pending]) -> Result<(), StorageError> {
-                if triggers.is_empty() {
-                    return Ok(());
-                }
-                let (_guard, mut tx) = self.begin().await?;
+    ($Store:ident, $Db:ty) => {
+        impl $Store {
+            /// Queues triggers in the transaction; a score look already waiting for a
+            /// campaign and person is not queued twice.
+            async fn queue_in(tx: &mut sqlx::Transaction<'_, $Db>, triggers: &[Pending]) -> Result<(), sqlx::Error> {
                 for t in triggers {
                     let sql = match t.kind {
                         TriggerKind::Event => {
@@ -124,11 +138,82 @@ macro_rules! trigger_store {
                         .bind(micros(t.due_at))
                         .bind(&t.unless)
                         .bind(&t.cause)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                 }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl TriggerStore for $Store {
+            async fn add_triggers(&self, triggers: &[Pending]) -> Result<(), StorageError> {
+                if triggers.is_empty() {
+                    return Ok(());
+                }
+                let (_guard, mut tx) = self.begin().await?;
+                Self::queue_in(&mut tx, triggers).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn trigger_cursor(&self, ws: &WorkspaceId, key: &str) -> Result<Option<i64>, StorageError> {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT position FROM trigger_cursors WHERE workspace_id = $1 AND key = $2")
+                        .bind(ws.as_str())
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn advance_trigger_cursor(
+                &self,
+                ws: &WorkspaceId,
+                key: &str,
+                from: Option<i64>,
+                to: i64,
+                triggers: &[Pending],
+            ) -> Result<bool, StorageError> {
+                let (_guard, mut tx) = self.begin().await?;
+                let moved = match from {
+                    None => sqlx::query(
+                        "INSERT INTO trigger_cursors (workspace_id, key, position) VALUES ($1, $2, $3) \
+                         ON CONFLICT (workspace_id, key) DO NOTHING",
+                    )
+                    .bind(ws.as_str())
+                    .bind(key)
+                    .bind(to)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    Some(from) => sqlx::query(
+                        "UPDATE trigger_cursors SET position = $3 WHERE workspace_id = $1 AND key = $2 AND position = $4",
+                    )
+                    .bind(ws.as_str())
+                    .bind(key)
+                    .bind(to)
+                    .bind(from)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                };
+                if moved == 0 {
+                    return Ok(false);
+                }
+                Self::queue_in(&mut tx, triggers).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn live_workspaces(&self) -> Result<Vec<WorkspaceId>, StorageError> {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as("SELECT DISTINCT workspace_id FROM campaigns WHERE state = 'live'")
+                        .fetch_all(&self.pool)
+                        .await?;
+                rows.into_iter()
+                    .map(|(ws,)| ws.parse().map_err(|e| undecodable("campaign's workspace", e)))
+                    .collect()
             }
 
             async fn cancel_triggers(
@@ -217,5 +302,5 @@ macro_rules! trigger_store {
     };
 }
 
-trigger_store!(PgOrchestrationStore);
-trigger_store!(SqliteOrchestrationStore);
+trigger_store!(PgOrchestrationStore, sqlx::Postgres);
+trigger_store!(SqliteOrchestrationStore, sqlx::Sqlite);

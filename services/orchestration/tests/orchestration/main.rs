@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_orchestration::domain::campaign::Definition;
 use corvus_orchestration::domain::policy;
-use corvus_orchestration::people::{Caller, Consent, Directory, Person, Targets, Who};
+use corvus_orchestration::people::{AudienceChange, Caller, Changes, Consent, Directory, Person, Targets, Who};
 use corvus_orchestration::service::DecideInput;
 use corvus_orchestration::storage::{self, Reason, State};
 use corvus_orchestration::{Orchestration, OrchestrationConfig, OrchestrationError};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod alerts;
 mod delivery;
+mod log;
 mod simulate;
 mod triggers;
 
@@ -34,8 +35,10 @@ use alerts::{
     complaints_and_negative_chats_raise_alerts_of_their_kinds, replicas_raise_one_alert_and_stream_it,
 };
 use delivery::each_send_goes_once_through_its_connector;
+use futures::StreamExt as _;
+use log::decisions_are_handed_on_once_in_order_and_erased;
 use simulate::a_simulation_decides_for_the_audience_and_changes_nothing;
-use triggers::triggers_decide_on_events_waits_and_scores;
+use triggers::{triggers_decide_on_events_waits_and_scores, triggers_follow_audiences_and_schedules};
 
 on_both_backends!(
     a_detractor_raises_one_alert_per_cooldown,
@@ -45,7 +48,9 @@ on_both_backends!(
     alerts_are_acknowledged_assigned_moved_and_erased,
     alert_webhooks_are_signed_retried_and_independent,
     each_send_goes_once_through_its_connector,
+    decisions_are_handed_on_once_in_order_and_erased,
     triggers_decide_on_events_waits_and_scores,
+    triggers_follow_audiences_and_schedules,
     a_simulation_decides_for_the_audience_and_changes_nothing,
     campaigns_are_versioned_and_move_through_states,
     caps_hold_under_concurrent_decisions_across_replicas,
@@ -63,6 +68,10 @@ struct People {
     audiences: Vec<String>,
     /// Audience members identity no longer knows.
     gone: std::sync::Mutex<Vec<ProfileId>>,
+    /// Every audience's entries and exits, in order (sequence = index + 1).
+    changes: Arc<std::sync::Mutex<Vec<AudienceChange>>>,
+    /// Streams of changes opened.
+    followers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl People {
@@ -105,6 +114,25 @@ impl Directory for People {
             .collect();
         members.extend(self.gone.lock().unwrap().iter().copied());
         Ok(Some(members))
+    }
+
+    async fn audience_changes(&self, _: &Caller, _: &str, after: Option<u64>) -> Result<Changes, String> {
+        let changes = self.changes.clone();
+        let from = after.unwrap_or(changes.lock().unwrap().len() as u64);
+        self.followers.fetch_add(1, Ordering::SeqCst);
+        // Polls the list, as scoring's stream waits for news.
+        Ok(futures::stream::unfold(from, move |seen| {
+            let changes = changes.clone();
+            async move {
+                loop {
+                    if let Some(next) = changes.lock().unwrap().get(seen as usize).cloned() {
+                        return Some((Ok(next), seen + 1));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .boxed())
     }
 }
 
@@ -184,6 +212,7 @@ fn input(profile: ProfileId, when: DateTime<Utc>) -> DecideInput {
         channels: Vec::new(),
         campaigns: Vec::new(),
         at: when,
+        occurrence: None,
     }
 }
 
@@ -554,6 +583,9 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         return;
     };
     let o = setup.replica().await;
+    // The policy's consumer of the decision log counts each send as a trial.
+    let stop = CancellationToken::new();
+    let _log = o.spawn_log(Vec::new(), stop.clone());
     launch(
         &o,
         campaign(serde_json::json!({"actions": [{"name": "good"}, {"name": "bad"}]})),
@@ -577,9 +609,12 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         }
     }
     // The policy has learnt: "good" now wins nearly every draw, and "bad" keeps ε.
+    log::settled(&o).await;
     let p = setup.people.add(consenting());
     let d = o.decide(&caller(), &input(p, when)).await.unwrap().0.unwrap();
     let candidates = &d.explanation.eligible;
+    let trials: f64 = candidates.iter().map(|c| c.trials).sum();
+    assert_eq!(trials, 60.0, "each send counted once: {candidates:?}");
     let good = candidates.iter().find(|c| c.action == "good").unwrap();
     let bad = candidates.iter().find(|c| c.action == "bad").unwrap();
     assert!(good.propensity > 0.85, "{candidates:?} after {chose:?}");

@@ -92,3 +92,89 @@ pub async fn triggers_decide_on_events_waits_and_scores(backend: Backend) {
     stop.cancel();
     while workers.join_next().await.is_some() {}
 }
+
+/// Campaigns triggered from outside a person's events, followed by two replicas: one
+/// decision per person entering an audience (none for an exit), and one per member for
+/// a schedule's occurrence, sent at its time on that date in each member's zone.
+pub async fn triggers_follow_audiences_and_schedules(backend: Backend) {
+    let Some(setup) = Setup::new(backend).await else {
+        return;
+    };
+    let (a, b) = (setup.replica().await, setup.replica().await);
+    launch(
+        &a,
+        campaign(serde_json::json!({"name": "hello_vip", "trigger": {"audience_entered": "vip"}})),
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let _workers = [a.spawn_triggers(stop.clone()), b.spawn_triggers(stop.clone())];
+    let decided = async |campaign: &str| a.store.decisions(&ws(), Some(campaign), None, 100).await.unwrap();
+    let wait_for = async |campaign: &str, n: usize| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while decided(campaign).await.len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Anything more would show by now.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        decided(campaign).await
+    };
+    // Both replicas follow the audience before anyone enters it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while setup.people.followers.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let entering: Vec<ProfileId> = (0..6).map(|_| setup.people.add(consenting())).collect();
+    {
+        let mut changes = setup.people.changes.lock().unwrap();
+        for (i, p) in entering.iter().enumerate() {
+            let sequence = changes.len() as u64 + 1;
+            changes.push(AudienceChange {
+                sequence,
+                profile: *p,
+                // The last one leaves rather than enters.
+                entered: i < 5,
+            });
+        }
+    }
+    let hello = wait_for("hello_vip", 5).await;
+    let mut greeted: Vec<ProfileId> = hello.iter().map(|d| d.profile).collect();
+    greeted.sort();
+    let mut expected = entering[..5].to_vec();
+    expected.sort();
+    assert_eq!(greeted, expected, "one decision per entry, none for the exit");
+    assert!(hello.iter().all(|d| d.placement == "trigger: entered vip"), "{hello:?}");
+
+    // A schedule whose time came half an hour ago in UTC+14, the first zone: its
+    // occurrence is today's date there, sent now to a member there and 24 hours later
+    // to one in UTC-10.
+    let first =
+        Utc::now().with_timezone(&chrono::FixedOffset::east_opt(14 * 3600).unwrap()) - chrono::Duration::minutes(30);
+    let time = first.format("%H:%M").to_string();
+    let date = first.date_naive();
+    let vip = |zone: &str| {
+        let mut person = consenting();
+        person.audiences = vec!["vip".to_owned()];
+        person.time_zone = Some(zone.to_owned());
+        setup.people.add(person)
+    };
+    let (kiritimati, honolulu) = (vip("Pacific/Kiritimati"), vip("Pacific/Honolulu"));
+    launch(
+        &b,
+        campaign(serde_json::json!({
+            "name": "daily", "audience": "vip", "trigger": {"schedule": {"at": time}},
+        })),
+    )
+    .await;
+    let daily = wait_for("daily", 2).await;
+    assert_eq!(daily.len(), 2, "each member once: {daily:?}");
+    let of = |p: ProfileId| daily.iter().find(|d| d.profile == p).unwrap();
+    let local = date.and_time(chrono::NaiveTime::parse_from_str(&time, "%H:%M").unwrap());
+    assert_eq!(
+        of(kiritimati).send_at,
+        of(kiritimati).decided_at,
+        "its time has come there"
+    );
+    assert_eq!(of(honolulu).send_at, (local + chrono::Duration::hours(10)).and_utc());
+    assert_eq!(of(honolulu).placement, format!("trigger: schedule {date}"));
+    stop.cancel();
+}
