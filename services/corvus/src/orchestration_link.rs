@@ -14,7 +14,7 @@ use corvus_proto::common::v1::Event;
 use corvus_proto::common::v1::{Identifier, PageRequest};
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::identity::v1::identity_service_server::IdentityService;
-use corvus_proto::identity::v1::{GetProfileRequest, get_profile_request};
+use corvus_proto::identity::v1::{GetProfileRequest, ListProfilesRequest, get_profile_request};
 use corvus_proto::ingestion::v1::IngestRequest;
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::ingestion_service_server::IngestionService;
@@ -177,6 +177,34 @@ impl Directory for People {
             token = page.page.map(|p| p.next_page_token).unwrap_or_default();
             if token.is_empty() {
                 return Ok(Some(members));
+            }
+        }
+    }
+
+    async fn population(&self, caller: &Caller) -> Result<Vec<ProfileId>, String> {
+        let mut everyone = Vec::new();
+        let mut token = String::new();
+        loop {
+            let request = ListProfilesRequest {
+                page: Some(PageRequest {
+                    page_size: 1_000,
+                    page_token: token.clone(),
+                }),
+            };
+            let answered = match &self.identity {
+                IdentityLink::Local(api) => api.list_profiles(as_principal(&caller.principal, request)).await,
+                IdentityLink::Remote(client) => {
+                    client.clone().list_profiles(as_caller(&caller.metadata, request)).await
+                }
+                IdentityLink::Missing => {
+                    return Err("orchestration has no identity to ask: set orchestration.identity_endpoint".to_owned());
+                }
+            };
+            let page = answer("identity", answered)?.unwrap_or_default();
+            everyone.extend(page.profile_ids.iter().filter_map(|id| id.parse::<ProfileId>().ok()));
+            token = page.page.map(|p| p.next_page_token).unwrap_or_default();
+            if token.is_empty() {
+                return Ok(everyone);
             }
         }
     }

@@ -128,6 +128,19 @@ impl IdentityService for IdentityApi {
         }))
     }
 
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "list profiles")?;
+        let (size, after) = page::<ProfileId>(request.get_ref().page.as_ref())?;
+        let ids = self.identity.profile_ids(&principal.workspace, after, size).await?;
+        Ok(Response::new(pb::ListProfilesResponse {
+            page: next_page(ids.len(), size, ids.last()),
+            profile_ids: ids.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
     async fn unmerge(&self, request: Request<pb::UnmergeRequest>) -> Result<Response<pb::UnmergeResponse>, Status> {
         let principal = authorise(&request, Role::Admin, "undo merges")?;
         let merge_id = &request.get_ref().merge_id;

@@ -370,6 +370,15 @@ impl Identity {
         }))
     }
 
+    pub async fn profile_ids(
+        &self,
+        ws: &WorkspaceId,
+        after: Option<ProfileId>,
+        limit: u32,
+    ) -> Result<Vec<ProfileId>, IdentityError> {
+        Ok(self.store.profile_ids(ws, after, limit).await?)
+    }
+
     pub async fn merges(
         &self,
         ws: &WorkspaceId,

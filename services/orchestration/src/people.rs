@@ -176,6 +176,10 @@ pub trait Directory: Send + Sync {
     /// The members of a scoring audience, or `None` for an unknown audience.
     async fn members(&self, caller: &Caller, audience: &str) -> Result<Option<Vec<ProfileId>>, String>;
 
+    /// Every person of the workspace (each profile that stands), for what targets
+    /// everyone or a segment.
+    async fn population(&self, caller: &Caller) -> Result<Vec<ProfileId>, String>;
+
     /// A scoring audience's entries and exits after the change `after` (from now on
     /// when `None`), as they happen; the stream ends with an error when the audience is
     /// deleted or scoring cannot be asked.

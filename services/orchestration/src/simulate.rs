@@ -1,5 +1,6 @@
-//! SimulateCampaign: Decide, run for every member of a campaign's audience as things
-//! stand, with the campaign as if it were live, sending and logging nothing.
+//! SimulateCampaign: Decide, run for every person a campaign targets (its audience's
+//! members, its segment's, or everyone) as things stand, with the campaign as if it
+//! were live, sending and logging nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct Simulation {
 
 /// One person's answer.
 enum Outcome {
+    /// Not in the segment the campaign targets.
+    Outside,
     Unknown,
     Sends {
         action: String,
@@ -61,21 +64,23 @@ impl Orchestration {
             .await?
             .ok_or_else(|| OrchestrationError::NotFound(format!("no campaign {name:?} at that version")))?;
         let def = &stored.definition;
-        if def.audience.is_empty() {
-            return Err(OrchestrationError::Precondition(format!(
-                "campaign {name:?} targets {}: a simulation runs over an audience",
-                match def.segment.is_empty() {
-                    true => "everyone".to_owned(),
-                    false => format!("segment {:?}", def.segment),
-                }
-            )));
-        }
-        let members = self
-            .directory
-            .members(caller, &def.audience)
-            .await
-            .map_err(OrchestrationError::Unavailable)?
-            .ok_or_else(|| OrchestrationError::Precondition(format!("audience {:?} no longer exists", def.audience)))?;
+        // An audience's members; for a segment, or everyone, every person of the
+        // workspace (those outside the segment are left out as they come).
+        let members = match def.audience.is_empty() {
+            true => self
+                .directory
+                .population(caller)
+                .await
+                .map_err(OrchestrationError::Unavailable)?,
+            false => self
+                .directory
+                .members(caller, &def.audience)
+                .await
+                .map_err(OrchestrationError::Unavailable)?
+                .ok_or_else(|| {
+                    OrchestrationError::Precondition(format!("audience {:?} no longer exists", def.audience))
+                })?,
+        };
         let live = self.live(ws).await?;
         // The campaign as if live, beside the live others.
         let simulated = Arc::new(Stored {
@@ -104,6 +109,7 @@ impl Orchestration {
         let context = Context {
             campaigns: &campaigns,
             simulated: &def.name,
+            segment: &def.segment,
             states: &states,
             evidence: &evidence,
             control_share: live.control_share,
@@ -122,6 +128,7 @@ impl Orchestration {
         };
         for outcome in outcomes {
             match outcome? {
+                Outcome::Outside => sim.audience -= 1,
                 Outcome::Unknown => sim.unknown += 1,
                 Outcome::Blocked(reason) => *sim.blocked.entry(reason).or_default() += 1,
                 Outcome::Sends {
@@ -160,6 +167,9 @@ impl Orchestration {
         else {
             return Ok(Outcome::Unknown);
         };
+        if !cx.segment.is_empty() && person.segment.as_deref() != Some(cx.segment) {
+            return Ok(Outcome::Outside);
+        }
         let input = DecideInput {
             who: Who::Profile(profile),
             placement: String::new(),
@@ -243,6 +253,8 @@ impl Orchestration {
 struct Context<'a> {
     campaigns: &'a [Arc<Stored>],
     simulated: &'a str,
+    /// The segment the simulated campaign targets, if any.
+    segment: &'a str,
     states: &'a HashMap<String, (State, u32)>,
     evidence: &'a HashMap<crate::storage::Cell, (u64, u64)>,
     control_share: f64,

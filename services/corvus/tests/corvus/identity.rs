@@ -196,6 +196,30 @@ async fn profiles_form_merge_and_redirect(backend: Backend) {
     let counts: u64 = merged.event_counts.iter().map(|c| c.count).sum();
     assert_eq!(counts, 4);
     assert_eq!(merged.merges.len(), 1);
+    // The workspace's profiles are those that stand: the merged one is not listed, a
+    // page at a time.
+    let first = identity
+        .list_profiles(pb::ListProfilesRequest {
+            page: Some(corvus_proto::common::v1::PageRequest {
+                page_size: 1,
+                page_token: String::new(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.profile_ids, [merged.profile_id.clone()]);
+    let rest = identity
+        .list_profiles(pb::ListProfilesRequest {
+            page: Some(corvus_proto::common::v1::PageRequest {
+                page_size: 1,
+                page_token: first.page.unwrap().next_page_token,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rest.profile_ids.is_empty(), "{rest:?}");
 
     // Consumers after identity get every event with its profile id, and the merge
     // before the event that made it.

@@ -270,6 +270,15 @@ pub trait IdentityStore: Send + Sync + std::fmt::Debug {
     async fn holder(&self, workspace: &WorkspaceId, identifier: &Identifier)
     -> Result<Option<ProfileId>, StorageError>;
 
+    /// The profiles that stand (not merged into another, not erased), in id order,
+    /// after `after`, at most `limit`.
+    async fn profile_ids(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<ProfileId>,
+        limit: u32,
+    ) -> Result<Vec<ProfileId>, StorageError>;
+
     /// Merges recorded on the profile and those it absorbed, newest first, ids below `before`.
     async fn merges(
         &self,

@@ -323,6 +323,9 @@ fn touch_of((campaign, channel, at, local_day): (String, String, i64, i32)) -> T
 
 type DecisionRow = (String, Option<String>, Option<i64>);
 
+/// A policy cell as read: campaign, segment, action, channel.
+type CellRow = (String, String, String, String);
+
 fn decision_of(row: DecisionRow) -> Result<Decision, StorageError> {
     let (detail, event, at) = row;
     let mut decision: Decision = serde_json::from_str(&detail).map_err(|e| undecodable("decision", e))?;
@@ -544,25 +547,14 @@ macro_rules! orchestration_store {
             async fn count_trials(&self, ws: &WorkspaceId, ids: &[Uuid]) -> Result<u64, StorageError> {
                 let (_guard, mut tx) = self.begin().await?;
                 let mut cells: HashMap<Cell, i64> = HashMap::new();
-                for id in ids {
-                    let cell: Option<(String, String, String, String)> = sqlx::query_as(
-                        "UPDATE decisions SET counted = true \
-                         WHERE workspace_id = $1 AND decision_id = $2 AND NOT counted AND channel <> '' \
-                         RETURNING campaign, segment, action, channel",
-                    )
-                    .bind(ws.as_str())
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some((campaign, segment, action, channel)) = cell {
-                        let cell = Cell {
-                            campaign,
-                            segment,
-                            action,
-                            channel,
-                        };
-                        *cells.entry(cell).or_default() += 1;
-                    }
+                for (campaign, segment, action, channel) in Self::mark_counted(&mut tx, ws, ids).await? {
+                    let cell = Cell {
+                        campaign,
+                        segment,
+                        action,
+                        channel,
+                    };
+                    *cells.entry(cell).or_default() += 1;
                 }
                 for (cell, n) in &cells {
                     sqlx::query(
@@ -772,6 +764,23 @@ impl PgOrchestrationStore {
     async fn log_in(conn: &mut sqlx::PgConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
         PgEventLog::insert_in(conn, ws, entries).await
     }
+
+    /// Marks the sent decisions among `ids` not counted yet as counted; their cells.
+    async fn mark_counted(
+        conn: &mut sqlx::PgConnection,
+        ws: &WorkspaceId,
+        ids: &[Uuid],
+    ) -> Result<Vec<CellRow>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE decisions SET counted = true \
+             WHERE workspace_id = $1 AND decision_id = ANY($2) AND NOT counted AND channel <> '' \
+             RETURNING campaign, segment, action, channel",
+        )
+        .bind(ws.as_str())
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+    }
 }
 
 impl SqliteOrchestrationStore {
@@ -785,6 +794,28 @@ impl SqliteOrchestrationStore {
         entries: &[NewEvent],
     ) -> Result<(), sqlx::Error> {
         SqliteEventLog::insert_in(conn, ws, entries).await
+    }
+
+    /// Marks the sent decisions among `ids` not counted yet as counted; their cells.
+    async fn mark_counted(
+        conn: &mut sqlx::SqliteConnection,
+        ws: &WorkspaceId,
+        ids: &[Uuid],
+    ) -> Result<Vec<CellRow>, sqlx::Error> {
+        let mut cells = Vec::new();
+        for id in ids {
+            let cell: Option<CellRow> = sqlx::query_as(
+                "UPDATE decisions SET counted = true \
+                 WHERE workspace_id = $1 AND decision_id = $2 AND NOT counted AND channel <> '' \
+                 RETURNING campaign, segment, action, channel",
+            )
+            .bind(ws.as_str())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            cells.extend(cell);
+        }
+        Ok(cells)
     }
 }
 

@@ -187,6 +187,24 @@ fn send_of(row: Row) -> Result<SendRow, StorageError> {
     })
 }
 
+/// The sends a claim takes: the head of the queue, not leased.
+macro_rules! queue_head {
+    () => {
+        "SELECT decision_id FROM sends WHERE workspace_id = $1 AND channel = $2 AND state = 'pending' \
+         AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $5"
+    };
+}
+
+impl PgOrchestrationStore {
+    /// Taken once, as an array, so that the update finds the rows by key: as `IN (…)` the
+    /// planner may join every due send of every queue instead.
+    const CHOSEN: &str = concat!("= ANY(ARRAY(", queue_head!(), "))");
+}
+
+impl SqliteOrchestrationStore {
+    const CHOSEN: &str = concat!("IN (", queue_head!(), ")");
+}
+
 macro_rules! send_store {
     ($Store:ident) => {
         #[async_trait]
@@ -253,12 +271,10 @@ macro_rules! send_store {
                 // choosing the same rows, the second finds them leased and takes none.
                 let rows: Vec<Row> = sqlx::query_as(&format!(
                     "UPDATE sends SET lease_until = $4 \
-                     WHERE state = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
-                       AND decision_id IN (SELECT decision_id FROM sends \
-                         WHERE workspace_id = $1 AND channel = $2 AND state = 'pending' AND next_attempt_at <= $3 \
-                           AND (lease_until IS NULL OR lease_until < $3) \
-                         ORDER BY next_attempt_at LIMIT $5) \
+                     WHERE decision_id {} \
+                       AND state = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
                      RETURNING {}",
+                    Self::CHOSEN,
                     SEND.trim_start_matches("SELECT ").trim_end_matches(" FROM sends")
                 ))
                 .bind(ws.as_str())

@@ -116,6 +116,12 @@ impl Directory for People {
         Ok(Some(members))
     }
 
+    async fn population(&self, _: &Caller) -> Result<Vec<ProfileId>, String> {
+        let mut everyone: Vec<ProfileId> = self.people.lock().unwrap().keys().copied().collect();
+        everyone.sort();
+        Ok(everyone)
+    }
+
     async fn audience_changes(&self, _: &Caller, _: &str, after: Option<u64>) -> Result<Changes, String> {
         let changes = self.changes.clone();
         let from = after.unwrap_or(changes.lock().unwrap().len() as u64);

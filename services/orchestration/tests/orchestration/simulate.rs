@@ -76,11 +76,26 @@ pub async fn a_simulation_decides_for_the_audience_and_changes_nothing(backend: 
     let sim = o.simulate(&caller(), "draft", None, at).await.unwrap();
     assert_eq!(sim.would_send, 0);
     assert_eq!(sim.blocked.get(&Reason::Priority).copied().unwrap_or(0), 60);
-    // A campaign without an audience cannot be simulated.
-    let everyone = campaign(serde_json::json!({"name": "everyone"}));
-    o.create(&caller(), &everyone).await.unwrap();
-    assert!(matches!(
-        o.simulate(&caller(), "everyone", None, at).await,
-        Err(OrchestrationError::Precondition(_))
-    ));
+    // A campaign for everyone runs over every person of the workspace, one for a
+    // segment over those in it. "loud" is paused again, and the segment's five people
+    // (all consenting, outside "vip") are the only ones added.
+    o.set_state(&ws(), "loud", State::Paused).await.unwrap();
+    for _ in 0..5 {
+        setup.people.add(Person {
+            segment: Some("bargain_hunters".to_owned()),
+            ..consenting()
+        });
+    }
+    for (name, segment) in [("everyone", ""), ("hunters", "bargain_hunters")] {
+        let def = campaign(serde_json::json!({"name": name, "segment": segment}));
+        o.create(&caller(), &def).await.unwrap();
+    }
+    let everyone = o.simulate(&caller(), "everyone", None, at).await.unwrap();
+    // The 100 members, 5 more, none unknown (identity lists those who stand); the 65
+    // who consent are sent to, the 40 who do not are blocked.
+    assert_eq!((everyone.audience, everyone.unknown), (105, 0));
+    assert_eq!(everyone.would_send, 65);
+    assert_eq!(everyone.blocked.get(&Reason::Consent).copied(), Some(40));
+    let hunters = o.simulate(&caller(), "hunters", None, at).await.unwrap();
+    assert_eq!((hunters.audience, hunters.would_send), (5, 5), "{hunters:?}");
 }

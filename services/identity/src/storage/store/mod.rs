@@ -205,6 +205,24 @@ macro_rules! identity_store {
                 Ok(row.map(|r| r.0))
             }
 
+            async fn profile_ids(
+                &self,
+                ws: &WorkspaceId,
+                after: Option<ProfileId>,
+                limit: u32,
+            ) -> Result<Vec<ProfileId>, StorageError> {
+                let rows: Vec<(ProfileId,)> = sqlx::query_as(
+                    "SELECT profile_id FROM profiles WHERE workspace_id = $1 AND profile_id > $2 \
+                     AND merged_into IS NULL AND erased_at IS NULL ORDER BY profile_id LIMIT $3",
+                )
+                .bind(ws)
+                .bind(after.unwrap_or_else(|| ProfileId::from(uuid::Uuid::nil())))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
             async fn merges(
                 &self,
                 ws: &WorkspaceId,
