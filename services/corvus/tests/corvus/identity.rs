@@ -208,7 +208,7 @@ async fn profiles_form_merge_and_redirect(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(first.profile_ids, [merged.profile_id.clone()]);
+    assert_eq!(first.profile_ids, std::slice::from_ref(&merged.profile_id));
     let rest = identity
         .list_profiles(pb::ListProfilesRequest {
             page: Some(corvus_proto::common::v1::PageRequest {
