@@ -49,7 +49,11 @@ impl Default for OrchestrationConfig {
             batch_size: 1_000,
             default_connector: "log".to_owned(),
             ingestion_endpoint: None,
-            log: OutboxConfig::default(),
+            // Decisions are committed one at a time: the log hands them on in batches.
+            log: OutboxConfig {
+                linger: Duration::from_millis(50),
+                ..OutboxConfig::default()
+            },
             log_retention: Duration::from_secs(7 * 24 * 3600),
             consumers: Vec::new(),
         }

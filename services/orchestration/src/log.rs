@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use crate::storage::{Decision, OrchestrationStore};
 
-/// The channel the log's trigger NOTIFYs on a commit (Postgres).
+/// The channel the log listens on (Postgres). Nothing NOTIFYs it (see the migration
+/// `0005_log.sql`): the replica that decides wakes its own dispatchers, and the poll
+/// (`orchestration.log.poll_interval`) finds what other replicas decided.
 pub const CHANNEL: &str = "corvus_orchestration_log";
 
 /// The consumer of the log that counts trials for the policy.

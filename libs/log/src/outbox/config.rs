@@ -26,6 +26,11 @@ pub struct OutboxConfig {
     /// The fallback poll, for wake-ups that got lost.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long a caught-up consumer waits after a wake-up before it reads: entries
+    /// committed one at a time then go on in fewer, larger deliveries, for this much
+    /// more latency ("0s": none).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -37,6 +42,7 @@ impl Default for OutboxConfig {
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            linger: Duration::ZERO,
         }
     }
 }

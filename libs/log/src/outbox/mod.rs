@@ -299,7 +299,11 @@ impl<E: Entry> Dispatcher<E> {
                 };
                 tokio::select! {
                     () = self.stop.cancelled() => return Stop::Cancelled,
-                    _ = wakeups.changed() => {}
+                    _ = wakeups.changed() => {
+                        if !self.config.linger.is_zero() {
+                            self.sleep(self.config.linger).await;
+                        }
+                    }
                     () = tokio::time::sleep(pause) => {}
                 }
                 continue;

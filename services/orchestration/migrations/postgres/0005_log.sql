@@ -20,15 +20,9 @@ CREATE TABLE events (
 CREATE UNIQUE INDEX events_message ON events (workspace_id, message_id);
 CREATE INDEX events_workspace ON events (workspace_id, seq);
 
-CREATE FUNCTION notify_log() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('corvus_orchestration_log', '');
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER events_notify AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_log();
+-- No NOTIFY on insert, unlike the other logs: a notifying commit takes a lock every
+-- notifying commit of the database waits for, and decisions commit one at a time. The
+-- replica that decides wakes its own dispatchers; the others' poll finds the rest.
 
 CREATE TABLE consumers (
     name             text COLLATE "C" PRIMARY KEY,

@@ -5,9 +5,9 @@
 use sha2::{Digest, Sha256};
 
 /// A seeded generator (xoshiro256**, seeded through SplitMix64): the same seed gives
-/// the same draws on every machine.
+/// the same draws on every machine. It keeps the second normal of each Box–Muller pair.
 #[derive(Debug, Clone)]
-pub struct Rng([u64; 4]);
+pub struct Rng([u64; 4], Option<f64>);
 
 impl Rng {
     pub fn seeded(seed: u64) -> Self {
@@ -19,7 +19,7 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Self([next(), next(), next(), next()])
+        Self([next(), next(), next(), next()], None)
     }
 
     /// A seed from any text: the first 8 bytes of its SHA-256.
@@ -45,11 +45,17 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Standard normal (Box–Muller).
+    /// Standard normal (Box–Muller, both of each pair used).
     fn normal(&mut self) -> f64 {
+        if let Some(spare) = self.1.take() {
+            return spare;
+        }
         let u1 = 1.0 - self.uniform();
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
+        self.1 = Some(r * sin);
+        r * cos
     }
 
     /// Gamma(shape, 1), Marsaglia and Tsang's method (boosted below shape 1).
@@ -67,7 +73,10 @@ impl Rng {
                 continue;
             }
             let u = 1.0 - self.uniform();
-            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            // The squeeze accepts most draws without a logarithm; it implies the test
+            // after it.
+            let x2 = x * x;
+            if u < 1.0 - 0.0331 * x2 * x2 || u.ln() < 0.5 * x2 + d - d * v + d * v.ln() {
                 return d * v;
             }
         }

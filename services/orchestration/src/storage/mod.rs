@@ -771,9 +771,12 @@ impl PgOrchestrationStore {
         ws: &WorkspaceId,
         ids: &[Uuid],
     ) -> Result<Vec<CellRow>, sqlx::Error> {
+        // By the key alone (decision ids are unique across workspaces; the workspace is
+        // checked on the rows): the indexes that start with the workspace would read all
+        // of its decisions.
         sqlx::query_as(
             "UPDATE decisions SET counted = true \
-             WHERE workspace_id = $1 AND decision_id = ANY($2) AND NOT counted AND channel <> '' \
+             WHERE decision_id = ANY($2) AND workspace_id || '' = $1 AND NOT counted AND channel <> '' \
              RETURNING campaign, segment, action, channel",
         )
         .bind(ws.as_str())
