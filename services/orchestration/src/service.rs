@@ -325,7 +325,13 @@ impl Orchestration {
         let mut explanation = Explanation::default();
         let mut open = Vec::new();
         for campaign in &live.campaigns {
-            if !input.campaigns.is_empty() && !input.campaigns.contains(&campaign.definition.name) {
+            let named = input.campaigns.contains(&campaign.definition.name);
+            if !input.campaigns.is_empty() && !named {
+                continue;
+            }
+            // A triggered campaign is decided when its trigger fires (the trigger worker
+            // names it), never by a call that names no campaign.
+            if campaign.definition.trigger.is_some() && !named {
                 continue;
             }
             match Self::open(ws, campaign, &person, input) {

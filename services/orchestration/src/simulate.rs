@@ -87,10 +87,11 @@ impl Orchestration {
             state: State::Live,
             ..stored.clone()
         });
+        // The others that would compete: live, and not waiting for a trigger of their own.
         let mut campaigns: Vec<Arc<Stored>> = live
             .campaigns
             .iter()
-            .filter(|c| c.definition.name != def.name)
+            .filter(|c| c.definition.name != def.name && c.definition.trigger.is_none())
             .cloned()
             .collect();
         campaigns.push(simulated.clone());

@@ -176,5 +176,8 @@ pub async fn triggers_follow_audiences_and_schedules(backend: Backend) {
     );
     assert_eq!(of(honolulu).send_at, (local + chrono::Duration::hours(10)).and_utc());
     assert_eq!(of(honolulu).placement, format!("trigger: schedule {date}"));
+    // A triggered campaign is never chosen by a call that does not name it.
+    let (none, _) = a.decide(&caller(), &input(kiritimati, Utc::now())).await.unwrap();
+    assert!(none.is_none(), "{none:?}");
     stop.cancel();
 }
