@@ -5,6 +5,7 @@ mod audiences;
 mod campaigns;
 mod demo;
 mod models;
+mod stats;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -111,6 +112,23 @@ enum Command {
         /// An API key (admin to change, read to show; also `CORVUS_API_KEY`).
         #[arg(long, env = "CORVUS_API_KEY", global = true)]
         key: Option<String>,
+    },
+    /// Experiment statistics, computed here from a file (no server needed).
+    Stats {
+        #[command(subcommand)]
+        command: StatsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Analyse a case (per-arm users, sum and sum of squares, and the settings; the
+    /// format is in docs/measurement.md) under five settings, frequentist relative,
+    /// absolute and sequential, Bayesian relative and absolute, and print the results
+    /// as JSON.
+    Analyze {
+        /// The case, as JSON ("-" for standard input).
+        file: std::path::PathBuf,
     },
 }
 
@@ -462,6 +480,9 @@ async fn main() -> anyhow::Result<()> {
                 CampaignsCommand::Pause { tag } => campaigns::pause(&endpoint, &key, &tag).await,
             }
         }
+        Command::Stats {
+            command: StatsCommand::Analyze { file },
+        } => stats::analyze(&file),
     }
 }
 

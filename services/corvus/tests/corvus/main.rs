@@ -15,4 +15,5 @@ mod platform;
 mod scoring;
 mod scoring_models;
 mod sdk;
+mod stats;
 mod support;
