@@ -130,6 +130,24 @@ enum StatsCommand {
         /// The case, as JSON ("-" for standard input).
         file: std::path::PathBuf,
     },
+    /// Off-policy estimates of a candidate policy's mean reward from logged decisions
+    /// (IPS, self-normalised IPS, and with a reward model the direct method and doubly
+    /// robust), each with its interval, printed as JSON. CSV files, gzip or plain, in
+    /// the Open Bandit Dataset's formats (docs/measurement.md).
+    Ope {
+        /// round,action,position,reward,pscore
+        #[arg(long)]
+        logged: std::path::PathBuf,
+        /// action,position,probability
+        #[arg(long)]
+        policy: std::path::PathBuf,
+        /// round,action,q: a reward model's estimates at each round's logged position.
+        #[arg(long)]
+        rewards: Option<std::path::PathBuf>,
+        /// The intervals are at 1 − alpha.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -480,9 +498,15 @@ async fn main() -> anyhow::Result<()> {
                 CampaignsCommand::Pause { tag } => campaigns::pause(&endpoint, &key, &tag).await,
             }
         }
-        Command::Stats {
-            command: StatsCommand::Analyze { file },
-        } => stats::analyze(&file),
+        Command::Stats { command } => match command {
+            StatsCommand::Analyze { file } => stats::analyze(&file),
+            StatsCommand::Ope {
+                logged,
+                policy,
+                rewards,
+                alpha,
+            } => stats::ope(&logged, &policy, rewards.as_deref(), alpha),
+        },
     }
 }
 

@@ -1,10 +1,12 @@
 //! `corvus stats analyze CASE.json`: an experiment's results from its per-arm
-//! aggregates, computed in this process and printed as JSON.
+//! aggregates; `corvus stats ope`: off-policy estimates from logged decisions. Both
+//! computed in this process and printed as JSON.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
+use corvus_measurement::ope::{self, files};
 use corvus_measurement::stats::{Case, report};
 
 pub fn analyze(file: &Path) -> anyhow::Result<()> {
@@ -27,5 +29,22 @@ pub fn analyze(file: &Path) -> anyhow::Result<()> {
     let case: Case = serde_json::from_value(value).with_context(|| format!("{}: not a case", file.display()))?;
     case.check().map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     println!("{}", serde_json::to_string_pretty(&report(&case))?);
+    Ok(())
+}
+
+pub fn ope(logged: &Path, policy: &Path, rewards: Option<&Path>, alpha: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(alpha > 0.0 && alpha < 1.0, "--alpha: between 0 and 1");
+    let read = |path: &Path| files::read_text(path).with_context(|| format!("read {}", path.display()));
+    let refused = |e: corvus_measurement::stats::Invalid| anyhow::anyhow!("{e}");
+    let rounds = files::logged(&read(logged)?).map_err(refused)?;
+    ope::check(&rounds).map_err(refused)?;
+    let policy = files::policy(&read(policy)?).map_err(refused)?;
+    let model = match rewards {
+        Some(path) => Some(files::rewards(&read(path)?, rounds.len()).map_err(refused)?),
+        None => None,
+    };
+    let model = model.as_ref().map(|m| m as &dyn ope::RewardModel);
+    let estimates = ope::estimate(&rounds, &policy, model, alpha);
+    println!("{}", serde_json::to_string_pretty(&estimates)?);
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Corvus measurement: what each decision did. So far, the statistics an experiment's
-//! results are computed with, from per-arm aggregates (`stats`); the service that keeps
-//! those aggregates as events arrive is not built yet.
+//! results are computed with, from per-arm aggregates (`stats`), and off-policy
+//! estimates of a candidate policy from logged decisions (`ope`); the service that keeps
+//! aggregates as events arrive is not built yet.
 
+pub mod ope;
 pub mod stats;

@@ -59,3 +59,30 @@ fn analyze_refuses_a_bad_case_with_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("variants[1].users"), "{err}");
 }
+
+#[test]
+fn ope_prints_the_estimates_of_the_open_bandit_sample() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../measurement/tests/data/obd");
+    let out = Command::new(env!("CARGO_BIN_EXE_corvus"))
+        .args(["stats", "ope", "--logged"])
+        .arg(data.join("logged.csv"))
+        .arg("--policy")
+        .arg(data.join("policy.csv"))
+        .arg("--rewards")
+        .arg(data.join("rewards.csv.gz"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // obp 0.5.7's values for the same files (the data's README).
+    for (key, want) in [
+        ("ipw", 0.00455288),
+        ("snipw", 0.004775833081),
+        ("dm", 0.003540046105),
+        ("dr", 0.004838331237),
+    ] {
+        let value = printed[key]["value"].as_f64().unwrap();
+        assert!((value - want).abs() < 1e-9, "{key}: {value} against {want}");
+        assert_eq!(printed[key]["ci"].as_array().unwrap().len(), 2);
+    }
+}

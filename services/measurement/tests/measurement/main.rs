@@ -3,6 +3,8 @@
 //! gbstats 0.8.0 computes for it under five settings; each number must match to 1e-6.
 //! And cases that cannot be analysed are refused with the field.
 
+mod ope;
+
 use corvus_measurement::stats::{Case, report};
 use serde_json::Value;
 
