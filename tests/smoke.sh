@@ -103,10 +103,16 @@ decided=$(grpcurl -plaintext -H "authorization: Bearer $key" \
   -d '{"identifier": {"kind": "user_id", "value": "u-1"}, "placement": "home"}' "$grpc" \
   corvus.orchestration.v1.OrchestrationService/Decide 2>&1 || true)
 grep -q '"subject": "Thanks, ada@example.com"' <<<"$decided" || fail "Decide said: $decided"
+# gbstats' p-value for 10 % against 11 % of 10,000 each: 0.027889528764600602.
+analysed=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{"metrics": [{"metric": "converted",
+  "metric_type": "METRIC_TYPE_BINOMIAL", "arms": [{"name": "a", "users": 10000, "sum": 1000},
+  {"name": "b", "users": 10000, "sum": 1100}]}], "weights": [0.5, 0.5]}' "$grpc" \
+  corvus.measurement.v1.MeasurementService/AnalyzeAggregates 2>&1 || true)
+grep -q '"pValue": 0.0278895287' <<<"$analysed" || fail "AnalyzeAggregates said: $analysed"
 
 unauth=$(grpcurl -plaintext -d '{}' "$grpc" corvus.ingestion.v1.IngestionService/ListEvents 2>&1 || true)
 grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refused: $unauth"
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, campaigns apply, Decide, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, campaigns apply, Decide, AnalyzeAggregates, auth, graceful stop)"

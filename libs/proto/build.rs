@@ -13,6 +13,7 @@ const FILES: &[&str] = &[
     "corvus/identity/v1/identity.proto",
     "corvus/identity/v1/log.proto",
     "corvus/ingestion/v1/ingestion.proto",
+    "corvus/measurement/v1/measurement.proto",
     "corvus/orchestration/v1/log.proto",
     "corvus/orchestration/v1/orchestration.proto",
     "corvus/scoring/v1/scoring.proto",

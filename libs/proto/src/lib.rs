@@ -29,6 +29,12 @@ pub mod ingestion {
     }
 }
 
+pub mod measurement {
+    pub mod v1 {
+        tonic::include_proto!("corvus.measurement.v1");
+    }
+}
+
 pub mod orchestration {
     pub mod v1 {
         tonic::include_proto!("corvus.orchestration.v1");

@@ -13,6 +13,7 @@ use std::time::Duration;
 use corvus_identity::{Identity, IdentityConfig};
 use corvus_ingestion::outbox::{Consumer, ConsumerConfig};
 use corvus_ingestion::{Ingestion, IngestionConfig};
+use corvus_measurement::grpc::MeasurementApi;
 use corvus_orchestration::storage::OrchestrationStore;
 use corvus_orchestration::{Orchestration, OrchestrationConfig};
 use corvus_platform::server::{Listeners, Services};
@@ -112,6 +113,12 @@ impl Deployment {
         matches!(self, Self::All | Self::Orchestration)
     }
 
+    /// Measurement's statistics (stateless so far) are served with everything else; a
+    /// deployment of its own comes with the service.
+    fn runs_measurement(self) -> bool {
+        matches!(self, Self::All)
+    }
+
     /// Whether the process serves the Segment HTTP API (ingestion's).
     pub fn serves_http(self) -> bool {
         self.runs_ingestion()
@@ -125,6 +132,7 @@ pub struct Stores {
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
     pub orchestration: Option<Arc<dyn OrchestrationStore>>,
+    pub measurement: Option<MeasurementApi>,
 }
 
 impl Stores {
@@ -148,6 +156,7 @@ impl Stores {
                 true => Some(corvus_orchestration::storage::connect(&config.storage).await?),
                 false => None,
             },
+            measurement: deployment.runs_measurement().then_some(MeasurementApi),
         })
     }
 }
@@ -158,6 +167,7 @@ pub struct App {
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
     pub orchestration: Option<Orchestration>,
+    pub measurement: Option<MeasurementApi>,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
@@ -233,6 +243,7 @@ impl App {
         Self {
             identity,
             orchestration,
+            measurement: stores.measurement,
             ingestion: stores.ingestion,
             scoring: stores.scoring,
             keys: stores.keys,
@@ -353,6 +364,10 @@ impl App {
             }
             names.push(corvus_orchestration::SERVICE_NAME.to_owned());
             checks.push(orchestration.readiness());
+        }
+        if let Some(measurement) = &self.measurement {
+            routes.add_service(measurement.clone().service());
+            names.push(corvus_measurement::SERVICE_NAME.to_owned());
         }
         let services = Services {
             grpc: routes.routes(),

@@ -3,5 +3,9 @@
 //! estimates of a candidate policy from logged decisions (`ope`); the service that keeps
 //! aggregates as events arrive is not built yet.
 
+pub mod grpc;
 pub mod ope;
 pub mod stats;
+
+/// The gRPC service name, as health reports it.
+pub const SERVICE_NAME: &str = "corvus.measurement.v1.MeasurementService";

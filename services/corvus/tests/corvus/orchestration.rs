@@ -78,7 +78,7 @@ fn welcome(name: &str) -> pb::Campaign {
 }
 
 /// The field an INVALID_ARGUMENT names.
-fn field_of(status: &tonic::Status) -> String {
+pub(crate) fn field_of(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status
         .get_details_bad_request()
