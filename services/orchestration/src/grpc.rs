@@ -15,9 +15,10 @@ use corvus_proto::orchestration::v1::orchestration_service_server::Orchestration
 use prost_types::{Duration as PbDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
+use crate::decide::DecideInput;
 use crate::domain::campaign::{Action, Arm, Cap, Definition, Goal, QuietHours, Trigger};
 use crate::people::{Caller, Who, channel_name, channel_of};
-use crate::service::{DecideInput, Orchestration, OrchestrationError};
+use crate::service::{Orchestration, OrchestrationError};
 use crate::storage::{Decision, Explanation, Reason, State, Stored};
 
 pub struct OrchestrationApi {

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod decide;
 pub mod delivery;
 pub mod domain;
 pub mod follow;

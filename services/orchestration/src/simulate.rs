@@ -11,8 +11,9 @@ use corvus_proto::ProfileId;
 use futures::StreamExt as _;
 use uuid::Uuid;
 
+use crate::decide::{DecideInput, Open, Planning, earliest_counted};
 use crate::people::{Caller, Who};
-use crate::service::{DecideInput, Open, Orchestration, OrchestrationError, Planning, earliest_counted};
+use crate::service::{Orchestration, OrchestrationError};
 use crate::storage::{Explanation, Ledger, Reason, State, Stored};
 
 /// People simulated at once.

@@ -16,9 +16,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::decide::DecideInput;
 use crate::domain::campaign::Trigger;
 use crate::people::Who;
-use crate::service::{DecideInput, Live, Orchestration, OrchestrationError};
+use crate::service::{Live, Orchestration, OrchestrationError};
 use crate::storage::{Pending, TriggerKind};
 
 /// How often due triggers are looked for.

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corvus_orchestration::decide::DecideInput;
 use corvus_orchestration::domain::campaign::Definition;
 use corvus_orchestration::domain::policy;
 use corvus_orchestration::people::{AudienceChange, Caller, Changes, Consent, Directory, Person, Targets, Who};
-use corvus_orchestration::service::DecideInput;
 use corvus_orchestration::storage::{self, Reason, State};
 use corvus_orchestration::{Orchestration, OrchestrationConfig, OrchestrationError};
 use corvus_platform::{Principal, Role};
