@@ -13,7 +13,7 @@ use std::time::Duration;
 use corvus_identity::{Identity, IdentityConfig};
 use corvus_ingestion::outbox::{Consumer, ConsumerConfig};
 use corvus_ingestion::{Ingestion, IngestionConfig};
-use corvus_measurement::grpc::MeasurementApi;
+use corvus_measurement::{Measurement, MeasurementConfig};
 use corvus_orchestration::storage::OrchestrationStore;
 use corvus_orchestration::{Orchestration, OrchestrationConfig};
 use corvus_platform::server::{Listeners, Services};
@@ -37,6 +37,7 @@ pub struct CorvusConfig {
     pub identity: IdentityConfig,
     pub scoring: ScoringConfig,
     pub orchestration: OrchestrationConfig,
+    pub measurement: MeasurementConfig,
 }
 
 impl CorvusConfig {
@@ -52,6 +53,7 @@ impl CorvusConfig {
         self.identity.validate()?;
         self.scoring.validate()?;
         self.orchestration.validate()?;
+        self.measurement.validate()?;
         // A consumer's metrics carry its name alone, whichever log it consumes.
         if let Some(c) = self
             .identity
@@ -69,8 +71,8 @@ impl CorvusConfig {
 }
 
 /// Which services a process runs: all of them (`corvus dev`, `corvus serve all`), or
-/// one (`corvus serve ingestion`, `identity`, `scoring`, `orchestration`), the others
-/// reached over gRPC.
+/// one (`corvus serve ingestion`, `identity`, `scoring`, `orchestration`,
+/// `measurement`), the others reached over gRPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
     All,
@@ -78,6 +80,7 @@ pub enum Deployment {
     Identity,
     Scoring,
     Orchestration,
+    Measurement,
 }
 
 impl std::str::FromStr for Deployment {
@@ -89,8 +92,9 @@ impl std::str::FromStr for Deployment {
             "identity" => Ok(Self::Identity),
             "scoring" => Ok(Self::Scoring),
             "orchestration" => Ok(Self::Orchestration),
+            "measurement" => Ok(Self::Measurement),
             other => Err(format!(
-                "unknown service {other:?}: expected all, ingestion, identity, scoring or orchestration"
+                "unknown service {other:?}: expected all, ingestion, identity, scoring, orchestration or measurement"
             )),
         }
     }
@@ -113,10 +117,8 @@ impl Deployment {
         matches!(self, Self::All | Self::Orchestration)
     }
 
-    /// Measurement's statistics (stateless so far) are served with everything else; a
-    /// deployment of its own comes with the service.
     fn runs_measurement(self) -> bool {
-        matches!(self, Self::All)
+        matches!(self, Self::All | Self::Measurement)
     }
 
     /// Whether the process serves the Segment HTTP API (ingestion's).
@@ -132,7 +134,7 @@ pub struct Stores {
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
     pub orchestration: Option<Arc<dyn OrchestrationStore>>,
-    pub measurement: Option<MeasurementApi>,
+    pub measurement: Option<Measurement>,
 }
 
 impl Stores {
@@ -156,7 +158,10 @@ impl Stores {
                 true => Some(corvus_orchestration::storage::connect(&config.storage).await?),
                 false => None,
             },
-            measurement: deployment.runs_measurement().then_some(MeasurementApi),
+            measurement: match deployment.runs_measurement() {
+                true => Some(Measurement::connect(&config.storage, &config.measurement).await?),
+                false => None,
+            },
         })
     }
 }
@@ -167,7 +172,7 @@ pub struct App {
     pub identity: Option<Identity>,
     pub scoring: Option<Scoring>,
     pub orchestration: Option<Orchestration>,
-    pub measurement: Option<MeasurementApi>,
+    pub measurement: Option<Measurement>,
     pub keys: KeyStore,
     config: CorvusConfig,
     listeners: Listeners,
@@ -331,6 +336,9 @@ impl App {
             if let Some(orchestration) = &self.orchestration {
                 downstream.push(orchestration.consumer());
             }
+            if let Some(measurement) = &self.measurement {
+                downstream.push(measurement.consumer());
+            }
             downstream.extend(ConsumerConfig::consumers(&self.config.identity.consumers)?);
             let (log, retention) = (&self.config.identity.log, self.config.identity.log_retention);
             workers.push(identity.spawn_log(downstream, log, retention, workers_stop.clone()));
@@ -353,7 +361,10 @@ impl App {
             checks.push(scoring.readiness());
         }
         if let Some(orchestration) = &self.orchestration {
-            let decisions = ConsumerConfig::consumers(&self.config.orchestration.consumers)?;
+            let mut decisions = ConsumerConfig::consumers(&self.config.orchestration.consumers)?;
+            if let Some(measurement) = &self.measurement {
+                decisions.push(measurement.decisions_consumer());
+            }
             workers.push(orchestration.spawn_log(decisions, workers_stop.clone()));
             workers.push(orchestration.spawn_delivery(workers_stop.clone()));
             workers.push(orchestration.spawn_triggers(workers_stop.clone()));
@@ -366,8 +377,13 @@ impl App {
             checks.push(orchestration.readiness());
         }
         if let Some(measurement) = &self.measurement {
-            routes.add_service(measurement.clone().service());
+            routes.add_service(measurement.grpc_service());
+            // Apart, identity's and orchestration's logs reach it over gRPC.
+            if self.identity.is_none() && self.orchestration.is_none() {
+                routes.add_service(measurement.log_consumer());
+            }
             names.push(corvus_measurement::SERVICE_NAME.to_owned());
+            checks.push(measurement.readiness());
         }
         let services = Services {
             grpc: routes.routes(),

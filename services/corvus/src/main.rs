@@ -45,10 +45,10 @@ enum Command {
         http_addr: std::net::SocketAddr,
     },
     /// Run services as configured (for Kubernetes): `corvus serve ingestion`, `identity`,
-    /// `scoring` or `orchestration`, each reaching the others over gRPC, or `corvus serve
-    /// all` in one process.
+    /// `scoring`, `orchestration` or `measurement`, each reaching the others over gRPC, or
+    /// `corvus serve all` in one process.
     Serve {
-        #[arg(value_parser = ["all", "ingestion", "identity", "scoring", "orchestration"])]
+        #[arg(value_parser = ["all", "ingestion", "identity", "scoring", "orchestration", "measurement"])]
         service: String,
     },
     /// Create or update every schema, then exit.

@@ -1,23 +1,65 @@
 //! gRPC handlers: check the role, turn the request into cases, analyse, map the results.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use corvus_platform::Role;
-use corvus_platform::error::invalid_argument;
+use corvus_platform::error::{invalid_argument, storage_status};
 use corvus_platform::server::authorise;
+use corvus_proto::ingestion::v1::event_consumer_service_server::EventConsumerService;
+use corvus_proto::ingestion::v1::{DeliverRequest, DeliverResponse, DeliveryFailure};
 use corvus_proto::measurement::v1 as pb;
-use corvus_proto::measurement::v1::measurement_service_server::{MeasurementService, MeasurementServiceServer};
+use corvus_proto::measurement::v1::measurement_service_server::MeasurementService;
+use prost_types::{Duration as PbDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
+use crate::metric::{DEFAULT_LOOKBACK_SECONDS, EventFilter, Metric};
+use crate::results::{Results, Settings};
+use crate::service::{Measurement, MeasurementError, Query};
 use crate::stats::{self, Analysis, Case, Correction, MetricType, Prior, Setting, Variant};
+use crate::storage::Filter;
 
-/// `MeasurementService`: stateless so far, so any replica answers alike.
-#[derive(Debug, Clone, Default)]
-pub struct MeasurementApi;
+/// `MeasurementService`.
+#[derive(Clone)]
+pub struct MeasurementApi {
+    pub measurement: Measurement,
+}
 
-impl MeasurementApi {
-    pub fn service(self) -> MeasurementServiceServer<Self> {
-        MeasurementServiceServer::new(self)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+/// Measurement as a consumer of identity's log (`entries`) and orchestration's
+/// (`decisions`) over gRPC.
+#[derive(Clone)]
+pub struct LogConsumer {
+    pub measurement: Measurement,
+}
+
+impl From<MeasurementError> for Status {
+    fn from(err: MeasurementError) -> Self {
+        match err {
+            MeasurementError::Invalid(e) => invalid_argument(e.field, e.reason),
+            MeasurementError::NotFound(message) => Status::not_found(message),
+            MeasurementError::AlreadyExists(message) => Status::already_exists(message),
+            MeasurementError::Storage(e) => storage_status(e),
+        }
+    }
+}
+
+/// The settings of a request, defaults in place of zeros.
+fn settings_of(alpha: f64, tuning: f64, prior: Option<&pb::Prior>) -> Settings {
+    Settings {
+        alpha: if alpha == 0.0 { 0.05 } else { alpha },
+        sequential_tuning_parameter: if tuning == 0.0 { 5000.0 } else { tuning },
+        prior: prior.map_or_else(Prior::default, |p| Prior {
+            proper: p.proper,
+            mean: p.mean,
+            stddev: p.stddev,
+        }),
+    }
+}
+
+fn correction_of(correction: i32) -> Result<Option<Correction>, Status> {
+    match pb::Correction::try_from(correction) {
+        Ok(pb::Correction::Unspecified) => Ok(None),
+        Ok(pb::Correction::Holm) => Ok(Some(Correction::Holm)),
+        Ok(pb::Correction::BenjaminiHochberg) => Ok(Some(Correction::BenjaminiHochberg)),
+        Err(_) => Err(invalid_argument("correction", "holm or benjamini_hochberg")),
     }
 }
 
@@ -35,11 +77,7 @@ fn case_of(req: &pb::AnalyzeAggregatesRequest, i: usize, m: &pb::MetricAggregate
             ));
         }
     };
-    let prior = req.prior.as_ref().map_or_else(Prior::default, |p| Prior {
-        proper: p.proper,
-        mean: p.mean,
-        stddev: p.stddev,
-    });
+    let settings = settings_of(req.alpha, req.sequential_tuning_parameter, req.prior.as_ref());
     let case = Case {
         metric_type,
         weights: req.weights.clone(),
@@ -59,12 +97,9 @@ fn case_of(req: &pb::AnalyzeAggregatesRequest, i: usize, m: &pb::MetricAggregate
                 covariate_sum_products: a.covariate_sum_products,
             })
             .collect(),
-        alpha: if req.alpha == 0.0 { 0.05 } else { req.alpha },
-        sequential_tuning_parameter: match req.sequential_tuning_parameter {
-            0.0 => 5000.0,
-            n => n,
-        },
-        prior,
+        alpha: settings.alpha,
+        sequential_tuning_parameter: settings.sequential_tuning_parameter,
+        prior: settings.prior,
         inverse: m.inverse,
     };
     case.check().map_err(|e| {
@@ -152,12 +187,7 @@ impl MeasurementService for MeasurementApi {
         if req.metrics.is_empty() {
             return Err(invalid_argument("metrics", "at least one metric"));
         }
-        let correction = match pb::Correction::try_from(req.correction) {
-            Ok(pb::Correction::Unspecified) => None,
-            Ok(pb::Correction::Holm) => Some(Correction::Holm),
-            Ok(pb::Correction::BenjaminiHochberg) => Some(Correction::BenjaminiHochberg),
-            Err(_) => return Err(invalid_argument("correction", "holm or benjamini_hochberg")),
-        };
+        let correction = correction_of(req.correction)?;
         let cases = req
             .metrics
             .iter()
@@ -174,6 +204,7 @@ impl MeasurementService for MeasurementApi {
                     .into_iter()
                     .map(|(setting, analysis)| setting_result(setting, analysis))
                     .collect(),
+                guardrail: false,
             })
             .collect();
         if let Some(correction) = correction {
@@ -181,4 +212,277 @@ impl MeasurementService for MeasurementApi {
         }
         Ok(Response::new(pb::AnalyzeAggregatesResponse { metrics }))
     }
+
+    async fn create_metric(
+        &self,
+        request: Request<pb::CreateMetricRequest>,
+    ) -> Result<Response<pb::CreateMetricResponse>, Status> {
+        let principal = authorise(&request, Role::Admin, "define metrics")?;
+        let metric = metric_of(request.get_ref().metric.as_ref())?;
+        let (metric, at) = self.measurement.create_metric(&principal.workspace, &metric).await?;
+        Ok(Response::new(pb::CreateMetricResponse {
+            metric: Some(metric_message(&metric, at)),
+        }))
+    }
+
+    async fn list_metrics(
+        &self,
+        request: Request<pb::ListMetricsRequest>,
+    ) -> Result<Response<pb::ListMetricsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "list metrics")?;
+        let metrics = self
+            .measurement
+            .store
+            .metrics(&principal.workspace)
+            .await
+            .map_err(storage_status)?;
+        Ok(Response::new(pb::ListMetricsResponse {
+            metrics: metrics.iter().map(|(m, at)| metric_message(m, *at)).collect(),
+        }))
+    }
+
+    async fn list_experiments(
+        &self,
+        request: Request<pb::ListExperimentsRequest>,
+    ) -> Result<Response<pb::ListExperimentsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "list experiments")?;
+        let arms = self
+            .measurement
+            .store
+            .experiments(&principal.workspace)
+            .await
+            .map_err(storage_status)?;
+        let mut experiments: Vec<pb::Experiment> = Vec::new();
+        for arm in arms {
+            if experiments.last().is_none_or(|e| e.name != arm.experiment) {
+                experiments.push(pb::Experiment {
+                    name: arm.experiment.clone(),
+                    ..Default::default()
+                });
+            }
+            let e = experiments.last_mut().expect("pushed above");
+            let (first, last) = (timestamp(arm.first_at), timestamp(arm.last_at));
+            if e.first_exposure
+                .as_ref()
+                .is_none_or(|t| (t.seconds, t.nanos) > (first.seconds, first.nanos))
+            {
+                e.first_exposure = Some(first);
+            }
+            if e.last_exposure
+                .as_ref()
+                .is_none_or(|t| (t.seconds, t.nanos) < (last.seconds, last.nanos))
+            {
+                e.last_exposure = Some(last);
+            }
+            e.arms.push(pb::ArmExposure {
+                name: arm.arm,
+                users: arm.users,
+                designed_share: arm.share,
+            });
+        }
+        Ok(Response::new(pb::ListExperimentsResponse { experiments }))
+    }
+
+    async fn get_experiment_results(
+        &self,
+        request: Request<pb::GetExperimentResultsRequest>,
+    ) -> Result<Response<pb::GetExperimentResultsResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read experiment results")?;
+        let req = request.get_ref();
+        if req.experiment.is_empty() {
+            return Err(invalid_argument("experiment", "the experiment (campaign) to report"));
+        }
+        let correction = correction_of(req.correction)?;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let query = Query {
+            experiment: req.experiment.clone(),
+            metrics: req.metrics.clone(),
+            baseline: nonempty(&req.baseline),
+            filter: Filter {
+                channel: nonempty(&req.channel),
+                segment: nonempty(&req.segment),
+                from_day: day_of("from_day", &req.from_day)?,
+                to_day: day_of("to_day", &req.to_day)?,
+            },
+            settings: settings_of(req.alpha, req.sequential_tuning_parameter, req.prior.as_ref()),
+        };
+        let results = self.measurement.results(&principal.workspace, &query).await?;
+        Ok(Response::new(results_message(&req.experiment, results, correction)?))
+    }
+}
+
+#[tonic::async_trait]
+impl EventConsumerService for LogConsumer {
+    async fn deliver(&self, request: Request<DeliverRequest>) -> Result<Response<DeliverResponse>, Status> {
+        authorise(&request, Role::Service, "deliver a log's entries")?;
+        let request = request.into_inner();
+        if !request.events.is_empty() {
+            return Err(invalid_argument(
+                "events",
+                "measurement consumes identity's log (entries) and orchestration's (decisions), not the event log",
+            ));
+        }
+        let (mut failures, erasures) = self
+            .measurement
+            .deliver(&request.entries)
+            .await
+            .map_err(storage_status)?;
+        failures.extend(
+            self.measurement
+                .record_decisions(&request.decisions)
+                .await
+                .map_err(storage_status)?,
+        );
+        Ok(Response::new(DeliverResponse {
+            failures: failures
+                .into_iter()
+                .map(|f| DeliveryFailure {
+                    event_id: f.event_id,
+                    reason: f.reason,
+                })
+                .collect(),
+            erasures,
+        }))
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Whole seconds of a duration (a part of a second counts as one); `None` when absent.
+fn seconds(field: &str, d: Option<&PbDuration>) -> Result<Option<u64>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(invalid_argument(field, "a duration is not negative")),
+        Some(d) => Ok(Some(d.seconds as u64 + u64::from(d.nanos > 0))),
+    }
+}
+
+/// A UTC day, "YYYY-MM-DD", as days since the epoch; `None` when empty.
+fn day_of(field: &str, day: &str) -> Result<Option<i32>, Status> {
+    if day.is_empty() {
+        return Ok(None);
+    }
+    let date = NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| invalid_argument(field, "a day, YYYY-MM-DD"))?;
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    Ok(Some((date - epoch).num_days() as i32))
+}
+
+fn filter_of(f: &pb::MetricEvent) -> EventFilter {
+    EventFilter {
+        event: f.event.trim().to_owned(),
+        properties: f.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        value: f.value.clone(),
+    }
+}
+
+fn filter_message(f: &EventFilter) -> pb::MetricEvent {
+    pb::MetricEvent {
+        event: f.event.clone(),
+        properties: f.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        value: f.value.clone(),
+    }
+}
+
+/// A metric as asked for, before its checks (`Metric::check`).
+fn metric_of(m: Option<&pb::Metric>) -> Result<Metric, Status> {
+    let Some(m) = m else {
+        return Err(invalid_argument("metric", "the metric to define"));
+    };
+    let metric_type = match pb::MetricType::try_from(m.r#type) {
+        Ok(pb::MetricType::Binomial) => MetricType::Binomial,
+        Ok(pb::MetricType::Count) => MetricType::Count,
+        Ok(pb::MetricType::Ratio) => MetricType::Ratio,
+        _ => return Err(invalid_argument("metric.type", "binomial, count or ratio")),
+    };
+    let Some(numerator) = &m.numerator else {
+        return Err(invalid_argument("metric.numerator", "the events the metric counts"));
+    };
+    let lookback = seconds("metric.lookback", m.lookback.as_ref())?;
+    Ok(Metric {
+        name: m.name.clone(),
+        metric_type,
+        numerator: filter_of(numerator),
+        denominator: m.denominator.as_ref().map(filter_of),
+        window_seconds: seconds("metric.window", m.window.as_ref())?.unwrap_or(0),
+        lookback_seconds: match (lookback, metric_type) {
+            (Some(s), _) => s,
+            (None, MetricType::Ratio) => 0,
+            (None, _) => DEFAULT_LOOKBACK_SECONDS,
+        },
+        inverse: m.inverse,
+        guardrail: m.guardrail,
+        description: m.description.clone(),
+    })
+}
+
+fn metric_message(m: &Metric, created_at: DateTime<Utc>) -> pb::Metric {
+    let duration = |s: u64| PbDuration {
+        seconds: s as i64,
+        nanos: 0,
+    };
+    pb::Metric {
+        name: m.name.clone(),
+        r#type: match m.metric_type {
+            MetricType::Binomial => pb::MetricType::Binomial,
+            MetricType::Count => pb::MetricType::Count,
+            MetricType::Ratio => pb::MetricType::Ratio,
+        } as i32,
+        numerator: Some(filter_message(&m.numerator)),
+        denominator: m.denominator.as_ref().map(filter_message),
+        window: Some(duration(m.window_seconds)),
+        lookback: Some(duration(m.lookback_seconds)),
+        inverse: m.inverse,
+        guardrail: m.guardrail,
+        description: m.description.clone(),
+        created_at: Some(timestamp(created_at)),
+    }
+}
+
+fn results_message(
+    experiment: &str,
+    results: Results,
+    correction: Option<Correction>,
+) -> Result<pb::GetExperimentResultsResponse, Status> {
+    let mut metrics = Vec::new();
+    for (metric, case) in results.cases {
+        let settings = match case {
+            None => Vec::new(),
+            Some(case) => {
+                case.check()
+                    .map_err(|e| Status::internal(format!("metric {:?}: aggregates unfit: {e}", metric.name)))?;
+                stats::analyze(&case)
+                    .into_iter()
+                    .map(|(setting, analysis)| setting_result(setting, analysis))
+                    .collect()
+            }
+        };
+        metrics.push(pb::MetricResult {
+            metric: metric.name.clone(),
+            settings,
+            guardrail: metric.guardrail,
+        });
+    }
+    if let Some(correction) = correction {
+        correct(&mut metrics, correction);
+    }
+    Ok(pb::GetExperimentResultsResponse {
+        experiment: experiment.to_owned(),
+        baseline: results.baseline,
+        arms: results
+            .arms
+            .into_iter()
+            .map(|a| pb::ArmExposure {
+                name: a.name,
+                users: a.users,
+                designed_share: a.share,
+            })
+            .collect(),
+        srm_p: results.srm_p,
+        metrics,
+    })
 }

@@ -131,6 +131,7 @@ impl Orchestration {
                         input,
                         evidence: &evidence,
                         control,
+                        control_share: live.control_share,
                         exhausted: &exhausted,
                         explanation: &explanation,
                         ws,
@@ -385,6 +386,7 @@ impl Orchestration {
             placement: p.input.placement.clone(),
             decided_at: p.input.at,
             segment,
+            arm_share: def.arm_share(&o.arm, p.control_share),
             explanation: Explanation::default(),
             outcome: None,
         };
@@ -395,6 +397,7 @@ impl Orchestration {
                 detail: detail.to_owned(),
             });
             decision.arm = arm.to_owned();
+            decision.arm_share = def.arm_share(arm, p.control_share);
             decision.channel.clear();
             decision.subject.clear();
             decision.body.clear();
@@ -454,7 +457,9 @@ pub(crate) struct Planning<'a> {
     pub person: &'a Person,
     pub input: &'a DecideInput,
     pub evidence: &'a HashMap<Cell, (u64, u64)>,
+    /// The person is in the workspace's control group, which holds this share.
     pub control: bool,
+    pub control_share: f64,
     pub exhausted: &'a [String],
     pub explanation: &'a Explanation,
     pub ws: &'a WorkspaceId,

@@ -371,6 +371,7 @@ pub fn decision_message(d: &Decision) -> pb::Decision {
         placement: d.placement.clone(),
         decided_at: Some(timestamp(d.decided_at)),
         segment: d.segment.clone(),
+        arm_share: d.arm_share,
     }
 }
 

@@ -208,6 +208,7 @@ impl Orchestration {
                 input: &input,
                 evidence: cx.evidence,
                 control,
+                control_share: cx.control_share,
                 exhausted: &[],
                 explanation: &explanation,
                 ws,

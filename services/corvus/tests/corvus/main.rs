@@ -10,6 +10,7 @@ mod fault;
 mod grpc;
 mod http;
 mod identity;
+mod measurement;
 mod orchestration;
 mod platform;
 mod scoring;

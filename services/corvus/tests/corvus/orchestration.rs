@@ -32,7 +32,7 @@ on_both_backends!(
 pub type OrchestrationClient = OrchestrationServiceClient<InterceptedService<GrpcChannel, Key>>;
 
 /// A change that spoils a message, with the field the refusal names.
-type Spoiler<T> = (fn(&mut T), &'static str);
+pub(crate) type Spoiler<T> = (fn(&mut T), &'static str);
 
 pub async fn orchestration(app: &TestApp, key: &str) -> OrchestrationClient {
     OrchestrationServiceClient::with_interceptor(app.channel().await, Key::bearer(key))
@@ -253,7 +253,7 @@ async fn decide_through_the_api(backend: Backend) {
             .into_inner()
             .consumers;
         let names: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["exports", "policy"]);
+        assert_eq!(names, ["exports", "measurement-exposures", "policy"]);
         if consumers.iter().all(|c| c.lag == 0) && sink.received.lock().unwrap().len() == 2 {
             break;
         }

@@ -1,9 +1,25 @@
 //! The statistics against GrowthBook's stats engine: every case in `tests/data/
 //! experiments` (copied from the project's shared reference data) holds the results
 //! gbstats 0.8.0 computes for it under five settings; each number must match to 1e-6.
-//! And cases that cannot be analysed are refused with the field.
+//! And cases that cannot be analysed are refused with the field. The service over both
+//! backends is in `store.rs`.
 
 mod ope;
+mod store;
+
+use corvus_test_support::on_both_backends;
+use store::{
+    aggregates_equal_the_sums_of_the_people_and_count_each_entry_once,
+    merges_unmerges_and_erasures_move_the_aggregates, metrics_are_fixed_once_defined_and_checked,
+    two_replicas_delivering_at_once_count_everything_once,
+};
+
+on_both_backends!(
+    aggregates_equal_the_sums_of_the_people_and_count_each_entry_once,
+    merges_unmerges_and_erasures_move_the_aggregates,
+    metrics_are_fixed_once_defined_and_checked,
+    two_replicas_delivering_at_once_count_everything_once,
+);
 
 use corvus_measurement::stats::{Case, report};
 use serde_json::Value;

@@ -415,6 +415,23 @@ impl Definition {
         }
     }
 
+    /// The share of people the design puts in `arm` (the holdout, the control group or
+    /// an arm), given the workspace's control group: the control group takes its share,
+    /// the holdout its share of the rest, each arm its weight of what remains.
+    pub fn arm_share(&self, arm: &str, control_share: f64) -> f64 {
+        let rest = 1.0 - control_share;
+        match arm {
+            CONTROL => control_share,
+            HOLDOUT => rest * self.holdout,
+            _ => {
+                let arms = self.arms();
+                let total: f64 = arms.iter().map(|a| a.weight).sum();
+                let weight = arms.iter().find(|a| a.name == arm).map_or(0.0, |a| a.weight);
+                rest * (1.0 - self.holdout) * weight / total
+            }
+        }
+    }
+
     /// The actions the arm named may send (every action for an arm it does not name:
     /// the default, the holdout, the control group).
     pub fn actions_of(&self, arm: &str) -> Vec<&Action> {
@@ -451,6 +468,24 @@ mod tests {
 
     fn field_of(def: &Definition) -> String {
         def.check().unwrap_err().0
+    }
+
+    #[test]
+    fn arm_shares_split_everyone_as_designed() {
+        let mut c = campaign();
+        c.holdout = 0.2;
+        (c.arms[0].weight, c.arms[1].weight) = (0.25, 0.75);
+        // A control group of 10 %: the holdout takes 20 % of the other 90 %, and the arms
+        // split the 72 % left a quarter to three quarters.
+        let shares: Vec<f64> = [CONTROL, HOLDOUT, "a", "b"]
+            .iter()
+            .map(|a| c.arm_share(a, 0.1))
+            .collect();
+        let want = [0.1, 0.18, 0.18, 0.54];
+        for (got, want) in shares.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{shares:?}");
+        }
+        assert_eq!(c.arm_share("unknown", 0.1), 0.0);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Decision {
     pub placement: String,
     pub decided_at: DateTime<Utc>,
     pub segment: String,
+    /// The share of people the campaign's design puts in the arm.
+    #[serde(default)]
+    pub arm_share: f64,
     pub explanation: Explanation,
     /// The outcome attributed to it (not in the JSON kept: the columns hold it).
     #[serde(skip)]

@@ -1,0 +1,364 @@
+//! Measurement through the public API: metrics defined; people decided for by a live
+//! campaign with a holdout (the exposures, through orchestration's log); their orders
+//! ingested (the outcomes, through identity's log); the experiment's results equal to
+//! what AnalyzeAggregates computes from the sums the test makes of the same people; bad
+//! metrics and queries refused with the field, and nothing defined.
+
+use corvus_proto::common::v1::{Channel, Event, EventType, Identifier};
+use corvus_proto::measurement::v1 as pb;
+use corvus_proto::measurement::v1::measurement_service_client::MeasurementServiceClient;
+use corvus_proto::orchestration::v1 as opb;
+use corvus_proto::raw::RawStruct;
+use corvus_test_support::{Backend, on_both_backends};
+use serde_json::json;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel as GrpcChannel;
+
+use crate::identity::send;
+use crate::orchestration::{Spoiler, field_of, orchestration};
+use crate::support::{Key, TestApp, spawn};
+
+on_both_backends!(
+    an_experiment_is_measured_through_the_api,
+    bad_metrics_and_queries_are_refused
+);
+
+type MeasurementClient = MeasurementServiceClient<InterceptedService<GrpcChannel, Key>>;
+
+async fn measurement(app: &TestApp, key: &str) -> MeasurementClient {
+    MeasurementServiceClient::with_interceptor(app.channel().await, Key::bearer(key))
+}
+
+fn days(n: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: n * 86_400,
+        nanos: 0,
+    }
+}
+
+fn orders(name: &str, metric_type: pb::MetricType, value: &str) -> pb::Metric {
+    pb::Metric {
+        name: name.to_owned(),
+        r#type: metric_type as i32,
+        numerator: Some(pb::MetricEvent {
+            event: "Order Completed".to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        window: Some(days(7)),
+        ..Default::default()
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    let t = chrono::Utc::now();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn event(id: String, kind: EventType, email: &str, name: &str, properties: serde_json::Value) -> Event {
+    Event {
+        message_id: id,
+        r#type: kind as i32,
+        user_id: email.to_owned(),
+        identifiers: vec![Identifier {
+            kind: "email".to_owned(),
+            value: email.to_owned(),
+        }],
+        event: name.to_owned(),
+        properties: Some(RawStruct::from_json(properties.as_object().unwrap())),
+        timestamp: Some(now()),
+        ..Event::default()
+    }
+}
+
+/// Waits (up to 20 s) for the experiment's results to count `people` people.
+async fn results_for(client: &mut MeasurementClient, people: u64) -> pb::GetExperimentResultsResponse {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let answer = client
+            .get_experiment_results(pb::GetExperimentResultsRequest {
+                experiment: "spring".to_owned(),
+                ..Default::default()
+            })
+            .await;
+        if let Ok(answer) = answer.map(|a| a.into_inner())
+            && answer.arms.iter().map(|a| a.users).sum::<u64>() == people
+        {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the results never counted {people}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_experiment_is_measured_through_the_api(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let mut admin = measurement(&app, &app.admin_key).await;
+    for metric in [
+        orders("converted", pb::MetricType::Binomial, ""),
+        orders("revenue", pb::MetricType::Count, "revenue"),
+    ] {
+        admin
+            .create_metric(pb::CreateMetricRequest { metric: Some(metric) })
+            .await
+            .unwrap();
+    }
+    let listed = admin
+        .list_metrics(pb::ListMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .metrics;
+    let names: Vec<&str> = listed.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["converted", "revenue"]);
+    // CUPED's lookback defaults to 14 days.
+    assert_eq!(listed[1].lookback, Some(days(14)));
+
+    // 24 people who agreed to marketing email; a campaign holding half of them out.
+    let people: Vec<String> = (0..24).map(|i| format!("p{i}@example.com")).collect();
+    let consent = json!({"purpose": "marketing", "channel": "email", "granted": true});
+    send(
+        &app,
+        people
+            .iter()
+            .map(|p| {
+                event(
+                    format!("c-{p}"),
+                    EventType::Track,
+                    p,
+                    "Consent Updated",
+                    consent.clone(),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut campaigns = orchestration(&app, &app.admin_key).await;
+    campaigns
+        .create_campaign(opb::CreateCampaignRequest {
+            campaign: Some(opb::Campaign {
+                name: "spring".to_owned(),
+                actions: vec![opb::Action {
+                    name: "offer".to_owned(),
+                    subject: "Spring".to_owned(),
+                    ..Default::default()
+                }],
+                channels: vec![Channel::Email as i32],
+                consent_purposes: vec!["marketing".to_owned()],
+                holdout: 0.5,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    campaigns
+        .set_campaign_state(opb::SetCampaignStateRequest {
+            name: "spring".to_owned(),
+            state: opb::CampaignState::Live as i32,
+        })
+        .await
+        .unwrap();
+    let mut arms = Vec::new();
+    for p in &people {
+        let decision = campaigns
+            .decide(opb::DecideRequest {
+                person: Some(opb::decide_request::Person::Identifier(Identifier {
+                    kind: "email".to_owned(),
+                    value: p.clone(),
+                })),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        assert_eq!(decision.arm_share, 0.5);
+        arms.push(decision.arm);
+    }
+    // Every third person orders, twice (the second within the window too).
+    let revenue = |i: usize| (10 * (i + 1)) as f64;
+    let mut ordered = Vec::new();
+    for (i, p) in people.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        for n in 0..2 {
+            ordered.push(event(
+                format!("o-{n}-{p}"),
+                EventType::Track,
+                p,
+                "Order Completed",
+                json!({"revenue": revenue(i)}),
+            ));
+        }
+    }
+    send(&app, ordered).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut reader = measurement(&app, &app.read_key).await;
+    let results = results_for(&mut reader, 24).await;
+    // The sums of each arm, made here from who was in which arm and who ordered.
+    let mut sums: std::collections::BTreeMap<&str, [f64; 4]> = Default::default();
+    for (i, arm) in arms.iter().enumerate() {
+        let value = if i % 3 == 0 { 2.0 * revenue(i) } else { 0.0 };
+        let s = sums.entry(arm.as_str()).or_default();
+        let converted = if value > 0.0 { 1.0 } else { 0.0 };
+        for (s, v) in s.iter_mut().zip([1.0, converted, value, value * value]) {
+            *s += v;
+        }
+    }
+    assert_eq!(results.baseline, "holdout");
+    let got: Vec<(&str, u64, f64)> = results
+        .arms
+        .iter()
+        .map(|a| (a.name.as_str(), a.users, a.designed_share))
+        .collect();
+    let want: Vec<(&str, u64, f64)> = ["holdout", "default"]
+        .iter()
+        .map(|a| (*a, sums[a][0] as u64, 0.5))
+        .collect();
+    assert_eq!(got, want);
+    // The same figures as AnalyzeAggregates gives for the sums made here.
+    let aggregates = |metric: &str, metric_type: pb::MetricType, at: usize| pb::MetricAggregates {
+        metric: metric.to_owned(),
+        metric_type: metric_type as i32,
+        arms: ["holdout", "default"]
+            .iter()
+            .map(|a| pb::ArmAggregates {
+                name: (*a).to_owned(),
+                users: sums[a][0] as u64,
+                sum: sums[a][at],
+                sum_squares: if at == 1 { sums[a][1] } else { sums[a][3] },
+                ..Default::default()
+            })
+            .collect(),
+        inverse: false,
+    };
+    let analysed = reader
+        .analyze_aggregates(pb::AnalyzeAggregatesRequest {
+            metrics: vec![
+                aggregates("converted", pb::MetricType::Binomial, 1),
+                aggregates("revenue", pb::MetricType::Count, 2),
+            ],
+            weights: vec![0.5, 0.5],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(results.metrics.len(), 2);
+    for (got, want) in results.metrics.iter().zip(&analysed.metrics) {
+        assert_eq!(got.metric, want.metric);
+        assert_eq!(got.settings, want.settings, "{}", got.metric);
+    }
+    assert!((results.srm_p - analysed.metrics[0].settings[0].srm_p).abs() < 1e-12);
+
+    // Listed with its arms; the consumers of both logs have caught up.
+    let experiments = reader
+        .list_experiments(pb::ListExperimentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .experiments;
+    assert_eq!(experiments.len(), 1);
+    assert_eq!(experiments[0].arms.iter().map(|a| a.users).sum::<u64>(), 24);
+    let downstream = app.downstream_caught_up().await;
+    assert!(downstream.iter().any(|c| c.name == "measurement"), "{downstream:?}");
+    let decisions = campaigns
+        .list_consumers(opb::ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert!(
+        decisions.iter().any(|c| c.name == "measurement-exposures"),
+        "{decisions:?}"
+    );
+    app.stop().await;
+}
+
+async fn bad_metrics_and_queries_are_refused(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let mut admin = measurement(&app, &app.admin_key).await;
+    let good = orders("revenue", pb::MetricType::Count, "revenue");
+    let spoil: [Spoiler<pb::Metric>; 6] = [
+        (|m| m.r#type = 0, "metric.type"),
+        (|m| m.name = "Revenue!".into(), "metric.name"),
+        (|m| m.window = None, "metric.window"),
+        (|m| m.numerator = None, "metric.numerator"),
+        (
+            |m| m.window = Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            "metric.window",
+        ),
+        (|m| m.denominator = m.numerator.clone(), "metric.denominator"),
+    ];
+    for (change, field) in spoil {
+        let mut metric = good.clone();
+        change(&mut metric);
+        let err = admin
+            .create_metric(pb::CreateMetricRequest { metric: Some(metric) })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, field));
+    }
+    assert!(
+        admin
+            .list_metrics(pb::ListMetricsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .metrics
+            .is_empty()
+    );
+    // A reader may not define; a name taken by another definition is refused.
+    let mut reader = measurement(&app, &app.read_key).await;
+    let err = reader
+        .create_metric(pb::CreateMetricRequest {
+            metric: Some(good.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    admin
+        .create_metric(pb::CreateMetricRequest {
+            metric: Some(good.clone()),
+        })
+        .await
+        .unwrap();
+    let mut other = good;
+    other.window = Some(days(1));
+    let err = admin
+        .create_metric(pb::CreateMetricRequest { metric: Some(other) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    // Results of an experiment without exposures; a day that is not one.
+    let query = |experiment: &str, from_day: &str| pb::GetExperimentResultsRequest {
+        experiment: experiment.to_owned(),
+        from_day: from_day.to_owned(),
+        ..Default::default()
+    };
+    let err = reader.get_experiment_results(query("spring", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = reader
+        .get_experiment_results(query("spring", "March 1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), field_of(&err).as_str()),
+        (Code::InvalidArgument, "from_day")
+    );
+    let err = reader.get_experiment_results(query("", "")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), field_of(&err).as_str()),
+        (Code::InvalidArgument, "experiment")
+    );
+    app.stop().await;
+}

@@ -1,0 +1,114 @@
+-- Metrics: each definition (JSON), fixed once created.
+CREATE TABLE metrics (
+    workspace_id text NOT NULL,
+    name         text NOT NULL,
+    definition   text NOT NULL,
+    created_at   integer NOT NULL,
+    PRIMARY KEY (workspace_id, name)
+);
+
+-- Every decision of orchestration's log, once each: a person's first decision of a
+-- campaign is their exposure, and the count is how often they were touched.
+CREATE TABLE decisions (
+    workspace_id text NOT NULL,
+    decision_id  blob NOT NULL,
+    profile_id   blob NOT NULL,
+    experiment   text NOT NULL,
+    arm          text NOT NULL,
+    action       text NOT NULL,
+    channel      text NOT NULL,
+    segment      text NOT NULL,
+    policy       text NOT NULL,
+    propensity   real NOT NULL,
+    decided_at   integer NOT NULL,
+    PRIMARY KEY (workspace_id, decision_id)
+);
+CREATE INDEX decisions_profile ON decisions (workspace_id, profile_id);
+
+-- The events a metric counts, once per event and metric, whether or not the person
+-- was exposed yet: an exposure that arrives later, a merge or an unmerge recomputes
+-- the person's values from them.
+CREATE TABLE outcomes (
+    workspace_id text NOT NULL,
+    event_id     blob NOT NULL,
+    metric       text NOT NULL,
+    profile_id   blob NOT NULL,
+    at           integer NOT NULL,
+    numerator    real NOT NULL,
+    denominator  real NOT NULL,
+    PRIMARY KEY (workspace_id, event_id, metric)
+);
+CREATE INDEX outcomes_profile ON outcomes (workspace_id, profile_id);
+
+-- Derived from decisions: each person's exposure to each experiment (their first
+-- decision's arm, channel, segment and UTC day), kept so a change knows what to undo.
+CREATE TABLE exposures (
+    workspace_id text NOT NULL,
+    profile_id   blob NOT NULL,
+    experiment   text NOT NULL,
+    arm          text NOT NULL,
+    channel      text NOT NULL,
+    segment      text NOT NULL,
+    day          integer NOT NULL,
+    exposed_at   integer NOT NULL,
+    touches      integer NOT NULL,
+    PRIMARY KEY (workspace_id, profile_id, experiment)
+);
+
+-- Derived from outcomes and exposures: each exposed person's value of each metric,
+-- where any part is not zero.
+CREATE TABLE units (
+    workspace_id text NOT NULL,
+    profile_id   blob NOT NULL,
+    experiment   text NOT NULL,
+    metric       text NOT NULL,
+    value        real NOT NULL,
+    denominator  real NOT NULL,
+    covariate    real NOT NULL,
+    PRIMARY KEY (workspace_id, profile_id, experiment, metric)
+);
+
+-- The aggregates results are computed from: people per bucket (experiment, arm,
+-- channel, segment, day of first exposure)…
+CREATE TABLE exposure_counts (
+    workspace_id text NOT NULL,
+    experiment   text NOT NULL,
+    arm          text NOT NULL,
+    channel      text NOT NULL,
+    segment      text NOT NULL,
+    day          integer NOT NULL,
+    users        integer NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, arm, channel, segment, day)
+);
+
+-- …and each metric's sums over the bucket's people.
+CREATE TABLE sums (
+    workspace_id     text NOT NULL,
+    experiment       text NOT NULL,
+    metric           text NOT NULL,
+    arm              text NOT NULL,
+    channel          text NOT NULL,
+    segment          text NOT NULL,
+    day              integer NOT NULL,
+    sum              real NOT NULL,
+    sum_squares      real NOT NULL,
+    den_sum          real NOT NULL,
+    den_sum_squares  real NOT NULL,
+    sum_products     real NOT NULL,
+    cov_sum          real NOT NULL,
+    cov_sum_squares  real NOT NULL,
+    cov_sum_products real NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, metric, arm, channel, segment, day)
+);
+
+-- Each experiment's arms: the share the campaign's design gives the arm (its latest
+-- decision's), and the first and latest decision.
+CREATE TABLE arms (
+    workspace_id text NOT NULL,
+    experiment   text NOT NULL,
+    arm          text NOT NULL,
+    share        real NOT NULL,
+    first_at     integer NOT NULL,
+    last_at      integer NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, arm)
+);

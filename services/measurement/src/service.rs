@@ -1,0 +1,384 @@
+//! The measurement service: metrics kept and checked; orchestration's decisions and
+//! identity's resolved events and profile changes turned into changes of the store.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corvus_log::outbox::{Consumer, EventSink, Failure};
+use corvus_proto::WorkspaceId;
+use corvus_proto::common::v1::{EventType, StoredEvent};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, ProfileChange, log_entry, profile_change};
+use corvus_proto::orchestration::v1::DecisionLogEntry;
+use corvus_storage::{StorageConfig, StorageError};
+use uuid::Uuid;
+
+use crate::config::MeasurementConfig;
+use crate::metric::Metric;
+use crate::results::{self, Results, Settings};
+use crate::stats::Invalid;
+use crate::storage::{self, ArmRow, Change, Filter, MeasurementStore, NewDecision, NewOutcome};
+
+/// The name measurement consumes identity's log under, and answers erasures as.
+pub const CONSUMER_NAME: &str = "measurement";
+
+/// The name measurement consumes orchestration's decision log under (apart from its
+/// name on identity's log, so each consumer's metrics are its own).
+pub const DECISIONS_CONSUMER: &str = "measurement-exposures";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeasurementError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What `results` is asked.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub experiment: String,
+    /// Every metric when empty.
+    pub metrics: Vec<String>,
+    pub baseline: Option<String>,
+    pub filter: Filter,
+    pub settings: Settings,
+}
+
+#[derive(Clone)]
+pub struct Measurement {
+    pub store: Arc<dyn MeasurementStore>,
+    config: Arc<MeasurementConfig>,
+}
+
+fn time_of(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+}
+
+impl Measurement {
+    pub async fn connect(storage: &StorageConfig, config: &MeasurementConfig) -> Result<Self, StorageError> {
+        Ok(Self::new(storage::connect(storage).await?, config))
+    }
+
+    pub fn new(store: Arc<dyn MeasurementStore>, config: &MeasurementConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config.clone()),
+        }
+    }
+
+    pub fn config(&self) -> &MeasurementConfig {
+        &self.config
+    }
+
+    /// Measurement as an in-process consumer of identity's log (the outcomes).
+    pub fn consumer(&self) -> Consumer<LogEntry> {
+        Consumer {
+            name: CONSUMER_NAME.to_owned(),
+            sink: Arc::new(self.clone()),
+            batch_size: Some(self.config.batch_size),
+        }
+    }
+
+    /// Measurement as an in-process consumer of orchestration's log (the exposures).
+    pub fn decisions_consumer(&self) -> Consumer<DecisionLogEntry> {
+        Consumer {
+            name: DECISIONS_CONSUMER.to_owned(),
+            sink: Arc::new(self.clone()),
+            batch_size: Some(self.config.batch_size),
+        }
+    }
+
+    /// Keeps a metric; the same definition again returns it as it stands.
+    pub async fn create_metric(
+        &self,
+        ws: &WorkspaceId,
+        metric: &Metric,
+    ) -> Result<(Metric, DateTime<Utc>), MeasurementError> {
+        metric.check()?;
+        let (kept, at) = self.store.create_metric(ws, metric).await?;
+        if &kept != metric {
+            return Err(MeasurementError::AlreadyExists(format!(
+                "metric {:?} exists with another definition; a metric cannot change, define one under a new name",
+                metric.name
+            )));
+        }
+        Ok((kept, at))
+    }
+
+    /// An experiment's results, from its aggregates within the query's filter.
+    pub async fn results(&self, ws: &WorkspaceId, query: &Query) -> Result<Results, MeasurementError> {
+        let defined = self.metrics(ws).await?;
+        let metrics = match query.metrics.is_empty() {
+            true => defined,
+            false => query
+                .metrics
+                .iter()
+                .map(|name| {
+                    defined
+                        .iter()
+                        .find(|m| &m.name == name)
+                        .cloned()
+                        .ok_or_else(|| MeasurementError::NotFound(format!("metric {name:?} is not defined")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let designed: Vec<ArmRow> = self
+            .store
+            .experiments(ws)
+            .await?
+            .into_iter()
+            .filter(|a| a.experiment == query.experiment)
+            .collect();
+        if designed.is_empty() {
+            return Err(MeasurementError::NotFound(format!(
+                "experiment {:?} has no exposures",
+                query.experiment
+            )));
+        }
+        let aggregates = self.store.aggregates(ws, &query.experiment, &query.filter).await?;
+        results::results(
+            &metrics,
+            &aggregates,
+            &designed,
+            query.baseline.as_deref(),
+            &query.settings,
+        )
+        .map_err(|reason| {
+            MeasurementError::Invalid(Invalid {
+                field: "baseline".to_owned(),
+                reason,
+            })
+        })
+    }
+
+    async fn metrics(&self, ws: &WorkspaceId) -> Result<Vec<Metric>, StorageError> {
+        Ok(self.store.metrics(ws).await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Records a delivery of orchestration's log: each decision once.
+    pub async fn record_decisions(&self, entries: &[DecisionLogEntry]) -> Result<Vec<Failure>, StorageError> {
+        let mut failures = Vec::new();
+        let mut by_workspace: Vec<(WorkspaceId, Vec<NewDecision>)> = Vec::new();
+        for entry in entries {
+            let Some(d) = &entry.decision else { continue };
+            let parsed = (
+                entry.workspace_id.parse::<WorkspaceId>(),
+                d.decision_id.parse::<Uuid>(),
+                d.profile_id.parse::<Uuid>(),
+                time_of(d.decided_at.as_ref()),
+            );
+            let (Ok(ws), Ok(id), Ok(profile), Some(at)) = parsed else {
+                failures.push(Failure {
+                    event_id: d.decision_id.clone(),
+                    reason: "workspace_id, decision_id, profile_id or decided_at: not readable".to_owned(),
+                });
+                continue;
+            };
+            let decision = NewDecision {
+                id,
+                profile,
+                experiment: d.campaign.clone(),
+                arm: d.arm.clone(),
+                action: d.action.clone(),
+                channel: crate::channel_name(d.channel),
+                segment: d.segment.clone(),
+                policy: d.policy.clone(),
+                propensity: d.propensity,
+                arm_share: d.arm_share,
+                at,
+            };
+            match by_workspace.iter_mut().find(|(w, _)| *w == ws) {
+                Some((_, decisions)) => decisions.push(decision),
+                None => by_workspace.push((ws, vec![decision])),
+            }
+        }
+        for (ws, decisions) in by_workspace {
+            let metrics = self.metrics(&ws).await?;
+            let change = Change::Record {
+                decisions: &decisions,
+                outcomes: &[],
+            };
+            self.store.apply(&ws, change, &metrics).await?;
+        }
+        Ok(failures)
+    }
+
+    /// Applies a delivery of identity's log in order: the events' outcomes a workspace's
+    /// run at a time, each profile change on its own.
+    pub async fn deliver(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), StorageError> {
+        let mut failures = Vec::new();
+        let mut answers = Vec::new();
+        let mut pending: Option<(WorkspaceId, Vec<Metric>, Vec<NewOutcome>)> = None;
+        for entry in entries {
+            match &entry.entry {
+                Some(log_entry::Entry::Event(stored)) => {
+                    let Ok(ws) = stored.workspace_id.parse::<WorkspaceId>() else {
+                        failures.push(Failure {
+                            event_id: stored.event_id.clone(),
+                            reason: format!("workspace_id: {:?} is not a workspace", stored.workspace_id),
+                        });
+                        continue;
+                    };
+                    if pending.as_ref().is_none_or(|(w, _, _)| *w != ws) {
+                        self.flush(pending.take()).await?;
+                        let metrics = self.metrics(&ws).await?;
+                        pending = Some((ws, metrics, Vec::new()));
+                    }
+                    let (_, metrics, outcomes) = pending.as_mut().expect("set above");
+                    if let Err(reason) = outcomes_of(stored, metrics, outcomes) {
+                        failures.push(Failure {
+                            event_id: stored.event_id.clone(),
+                            reason,
+                        });
+                    }
+                }
+                Some(log_entry::Entry::Change(change)) => {
+                    self.flush(pending.take()).await?;
+                    match self.apply_change(change).await? {
+                        Ok(Some(answer)) => answers.push(answer),
+                        Ok(None) => {}
+                        Err(reason) => failures.push(Failure {
+                            event_id: change.change_id.clone(),
+                            reason,
+                        }),
+                    }
+                }
+                None => {}
+            }
+        }
+        self.flush(pending).await?;
+        Ok((failures, answers))
+    }
+
+    async fn flush(&self, pending: Option<(WorkspaceId, Vec<Metric>, Vec<NewOutcome>)>) -> Result<(), StorageError> {
+        if let Some((ws, metrics, outcomes)) = pending.filter(|p| !p.2.is_empty()) {
+            let change = Change::Record {
+                decisions: &[],
+                outcomes: &outcomes,
+            };
+            self.store.apply(&ws, change, &metrics).await?;
+        }
+        Ok(())
+    }
+
+    /// A merge, unmerge or erasure. `Err` for a change that cannot be read.
+    async fn apply_change(
+        &self,
+        change: &ProfileChange,
+    ) -> Result<Result<Option<ErasureAnswer>, String>, StorageError> {
+        let Ok(ws) = change.workspace_id.parse::<WorkspaceId>() else {
+            return Ok(Err(format!(
+                "workspace_id: {:?} is not a workspace",
+                change.workspace_id
+            )));
+        };
+        let ids = |ids: &[String]| ids.iter().filter_map(|id| id.parse().ok()).collect::<Vec<Uuid>>();
+        let metrics = self.metrics(&ws).await?;
+        match &change.change {
+            Some(profile_change::Change::Merged(m)) => {
+                let Ok(survivor) = m.survivor_id.parse() else {
+                    return Ok(Err(format!("survivor_id: {:?} is not a profile id", m.survivor_id)));
+                };
+                let merged = ids(&m.merged_ids);
+                self.store
+                    .apply(
+                        &ws,
+                        Change::Merge {
+                            survivor,
+                            merged: &merged,
+                        },
+                        &metrics,
+                    )
+                    .await?;
+            }
+            Some(profile_change::Change::Unmerged(u)) => {
+                let sides: Vec<(Uuid, Vec<Uuid>)> = u
+                    .sides
+                    .iter()
+                    .filter_map(|s| Some((s.profile_id.parse().ok()?, ids(&s.event_ids))))
+                    .collect();
+                self.store
+                    .apply(&ws, Change::Unmerge { sides: &sides }, &metrics)
+                    .await?;
+            }
+            Some(profile_change::Change::Erased(e)) => {
+                let profiles = ids(&e.profile_ids);
+                let removed = self
+                    .store
+                    .apply(&ws, Change::Erase { profiles: &profiles }, &metrics)
+                    .await?;
+                return Ok(Ok(Some(ErasureAnswer {
+                    change_id: change.change_id.clone(),
+                    removed: [("decisions_and_outcomes".to_owned(), removed)].into(),
+                    store: CONSUMER_NAME.to_owned(),
+                })));
+            }
+            None => {}
+        }
+        Ok(Ok(None))
+    }
+}
+
+/// What a resolved event adds to each metric that counts it. `Err` for an event that
+/// cannot be read.
+fn outcomes_of(stored: &StoredEvent, metrics: &[Metric], outcomes: &mut Vec<NewOutcome>) -> Result<(), String> {
+    let Some(event) = &stored.event else {
+        return Err("event: missing".to_owned());
+    };
+    if metrics.is_empty() || EventType::try_from(event.r#type) != Ok(EventType::Track) {
+        return Ok(());
+    }
+    let counted: Vec<&Metric> = metrics
+        .iter()
+        .filter(|m| m.numerator.event == event.event || m.denominator.as_ref().is_some_and(|d| d.event == event.event))
+        .collect();
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let (Ok(event_id), Ok(profile)) = (stored.event_id.parse::<Uuid>(), stored.profile_id.parse::<Uuid>()) else {
+        return Err("event_id or profile_id: not an id".to_owned());
+    };
+    let properties = match &event.properties {
+        Some(p) => p.to_json().map_err(|e| format!("properties: {e}"))?,
+        None => Default::default(),
+    };
+    let at = time_of(event.timestamp.as_ref())
+        .or_else(|| time_of(event.received_at.as_ref()))
+        .unwrap_or_else(Utc::now);
+    for metric in counted {
+        if let Some((numerator, denominator)) = metric.contribution(&event.event, &properties) {
+            outcomes.push(NewOutcome {
+                event_id,
+                metric: metric.name.clone(),
+                profile,
+                at,
+                numerator,
+                denominator,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventSink<LogEntry> for Measurement {
+    async fn deliver(&self, entries: &[LogEntry]) -> Result<Vec<Failure>, String> {
+        Ok(self.deliver_answering(entries).await?.0)
+    }
+
+    async fn deliver_answering(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), String> {
+        Measurement::deliver(self, entries).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl EventSink<DecisionLogEntry> for Measurement {
+    async fn deliver(&self, entries: &[DecisionLogEntry]) -> Result<Vec<Failure>, String> {
+        self.record_decisions(entries).await.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,293 @@
+//! A person's part in the aggregates, computed from what is kept of them: their
+//! decisions give each experiment's exposure (the first decision's arm, channel, segment
+//! and day); their outcomes give each exposed metric's value in the window after it and
+//! the covariate in the lookback before it. A change to a person (a decision, an event,
+//! a merge, an erasure) computes their state again and moves the aggregates by the
+//! difference, so applying the same change twice moves nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::metric::Metric;
+use crate::stats::MetricType;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// A decision as the person's state reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRow {
+    pub experiment: String,
+    pub arm: String,
+    pub channel: String,
+    pub segment: String,
+    /// Microseconds since the epoch.
+    pub at: i64,
+}
+
+/// An event's contribution to a metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeRow {
+    pub metric: String,
+    pub at: i64,
+    pub numerator: f64,
+    pub denominator: f64,
+}
+
+/// Where a person's exposure counts: the aggregates' key below the experiment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bucket {
+    pub arm: String,
+    pub channel: String,
+    pub segment: String,
+    /// UTC days since the epoch.
+    pub day: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    pub bucket: Bucket,
+    pub exposed_at: i64,
+    /// Decisions of the experiment for the person.
+    pub touches: u32,
+}
+
+/// A person's value of a metric in an experiment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Unit {
+    pub value: f64,
+    pub denominator: f64,
+    pub covariate: f64,
+}
+
+/// The sums a unit adds to its bucket: value, value², denominator, denominator²,
+/// value × denominator, covariate, covariate², value × covariate.
+pub type Sums = [f64; 8];
+
+impl Unit {
+    pub fn is_zero(&self) -> bool {
+        self.value == 0.0 && self.denominator == 0.0 && self.covariate == 0.0
+    }
+
+    pub fn sums(&self) -> Sums {
+        let (v, d, c) = (self.value, self.denominator, self.covariate);
+        [v, v * v, d, d * d, v * d, c, c * c, v * c]
+    }
+}
+
+/// The day (UTC, since the epoch) of a time in microseconds.
+pub fn day_of(micros: i64) -> i32 {
+    micros.div_euclid(MICROS_PER_DAY) as i32
+}
+
+/// What a person adds to the aggregates: an exposure per experiment, and a unit per
+/// experiment and metric where it is not zero.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PersonState {
+    pub exposures: BTreeMap<String, Exposure>,
+    pub units: BTreeMap<(String, String), Unit>,
+}
+
+impl PersonState {
+    /// The state from the person's decisions and outcomes, for `metrics`.
+    pub fn of(metrics: &[Metric], decisions: &[DecisionRow], outcomes: &[OutcomeRow]) -> Self {
+        let mut exposures: BTreeMap<String, Exposure> = BTreeMap::new();
+        for d in decisions {
+            let first = Exposure {
+                bucket: Bucket {
+                    arm: d.arm.clone(),
+                    channel: d.channel.clone(),
+                    segment: d.segment.clone(),
+                    day: day_of(d.at),
+                },
+                exposed_at: d.at,
+                touches: 1,
+            };
+            exposures
+                .entry(d.experiment.clone())
+                .and_modify(|e| {
+                    // The earliest decision is the exposure; ties go to the arm's name so
+                    // the order decisions arrive in cannot matter.
+                    let touches = e.touches + 1;
+                    if (d.at, &d.arm) < (e.exposed_at, &e.bucket.arm) {
+                        *e = first.clone();
+                    }
+                    e.touches = touches;
+                })
+                .or_insert(first);
+        }
+        let mut units = BTreeMap::new();
+        for (experiment, exposure) in &exposures {
+            for metric in metrics {
+                let unit = unit(
+                    metric,
+                    exposure.exposed_at,
+                    outcomes.iter().filter(|o| o.metric == metric.name),
+                );
+                if !unit.is_zero() {
+                    units.insert((experiment.clone(), metric.name.clone()), unit);
+                }
+            }
+        }
+        Self { exposures, units }
+    }
+}
+
+/// A metric's unit for a person exposed at `exposed_at`, from their outcomes of it.
+pub fn unit<'a>(metric: &Metric, exposed_at: i64, outcomes: impl Iterator<Item = &'a OutcomeRow>) -> Unit {
+    let end = exposed_at.saturating_add(metric.window_seconds as i64 * 1_000_000);
+    let start = exposed_at.saturating_sub(metric.lookback_seconds as i64 * 1_000_000);
+    let mut u = Unit::default();
+    for o in outcomes {
+        if (exposed_at..end).contains(&o.at) {
+            u.value += o.numerator;
+            u.denominator += o.denominator;
+        } else if metric.cuped() && (start..exposed_at).contains(&o.at) {
+            u.covariate += o.numerator;
+        }
+    }
+    if metric.metric_type == MetricType::Binomial {
+        u.value = u.value.min(1.0);
+        u.covariate = u.covariate.min(1.0);
+    }
+    u
+}
+
+/// How a set of changes moves the aggregates: people per (experiment, bucket), and
+/// sums per (experiment, metric, bucket).
+#[derive(Debug, Default)]
+pub struct Deltas {
+    pub users: HashMap<(String, Bucket), i64>,
+    pub sums: HashMap<(String, String, Bucket), Sums>,
+}
+
+impl Deltas {
+    /// Moves from a person's `old` state to their `new` one.
+    pub fn add(&mut self, old: &PersonState, new: &PersonState) {
+        for (experiment, e) in &old.exposures {
+            *self.users.entry((experiment.clone(), e.bucket.clone())).or_default() -= 1;
+        }
+        for (experiment, e) in &new.exposures {
+            *self.users.entry((experiment.clone(), e.bucket.clone())).or_default() += 1;
+        }
+        for (state, sign) in [(old, -1.0), (new, 1.0)] {
+            for ((experiment, metric), unit) in &state.units {
+                let Some(exposure) = state.exposures.get(experiment) else {
+                    continue;
+                };
+                let key = (experiment.clone(), metric.clone(), exposure.bucket.clone());
+                let sums = self.sums.entry(key).or_default();
+                for (s, u) in sums.iter_mut().zip(unit.sums()) {
+                    *s += sign * u;
+                }
+            }
+        }
+    }
+
+    /// Drops what cancelled out.
+    pub fn settle(&mut self) {
+        self.users.retain(|_, n| *n != 0);
+        self.sums.retain(|_, s| s.iter().any(|x| *x != 0.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metric::EventFilter;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn metric(metric_type: MetricType, lookback_hours: u64) -> Metric {
+        Metric {
+            name: "m".into(),
+            metric_type,
+            numerator: EventFilter {
+                event: "Order Completed".into(),
+                ..Default::default()
+            },
+            denominator: None,
+            window_seconds: 24 * 3600,
+            lookback_seconds: lookback_hours * 3600,
+            inverse: false,
+            guardrail: false,
+            description: String::new(),
+        }
+    }
+
+    fn decision(arm: &str, at: i64) -> DecisionRow {
+        DecisionRow {
+            experiment: "spring".into(),
+            arm: arm.into(),
+            channel: "email".into(),
+            segment: "s".into(),
+            at,
+        }
+    }
+
+    fn outcome(at: i64, n: f64) -> OutcomeRow {
+        OutcomeRow {
+            metric: "m".into(),
+            at,
+            numerator: n,
+            denominator: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_first_decision_is_the_exposure_and_the_window_counts_after_it() {
+        let t0 = 100 * 24 * HOUR;
+        let outcomes = [
+            outcome(t0 - 2 * HOUR, 5.0),  // in the lookback
+            outcome(t0 - 30 * HOUR, 7.0), // before it
+            outcome(t0, 1.0),             // at exposure: counts
+            outcome(t0 + 23 * HOUR, 2.0), // in the window
+            outcome(t0 + 24 * HOUR, 4.0), // after it
+        ];
+        let decisions = [decision("b", t0 + HOUR), decision("a", t0)];
+        let s = PersonState::of(&[metric(MetricType::Count, 24)], &decisions, &outcomes);
+        let e = &s.exposures["spring"];
+        assert_eq!(
+            (e.bucket.arm.as_str(), e.exposed_at, e.touches, e.bucket.day),
+            ("a", t0, 2, 100)
+        );
+        assert_eq!(
+            s.units[&("spring".to_owned(), "m".to_owned())],
+            Unit {
+                value: 3.0,
+                denominator: 0.0,
+                covariate: 5.0
+            }
+        );
+        let b = PersonState::of(&[metric(MetricType::Binomial, 0)], &decisions, &outcomes);
+        assert_eq!(
+            b.units[&("spring".to_owned(), "m".to_owned())],
+            Unit {
+                value: 1.0,
+                denominator: 0.0,
+                covariate: 0.0
+            }
+        );
+    }
+
+    #[test]
+    fn deltas_move_a_person_between_buckets_and_cancel_when_nothing_changed() {
+        let metrics = [metric(MetricType::Count, 0)];
+        let old = PersonState::of(&metrics, &[decision("a", 0)], &[outcome(1, 3.0)]);
+        let mut deltas = Deltas::default();
+        deltas.add(&old, &old);
+        deltas.settle();
+        assert!(deltas.users.is_empty() && deltas.sums.is_empty());
+        let new = PersonState::of(&metrics, &[decision("b", -1), decision("a", 0)], &[outcome(1, 3.0)]);
+        deltas.add(&old, &new);
+        deltas.settle();
+        let bucket = |arm: &str, day| Bucket {
+            arm: arm.into(),
+            channel: "email".into(),
+            segment: "s".into(),
+            day,
+        };
+        assert_eq!(deltas.users[&("spring".to_owned(), bucket("a", 0))], -1);
+        assert_eq!(deltas.users[&("spring".to_owned(), bucket("b", -1))], 1);
+        let moved = deltas.sums[&("spring".to_owned(), "m".to_owned(), bucket("b", -1))];
+        assert_eq!(moved, [3.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+}
