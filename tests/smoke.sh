@@ -103,6 +103,16 @@ decided=$(grpcurl -plaintext -H "authorization: Bearer $key" \
   -d '{"identifier": {"kind": "user_id", "value": "u-1"}, "placement": "home"}' "$grpc" \
   corvus.orchestration.v1.OrchestrationService/Decide 2>&1 || true)
 grep -q '"subject": "Thanks, ada@example.com"' <<<"$decided" || fail "Decide said: $decided"
+# Measurement took the decision, from orchestration's log, as an exposure of the
+# campaign's experiment.
+for _ in $(seq 100); do
+  experiments=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{}' "$grpc" \
+    corvus.measurement.v1.MeasurementService/ListExperiments 2>/dev/null || true)
+  grep -q '"users": "1"' <<<"$experiments" && break
+  sleep 0.1
+done
+grep -q '"name": "thanks"' <<<"$experiments" && grep -q '"users": "1"' <<<"$experiments" \
+  || fail "ListExperiments said: $experiments"
 # gbstats' p-value for 10 % against 11 % of 10,000 each: 0.027889528764600602.
 analysed=$(grpcurl -plaintext -H "authorization: Bearer $key" -d '{"metrics": [{"metric": "converted",
   "metric_type": "METRIC_TYPE_BINOMIAL", "arms": [{"name": "a", "users": 10000, "sum": 1000},
@@ -115,4 +125,4 @@ grep -q Unauthenticated <<<"$unauth" || fail "a call without a key was not refus
 
 kill -TERM "$pid"
 wait "$pid" || fail "corvus dev did not stop cleanly on SIGTERM"
-echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, campaigns apply, Decide, AnalyzeAggregates, auth, graceful stop)"
+echo "smoke: ok (reflection, health, corvus send, Segment HTTP, ListEvents, GetProfile, GetScores, models fit, audiences apply, scores on the profile, campaigns apply, Decide, ListExperiments, AnalyzeAggregates, auth, graceful stop)"

@@ -193,7 +193,8 @@ impl App {
             .ingestion
             .consumers
             .iter_mut()
-            .chain(&mut config.identity.consumers);
+            .chain(&mut config.identity.consumers)
+            .chain(&mut config.orchestration.consumers);
         for consumer in consumers.filter(|c| c.key.is_none()) {
             consumer.key.clone_from(&config.server.service_key);
         }

@@ -133,30 +133,30 @@ fn setting_result(setting: Setting, analysis: Analysis) -> pb::SettingResult {
     pb::SettingResult {
         setting: setting_message(setting) as i32,
         srm_p: analysis.srm_p,
-        arms: analysis
-            .variations
-            .into_iter()
-            .map(|v| pb::ArmResult {
-                name: v.name,
-                users: v.users as u64,
-                mean: v.mean,
-                stddev: v.stddev,
-                comparison: v.comparison.map(|c| pb::Comparison {
-                    expected: c.expected,
-                    ci_lower: c.ci[0],
-                    ci_upper: c.ci[1],
-                    uplift_mean: c.uplift_mean,
-                    uplift_stddev: c.uplift_stddev,
-                    error: c.error.unwrap_or_default(),
-                    p_value: c.p_value,
-                    adjusted_p_value: None,
-                    chance_to_win: c.chance_to_win,
-                    risk_baseline: c.risk.map(|r| r[0]),
-                    risk_arm: c.risk.map(|r| r[1]),
-                    cuped_variance_reduction: c.cuped_variance_reduction,
-                }),
-            })
-            .collect(),
+        arms: analysis.variations.into_iter().map(arm_result).collect(),
+    }
+}
+
+fn arm_result(v: stats::Variation) -> pb::ArmResult {
+    pb::ArmResult {
+        name: v.name,
+        users: v.users as u64,
+        mean: v.mean,
+        stddev: v.stddev,
+        comparison: v.comparison.map(|c| pb::Comparison {
+            expected: c.expected,
+            ci_lower: c.ci[0],
+            ci_upper: c.ci[1],
+            uplift_mean: c.uplift_mean,
+            uplift_stddev: c.uplift_stddev,
+            error: c.error.unwrap_or_default(),
+            p_value: c.p_value,
+            adjusted_p_value: None,
+            chance_to_win: c.chance_to_win,
+            risk_baseline: c.risk.map(|r| r[0]),
+            risk_arm: c.risk.map(|r| r[1]),
+            cuped_variance_reduction: c.cuped_variance_reduction,
+        }),
     }
 }
 
@@ -205,6 +205,7 @@ impl MeasurementService for MeasurementApi {
                     .map(|(setting, analysis)| setting_result(setting, analysis))
                     .collect(),
                 guardrail: false,
+                observed: Vec::new(),
             })
             .collect();
         if let Some(correction) = correction {
@@ -450,9 +451,9 @@ fn results_message(
 ) -> Result<pb::GetExperimentResultsResponse, Status> {
     let mut metrics = Vec::new();
     for (metric, case) in results.cases {
-        let settings = match case {
-            None => Vec::new(),
-            Some(case) => {
+        let settings = match case.variants.len() {
+            0 | 1 => Vec::new(),
+            _ => {
                 case.check()
                     .map_err(|e| Status::internal(format!("metric {:?}: aggregates unfit: {e}", metric.name)))?;
                 stats::analyze(&case)
@@ -465,6 +466,10 @@ fn results_message(
             metric: metric.name.clone(),
             settings,
             guardrail: metric.guardrail,
+            observed: stats::observed(case.metric_type, &case.variants)
+                .into_iter()
+                .map(arm_result)
+                .collect(),
         });
     }
     if let Some(correction) = correction {

@@ -29,8 +29,8 @@ pub struct Results {
     pub baseline: String,
     pub arms: Vec<ArmExposure>,
     pub srm_p: f64,
-    /// Per metric, its case; `None` with fewer than two arms to compare.
-    pub cases: Vec<(Metric, Option<Case>)>,
+    /// Per metric, its case: analysed with two arms or more.
+    pub cases: Vec<(Metric, Case)>,
 }
 
 /// The baseline when none is asked: the holdout, else the control group, else the
@@ -90,10 +90,7 @@ pub fn results(
     };
     let cases = metrics
         .iter()
-        .map(|m| {
-            let case = (names.len() >= 2).then(|| case_of(m, &names, &users, &weights, aggregates, settings));
-            (m.clone(), case)
-        })
+        .map(|m| (m.clone(), case_of(m, &names, &users, &weights, aggregates, settings)))
         .collect();
     Ok(Results {
         baseline,

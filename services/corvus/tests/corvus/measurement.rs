@@ -257,6 +257,14 @@ async fn an_experiment_is_measured_through_the_api(backend: Backend) {
     for (got, want) in results.metrics.iter().zip(&analysed.metrics) {
         assert_eq!(got.metric, want.metric);
         assert_eq!(got.settings, want.settings, "{}", got.metric);
+        // Each arm as observed: the mean per person of the sums made here.
+        let at = if got.metric == "converted" { 1 } else { 2 };
+        let means: Vec<(&str, f64)> = got.observed.iter().map(|a| (a.name.as_str(), a.mean)).collect();
+        let want: Vec<(&str, f64)> = ["holdout", "default"]
+            .iter()
+            .map(|a| (*a, sums[a][at] / sums[a][0]))
+            .collect();
+        assert_eq!(means, want);
     }
     assert!((results.srm_p - analysed.metrics[0].settings[0].srm_p).abs() < 1e-12);
 

@@ -497,6 +497,24 @@ pub fn analyze(case: &Case) -> Vec<(Setting, Analysis)> {
     Setting::ALL.iter().map(|&s| (s, analyze_one(case, s))).collect()
 }
 
+/// Each arm's figures as observed, without a comparison: what a report shows of an arm
+/// whether or not there is another to compare it with.
+pub fn observed(metric_type: MetricType, variants: &[Variant]) -> Vec<Variation> {
+    variants
+        .iter()
+        .map(|v| {
+            let stat = Arm::of(metric_type, v).plain();
+            Variation {
+                name: v.name.clone(),
+                users: v.users,
+                mean: stat.unadjusted_mean,
+                stddev: stat.stddev(),
+                comparison: None,
+            }
+        })
+        .collect()
+}
+
 pub fn analyze_one(case: &Case, setting: Setting) -> Analysis {
     let arms: Vec<Arm> = case.variants.iter().map(|v| Arm::of(case.metric_type, v)).collect();
     let users: Vec<f64> = case.variants.iter().map(|v| v.users).collect();

@@ -366,7 +366,6 @@ pub async fn aggregates_equal_the_sums_of_the_people_and_count_each_entry_once(b
     let names: Vec<&str> = results.cases.iter().map(|(m, _)| m.name.as_str()).collect();
     assert_eq!(names, ["converted", "revenue", "revenue_per_order"]);
     for (metric, case) in &results.cases {
-        let case = case.as_ref().unwrap();
         case.check().unwrap();
         assert_eq!(case.variants[0].name, "holdout");
         assert_eq!(
