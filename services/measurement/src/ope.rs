@@ -23,11 +23,16 @@ pub struct Round {
     pub pscore: f64,
 }
 
-/// The candidate policy: the probability of each action in each slot.
+/// The candidate policy: the probability of each action in each slot, held densely (a
+/// row of every action's probability per slot) for the estimates' inner loops.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    probabilities: HashMap<(u32, u32), f64>,
+    /// Sorted.
     actions: Vec<u32>,
+    /// Sorted.
+    positions: Vec<u32>,
+    /// `positions.len()` rows of `actions.len()`.
+    probabilities: Vec<f64>,
 }
 
 impl Policy {
@@ -58,11 +63,33 @@ impl Policy {
         }
         actions.sort_unstable();
         actions.dedup();
-        Ok(Self { probabilities, actions })
+        let mut positions: Vec<u32> = totals.keys().copied().collect();
+        positions.sort_unstable();
+        let mut dense = vec![0.0; positions.len() * actions.len()];
+        for ((action, position), p) in probabilities {
+            let row = positions.binary_search(&position).expect("a position listed");
+            let column = actions.binary_search(&action).expect("an action listed");
+            dense[row * actions.len() + column] = p;
+        }
+        Ok(Self {
+            actions,
+            positions,
+            probabilities: dense,
+        })
+    }
+
+    /// Every action's probability in `position`, in the order of the sorted actions.
+    fn row(&self, position: u32) -> Option<&[f64]> {
+        let row = self.positions.binary_search(&position).ok()?;
+        let width = self.actions.len();
+        Some(&self.probabilities[row * width..(row + 1) * width])
     }
 
     pub fn probability(&self, action: u32, position: u32) -> f64 {
-        self.probabilities.get(&(action, position)).copied().unwrap_or(0.0)
+        match (self.row(position), self.actions.binary_search(&action)) {
+            (Some(row), Ok(column)) => row[column],
+            _ => 0.0,
+        }
     }
 }
 
@@ -92,6 +119,12 @@ pub fn check(rounds: &[Round]) -> Result<(), Invalid> {
 /// A reward model's estimate q(round, action), at each round's logged position.
 pub trait RewardModel {
     fn q(&self, round: usize, action: u32) -> f64;
+
+    /// A round's estimates of every action at once, with the (sorted) actions they are
+    /// for, where the model holds them so.
+    fn row(&self, _round: usize) -> Option<(&[u32], &[f64])> {
+        None
+    }
 }
 
 /// An estimate with its interval.
@@ -157,15 +190,19 @@ pub fn estimate(rounds: &[Round], policy: &Policy, rewards: Option<&dyn RewardMo
     let (dm, dr) = match rewards {
         None => (None, None),
         Some(model) => {
+            // Σ_a π(a, position)·q(round, a): a dot product of two rows where the model
+            // holds its estimates for the policy's actions in the same order.
+            let aligned = model.row(0).is_some_and(|(actions, _)| actions == policy.actions);
             let direct: Vec<f64> = rounds
                 .iter()
                 .enumerate()
-                .map(|(i, r)| {
-                    policy
+                .map(|(i, r)| match (aligned, policy.row(r.position), model.row(i)) {
+                    (true, Some(p), Some((_, q))) => p.iter().zip(q).map(|(p, q)| p * q).sum(),
+                    _ => policy
                         .actions
                         .iter()
                         .map(|&a| policy.probability(a, r.position) * model.q(i, a))
-                        .sum()
+                        .sum(),
                 })
                 .collect();
             let dm = mean_of(direct.iter().copied(), z);
@@ -191,11 +228,11 @@ pub fn estimate(rounds: &[Round], policy: &Policy, rewards: Option<&dyn RewardMo
     }
 }
 
-/// Reward-model estimates held as a table: `actions` values per round.
+/// Reward-model estimates held as a table: a value per round and action.
 #[derive(Debug, Clone, Default)]
 pub struct RewardTable {
-    actions: HashMap<u32, usize>,
-    width: usize,
+    /// Sorted: the columns.
+    actions: Vec<u32>,
     q: Vec<f64>,
 }
 
@@ -230,19 +267,20 @@ impl RewardTable {
                 ),
             ));
         }
-        Ok(Self {
-            actions: index,
-            width,
-            q,
-        })
+        Ok(Self { actions, q })
     }
 }
 
 impl RewardModel for RewardTable {
     fn q(&self, round: usize, action: u32) -> f64 {
         self.actions
-            .get(&action)
-            .map_or(0.0, |&a| self.q[round * self.width + a])
+            .binary_search(&action)
+            .map_or(0.0, |a| self.q[round * self.actions.len() + a])
+    }
+
+    fn row(&self, round: usize) -> Option<(&[u32], &[f64])> {
+        let width = self.actions.len();
+        self.q.get(round * width..(round + 1) * width).map(|q| (self.actions.as_slice(), q))
     }
 }
 

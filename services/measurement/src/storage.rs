@@ -177,11 +177,17 @@ type Guard<'a> = Option<tokio::sync::MutexGuard<'a, ()>>;
 
 impl PgMeasurementStore {
     /// Every writer of measurement's aggregates takes this transaction-scoped lock first.
+    /// Its statements find people's rows by key, many people at a time: without seq and
+    /// bitmap scans, a planner without statistics (a young table, autovacuum off) cannot
+    /// trade a thousand index lookups for a scan of the whole table.
     async fn begin(&self) -> Result<(Guard<'_>, sqlx::Transaction<'_, sqlx::Postgres>), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('corvus.measurement.aggregates'))")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true), \
+             pg_advisory_xact_lock(hashtext('corvus.measurement.aggregates'))",
+        )
+        .execute(&mut *tx)
+        .await?;
         Ok((None, tx))
     }
 }
@@ -387,7 +393,7 @@ macro_rules! measurement_store {
                             .push_bind(d.propensity)
                             .push_bind(micros(d.at));
                     });
-                    q.push(" ON CONFLICT (workspace_id, decision_id) DO NOTHING");
+                    q.push(" ON CONFLICT (decision_id) DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
                 // Each arm's designed share, as its latest decision gives it.
@@ -434,7 +440,7 @@ macro_rules! measurement_store {
                             .push_bind(o.numerator)
                             .push_bind(o.denominator);
                     });
-                    q.push(" ON CONFLICT (workspace_id, event_id, metric) DO NOTHING");
+                    q.push(" ON CONFLICT (event_id, metric) DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok(())

@@ -16,6 +16,7 @@ mod corpus;
 mod handoff;
 mod identity;
 mod load;
+mod measurement;
 mod models;
 mod orchestration;
 mod people;
@@ -50,6 +51,9 @@ enum Section {
     Scoring,
     /// Decide against GetProfile, its latency, event to alert, SimulateCampaign.
     Orchestration,
+    /// Experiment results against exposures; order to results; off-policy estimates
+    /// against obp.
+    Measurement,
 }
 
 #[derive(Debug, Parser)]
@@ -103,6 +107,10 @@ struct Args {
     /// People of the orchestration section [default: 50000, or 5000 with --quick].
     #[arg(long)]
     orchestration_people: Option<usize>,
+    /// Exposures of the measurement section's largest point; the others are a tenth and
+    /// a hundredth of it [default: 1000000, or 100000 with --quick].
+    #[arg(long)]
+    measurement_exposures: Option<usize>,
 }
 
 impl Args {
@@ -127,6 +135,13 @@ impl Args {
             .orchestration_people
             .unwrap_or(if self.quick { 5_000 } else { 50_000 });
         anyhow::ensure!(orchestration_people > 0, "--orchestration-people must be positive");
+        let measurement_exposures = self
+            .measurement_exposures
+            .unwrap_or(if self.quick { 100_000 } else { 1_000_000 });
+        anyhow::ensure!(
+            measurement_exposures >= 1_000,
+            "--measurement-exposures must be at least 1000"
+        );
         Ok(Plan {
             events,
             concurrency: self.concurrency.clone(),
@@ -142,7 +157,9 @@ impl Args {
             models: on(Section::Models),
             scoring: on(Section::Scoring),
             orchestration: on(Section::Orchestration),
+            measurement: on(Section::Measurement),
             orchestration_people,
+            measurement_exposures,
             identity_events,
             probes,
             read_secs,
@@ -281,6 +298,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             plan.orchestration_people, plan.read_secs, plan.latency_secs, plan.probes
         ));
         orchestration::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
+    }
+    if plan.measurement {
+        header.push_str(&format!(
+            "measurement: exposures (and a fifth of them ordering) loaded to {}, {} and {}, GetExperimentResults \
+             at each; then {} order probes under 5,000 events/s, from the ack to the results counting them\n",
+            plan.measurement_exposures / 100,
+            plan.measurement_exposures / 10,
+            plan.measurement_exposures,
+            plan.probes
+        ));
+        measurement::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
     }
 
     header.push_str(&format!(

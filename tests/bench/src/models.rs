@@ -20,7 +20,7 @@ use corvus_scoring::domain::kmeans::{self, Points};
 
 use crate::scenarios::Results;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -42,7 +42,7 @@ fn cdnow() -> anyhow::Result<Vec<Customer>> {
 }
 
 /// The median seconds of `f` over at least `n` runs and at least a second.
-fn median_seconds<T>(n: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+pub(crate) fn median_seconds<T>(n: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     let mut times = Vec::new();
     let started = Instant::now();
     let mut last = None;
@@ -56,7 +56,7 @@ fn median_seconds<T>(n: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 /// Runs a reference script with `args`; its JSON answer, or why there is none.
-fn reference(script: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+pub(crate) fn reference(script: &str, args: &[&str]) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new("python3")
         .arg(root().join("tests/reference").join(script))
         .args(args)
@@ -68,7 +68,9 @@ fn reference(script: &str, args: &[&str]) -> Result<serde_json::Value, String> {
             .last()
             .unwrap_or_default()
             .to_owned();
-        return Err(format!("{last}; pip install -r tests/reference/requirements.txt"));
+        return Err(format!(
+            "{last}; pip install -r tests/reference/requirements.txt (and see the script's own notes)"
+        ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }

@@ -41,8 +41,11 @@ pub struct Plan {
     pub models: bool,
     pub scoring: bool,
     pub orchestration: bool,
+    pub measurement: bool,
     /// People of the orchestration section.
     pub orchestration_people: usize,
+    /// Exposures of the measurement section's largest point.
+    pub measurement_exposures: usize,
     /// Events of the identity mix.
     pub identity_events: usize,
     /// Freshness probes.

@@ -21,9 +21,14 @@ CREATE TABLE decisions (
     policy       text NOT NULL,
     propensity   real NOT NULL,
     decided_at   integer NOT NULL,
-    PRIMARY KEY (workspace_id, decision_id)
+    PRIMARY KEY (decision_id)
 );
-CREATE INDEX decisions_profile ON decisions (workspace_id, profile_id);
+-- A person's rows are read many people at a time (`profile_id IN (…)`, the workspace
+-- checked on each row). The ids are unique across workspaces (UUIDs minted by
+-- orchestration, ingestion and identity), so no index of these four tables holds the
+-- workspace: a planner that would rather scan a whole index for the workspace than
+-- descend it once per person has no such index to scan.
+CREATE INDEX decisions_profile ON decisions (profile_id);
 
 -- The events a metric counts, once per event and metric, whether or not the person
 -- was exposed yet: an exposure that arrives later, a merge or an unmerge recomputes
@@ -36,9 +41,9 @@ CREATE TABLE outcomes (
     at           integer NOT NULL,
     numerator    real NOT NULL,
     denominator  real NOT NULL,
-    PRIMARY KEY (workspace_id, event_id, metric)
+    PRIMARY KEY (event_id, metric)
 );
-CREATE INDEX outcomes_profile ON outcomes (workspace_id, profile_id);
+CREATE INDEX outcomes_profile ON outcomes (profile_id);
 
 -- Derived from decisions: each person's exposure to each experiment (their first
 -- decision's arm, channel, segment and UTC day), kept so a change knows what to undo.
@@ -52,7 +57,7 @@ CREATE TABLE exposures (
     day          integer NOT NULL,
     exposed_at   integer NOT NULL,
     touches      integer NOT NULL,
-    PRIMARY KEY (workspace_id, profile_id, experiment)
+    PRIMARY KEY (profile_id, experiment)
 );
 
 -- Derived from outcomes and exposures: each exposed person's value of each metric,
@@ -65,7 +70,7 @@ CREATE TABLE units (
     value        real NOT NULL,
     denominator  real NOT NULL,
     covariate    real NOT NULL,
-    PRIMARY KEY (workspace_id, profile_id, experiment, metric)
+    PRIMARY KEY (profile_id, experiment, metric)
 );
 
 -- The aggregates results are computed from: people per bucket (experiment, arm,
