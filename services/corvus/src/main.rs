@@ -113,7 +113,8 @@ enum Command {
         #[arg(long, env = "CORVUS_API_KEY", global = true)]
         key: Option<String>,
     },
-    /// Experiment statistics, computed here from a file (no server needed).
+    /// Experiment statistics, computed here from a file (no server needed); a campaign's
+    /// decision log exported from a running Corvus in the same files.
     Stats {
         #[command(subcommand)]
         command: StatsCommand,
@@ -147,6 +148,25 @@ enum StatsCommand {
         /// The intervals are at 1 − alpha.
         #[arg(long, default_value_t = 0.05)]
         alpha: f64,
+    },
+    /// Write a campaign's logged decisions, from a running Corvus, in the files `ope`
+    /// reads: `logged.csv`, with `actions.csv` and `positions.csv` naming the actions
+    /// and segments by index. The reward is the person's value of the metric.
+    Export {
+        /// The campaign.
+        #[arg(long)]
+        experiment: String,
+        /// The metric whose value is the reward.
+        #[arg(long)]
+        metric: String,
+        /// The directory to write to.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// A read key (also `CORVUS_API_KEY`).
+        #[arg(long, env = "CORVUS_API_KEY")]
+        key: Option<String>,
     },
 }
 
@@ -506,6 +526,16 @@ async fn main() -> anyhow::Result<()> {
                 rewards,
                 alpha,
             } => stats::ope(&logged, &policy, rewards.as_deref(), alpha),
+            StatsCommand::Export {
+                experiment,
+                metric,
+                out,
+                endpoint,
+                key,
+            } => {
+                let key = key.ok_or_else(|| anyhow::anyhow!("--key (or CORVUS_API_KEY) is required"))?;
+                stats::export(&endpoint, &key, &experiment, &metric, &out).await
+            }
         },
     }
 }

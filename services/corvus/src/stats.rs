@@ -1,6 +1,7 @@
 //! `corvus stats analyze CASE.json`: an experiment's results from its per-arm
 //! aggregates; `corvus stats ope`: off-policy estimates from logged decisions. Both
-//! computed in this process and printed as JSON.
+//! computed in this process and printed as JSON. `corvus stats export`: a campaign's
+//! logged decisions from a running Corvus, written in the files `ope` reads.
 
 use std::io::Read;
 use std::path::Path;
@@ -47,4 +48,72 @@ pub fn ope(logged: &Path, policy: &Path, rewards: Option<&Path>, alpha: f64) -> 
     let estimates = ope::estimate(&rounds, &policy, model, alpha);
     println!("{}", serde_json::to_string_pretty(&estimates)?);
     Ok(())
+}
+
+/// Writes a campaign's logged decisions (`ExportDecisionLog`) to `out`: `logged.csv`
+/// (round, action, position, reward, pscore), and `actions.csv` and `positions.csv`,
+/// which name each action and segment by its index.
+pub async fn export(endpoint: &str, key: &str, experiment: &str, metric: &str, out: &Path) -> anyhow::Result<()> {
+    use corvus_proto::measurement::v1::ExportDecisionLogRequest;
+    use corvus_proto::measurement::v1::measurement_service_client::MeasurementServiceClient;
+    use std::fmt::Write as _;
+
+    let mut client = MeasurementServiceClient::new(corvus::client::connect(endpoint, key).await?);
+    let mut stream = client
+        .export_decision_log(ExportDecisionLogRequest {
+            experiment: experiment.to_owned(),
+            metric: metric.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("ExportDecisionLog: {}", s.message()))?
+        .into_inner();
+    let (mut logged, mut actions, mut positions) = (
+        String::from("round,action,position,reward,pscore\n"),
+        String::from("action,name\n"),
+        String::from("position,segment\n"),
+    );
+    let (mut rounds, mut skipped) = (0, 0);
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("ExportDecisionLog: {}", s.message()))?
+    {
+        for (i, name) in message.actions.iter().enumerate() {
+            writeln!(actions, "{i},{}", csv_field(name))?;
+        }
+        for (i, name) in message.segments.iter().enumerate() {
+            writeln!(positions, "{i},{}", csv_field(name))?;
+        }
+        skipped += message.skipped;
+        for r in &message.rounds {
+            writeln!(
+                logged,
+                "{},{},{},{},{}",
+                r.round, r.action, r.position, r.reward, r.pscore
+            )?;
+        }
+        rounds += message.rounds.len();
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    for (name, text) in [
+        ("logged.csv", logged),
+        ("actions.csv", actions),
+        ("positions.csv", positions),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    println!(
+        "exported {rounds} rounds of {experiment} ({skipped} exposures left out: held out, or without a propensity) to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// A name as a CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(name: &str) -> String {
+    match name.contains([',', '"', '\n', '\r']) {
+        true => format!("\"{}\"", name.replace('"', "\"\"")),
+        false => name.to_owned(),
+    }
 }

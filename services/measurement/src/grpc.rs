@@ -12,10 +12,13 @@ use prost_types::{Duration as PbDuration, Timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::metric::{DEFAULT_LOOKBACK_SECONDS, EventFilter, Metric};
+use crate::ope;
+use crate::policy_value::{self, Candidate};
+use crate::report;
 use crate::results::{Results, Settings};
-use crate::service::{Measurement, MeasurementError, Query};
+use crate::service::{Measurement, MeasurementError, Query, ReportQuery};
 use crate::stats::{self, Analysis, Case, Correction, MetricType, Prior, Setting, Variant};
-use crate::storage::Filter;
+use crate::storage::{Dimension, Filter};
 
 /// `MeasurementService`.
 #[derive(Clone)]
@@ -310,6 +313,218 @@ impl MeasurementService for MeasurementApi {
         let results = self.measurement.results(&principal.workspace, &query).await?;
         Ok(Response::new(results_message(&req.experiment, results, correction)?))
     }
+
+    async fn get_campaign_report(
+        &self,
+        request: Request<pb::GetCampaignReportRequest>,
+    ) -> Result<Response<pb::GetCampaignReportResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read campaign reports")?;
+        let req = request.get_ref();
+        if req.experiment.is_empty() {
+            return Err(invalid_argument("experiment", "the campaign to report"));
+        }
+        let dimension = match pb::Breakdown::try_from(req.breakdown) {
+            Ok(pb::Breakdown::Unspecified) => Dimension::Overall,
+            Ok(pb::Breakdown::Channel) => Dimension::Channel,
+            Ok(pb::Breakdown::Segment) => Dimension::Segment,
+            Ok(pb::Breakdown::Action) => Dimension::Action,
+            Ok(pb::Breakdown::Day) => Dimension::Day,
+            Err(_) => return Err(invalid_argument("breakdown", "channel, segment, action or day")),
+        };
+        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
+            return Err(invalid_argument("alpha", "between 0 and 1"));
+        }
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let query = ReportQuery {
+            experiment: req.experiment.clone(),
+            dimension,
+            conversion_metric: nonempty(&req.conversion_metric),
+            revenue_metric: nonempty(&req.revenue_metric),
+            filter: Filter {
+                channel: nonempty(&req.channel),
+                segment: nonempty(&req.segment),
+                from_day: day_of("from_day", &req.from_day)?,
+                to_day: day_of("to_day", &req.to_day)?,
+            },
+            alpha: if req.alpha == 0.0 { 0.05 } else { req.alpha },
+            fatigue_min_people: if req.fatigue_min_people == 0 {
+                30
+            } else {
+                req.fatigue_min_people
+            },
+        };
+        let report = self.measurement.report(&principal.workspace, &query).await?;
+        let row = |r: report::Row| {
+            let [people, touches, sent, delivered, opened, clicked] = r.counts.map(|n| n.max(0) as u64);
+            pb::ReportRow {
+                key: match dimension {
+                    Dimension::Day => r.key.parse::<i32>().map_or(r.key.clone(), day_name),
+                    _ => r.key,
+                },
+                people,
+                held_out: r.held_out,
+                touches,
+                sent,
+                delivered,
+                opened,
+                clicked,
+                converted: r.converted,
+                conversion_rate: r.conversion_rate,
+                revenue: r.revenue,
+                revenue_per_person: r.revenue_per_person,
+                conversion_lift: r.conversion_lift.map(lift_message),
+                revenue_lift: r.revenue_lift.map(lift_message),
+            }
+        };
+        Ok(Response::new(pb::GetCampaignReportResponse {
+            experiment: req.experiment.clone(),
+            overall: Some(row(report.overall)),
+            rows: report.rows.into_iter().map(row).collect(),
+            conversion_metric: report.conversion_metric.unwrap_or_default(),
+            revenue_metric: report.revenue_metric.unwrap_or_default(),
+            fatigue: report.fatigue.map(|(metric, f)| pb::FatigueCurve {
+                metric,
+                points: f
+                    .points
+                    .iter()
+                    .map(|p| pb::FatiguePoint {
+                        touches: p.touches,
+                        people: p.people,
+                        response: p.response,
+                        ci_lower: p.ci[0],
+                        ci_upper: p.ci[1],
+                    })
+                    .collect(),
+                peak_touches: f.peak,
+                drops_at: f.drops_at,
+            }),
+        }))
+    }
+
+    async fn estimate_policy_value(
+        &self,
+        request: Request<pb::EstimatePolicyValueRequest>,
+    ) -> Result<Response<pb::EstimatePolicyValueResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "estimate a policy's value")?;
+        let req = request.get_ref();
+        let (experiment, metric) = experiment_and_metric(&req.experiment, &req.metric)?;
+        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
+            return Err(invalid_argument("alpha", "between 0 and 1"));
+        }
+        let candidate: Vec<Candidate> = req
+            .candidate
+            .iter()
+            .enumerate()
+            .map(
+                |(i, c)| match c.probability.is_finite() && (0.0..=1.0).contains(&c.probability) {
+                    true => Ok(Candidate {
+                        action: c.action.clone(),
+                        segment: c.segment.clone(),
+                        probability: c.probability,
+                    }),
+                    false => Err(invalid_argument(
+                        format!("candidate[{i}].probability"),
+                        "between 0 and 1",
+                    )),
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        let logged = self
+            .measurement
+            .logged(&principal.workspace, experiment, metric)
+            .await?;
+        let alpha = if req.alpha == 0.0 { 0.05 } else { req.alpha };
+        let (estimates, own) = policy_value::estimate(&logged, &candidate, alpha).map_err(MeasurementError::from)?;
+        let message = |e: ope::Estimate| pb::Estimate {
+            value: e.value,
+            ci_lower: e.ci[0],
+            ci_upper: e.ci[1],
+            stderr: e.stderr,
+        };
+        Ok(Response::new(pb::EstimatePolicyValueResponse {
+            ips: Some(message(estimates.ipw)),
+            snips: Some(message(estimates.snipw)),
+            dm: estimates.dm.map(message),
+            dr: estimates.dr.map(message),
+            effective_sample_size: estimates.effective_sample_size,
+            rounds: logged.rounds.len() as u64,
+            skipped: logged.skipped as u64,
+            logged: Some(message(own)),
+        }))
+    }
+
+    type ExportDecisionLogStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportDecisionLogResponse, Status>> + Send>>;
+
+    async fn export_decision_log(
+        &self,
+        request: Request<pb::ExportDecisionLogRequest>,
+    ) -> Result<Response<Self::ExportDecisionLogStream>, Status> {
+        let principal = authorise(&request, Role::Read, "export the decision log")?;
+        let req = request.get_ref();
+        let (experiment, metric) = experiment_and_metric(&req.experiment, &req.metric)?;
+        let logged = self
+            .measurement
+            .logged(&principal.workspace, experiment, metric)
+            .await?;
+        let mut messages = vec![pb::ExportDecisionLogResponse {
+            actions: logged.actions,
+            segments: logged.segments,
+            skipped: logged.skipped as u64,
+            rounds: Vec::new(),
+        }];
+        for (n, chunk) in logged.rounds.chunks(EXPORT_CHUNK).enumerate() {
+            messages.push(pb::ExportDecisionLogResponse {
+                rounds: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| pb::LoggedRound {
+                        round: (n * EXPORT_CHUNK + i) as u64,
+                        action: r.action,
+                        position: r.position,
+                        reward: r.reward,
+                        pscore: r.pscore,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            messages.into_iter().map(Ok),
+        ))))
+    }
+}
+
+/// Rounds a message of `ExportDecisionLog` carries at most.
+const EXPORT_CHUNK: usize = 10_000;
+
+fn experiment_and_metric<'a>(experiment: &'a str, metric: &'a str) -> Result<(&'a str, &'a str), Status> {
+    if experiment.is_empty() {
+        return Err(invalid_argument(
+            "experiment",
+            "the experiment (campaign) whose decisions to read",
+        ));
+    }
+    if metric.is_empty() {
+        return Err(invalid_argument("metric", "the metric whose value is the reward"));
+    }
+    Ok((experiment, metric))
+}
+
+fn lift_message(c: stats::Comparison) -> pb::Lift {
+    pb::Lift {
+        expected: c.expected,
+        ci_lower: c.ci[0],
+        ci_upper: c.ci[1],
+        p_value: c.p_value.unwrap_or(1.0),
+        error: c.error.unwrap_or_default(),
+    }
+}
+
+/// A UTC day since the epoch as "YYYY-MM-DD".
+fn day_name(day: i32) -> String {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    (epoch + chrono::Days::new(day.max(0) as u64)).to_string()
 }
 
 #[tonic::async_trait]

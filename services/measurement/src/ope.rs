@@ -280,7 +280,9 @@ impl RewardModel for RewardTable {
 
     fn row(&self, round: usize) -> Option<(&[u32], &[f64])> {
         let width = self.actions.len();
-        self.q.get(round * width..(round + 1) * width).map(|q| (self.actions.as_slice(), q))
+        self.q
+            .get(round * width..(round + 1) * width)
+            .map(|q| (self.actions.as_slice(), q))
     }
 }
 

@@ -15,9 +15,11 @@ use uuid::Uuid;
 
 use crate::config::MeasurementConfig;
 use crate::metric::Metric;
+use crate::policy_value::{self, Logged};
+use crate::report;
 use crate::results::{self, Results, Settings};
-use crate::stats::Invalid;
-use crate::storage::{self, ArmRow, Change, Filter, MeasurementStore, NewDecision, NewOutcome};
+use crate::stats::{Invalid, MetricType};
+use crate::storage::{self, ArmRow, Change, Dimension, Filter, MeasurementStore, NewDecision, NewOutcome, NewStage};
 
 /// The name measurement consumes identity's log under, and answers erasures as.
 pub const CONSUMER_NAME: &str = "measurement";
@@ -47,6 +49,30 @@ pub struct Query {
     pub baseline: Option<String>,
     pub filter: Filter,
     pub settings: Settings,
+}
+
+/// What `report` is asked.
+#[derive(Debug, Clone)]
+pub struct ReportQuery {
+    pub experiment: String,
+    pub dimension: Dimension,
+    /// The workspace's first binomial metric when `None`.
+    pub conversion_metric: Option<String>,
+    /// The workspace's first count metric with a value property when `None`.
+    pub revenue_metric: Option<String>,
+    pub filter: Filter,
+    pub alpha: f64,
+    pub fatigue_min_people: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub overall: report::Row,
+    pub rows: Vec<report::Row>,
+    pub conversion_metric: Option<String>,
+    pub revenue_metric: Option<String>,
+    /// The metric's name and its curve.
+    pub fatigue: Option<(String, report::Fatigue)>,
 }
 
 #[derive(Clone)]
@@ -156,6 +182,90 @@ impl Measurement {
         })
     }
 
+    /// A campaign's report, overall and per key of the query's dimension.
+    pub async fn report(&self, ws: &WorkspaceId, query: &ReportQuery) -> Result<Report, MeasurementError> {
+        let experiments = self.store.experiments(ws).await?;
+        if !experiments.iter().any(|a| a.experiment == query.experiment) {
+            return Err(MeasurementError::NotFound(format!(
+                "experiment {:?} has no exposures",
+                query.experiment
+            )));
+        }
+        let defined = self.metrics(ws).await?;
+        let pick = |field: &str, name: &Option<String>, want: MetricType, default: fn(&Metric) -> bool| match name {
+            None => Ok(defined.iter().find(|m| default(m))),
+            Some(name) => match defined.iter().find(|m| &m.name == name) {
+                None => Err(MeasurementError::NotFound(format!("metric {name:?} is not defined"))),
+                Some(m) if m.metric_type != want => Err(MeasurementError::Invalid(Invalid {
+                    field: field.to_owned(),
+                    reason: format!("{name:?} is not a {want:?} metric"),
+                })),
+                Some(m) => Ok(Some(m)),
+            },
+        };
+        let metrics = report::Metrics {
+            conversion: pick(
+                "conversion_metric",
+                &query.conversion_metric,
+                MetricType::Binomial,
+                |m| m.metric_type == MetricType::Binomial,
+            )?,
+            revenue: pick("revenue_metric", &query.revenue_metric, MetricType::Count, |m| {
+                m.metric_type == MetricType::Count && !m.numerator.value.is_empty()
+            })?,
+        };
+        let names: Vec<String> = [metrics.conversion, metrics.revenue]
+            .into_iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect();
+        let (names, metrics) = (&names, &metrics);
+        let rows_of = |dimension| async move {
+            let cells = self
+                .store
+                .report(ws, &query.experiment, &query.filter, dimension, names)
+                .await?;
+            Ok::<_, StorageError>(report::rows(&cells, dimension, metrics, query.alpha))
+        };
+        let overall = rows_of(Dimension::Overall).await?.pop().unwrap_or_default();
+        let rows = match query.dimension {
+            Dimension::Overall => Vec::new(),
+            dimension => rows_of(dimension).await?,
+        };
+        let fatigue = match metrics.conversion.or(metrics.revenue) {
+            None => None,
+            Some(m) => {
+                let points = self.store.fatigue(ws, &query.experiment, &m.name).await?;
+                Some((
+                    m.name.clone(),
+                    report::fatigue(m, &points, query.fatigue_min_people, query.alpha),
+                ))
+            }
+        };
+        Ok(Report {
+            overall,
+            rows,
+            conversion_metric: metrics.conversion.map(|m| m.name.clone()),
+            revenue_metric: metrics.revenue.map(|m| m.name.clone()),
+            fatigue,
+        })
+    }
+
+    /// A campaign's treated exposures as rounds for off-policy estimates, with `metric`'s
+    /// value as the reward.
+    pub async fn logged(&self, ws: &WorkspaceId, experiment: &str, metric: &str) -> Result<Logged, MeasurementError> {
+        if !self.metrics(ws).await?.iter().any(|m| m.name == metric) {
+            return Err(MeasurementError::NotFound(format!("metric {metric:?} is not defined")));
+        }
+        let rows = self.store.rounds(ws, experiment, metric).await?;
+        if rows.is_empty() {
+            return Err(MeasurementError::NotFound(format!(
+                "experiment {experiment:?} has no exposures"
+            )));
+        }
+        Ok(policy_value::logged(&rows))
+    }
+
     async fn metrics(&self, ws: &WorkspaceId) -> Result<Vec<Metric>, StorageError> {
         Ok(self.store.metrics(ws).await?.into_iter().map(|(m, _)| m).collect())
     }
@@ -201,6 +311,7 @@ impl Measurement {
             let metrics = self.metrics(&ws).await?;
             let change = Change::Record {
                 decisions: &decisions,
+                stages: &[],
                 outcomes: &[],
             };
             self.store.apply(&ws, change, &metrics).await?;
@@ -213,7 +324,7 @@ impl Measurement {
     pub async fn deliver(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), StorageError> {
         let mut failures = Vec::new();
         let mut answers = Vec::new();
-        let mut pending: Option<(WorkspaceId, Vec<Metric>, Vec<NewOutcome>)> = None;
+        let mut pending: Option<Pending> = None;
         for entry in entries {
             match &entry.entry {
                 Some(log_entry::Entry::Event(stored)) => {
@@ -224,13 +335,17 @@ impl Measurement {
                         });
                         continue;
                     };
-                    if pending.as_ref().is_none_or(|(w, _, _)| *w != ws) {
+                    if pending.as_ref().is_none_or(|p| p.ws != ws) {
                         self.flush(pending.take()).await?;
                         let metrics = self.metrics(&ws).await?;
-                        pending = Some((ws, metrics, Vec::new()));
+                        pending = Some(Pending {
+                            ws,
+                            metrics,
+                            stages: Vec::new(),
+                            outcomes: Vec::new(),
+                        });
                     }
-                    let (_, metrics, outcomes) = pending.as_mut().expect("set above");
-                    if let Err(reason) = outcomes_of(stored, metrics, outcomes) {
+                    if let Err(reason) = pending.as_mut().expect("set above").read(stored) {
                         failures.push(Failure {
                             event_id: stored.event_id.clone(),
                             reason,
@@ -255,13 +370,14 @@ impl Measurement {
         Ok((failures, answers))
     }
 
-    async fn flush(&self, pending: Option<(WorkspaceId, Vec<Metric>, Vec<NewOutcome>)>) -> Result<(), StorageError> {
-        if let Some((ws, metrics, outcomes)) = pending.filter(|p| !p.2.is_empty()) {
+    async fn flush(&self, pending: Option<Pending>) -> Result<(), StorageError> {
+        if let Some(p) = pending.filter(|p| !(p.stages.is_empty() && p.outcomes.is_empty())) {
             let change = Change::Record {
                 decisions: &[],
-                outcomes: &outcomes,
+                stages: &p.stages,
+                outcomes: &p.outcomes,
             };
-            self.store.apply(&ws, change, &metrics).await?;
+            self.store.apply(&p.ws, change, &p.metrics).await?;
         }
         Ok(())
     }
@@ -324,45 +440,87 @@ impl Measurement {
     }
 }
 
-/// What a resolved event adds to each metric that counts it. `Err` for an event that
-/// cannot be read.
-fn outcomes_of(stored: &StoredEvent, metrics: &[Metric], outcomes: &mut Vec<NewOutcome>) -> Result<(), String> {
-    let Some(event) = &stored.event else {
-        return Err("event: missing".to_owned());
-    };
-    if metrics.is_empty() || EventType::try_from(event.r#type) != Ok(EventType::Track) {
-        return Ok(());
-    }
-    let counted: Vec<&Metric> = metrics
-        .iter()
-        .filter(|m| m.numerator.event == event.event || m.denominator.as_ref().is_some_and(|d| d.event == event.event))
-        .collect();
-    if counted.is_empty() {
-        return Ok(());
-    }
-    let (Ok(event_id), Ok(profile)) = (stored.event_id.parse::<Uuid>(), stored.profile_id.parse::<Uuid>()) else {
-        return Err("event_id or profile_id: not an id".to_owned());
-    };
-    let properties = match &event.properties {
-        Some(p) => p.to_json().map_err(|e| format!("properties: {e}"))?,
-        None => Default::default(),
-    };
-    let at = time_of(event.timestamp.as_ref())
-        .or_else(|| time_of(event.received_at.as_ref()))
-        .unwrap_or_else(Utc::now);
-    for metric in counted {
-        if let Some((numerator, denominator)) = metric.contribution(&event.event, &properties) {
-            outcomes.push(NewOutcome {
-                event_id,
-                metric: metric.name.clone(),
+/// The events that mark how far a decision got (by the id in `properties.decision_id`),
+/// with their stage in `units::STAGES`: orchestration's own `Message Sent`, and the
+/// receipts providers report, in Segment's names where it has them.
+const STAGE_EVENTS: [(&str, u8); 10] = [
+    ("Message Sent", 0),
+    ("Message Delivered", 1),
+    ("Email Delivered", 1),
+    ("SMS Delivered", 1),
+    ("Push Notification Received", 1),
+    ("Message Opened", 2),
+    ("Email Opened", 2),
+    ("Push Notification Tapped", 2),
+    ("Message Clicked", 3),
+    ("Email Link Clicked", 3),
+];
+
+/// A workspace's run of events in a delivery, read into what they add.
+struct Pending {
+    ws: WorkspaceId,
+    metrics: Vec<Metric>,
+    stages: Vec<NewStage>,
+    outcomes: Vec<NewOutcome>,
+}
+
+impl Pending {
+    /// What a resolved event adds: to each metric that counts it, and to the funnel of
+    /// the decision it names. `Err` for an event that cannot be read.
+    fn read(&mut self, stored: &StoredEvent) -> Result<(), String> {
+        let Some(event) = &stored.event else {
+            return Err("event: missing".to_owned());
+        };
+        if EventType::try_from(event.r#type) != Ok(EventType::Track) {
+            return Ok(());
+        }
+        let stage = STAGE_EVENTS.iter().find(|(name, _)| *name == event.event).map(|s| s.1);
+        let counted: Vec<&Metric> = self
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.numerator.event == event.event || m.denominator.as_ref().is_some_and(|d| d.event == event.event)
+            })
+            .collect();
+        if counted.is_empty() && stage.is_none() {
+            return Ok(());
+        }
+        let (Ok(event_id), Ok(profile)) = (stored.event_id.parse::<Uuid>(), stored.profile_id.parse::<Uuid>()) else {
+            return Err("event_id or profile_id: not an id".to_owned());
+        };
+        let properties = match &event.properties {
+            Some(p) => p.to_json().map_err(|e| format!("properties: {e}"))?,
+            None => Default::default(),
+        };
+        let at = time_of(event.timestamp.as_ref())
+            .or_else(|| time_of(event.received_at.as_ref()))
+            .unwrap_or_else(Utc::now);
+        let decision = properties
+            .get("decision_id")
+            .and_then(|v| v.as_str())
+            .and_then(|id| id.parse::<Uuid>().ok());
+        if let (Some(stage), Some(decision)) = (stage, decision) {
+            self.stages.push(NewStage {
+                decision,
+                stage,
                 profile,
                 at,
-                numerator,
-                denominator,
             });
         }
+        for metric in counted {
+            if let Some((numerator, denominator)) = metric.contribution(&event.event, &properties) {
+                self.outcomes.push(NewOutcome {
+                    event_id,
+                    metric: metric.name.clone(),
+                    profile,
+                    at,
+                    numerator,
+                    denominator,
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[async_trait]

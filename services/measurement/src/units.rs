@@ -1,9 +1,11 @@
 //! A person's part in the aggregates, computed from what is kept of them: their
-//! decisions give each experiment's exposure (the first decision's arm, channel, segment
-//! and day); their outcomes give each exposed metric's value in the window after it and
-//! the covariate in the lookback before it. A change to a person (a decision, an event,
-//! a merge, an erasure) computes their state again and moves the aggregates by the
-//! difference, so applying the same change twice moves nothing.
+//! decisions give each experiment's exposure (the first decision's arm, channel, segment,
+//! action and day), how many of them sent (touches), and how far they got (the funnel's
+//! stages, from events carrying a decision's id); their outcomes give each exposed
+//! metric's value in the window after it and the covariate in the lookback before it. A
+//! change to a person (a decision, an event, a merge, an erasure) computes their state
+//! again and moves the aggregates by the difference, so applying the same change twice
+//! moves nothing.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,15 +14,34 @@ use crate::stats::MetricType;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// The channel of a decision that sent nothing (the person was held out).
+pub const NO_CHANNEL: &str = "none";
+
+/// Touches counted apart in the fatigue curve; more count as this many.
+pub const MAX_TOUCHES: u32 = 20;
+
+/// The funnel's stages after the exposure, as bits of `Exposure::reached`.
+pub const STAGES: [&str; 4] = ["sent", "delivered", "opened", "clicked"];
+
 /// A decision as the person's state reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRow {
+    pub id: uuid::Uuid,
     pub experiment: String,
     pub arm: String,
     pub channel: String,
     pub segment: String,
+    pub action: String,
+    pub propensity: f64,
     /// Microseconds since the epoch.
     pub at: i64,
+}
+
+/// A stage of the funnel a decision reached (an index into [`STAGES`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StageRow {
+    pub decision: uuid::Uuid,
+    pub stage: u8,
 }
 
 /// An event's contribution to a metric.
@@ -38,6 +59,7 @@ pub struct Bucket {
     pub arm: String,
     pub channel: String,
     pub segment: String,
+    pub action: String,
     /// UTC days since the epoch.
     pub day: i32,
 }
@@ -46,8 +68,28 @@ pub struct Bucket {
 pub struct Exposure {
     pub bucket: Bucket,
     pub exposed_at: i64,
-    /// Decisions of the experiment for the person.
+    /// The experiment's decisions for the person that sent something.
     pub touches: u32,
+    /// The stages any of them reached: bit i for `STAGES[i]`.
+    pub reached: u8,
+    /// The first decision's propensity.
+    pub propensity: f64,
+}
+
+/// What an exposure adds to its bucket's counts: people, touches, and the people who
+/// reached each stage.
+pub type Counts = [i64; 6];
+
+impl Exposure {
+    pub fn counts(&self) -> Counts {
+        let stage = |i: usize| i64::from(self.reached >> i & 1);
+        [1, i64::from(self.touches), stage(0), stage(1), stage(2), stage(3)]
+    }
+
+    /// The touches the fatigue curve counts the person at.
+    pub fn fatigue_touches(&self) -> u32 {
+        self.touches.min(MAX_TOUCHES)
+    }
 }
 
 /// A person's value of a metric in an experiment.
@@ -87,30 +129,39 @@ pub struct PersonState {
 }
 
 impl PersonState {
-    /// The state from the person's decisions and outcomes, for `metrics`.
-    pub fn of(metrics: &[Metric], decisions: &[DecisionRow], outcomes: &[OutcomeRow]) -> Self {
+    /// The state from the person's decisions, the stages they reached, and outcomes, for
+    /// `metrics`.
+    pub fn of(metrics: &[Metric], decisions: &[DecisionRow], stages: &[StageRow], outcomes: &[OutcomeRow]) -> Self {
         let mut exposures: BTreeMap<String, Exposure> = BTreeMap::new();
         for d in decisions {
+            let sent = u32::from(d.channel != NO_CHANNEL);
+            let reached = stages
+                .iter()
+                .filter(|s| s.decision == d.id)
+                .fold(0u8, |bits, s| bits | 1 << s.stage);
             let first = Exposure {
                 bucket: Bucket {
                     arm: d.arm.clone(),
                     channel: d.channel.clone(),
                     segment: d.segment.clone(),
+                    action: d.action.clone(),
                     day: day_of(d.at),
                 },
                 exposed_at: d.at,
-                touches: 1,
+                touches: sent,
+                reached,
+                propensity: d.propensity,
             };
             exposures
                 .entry(d.experiment.clone())
                 .and_modify(|e| {
                     // The earliest decision is the exposure; ties go to the arm's name so
                     // the order decisions arrive in cannot matter.
-                    let touches = e.touches + 1;
+                    let (touches, reached) = (e.touches + sent, e.reached | reached);
                     if (d.at, &d.arm) < (e.exposed_at, &e.bucket.arm) {
                         *e = first.clone();
                     }
-                    e.touches = touches;
+                    (e.touches, e.reached) = (touches, reached);
                 })
                 .or_insert(first);
         }
@@ -151,24 +202,33 @@ pub fn unit<'a>(metric: &Metric, exposed_at: i64, outcomes: impl Iterator<Item =
     u
 }
 
-/// How a set of changes moves the aggregates: people per (experiment, bucket), and
-/// sums per (experiment, metric, bucket).
+/// How a set of changes moves the aggregates: people (and their touches and stages) per
+/// (experiment, bucket), sums per (experiment, metric, bucket), and the fatigue curve's
+/// people per (experiment, touches) and value and its square per (experiment, metric,
+/// touches).
 #[derive(Debug, Default)]
 pub struct Deltas {
-    pub users: HashMap<(String, Bucket), i64>,
+    pub users: HashMap<(String, Bucket), Counts>,
     pub sums: HashMap<(String, String, Bucket), Sums>,
+    pub fatigue_users: HashMap<(String, u32), i64>,
+    pub fatigue_sums: HashMap<(String, String, u32), [f64; 2]>,
 }
 
 impl Deltas {
     /// Moves from a person's `old` state to their `new` one.
     pub fn add(&mut self, old: &PersonState, new: &PersonState) {
-        for (experiment, e) in &old.exposures {
-            *self.users.entry((experiment.clone(), e.bucket.clone())).or_default() -= 1;
-        }
-        for (experiment, e) in &new.exposures {
-            *self.users.entry((experiment.clone(), e.bucket.clone())).or_default() += 1;
-        }
-        for (state, sign) in [(old, -1.0), (new, 1.0)] {
+        for (state, sign) in [(old, -1), (new, 1)] {
+            for (experiment, e) in &state.exposures {
+                let counts = self.users.entry((experiment.clone(), e.bucket.clone())).or_default();
+                for (c, n) in counts.iter_mut().zip(e.counts()) {
+                    *c += sign * n;
+                }
+                *self
+                    .fatigue_users
+                    .entry((experiment.clone(), e.fatigue_touches()))
+                    .or_default() += sign;
+            }
+            let sign = sign as f64;
             for ((experiment, metric), unit) in &state.units {
                 let Some(exposure) = state.exposures.get(experiment) else {
                     continue;
@@ -178,14 +238,20 @@ impl Deltas {
                 for (s, u) in sums.iter_mut().zip(unit.sums()) {
                     *s += sign * u;
                 }
+                let key = (experiment.clone(), metric.clone(), exposure.fatigue_touches());
+                let fatigue = self.fatigue_sums.entry(key).or_default();
+                fatigue[0] += sign * unit.value;
+                fatigue[1] += sign * unit.value * unit.value;
             }
         }
     }
 
     /// Drops what cancelled out.
     pub fn settle(&mut self) {
-        self.users.retain(|_, n| *n != 0);
+        self.users.retain(|_, n| n.iter().any(|x| *x != 0));
         self.sums.retain(|_, s| s.iter().any(|x| *x != 0.0));
+        self.fatigue_users.retain(|_, n| *n != 0);
+        self.fatigue_sums.retain(|_, s| s.iter().any(|x| *x != 0.0));
     }
 }
 
@@ -215,10 +281,13 @@ mod tests {
 
     fn decision(arm: &str, at: i64) -> DecisionRow {
         DecisionRow {
+            id: uuid::Uuid::from_u128(at as u128),
             experiment: "spring".into(),
             arm: arm.into(),
             channel: "email".into(),
             segment: "s".into(),
+            action: "offer".into(),
+            propensity: 0.5,
             at,
         }
     }
@@ -243,12 +312,18 @@ mod tests {
             outcome(t0 + 24 * HOUR, 4.0), // after it
         ];
         let decisions = [decision("b", t0 + HOUR), decision("a", t0)];
-        let s = PersonState::of(&[metric(MetricType::Count, 24)], &decisions, &outcomes);
+        // The later decision was opened: the person reached that stage.
+        let stages = [StageRow {
+            decision: decisions[0].id,
+            stage: 2,
+        }];
+        let s = PersonState::of(&[metric(MetricType::Count, 24)], &decisions, &stages, &outcomes);
         let e = &s.exposures["spring"];
         assert_eq!(
             (e.bucket.arm.as_str(), e.exposed_at, e.touches, e.bucket.day),
             ("a", t0, 2, 100)
         );
+        assert_eq!(e.counts(), [1, 2, 0, 0, 1, 0]);
         assert_eq!(
             s.units[&("spring".to_owned(), "m".to_owned())],
             Unit {
@@ -257,7 +332,7 @@ mod tests {
                 covariate: 5.0
             }
         );
-        let b = PersonState::of(&[metric(MetricType::Binomial, 0)], &decisions, &outcomes);
+        let b = PersonState::of(&[metric(MetricType::Binomial, 0)], &decisions, &[], &outcomes);
         assert_eq!(
             b.units[&("spring".to_owned(), "m".to_owned())],
             Unit {
@@ -271,23 +346,41 @@ mod tests {
     #[test]
     fn deltas_move_a_person_between_buckets_and_cancel_when_nothing_changed() {
         let metrics = [metric(MetricType::Count, 0)];
-        let old = PersonState::of(&metrics, &[decision("a", 0)], &[outcome(1, 3.0)]);
+        let old = PersonState::of(&metrics, &[decision("a", 0)], &[], &[outcome(1, 3.0)]);
         let mut deltas = Deltas::default();
         deltas.add(&old, &old);
         deltas.settle();
-        assert!(deltas.users.is_empty() && deltas.sums.is_empty());
-        let new = PersonState::of(&metrics, &[decision("b", -1), decision("a", 0)], &[outcome(1, 3.0)]);
+        assert!(deltas.users.is_empty() && deltas.sums.is_empty() && deltas.fatigue_users.is_empty());
+        let both = [decision("b", -1), decision("a", 0)];
+        let new = PersonState::of(&metrics, &both, &[], &[outcome(1, 3.0)]);
         deltas.add(&old, &new);
         deltas.settle();
         let bucket = |arm: &str, day| Bucket {
             arm: arm.into(),
             channel: "email".into(),
             segment: "s".into(),
+            action: "offer".into(),
             day,
         };
-        assert_eq!(deltas.users[&("spring".to_owned(), bucket("a", 0))], -1);
-        assert_eq!(deltas.users[&("spring".to_owned(), bucket("b", -1))], 1);
+        assert_eq!(
+            deltas.users[&("spring".to_owned(), bucket("a", 0))],
+            [-1, -1, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            deltas.users[&("spring".to_owned(), bucket("b", -1))],
+            [1, 2, 0, 0, 0, 0]
+        );
         let moved = deltas.sums[&("spring".to_owned(), "m".to_owned(), bucket("b", -1))];
         assert_eq!(moved, [3.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        // On the fatigue curve, the person moved from one touch to two.
+        let spring = |t| ("spring".to_owned(), t);
+        assert_eq!(
+            (deltas.fatigue_users[&spring(1)], deltas.fatigue_users[&spring(2)]),
+            (-1, 1)
+        );
+        assert_eq!(
+            deltas.fatigue_sums[&("spring".to_owned(), "m".to_owned(), 2)],
+            [3.0, 9.0]
+        );
     }
 }

@@ -184,7 +184,10 @@ fn ope_against_obp(results: &mut Results) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| (v - r[*k].as_f64().unwrap_or(f64::NAN)).abs())
                 .fold(0.0, f64::max);
-            ensure!(worst < 1e-9, "the estimates differ from obp's by {worst:e}: {values:?} against {r}");
+            ensure!(
+                worst < 1e-9,
+                "the estimates differ from obp's by {worst:e}: {values:?} against {r}"
+            );
             let speedup = theirs / seconds;
             format!(
                 "off-policy estimates on the Open Bandit sample ({} rounds; IPS, SNIPS, DM, DR with intervals and the \
@@ -246,7 +249,14 @@ fn metrics() -> Vec<pb::Metric> {
     ]
 }
 
-fn decision_entry(profile: Uuid, experiment: &str, arm: &str, channel: i32, segment: String, at: i64) -> DecisionLogEntry {
+fn decision_entry(
+    profile: Uuid,
+    experiment: &str,
+    arm: &str,
+    channel: i32,
+    segment: String,
+    at: i64,
+) -> DecisionLogEntry {
     let share = match arm {
         "holdout" => 0.1,
         _ => 0.45,
@@ -361,8 +371,14 @@ async fn results_time(
     };
     let answer = client.get_experiment_results(ask()?).await?.into_inner();
     let users: u64 = answer.arms.iter().map(|a| a.users).sum();
-    ensure!(users == exposures as u64, "the results count {users} people, not {exposures}");
-    ensure!(answer.metrics.iter().all(|m| m.settings.len() == 5), "a metric without its settings");
+    ensure!(
+        users == exposures as u64,
+        "the results count {users} people, not {exposures}"
+    );
+    ensure!(
+        answer.metrics.iter().all(|m| m.settings.len() == 5),
+        "a metric without its settings"
+    );
     let cpu = CpuSample::now();
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(RESULTS_CALLS);
@@ -409,7 +425,12 @@ async fn freshness(
     let mut ingest = load::connect(&app.grpc_url).await?;
     let before = resolved();
     load::ingest(&mut ingest, &Batch::grpc(identifies, now), &keys.ingest).await?;
-    caught_up(&mut ingestion_client(&app.grpc_url).await?, &keys.read, before + probes as u64).await?;
+    caught_up(
+        &mut ingestion_client(&app.grpc_url).await?,
+        &keys.read,
+        before + probes as u64,
+    )
+    .await?;
     let mut identity = IdentityServiceClient::new(load::channel(&app.grpc_url).await?);
     let mut entries = Vec::with_capacity(probes);
     let decided = Utc::now().timestamp_micros() - 60_000_000;
@@ -514,7 +535,10 @@ async fn freshness(
     };
     let mut row = Row::new(label, &mut m, cores).with_target(Target::P99AtMost(VISIBLE_P99));
     row.writes = false;
-    eprintln!("corvus-bench:   p50 {:?}, p99 {:?}, {missing} missing", row.p50, row.p99);
+    eprintln!(
+        "corvus-bench:   p50 {:?}, p99 {:?}, {missing} missing",
+        row.p50, row.p99
+    );
     let mut acks = load.latencies.clone();
     acks.sort_unstable();
     let ms = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3));

@@ -268,6 +268,118 @@ async fn an_experiment_is_measured_through_the_api(backend: Backend) {
     }
     assert!((results.srm_p - analysed.metrics[0].settings[0].srm_p).abs() < 1e-12);
 
+    // The campaign's report: every treated person was sent their message (the log
+    // connector's `Message Sent`, carrying the decision id, came back in through
+    // ingestion), and the treated converted and spent what the sums made here say.
+    let treated = sums["default"];
+    let held = sums["holdout"];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = loop {
+        let report = reader
+            .get_campaign_report(pb::GetCampaignReportRequest {
+                experiment: "spring".to_owned(),
+                breakdown: pb::Breakdown::Channel as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if report.overall.as_ref().unwrap().sent == treated[0] as u64 {
+            break report;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let overall = report.overall.unwrap();
+    assert_eq!((overall.people, overall.held_out), (24, held[0] as u64));
+    assert_eq!((overall.converted, overall.revenue), (treated[1], treated[2]));
+    let lift = overall.conversion_lift.unwrap();
+    if held[1] > 0.0 {
+        let want = (treated[1] / treated[0]) / (held[1] / held[0]) - 1.0;
+        assert!((lift.expected - want).abs() < 1e-12, "{lift:?}");
+    }
+    let keys: Vec<&str> = report.rows.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["email", "none"]);
+    assert_eq!(report.fatigue.unwrap().points[0].touches, 0);
+
+    // What always sending the offer would have done, estimated from the log: the offer
+    // was the only action, chosen with probability 1, so every estimate is the treated
+    // people's revenue per person, and so is the log's own value.
+    let estimate = reader
+        .estimate_policy_value(pb::EstimatePolicyValueRequest {
+            experiment: "spring".to_owned(),
+            metric: "revenue".to_owned(),
+            candidate: vec![pb::ActionProbability {
+                action: "offer".to_owned(),
+                segment: String::new(),
+                probability: 1.0,
+            }],
+            alpha: 0.0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let per_person = treated[2] / treated[0];
+    assert_eq!((estimate.rounds, estimate.skipped), (treated[0] as u64, held[0] as u64));
+    for e in [
+        &estimate.ips,
+        &estimate.snips,
+        &estimate.dm,
+        &estimate.dr,
+        &estimate.logged,
+    ] {
+        assert!((e.as_ref().unwrap().value - per_person).abs() < 1e-9, "{estimate:?}");
+    }
+    // A candidate with an action the log never tried is refused with its field.
+    let err = reader
+        .estimate_policy_value(pb::EstimatePolicyValueRequest {
+            experiment: "spring".to_owned(),
+            metric: "revenue".to_owned(),
+            candidate: vec![pb::ActionProbability {
+                action: "discount".to_owned(),
+                segment: String::new(),
+                probability: 1.0,
+            }],
+            alpha: 0.0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&err), "candidate[0].action");
+    // Exported as files, the same log gives `corvus stats ope` the same estimate.
+    let dir = corvus_test_support::TempDir::new();
+    let out = dir.path().join("log");
+    let (ok, printed) = app
+        .cli(
+            "stats",
+            &[
+                "export",
+                "--experiment",
+                "spring",
+                "--metric",
+                "revenue",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(ok, "{printed}");
+    std::fs::write(dir.path().join("policy.csv"), "action,position,probability\n0,0,1\n").unwrap();
+    let ope = std::process::Command::new(env!("CARGO_BIN_EXE_corvus"))
+        .args(["stats", "ope", "--logged"])
+        .arg(out.join("logged.csv"))
+        .arg("--policy")
+        .arg(dir.path().join("policy.csv"))
+        .output()
+        .unwrap();
+    assert!(ope.status.success(), "{}", String::from_utf8_lossy(&ope.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&ope.stdout).unwrap();
+    let ipw = printed["ipw"]["value"].as_f64().unwrap();
+    assert!((ipw - estimate.ips.unwrap().value).abs() < 1e-9, "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("actions.csv")).unwrap(),
+        "action,name\n0,offer\n"
+    );
+
     // Listed with its arms; the consumers of both logs have caught up.
     let experiments = reader
         .list_experiments(pb::ListExperimentsRequest {})

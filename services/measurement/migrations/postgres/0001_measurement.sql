@@ -45,8 +45,22 @@ CREATE TABLE outcomes (
 );
 CREATE INDEX outcomes_profile ON outcomes (profile_id);
 
+-- The funnel's stages decisions reached (0 sent, 1 delivered, 2 opened, 3 clicked), from
+-- events carrying the decision's id, once per decision and stage.
+CREATE TABLE stages (
+    decision_id  uuid NOT NULL,
+    stage        integer NOT NULL,
+    workspace_id text NOT NULL,
+    profile_id   uuid NOT NULL,
+    at           bigint NOT NULL,
+    PRIMARY KEY (decision_id, stage)
+);
+CREATE INDEX stages_profile ON stages (profile_id);
+
 -- Derived from decisions: each person's exposure to each experiment (their first
--- decision's arm, channel, segment and UTC day), kept so a change knows what to undo.
+-- decision's arm, channel, segment, action, UTC day and propensity), their touches
+-- (decisions that sent) and the stages reached (bits), kept so a change knows what to
+-- undo.
 CREATE TABLE exposures (
     workspace_id text NOT NULL,
     profile_id   uuid NOT NULL,
@@ -54,11 +68,17 @@ CREATE TABLE exposures (
     arm          text NOT NULL,
     channel      text NOT NULL,
     segment      text NOT NULL,
+    action       text NOT NULL,
     day          integer NOT NULL,
     exposed_at   bigint NOT NULL,
     touches      integer NOT NULL,
+    reached      integer NOT NULL,
+    -- The first decision's propensity, for off-policy estimates.
+    propensity   double precision NOT NULL,
     PRIMARY KEY (profile_id, experiment)
 );
+-- An experiment's exposures, for off-policy estimates and exports.
+CREATE INDEX exposures_experiment ON exposures (experiment);
 
 -- Derived from outcomes and exposures: each exposed person's value of each metric,
 -- where any part is not zero.
@@ -73,17 +93,24 @@ CREATE TABLE units (
     PRIMARY KEY (profile_id, experiment, metric)
 );
 
--- The aggregates results are computed from: people per bucket (experiment, arm,
--- channel, segment, day of first exposure)…
+-- The aggregates results are computed from: per bucket (experiment, arm, channel,
+-- segment, action, day of first exposure) the people, their touches, and the people
+-- who reached each stage of the funnel…
 CREATE TABLE exposure_counts (
     workspace_id text NOT NULL,
     experiment   text NOT NULL,
     arm          text NOT NULL,
     channel      text NOT NULL,
     segment      text NOT NULL,
+    action       text NOT NULL,
     day          integer NOT NULL,
     users        bigint NOT NULL,
-    PRIMARY KEY (workspace_id, experiment, arm, channel, segment, day)
+    touches      bigint NOT NULL,
+    sent         bigint NOT NULL,
+    delivered    bigint NOT NULL,
+    opened       bigint NOT NULL,
+    clicked      bigint NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, arm, channel, segment, action, day)
 );
 
 -- …and each metric's sums over the bucket's people.
@@ -94,6 +121,7 @@ CREATE TABLE sums (
     arm              text NOT NULL,
     channel          text NOT NULL,
     segment          text NOT NULL,
+    action           text NOT NULL,
     day              integer NOT NULL,
     sum              double precision NOT NULL,
     sum_squares      double precision NOT NULL,
@@ -103,7 +131,27 @@ CREATE TABLE sums (
     cov_sum          double precision NOT NULL,
     cov_sum_squares  double precision NOT NULL,
     cov_sum_products double precision NOT NULL,
-    PRIMARY KEY (workspace_id, experiment, metric, arm, channel, segment, day)
+    PRIMARY KEY (workspace_id, experiment, metric, arm, channel, segment, action, day)
+);
+
+-- The fatigue curve: people by the touches they had (at most 20)…
+CREATE TABLE fatigue_counts (
+    workspace_id text NOT NULL,
+    experiment   text NOT NULL,
+    touches      integer NOT NULL,
+    users        bigint NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, touches)
+);
+
+-- …and each metric's value and its square over them.
+CREATE TABLE fatigue_sums (
+    workspace_id text NOT NULL,
+    experiment   text NOT NULL,
+    metric       text NOT NULL,
+    touches      integer NOT NULL,
+    sum          double precision NOT NULL,
+    sum_squares  double precision NOT NULL,
+    PRIMARY KEY (workspace_id, experiment, metric, touches)
 );
 
 -- Each experiment's arms: the share the campaign's design gives the arm (its latest

@@ -5,6 +5,8 @@
 //! backends is in `store.rs`.
 
 mod ope;
+mod planning;
+mod reports;
 mod store;
 
 use corvus_test_support::on_both_backends;
@@ -14,7 +16,10 @@ use store::{
     two_replicas_delivering_at_once_count_everything_once,
 };
 
+use reports::reports_count_the_funnel_the_lift_and_fatigue;
+
 on_both_backends!(
+    reports_count_the_funnel_the_lift_and_fatigue,
     aggregates_equal_the_sums_of_the_people_and_count_each_entry_once,
     merges_unmerges_and_erasures_move_the_aggregates,
     metrics_are_fixed_once_defined_and_checked,

@@ -22,20 +22,20 @@ use corvus_proto::orchestration::v1::{Decision, DecisionLogEntry};
 use corvus_test_support::{Backend, TempDir};
 use uuid::Uuid;
 
-const EXPERIMENT: &str = "spring";
+pub(crate) const EXPERIMENT: &str = "spring";
 
-fn ws() -> WorkspaceId {
+pub(crate) fn ws() -> WorkspaceId {
     "acme".parse().unwrap()
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 
-async fn measurement(backend: Backend, dir: &TempDir) -> Option<Measurement> {
+pub(crate) async fn measurement(backend: Backend, dir: &TempDir) -> Option<Measurement> {
     let config = corvus_test_support::storage(backend, dir).await?;
     Some(
         Measurement::connect(&config, &MeasurementConfig::default())
@@ -44,7 +44,7 @@ async fn measurement(backend: Backend, dir: &TempDir) -> Option<Measurement> {
     )
 }
 
-fn order_completed(value: &str) -> EventFilter {
+pub(crate) fn order_completed(value: &str) -> EventFilter {
     EventFilter {
         event: "Order Completed".into(),
         value: value.into(),
@@ -54,7 +54,7 @@ fn order_completed(value: &str) -> EventFilter {
 
 /// Converted (binomial), revenue per user (count, with CUPED's covariate) and revenue
 /// per order (ratio), each over a day after exposure.
-fn metrics() -> Vec<Metric> {
+pub(crate) fn metrics() -> Vec<Metric> {
     let day = 24 * 3600;
     let metric = |name: &str, metric_type, numerator, denominator, lookback| Metric {
         name: name.into(),
@@ -80,7 +80,7 @@ fn metrics() -> Vec<Metric> {
     ]
 }
 
-fn decision(profile: Uuid, arm: &str, channel: Channel, at: DateTime<Utc>) -> DecisionLogEntry {
+pub(crate) fn decision(profile: Uuid, arm: &str, channel: Channel, at: DateTime<Utc>) -> DecisionLogEntry {
     let share = match arm {
         "holdout" => 0.2,
         _ => 0.4,
@@ -105,8 +105,17 @@ fn decision(profile: Uuid, arm: &str, channel: Channel, at: DateTime<Utc>) -> De
     }
 }
 
-fn order(profile: Uuid, revenue: f64, at: DateTime<Utc>) -> LogEntry {
-    let properties = serde_json::json!({ "revenue": revenue });
+pub(crate) fn order(profile: Uuid, revenue: f64, at: DateTime<Utc>) -> LogEntry {
+    track(
+        profile,
+        "Order Completed",
+        serde_json::json!({ "revenue": revenue }),
+        at,
+    )
+}
+
+/// A resolved track event of the person's.
+pub(crate) fn track(profile: Uuid, name: &str, properties: serde_json::Value, at: DateTime<Utc>) -> LogEntry {
     LogEntry {
         entry: Some(log_entry::Entry::Event(StoredEvent {
             workspace_id: "acme".into(),
@@ -114,7 +123,7 @@ fn order(profile: Uuid, revenue: f64, at: DateTime<Utc>) -> LogEntry {
             profile_id: profile.to_string(),
             event: Some(Event {
                 r#type: EventType::Track as i32,
-                event: "Order Completed".into(),
+                event: name.into(),
                 properties: Some(corvus_proto::raw::RawStruct::from_json(properties.as_object().unwrap())),
                 timestamp: Some(ts(at)),
                 ..Default::default()
@@ -270,7 +279,7 @@ fn assert_sums(got: &BTreeMap<(String, String), [f64; 8]>, want: &BTreeMap<(Stri
     }
 }
 
-async fn define(m: &Measurement) {
+pub(crate) async fn define(m: &Measurement) {
     for metric in metrics() {
         m.create_metric(&ws(), &metric).await.unwrap();
     }
