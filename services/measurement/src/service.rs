@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::MeasurementConfig;
 use crate::metric::Metric;
+use crate::planning::Baseline;
 use crate::policy_value::{self, Logged};
 use crate::report;
 use crate::results::{self, Results, Settings};
@@ -264,6 +265,40 @@ impl Measurement {
             )));
         }
         Ok(policy_value::logged(&rows))
+    }
+
+    /// The baseline (of the metric in `experiment`'s baseline arm) and the people a day
+    /// the experiment exposed, for planning the next one.
+    pub async fn observed_baseline(
+        &self,
+        ws: &WorkspaceId,
+        experiment: &str,
+        metric: &str,
+    ) -> Result<(Baseline, f64), MeasurementError> {
+        let query = Query {
+            experiment: experiment.to_owned(),
+            metrics: vec![metric.to_owned()],
+            baseline: None,
+            filter: Filter::default(),
+            settings: Settings {
+                alpha: 0.05,
+                sequential_tuning_parameter: 5000.0,
+                prior: Default::default(),
+            },
+        };
+        let results = self.results(ws, &query).await?;
+        let (m, case) = &results.cases[0];
+        let baseline = Baseline::observed(m.metric_type, &case.variants[0]);
+        let days = self
+            .store
+            .report(ws, experiment, &Filter::default(), Dimension::Day, &[])
+            .await?
+            .iter()
+            .map(|cell| cell.key.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let people: u64 = results.arms.iter().map(|a| a.users).sum();
+        Ok((baseline, people as f64 / days.max(1) as f64))
     }
 
     async fn metrics(&self, ws: &WorkspaceId) -> Result<Vec<Metric>, StorageError> {

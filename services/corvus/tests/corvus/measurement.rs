@@ -380,6 +380,72 @@ async fn an_experiment_is_measured_through_the_api(backend: Backend) {
         "action,name\n0,offer\n"
     );
 
+    // Planning the next one off this one: the holdout's conversion rate and the people a
+    // day it exposed (all 24 on one day); the sizes as the planning module computes
+    // them (held to statsmodels in the measurement crate's tests).
+    if held[1] > 0.0 {
+        let plan = reader
+            .plan_experiment(pb::PlanExperimentRequest {
+                metric: "converted".to_owned(),
+                from_experiment: "spring".to_owned(),
+                mde: 0.2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let rate = held[1] / held[0];
+        assert_eq!((plan.baseline_mean, plan.daily_traffic), (rate, 24.0));
+        let want = corvus_measurement::planning::size(
+            &corvus_measurement::planning::Plan {
+                metric: corvus_measurement::planning::Baseline::Binomial { rate },
+                weights: vec![0.5, 0.5],
+                absolute: false,
+                alpha: 0.05,
+                power: 0.8,
+                bonferroni: false,
+                daily_traffic: Some(24.0),
+            },
+            0.2,
+        )
+        .unwrap();
+        assert_eq!((plan.people, plan.days), (want.people, want.days.unwrap()));
+    }
+    // What cannot be planned: no baseline to read, no effect, a split not adding up.
+    for (request, field) in [
+        (
+            pb::PlanExperimentRequest {
+                metric: "converted".to_owned(),
+                mde: 0.1,
+                ..Default::default()
+            },
+            "from_experiment",
+        ),
+        (
+            pb::PlanExperimentRequest {
+                metric: "converted".to_owned(),
+                baseline_rate: Some(0.1),
+                daily_traffic: Some(1000.0),
+                ..Default::default()
+            },
+            "mde",
+        ),
+        (
+            pb::PlanExperimentRequest {
+                metric: "converted".to_owned(),
+                baseline_rate: Some(0.1),
+                daily_traffic: Some(1000.0),
+                mde: 0.1,
+                weights: vec![0.5, 0.4],
+                ..Default::default()
+            },
+            "weights",
+        ),
+    ] {
+        let err = reader.plan_experiment(request).await.unwrap_err();
+        assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, field));
+    }
+
     // Listed with its arms; the consumers of both logs have caught up.
     let experiments = reader
         .list_experiments(pb::ListExperimentsRequest {})
