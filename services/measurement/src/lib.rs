@@ -5,6 +5,7 @@
 //! decisions are in `ope`.
 
 pub mod config;
+pub mod feedback;
 pub mod grpc;
 pub mod metric;
 pub mod ope;

@@ -20,7 +20,10 @@ use crate::policy_value::{self, Logged};
 use crate::report;
 use crate::results::{self, Results, Settings};
 use crate::stats::{Invalid, MetricType};
-use crate::storage::{self, ArmRow, Change, Dimension, Filter, MeasurementStore, NewDecision, NewOutcome, NewStage};
+use crate::storage::{
+    self, ArmRow, Change, Dimension, Filter, MeasurementStore, NewDecision, NewFeedback, NewOutcome, NewStage,
+    NewTraits,
+};
 
 /// The name measurement consumes identity's log under, and answers erasures as.
 pub const CONSUMER_NAME: &str = "measurement";
@@ -348,6 +351,8 @@ impl Measurement {
                 decisions: &decisions,
                 stages: &[],
                 outcomes: &[],
+                feedback: &[],
+                traits: &[],
             };
             self.store.apply(&ws, change, &metrics).await?;
         }
@@ -373,12 +378,7 @@ impl Measurement {
                     if pending.as_ref().is_none_or(|p| p.ws != ws) {
                         self.flush(pending.take()).await?;
                         let metrics = self.metrics(&ws).await?;
-                        pending = Some(Pending {
-                            ws,
-                            metrics,
-                            stages: Vec::new(),
-                            outcomes: Vec::new(),
-                        });
+                        pending = Some(Pending::new(ws, metrics));
                     }
                     if let Err(reason) = pending.as_mut().expect("set above").read(stored) {
                         failures.push(Failure {
@@ -406,11 +406,13 @@ impl Measurement {
     }
 
     async fn flush(&self, pending: Option<Pending>) -> Result<(), StorageError> {
-        if let Some(p) = pending.filter(|p| !(p.stages.is_empty() && p.outcomes.is_empty())) {
+        if let Some(p) = pending.filter(|p| !p.is_empty()) {
             let change = Change::Record {
                 decisions: &[],
                 stages: &p.stages,
                 outcomes: &p.outcomes,
+                feedback: &p.feedback,
+                traits: &p.traits,
             };
             self.store.apply(&p.ws, change, &p.metrics).await?;
         }
@@ -465,7 +467,7 @@ impl Measurement {
                     .await?;
                 return Ok(Ok(Some(ErasureAnswer {
                     change_id: change.change_id.clone(),
-                    removed: [("decisions_and_outcomes".to_owned(), removed)].into(),
+                    removed: [("decisions_outcomes_and_feedback".to_owned(), removed)].into(),
                     store: CONSUMER_NAME.to_owned(),
                 })));
             }
@@ -497,18 +499,41 @@ struct Pending {
     metrics: Vec<Metric>,
     stages: Vec<NewStage>,
     outcomes: Vec<NewOutcome>,
+    feedback: Vec<NewFeedback>,
+    traits: Vec<NewTraits>,
 }
 
 impl Pending {
-    /// What a resolved event adds: to each metric that counts it, and to the funnel of
-    /// the decision it names. `Err` for an event that cannot be read.
+    fn new(ws: WorkspaceId, metrics: Vec<Metric>) -> Self {
+        Self {
+            ws,
+            metrics,
+            stages: Vec::new(),
+            outcomes: Vec::new(),
+            feedback: Vec::new(),
+            traits: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.stages.is_empty() && self.outcomes.is_empty() && self.feedback.is_empty() && self.traits.is_empty()
+    }
+
+    /// What a resolved event adds: to each metric that counts it, to the funnel of the
+    /// decision it names, and as feedback; and an identify's region. `Err` for an event
+    /// that cannot be read.
     fn read(&mut self, stored: &StoredEvent) -> Result<(), String> {
         let Some(event) = &stored.event else {
             return Err("event: missing".to_owned());
         };
-        if EventType::try_from(event.r#type) != Ok(EventType::Track) {
-            return Ok(());
+        match EventType::try_from(event.r#type) {
+            Ok(EventType::Track) => {}
+            Ok(EventType::Identify) => return self.read_traits(stored, event),
+            _ => return Ok(()),
         }
+        let context = event.context.as_ref();
+        let channel = crate::channel_name(context.map_or(0, |c| c.channel));
+        let locale = context.map_or("", |c| c.locale.as_str());
         let stage = STAGE_EVENTS.iter().find(|(name, _)| *name == event.event).map(|s| s.1);
         let counted: Vec<&Metric> = self
             .metrics
@@ -517,7 +542,15 @@ impl Pending {
                 m.numerator.event == event.event || m.denominator.as_ref().is_some_and(|d| d.event == event.event)
             })
             .collect();
-        if counted.is_empty() && stage.is_none() {
+        // The encoded properties searched for the keys, before decoding them: most events
+        // are none of these.
+        let listens = |key: &str| {
+            let raw = event.properties.as_ref().map_or(&[][..], |p| p.as_bytes());
+            raw.windows(key.len()).any(|w| w == key.as_bytes())
+        };
+        let feedback_possible =
+            listens("nps") || listens("csat") || channel == "social" || event.event == crate::feedback::MENTION_EVENT;
+        if counted.is_empty() && stage.is_none() && !feedback_possible {
             return Ok(());
         }
         let (Ok(event_id), Ok(profile)) = (stored.event_id.parse::<Uuid>(), stored.profile_id.parse::<Uuid>()) else {
@@ -542,6 +575,28 @@ impl Pending {
                 at,
             });
         }
+        let text = |key: &str| {
+            properties
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        for (kind, value) in crate::feedback::read(&event.event, &channel, locale, &properties) {
+            let region = Some(text("region"))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| text("country"));
+            self.feedback.push(NewFeedback {
+                event_id,
+                kind,
+                value,
+                profile,
+                at,
+                channel: channel.clone(),
+                region,
+                activation: text("activation"),
+            });
+        }
         for metric in counted {
             if let Some((numerator, denominator)) = metric.contribution(&event.event, &properties) {
                 self.outcomes.push(NewOutcome {
@@ -553,6 +608,27 @@ impl Pending {
                     denominator,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// An identify's region (`traits.region`, else `traits.country`), which feedback is
+    /// counted by.
+    fn read_traits(&mut self, stored: &StoredEvent, event: &corvus_proto::common::v1::Event) -> Result<(), String> {
+        let Some(traits) = &event.traits else { return Ok(()) };
+        let traits = traits.to_json().map_err(|e| format!("traits: {e}"))?;
+        let region = ["region", "country"]
+            .iter()
+            .find_map(|k| traits.get(*k).and_then(|v| v.as_str()).filter(|r| !r.is_empty()));
+        if let Some(region) = region {
+            let profile = stored
+                .profile_id
+                .parse::<Uuid>()
+                .map_err(|_| "profile_id: not an id".to_owned())?;
+            self.traits.push(NewTraits {
+                profile,
+                region: region.to_owned(),
+            });
         }
         Ok(())
     }

@@ -21,7 +21,8 @@ use crate::support::{Key, TestApp, spawn};
 
 on_both_backends!(
     an_experiment_is_measured_through_the_api,
-    bad_metrics_and_queries_are_refused
+    bad_metrics_and_queries_are_refused,
+    satisfaction_through_the_api
 );
 
 type MeasurementClient = MeasurementServiceClient<InterceptedService<GrpcChannel, Key>>;
@@ -546,5 +547,71 @@ async fn bad_metrics_and_queries_are_refused(backend: Backend) {
         (err.code(), field_of(&err).as_str()),
         (Code::InvalidArgument, "experiment")
     );
+    app.stop().await;
+}
+
+/// NPS by region through the API: people's regions from their identify, their answers
+/// from surveys; the figure and its interval as the test computes them.
+async fn satisfaction_through_the_api(backend: Backend) {
+    let Some(app) = spawn(backend).await else { return };
+    let scores = [10.0, 9.0, 8.0, 3.0, 10.0, 6.0, 9.0, 10.0];
+    let mut events = Vec::new();
+    for (i, nps) in scores.iter().enumerate() {
+        let email = format!("s{i}@example.com");
+        let mut identify = event(format!("i-{i}"), EventType::Identify, &email, "", json!({}));
+        let region = if i < 4 { "FR" } else { "DE" };
+        identify.traits = Some(RawStruct::from_json(json!({"region": region}).as_object().unwrap()));
+        events.push(identify);
+        events.push(event(
+            format!("a-{i}"),
+            EventType::Track,
+            &email,
+            "Survey Answered",
+            json!({"nps": nps, "comment": "thanks"}),
+        ));
+    }
+    send(&app, events).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut reader = measurement(&app, &app.read_key).await;
+    let answer = reader
+        .get_satisfaction(pb::GetSatisfactionRequest {
+            kind: pb::FeedbackKind::Nps as i32,
+            breakdown: pb::FeedbackBreakdown::Region as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // NPS = % promoters − % detractors; each answer +1, 0 or −1, its variance
+    // (p + d) − NPS², the interval ± 1.96 standard errors.
+    let nps = |answers: &[f64]| {
+        let n = answers.len() as f64;
+        let p = answers.iter().filter(|a| **a >= 9.0).count() as f64 / n;
+        let d = answers.iter().filter(|a| **a <= 6.0).count() as f64 / n;
+        let se = ((p + d - (p - d).powi(2)) / n).sqrt();
+        (100.0 * (p - d), 100.0 * ((p - d) - 1.959963984540054 * se))
+    };
+    let overall = answer.overall.unwrap();
+    assert_eq!(overall.responses, 8);
+    let (score, lower) = nps(&scores);
+    assert!(
+        (overall.score - score).abs() < 1e-9 && (overall.ci_lower - lower).abs() < 1e-6,
+        "{overall:?}"
+    );
+    let regions: Vec<(&str, u64, f64)> = answer
+        .rows
+        .iter()
+        .map(|r| (r.key.as_str(), r.responses, r.score))
+        .collect();
+    assert_eq!(
+        regions,
+        [("DE", 4, nps(&scores[4..]).0), ("FR", 4, nps(&scores[..4]).0)]
+    );
+    let err = reader
+        .get_satisfaction(pb::GetSatisfactionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, "kind"));
     app.stop().await;
 }

@@ -10,13 +10,14 @@ use corvus_proto::measurement::v1 as pb;
 use corvus_proto::measurement::v1::measurement_service_server::MeasurementService;
 use tonic::{Request, Response, Status};
 
+use crate::feedback::{self, Kind, Tally};
 use crate::ope;
 use crate::planning::{self, Baseline, Budget, Plan};
 use crate::policy_value::{self, Candidate};
 use crate::report;
 use crate::service::{Measurement, MeasurementError, Query, ReportQuery};
 use crate::stats::{self, MetricType};
-use crate::storage::{Dimension, Filter};
+use crate::storage::{Dimension, FeedbackBy, FeedbackFilter, Filter};
 
 mod messages;
 
@@ -402,6 +403,103 @@ impl MeasurementService for MeasurementApi {
             detectable_in_7_days: detectable(7)?,
             detectable_in_14_days: detectable(14)?,
             detectable_in_28_days: detectable(28)?,
+        }))
+    }
+
+    async fn get_satisfaction(
+        &self,
+        request: Request<pb::GetSatisfactionRequest>,
+    ) -> Result<Response<pb::GetSatisfactionResponse>, Status> {
+        let principal = authorise(&request, Role::Read, "read satisfaction")?;
+        let req = request.get_ref();
+        let kind = match pb::FeedbackKind::try_from(req.kind) {
+            Ok(pb::FeedbackKind::Nps) => Kind::Nps,
+            Ok(pb::FeedbackKind::Csat) => Kind::Csat,
+            Ok(pb::FeedbackKind::Mentions) => Kind::Mention,
+            _ => return Err(invalid_argument("kind", "nps, csat or mentions")),
+        };
+        let (by, weeks) = match pb::FeedbackBreakdown::try_from(req.breakdown) {
+            Ok(pb::FeedbackBreakdown::Unspecified) => (FeedbackBy::Overall, false),
+            Ok(pb::FeedbackBreakdown::Day) => (FeedbackBy::Day, false),
+            Ok(pb::FeedbackBreakdown::Week) => (FeedbackBy::Day, true),
+            Ok(pb::FeedbackBreakdown::Channel) => (FeedbackBy::Channel, false),
+            Ok(pb::FeedbackBreakdown::Region) => (FeedbackBy::Region, false),
+            Ok(pb::FeedbackBreakdown::Segment) => (FeedbackBy::Segment, false),
+            Ok(pb::FeedbackBreakdown::Activation) => (FeedbackBy::Activation, false),
+            Err(_) => {
+                return Err(invalid_argument(
+                    "breakdown",
+                    "day, week, channel, region, segment or activation",
+                ));
+            }
+        };
+        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
+            return Err(invalid_argument("alpha", "between 0 and 1"));
+        }
+        let alpha = if req.alpha == 0.0 { 0.05 } else { req.alpha };
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let filter = FeedbackFilter {
+            channel: nonempty(&req.channel),
+            region: nonempty(&req.region),
+            segment: nonempty(&req.segment),
+            activation: nonempty(&req.activation),
+            from_day: day_of("from_day", &req.from_day)?,
+            to_day: day_of("to_day", &req.to_day)?,
+        };
+        let store = &self.measurement.store;
+        let ws = &principal.workspace;
+        let overall = store
+            .satisfaction(ws, kind, FeedbackBy::Overall, &filter)
+            .await
+            .map_err(storage_status)?
+            .pop()
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        let mut rows = match by {
+            FeedbackBy::Overall => Vec::new(),
+            by => store
+                .satisfaction(ws, kind, by, &filter)
+                .await
+                .map_err(storage_status)?,
+        };
+        if by == FeedbackBy::Day {
+            for (key, _) in &mut rows {
+                let day: i32 = key.parse().unwrap_or_default();
+                *key = day_name(if weeks { day - (day + 3).rem_euclid(7) } else { day });
+            }
+        }
+        if weeks {
+            // Days folded into their weeks, in order.
+            let mut folded: Vec<(String, Tally)> = Vec::new();
+            for (key, t) in rows {
+                match folded.last_mut().filter(|(k, _)| *k == key) {
+                    Some((_, sum)) => {
+                        sum.responses += t.responses;
+                        sum.sum += t.sum;
+                        sum.sum_squares += t.sum_squares;
+                        sum.top += t.top;
+                        sum.bottom += t.bottom;
+                    }
+                    None => folded.push((key, t)),
+                }
+            }
+            rows = folded;
+        }
+        let row = |key: String, t: &Tally| {
+            let f = feedback::figure(kind, t, alpha);
+            pb::SatisfactionRow {
+                key,
+                responses: t.responses,
+                score: f.score,
+                ci_lower: f.ci[0],
+                ci_upper: f.ci[1],
+                top: t.top,
+                bottom: t.bottom,
+            }
+        };
+        Ok(Response::new(pb::GetSatisfactionResponse {
+            overall: Some(row(String::new(), &overall)),
+            rows: rows.iter().map(|(key, t)| row(key.clone(), t)).collect(),
         }))
     }
 

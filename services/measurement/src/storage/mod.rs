@@ -21,6 +21,7 @@ use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::feedback::{Kind, Tally};
 use crate::metric::Metric;
 use crate::units::{Bucket, Exposure, PersonState, Unit, day_of};
 
@@ -77,14 +78,38 @@ pub struct NewStage {
     pub at: DateTime<Utc>,
 }
 
+/// A piece of feedback an event gave: its kind and value, and what it is counted by
+/// (the region the event names, if any; else the person's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFeedback {
+    pub event_id: Uuid,
+    pub kind: Kind,
+    pub value: f64,
+    pub profile: Uuid,
+    pub at: DateTime<Utc>,
+    pub channel: String,
+    pub region: String,
+    pub activation: String,
+}
+
+/// A person's region, from their traits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTraits {
+    pub profile: Uuid,
+    pub region: String,
+}
+
 /// What changes the people it names.
 #[derive(Debug, Clone, Copy)]
 pub enum Change<'a> {
-    /// Decisions, stages and outcomes, each kept once however often it is recorded.
+    /// Decisions, stages, outcomes and feedback, each kept once however often it is
+    /// recorded; people's regions.
     Record {
         decisions: &'a [NewDecision],
         stages: &'a [NewStage],
         outcomes: &'a [NewOutcome],
+        feedback: &'a [NewFeedback],
+        traits: &'a [NewTraits],
     },
     /// The merged profiles' decisions and outcomes are the survivor's now.
     Merge { survivor: Uuid, merged: &'a [Uuid] },
@@ -95,12 +120,38 @@ pub enum Change<'a> {
 }
 
 impl Change<'_> {
-    fn people(&self) -> Vec<Uuid> {
-        let mut people: Vec<Uuid> = match self {
+    /// Whether it changes nothing at all.
+    fn is_empty(&self) -> bool {
+        match self {
             Change::Record {
                 decisions,
                 stages,
                 outcomes,
+                feedback,
+                traits,
+            } => {
+                decisions.is_empty()
+                    && stages.is_empty()
+                    && outcomes.is_empty()
+                    && feedback.is_empty()
+                    && traits.is_empty()
+            }
+            Change::Merge { merged, .. } => merged.is_empty(),
+            Change::Unmerge { sides } => sides.is_empty(),
+            Change::Erase { profiles } => profiles.is_empty(),
+        }
+    }
+
+    /// The people whose part in the aggregates it may change.
+    fn people(&self) -> Vec<Uuid> {
+        let mut people: Vec<Uuid> = match self {
+            // Feedback and traits are not part of a person's state: only what is counted
+            // per person is.
+            Change::Record {
+                decisions,
+                stages,
+                outcomes,
+                ..
             } => decisions
                 .iter()
                 .map(|d| d.profile)
@@ -198,6 +249,53 @@ pub trait Reads: Send + Sync {
     /// and propensity, and the person's value of the metric (the reward), in the order of
     /// exposure. A read of every exposure: its cost grows with them.
     async fn rounds(&self, ws: &WorkspaceId, experiment: &str, metric: &str) -> Result<Vec<LoggedRound>, StorageError>;
+
+    /// A kind of feedback's tallies within `filter`, per key of `by` (per day for days
+    /// and weeks).
+    async fn satisfaction(
+        &self,
+        ws: &WorkspaceId,
+        kind: Kind,
+        by: FeedbackBy,
+        filter: &FeedbackFilter,
+    ) -> Result<Vec<(String, Tally)>, StorageError>;
+}
+
+/// What feedback is broken down by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackBy {
+    Overall,
+    Day,
+    Channel,
+    Region,
+    Segment,
+    Activation,
+}
+
+impl FeedbackBy {
+    /// The key's expression (text), and what to group by.
+    fn key(self) -> (&'static str, &'static str) {
+        match self {
+            FeedbackBy::Overall => ("''", ""),
+            FeedbackBy::Day => ("CAST(day AS TEXT)", " GROUP BY day"),
+            FeedbackBy::Channel => ("channel", " GROUP BY channel"),
+            FeedbackBy::Region => ("region", " GROUP BY region"),
+            FeedbackBy::Segment => ("segment", " GROUP BY segment"),
+            FeedbackBy::Activation => ("activation", " GROUP BY activation"),
+        }
+    }
+}
+
+/// Which feedback to read: each field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct FeedbackFilter {
+    pub channel: Option<String>,
+    pub region: Option<String>,
+    pub segment: Option<String>,
+    pub activation: Option<String>,
+    /// UTC days since the epoch, inclusive.
+    pub from_day: Option<i32>,
+    pub to_day: Option<i32>,
 }
 
 /// An exposure as off-policy estimates read it.
@@ -398,6 +496,7 @@ fn metric_of(definition: &str) -> Result<Metric, StorageError> {
     serde_json::from_str(definition).map_err(|e| StorageError::Internal(format!("metric: {e}")))
 }
 
+mod feedback;
 mod read;
 mod write;
 

@@ -10,6 +10,7 @@ use corvus_storage::StorageError;
 use sqlx::QueryBuilder;
 
 use super::*;
+use crate::feedback::{Kind, Tally};
 use crate::metric::Metric;
 
 macro_rules! reads {
@@ -198,6 +199,57 @@ macro_rules! reads {
                         reward: reward.unwrap_or(0.0),
                     })
                     .collect())
+            }
+
+            async fn satisfaction(
+                &self,
+                ws: &WorkspaceId,
+                kind: Kind,
+                by: FeedbackBy,
+                filter: &FeedbackFilter,
+            ) -> Result<Vec<(String, Tally)>, StorageError> {
+                let (key, group) = by.key();
+                let mut q = QueryBuilder::<$Db>::new(format!(
+                    "SELECT {key}, CAST(SUM(responses) AS BIGINT), SUM(sum), SUM(sum_squares), \
+                     CAST(SUM(top) AS BIGINT), CAST(SUM(bottom) AS BIGINT) FROM feedback_counts WHERE workspace_id = "
+                ));
+                q.push_bind(ws.as_str()).push(" AND kind = ").push_bind(kind.as_str());
+                for (column, value) in [
+                    ("channel", &filter.channel),
+                    ("region", &filter.region),
+                    ("segment", &filter.segment),
+                    ("activation", &filter.activation),
+                ] {
+                    if let Some(value) = value {
+                        q.push(format!(" AND {column} = ")).push_bind(value.clone());
+                    }
+                }
+                if let Some(day) = filter.from_day {
+                    q.push(" AND day >= ").push_bind(day);
+                }
+                if let Some(day) = filter.to_day {
+                    q.push(" AND day <= ").push_bind(day);
+                }
+                q.push(group);
+                type TallyRow = (String, Option<i64>, Option<f64>, Option<f64>, Option<i64>, Option<i64>);
+                let rows: Vec<TallyRow> = q.build_query_as().fetch_all(&self.pool).await?;
+                let mut tallies: Vec<(String, Tally)> = rows
+                    .into_iter()
+                    .map(|(key, responses, sum, sum_squares, top, bottom)| {
+                        let tally = Tally {
+                            responses: responses.unwrap_or(0).max(0) as u64,
+                            sum: sum.unwrap_or(0.0),
+                            sum_squares: sum_squares.unwrap_or(0.0).max(0.0),
+                            top: top.unwrap_or(0).max(0) as u64,
+                            bottom: bottom.unwrap_or(0).max(0) as u64,
+                        };
+                        (key, tally)
+                    })
+                    .filter(|(_, t)| t.responses > 0)
+                    .collect();
+                // Days in order of time, not of text.
+                tallies.sort_by_key(|(key, _)| (key.parse::<i64>().ok(), key.clone()));
+                Ok(tallies)
             }
         }
     };

@@ -410,20 +410,31 @@ macro_rules! measurement_store {
 
             async fn apply(&self, ws: &WorkspaceId, change: Change<'_>, metrics: &[Metric]) -> Result<u64, StorageError> {
                 let people = change.people();
-                if people.is_empty() {
+                if people.is_empty() && change.is_empty() {
                     return Ok(0);
                 }
                 let (_guard, mut tx) = self.begin().await?;
-                let old = Self::read_states(&mut tx, ws, &people).await?;
+                let old = match people.is_empty() {
+                    true => HashMap::new(),
+                    false => Self::read_states(&mut tx, ws, &people).await?,
+                };
                 let mut deleted = 0;
                 match change {
                     Change::Record {
                         decisions,
                         stages,
                         outcomes,
-                    } => Self::record(&mut tx, ws, decisions, stages, outcomes).await?,
+                        feedback,
+                        traits,
+                    } => {
+                        Self::record(&mut tx, ws, decisions, stages, outcomes).await?;
+                        Self::record_people(&mut tx, ws, traits, decisions).await?;
+                        Self::record_feedback(&mut tx, ws, feedback).await?;
+                    }
+                    Change::Merge { merged, .. } if merged.is_empty() => {}
                     Change::Merge { survivor, merged } => {
-                        for table in ["decisions", "stages", "outcomes"] {
+                        delete_people!($Db, &mut tx, "people", ws, merged);
+                        for table in ["decisions", "stages", "outcomes", "feedback"] {
                             let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {table} SET profile_id = "));
                             q.push_bind(survivor)
                                 .push(" WHERE workspace_id = ")
@@ -439,18 +450,20 @@ macro_rules! measurement_store {
                     }
                     Change::Unmerge { sides } => {
                         for (side, events) in sides {
-                            for chunk in events.chunks(ROWS_PER_STATEMENT) {
-                                let mut q = QueryBuilder::<$Db>::new("UPDATE outcomes SET profile_id = ");
-                                q.push_bind(*side)
-                                    .push(" WHERE workspace_id = ")
-                                    .push_bind(ws.as_str())
-                                    .push(" AND event_id IN (");
-                                let mut list = q.separated(", ");
-                                for e in chunk {
-                                    list.push_bind(*e);
+                            for table in ["outcomes", "feedback"] {
+                                for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                                    let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {table} SET profile_id = "));
+                                    q.push_bind(*side)
+                                        .push(" WHERE workspace_id = ")
+                                        .push_bind(ws.as_str())
+                                        .push(" AND event_id IN (");
+                                    let mut list = q.separated(", ");
+                                    for e in chunk {
+                                        list.push_bind(*e);
+                                    }
+                                    q.push(")");
+                                    q.build().execute(&mut *tx).await?;
                                 }
-                                q.push(")");
-                                q.build().execute(&mut *tx).await?;
                             }
                         }
                     }
@@ -458,10 +471,13 @@ macro_rules! measurement_store {
                         for table in ["decisions", "stages", "outcomes"] {
                             deleted += delete_people!($Db, &mut tx, table, ws, profiles);
                         }
+                        deleted += Self::erase_feedback(&mut tx, ws, profiles).await?;
                     }
                 }
-                let new = Self::compute_states(&mut tx, ws, &people, metrics).await?;
-                Self::write_states(&mut tx, ws, &old, &new, &people).await?;
+                if !people.is_empty() {
+                    let new = Self::compute_states(&mut tx, ws, &people, metrics).await?;
+                    Self::write_states(&mut tx, ws, &old, &new, &people).await?;
+                }
                 tx.commit().await?;
                 Ok(deleted)
             }

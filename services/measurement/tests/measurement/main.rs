@@ -7,6 +7,7 @@
 mod ope;
 mod planning;
 mod reports;
+mod satisfaction;
 mod store;
 
 use corvus_test_support::on_both_backends;
@@ -17,8 +18,10 @@ use store::{
 };
 
 use reports::reports_count_the_funnel_the_lift_and_fatigue;
+use satisfaction::feedback_is_tallied_by_region_segment_activation_and_day;
 
 on_both_backends!(
+    feedback_is_tallied_by_region_segment_activation_and_day,
     reports_count_the_funnel_the_lift_and_fatigue,
     aggregates_equal_the_sums_of_the_people_and_count_each_entry_once,
     merges_unmerges_and_erasures_move_the_aggregates,

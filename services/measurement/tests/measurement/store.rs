@@ -473,9 +473,9 @@ pub async fn merges_unmerges_and_erasures_move_the_aggregates(backend: Backend) 
         message_ids: vec![],
     }));
     let (_, answers) = m.deliver(&[erased]).await.unwrap();
-    // x's two decisions (its own and y's), and x's order as each of the three metrics
-    // counted it.
-    assert_eq!(answers[0].removed["decisions_and_outcomes"], 2 + 3);
+    // x's two decisions (its own and y's), x's order as each of the three metrics
+    // counted it, and x's row of what feedback is counted by.
+    assert_eq!(answers[0].removed["decisions_outcomes_and_feedback"], 2 + 3 + 1);
     let got = m.store.aggregates(&ws(), EXPERIMENT, &Filter::default()).await.unwrap();
     assert_eq!(got.users, BTreeMap::from([("a".to_owned(), 1)]));
     let a = got.sums[&("revenue".to_owned(), "a".to_owned())];
