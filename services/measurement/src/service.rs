@@ -83,6 +83,8 @@ pub struct Report {
 pub struct Measurement {
     pub store: Arc<dyn MeasurementStore>,
     config: Arc<MeasurementConfig>,
+    /// Resolved events received per workspace by this replica, for `StreamMetrics`.
+    received: Arc<std::sync::Mutex<std::collections::HashMap<WorkspaceId, u64>>>,
 }
 
 fn time_of(t: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -98,7 +100,18 @@ impl Measurement {
         Self {
             store,
             config: Arc::new(config.clone()),
+            received: Arc::default(),
         }
+    }
+
+    /// Resolved events of the workspace this replica has received so far.
+    pub fn received(&self, ws: &WorkspaceId) -> u64 {
+        self.received
+            .lock()
+            .expect("not poisoned")
+            .get(ws)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn config(&self) -> &MeasurementConfig {
@@ -375,6 +388,12 @@ impl Measurement {
                         });
                         continue;
                     };
+                    *self
+                        .received
+                        .lock()
+                        .expect("not poisoned")
+                        .entry(ws.clone())
+                        .or_default() += 1;
                     if pending.as_ref().is_none_or(|p| p.ws != ws) {
                         self.flush(pending.take()).await?;
                         let metrics = self.metrics(&ws).await?;

@@ -613,5 +613,60 @@ async fn satisfaction_through_the_api(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!((err.code(), field_of(&err).as_str()), (Code::InvalidArgument, "kind"));
+
+    // Live: today's NPS now, and again once another answer arrives, with the rate of
+    // events measurement saw in between.
+    let mut live = reader
+        .stream_metrics(pb::StreamMetricsRequest {
+            experiments: vec![],
+            interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = live.message().await.unwrap().unwrap();
+    assert_eq!(first.nps_today.unwrap().score, score);
+    send(
+        &app,
+        vec![event(
+            "a-late".to_owned(),
+            EventType::Track,
+            "s0@example.com",
+            "Survey Answered",
+            json!({"nps": 0}),
+        )],
+    )
+    .await;
+    let mut all = scores.to_vec();
+    all.push(0.0);
+    let (mut rate, deadline) = (0.0f64, tokio::time::Instant::now() + std::time::Duration::from_secs(20));
+    loop {
+        let snapshot = tokio::time::timeout_at(deadline, live.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        rate = rate.max(snapshot.events_per_second);
+        let nps_today = snapshot.nps_today.unwrap();
+        if nps_today.responses == 9 {
+            assert!((nps_today.score - nps(&all).0).abs() < 1e-9);
+            assert!(rate > 0.0);
+            break;
+        }
+    }
+    let err = reader
+        .stream_metrics(pb::StreamMetricsRequest {
+            experiments: vec![],
+            interval: Some(prost_types::Duration { seconds: 0, nanos: 1 }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), field_of(&err).as_str()),
+        (Code::InvalidArgument, "interval")
+    );
     app.stop().await;
 }

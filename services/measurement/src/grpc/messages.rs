@@ -7,9 +7,11 @@ use corvus_proto::measurement::v1 as pb;
 use prost_types::{Duration as PbDuration, Timestamp};
 use tonic::Status;
 
+use crate::feedback::{self, Kind, Tally};
 use crate::metric::{DEFAULT_LOOKBACK_SECONDS, EventFilter, Metric};
 use crate::results::{Results, Settings};
 use crate::stats::{self, Analysis, Case, Correction, MetricType, Prior, Setting, Variant};
+use crate::storage::ArmRow;
 
 /// The settings of a request, defaults in place of zeros.
 pub(super) fn settings_of(alpha: f64, tuning: f64, prior: Option<&pb::Prior>) -> Settings {
@@ -305,4 +307,54 @@ pub(super) fn results_message(
         srm_p: results.srm_p,
         metrics,
     })
+}
+
+/// Experiments as listed, from their arms (by experiment and arm).
+pub(super) fn experiment_messages(arms: Vec<ArmRow>) -> Vec<pb::Experiment> {
+    let mut experiments: Vec<pb::Experiment> = Vec::new();
+    let earlier = |a: &Timestamp, b: &Timestamp| (a.seconds, a.nanos) < (b.seconds, b.nanos);
+    for arm in arms {
+        if experiments.last().is_none_or(|e| e.name != arm.experiment) {
+            experiments.push(pb::Experiment {
+                name: arm.experiment.clone(),
+                ..Default::default()
+            });
+        }
+        let e = experiments.last_mut().expect("pushed above");
+        let (first, last) = (timestamp(arm.first_at), timestamp(arm.last_at));
+        if e.first_exposure.as_ref().is_none_or(|t| earlier(&first, t)) {
+            e.first_exposure = Some(first);
+        }
+        if e.last_exposure.as_ref().is_none_or(|t| earlier(t, &last)) {
+            e.last_exposure = Some(last);
+        }
+        e.arms.push(pb::ArmExposure {
+            name: arm.arm,
+            users: arm.users,
+            designed_share: arm.share,
+        });
+    }
+    experiments
+}
+
+pub(super) fn satisfaction_row(kind: Kind, key: String, t: &Tally, alpha: f64) -> pb::SatisfactionRow {
+    let f = feedback::figure(kind, t, alpha);
+    pb::SatisfactionRow {
+        key,
+        responses: t.responses,
+        score: f.score,
+        ci_lower: f.ci[0],
+        ci_upper: f.ci[1],
+        top: t.top,
+        bottom: t.bottom,
+    }
+}
+
+/// A duration to the nanosecond; `None` when absent.
+pub(super) fn seconds_and_nanos(field: &str, d: Option<&PbDuration>) -> Result<Option<std::time::Duration>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(invalid_argument(field, "a duration is not negative")),
+        Some(d) => Ok(Some(std::time::Duration::new(d.seconds as u64, d.nanos as u32))),
+    }
 }

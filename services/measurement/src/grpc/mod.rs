@@ -10,7 +10,7 @@ use corvus_proto::measurement::v1 as pb;
 use corvus_proto::measurement::v1::measurement_service_server::MeasurementService;
 use tonic::{Request, Response, Status};
 
-use crate::feedback::{self, Kind, Tally};
+use crate::feedback::{Kind, Tally};
 use crate::ope;
 use crate::planning::{self, Baseline, Budget, Plan};
 use crate::policy_value::{self, Candidate};
@@ -124,35 +124,9 @@ impl MeasurementService for MeasurementApi {
             .experiments(&principal.workspace)
             .await
             .map_err(storage_status)?;
-        let mut experiments: Vec<pb::Experiment> = Vec::new();
-        for arm in arms {
-            if experiments.last().is_none_or(|e| e.name != arm.experiment) {
-                experiments.push(pb::Experiment {
-                    name: arm.experiment.clone(),
-                    ..Default::default()
-                });
-            }
-            let e = experiments.last_mut().expect("pushed above");
-            let (first, last) = (timestamp(arm.first_at), timestamp(arm.last_at));
-            if e.first_exposure
-                .as_ref()
-                .is_none_or(|t| (t.seconds, t.nanos) > (first.seconds, first.nanos))
-            {
-                e.first_exposure = Some(first);
-            }
-            if e.last_exposure
-                .as_ref()
-                .is_none_or(|t| (t.seconds, t.nanos) < (last.seconds, last.nanos))
-            {
-                e.last_exposure = Some(last);
-            }
-            e.arms.push(pb::ArmExposure {
-                name: arm.arm,
-                users: arm.users,
-                designed_share: arm.share,
-            });
-        }
-        Ok(Response::new(pb::ListExperimentsResponse { experiments }))
+        Ok(Response::new(pb::ListExperimentsResponse {
+            experiments: experiment_messages(arms),
+        }))
     }
 
     async fn get_experiment_results(
@@ -485,22 +459,48 @@ impl MeasurementService for MeasurementApi {
             }
             rows = folded;
         }
-        let row = |key: String, t: &Tally| {
-            let f = feedback::figure(kind, t, alpha);
-            pb::SatisfactionRow {
-                key,
-                responses: t.responses,
-                score: f.score,
-                ci_lower: f.ci[0],
-                ci_upper: f.ci[1],
-                top: t.top,
-                bottom: t.bottom,
+        Ok(Response::new(pb::GetSatisfactionResponse {
+            overall: Some(satisfaction_row(kind, String::new(), &overall, alpha)),
+            rows: rows
+                .iter()
+                .map(|(key, t)| satisfaction_row(kind, key.clone(), t, alpha))
+                .collect(),
+        }))
+    }
+
+    type StreamMetricsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::MetricsSnapshot, Status>> + Send>>;
+
+    async fn stream_metrics(
+        &self,
+        request: Request<pb::StreamMetricsRequest>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let principal = authorise(&request, Role::Read, "stream metrics")?;
+        let req = request.into_inner();
+        let interval = match seconds_and_nanos("interval", req.interval.as_ref())? {
+            None => std::time::Duration::from_secs(1),
+            Some(d) if d < std::time::Duration::from_millis(100) => {
+                return Err(invalid_argument("interval", "at least 100 ms"));
+            }
+            Some(d) => d,
+        };
+        let measurement = self.measurement.clone();
+        let ws = principal.workspace;
+        let stream = async_stream::try_stream! {
+            let mut last: Option<(std::time::Instant, u64)> = None;
+            loop {
+                let received = measurement.received(&ws);
+                let now = std::time::Instant::now();
+                let events_per_second = match last {
+                    Some((at, n)) => (received - n) as f64 / (now - at).as_secs_f64().max(1e-9),
+                    None => 0.0,
+                };
+                last = Some((now, received));
+                yield snapshot(&measurement, &ws, &req.experiments, events_per_second).await?;
+                tokio::time::sleep(interval).await;
             }
         };
-        Ok(Response::new(pb::GetSatisfactionResponse {
-            overall: Some(row(String::new(), &overall)),
-            rows: rows.iter().map(|(key, t)| row(key.clone(), t)).collect(),
-        }))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ExportDecisionLogStream =
@@ -543,6 +543,47 @@ impl MeasurementService for MeasurementApi {
             messages.into_iter().map(Ok),
         ))))
     }
+}
+
+/// A snapshot of the workspace's live figures.
+async fn snapshot(
+    measurement: &Measurement,
+    ws: &corvus_proto::WorkspaceId,
+    experiments: &[String],
+    events_per_second: f64,
+) -> Result<pb::MetricsSnapshot, Status> {
+    let arms = measurement.store.experiments(ws).await.map_err(storage_status)?;
+    let arms: Vec<_> = arms
+        .into_iter()
+        .filter(|a| experiments.is_empty() || experiments.contains(&a.experiment))
+        .collect();
+    let now = chrono::Utc::now();
+    let today = FeedbackFilter {
+        from_day: Some(crate::storage::day(now)),
+        to_day: Some(crate::storage::day(now)),
+        ..Default::default()
+    };
+    let mut figures = Vec::new();
+    for kind in [Kind::Nps, Kind::Csat, Kind::Mention] {
+        let tally = measurement
+            .store
+            .satisfaction(ws, kind, FeedbackBy::Overall, &today)
+            .await
+            .map_err(storage_status)?
+            .pop()
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        figures.push(satisfaction_row(kind, String::new(), &tally, 0.05));
+    }
+    let [nps, csat, mentions] = <[pb::SatisfactionRow; 3]>::try_from(figures).expect("three kinds");
+    Ok(pb::MetricsSnapshot {
+        at: Some(timestamp(now)),
+        experiments: experiment_messages(arms),
+        nps_today: Some(nps),
+        csat_today: Some(csat),
+        mentions_today: Some(mentions),
+        events_per_second,
+    })
 }
 
 /// Rounds a message of `ExportDecisionLog` carries at most.
