@@ -469,7 +469,7 @@ impl MeasurementService for MeasurementApi {
     }
 
     type StreamMetricsStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::MetricsSnapshot, Status>> + Send>>;
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::StreamMetricsResponse, Status>> + Send>>;
 
     async fn stream_metrics(
         &self,
@@ -551,7 +551,7 @@ async fn snapshot(
     ws: &corvus_proto::WorkspaceId,
     experiments: &[String],
     events_per_second: f64,
-) -> Result<pb::MetricsSnapshot, Status> {
+) -> Result<pb::StreamMetricsResponse, Status> {
     let arms = measurement.store.experiments(ws).await.map_err(storage_status)?;
     let arms: Vec<_> = arms
         .into_iter()
@@ -576,7 +576,7 @@ async fn snapshot(
         figures.push(satisfaction_row(kind, String::new(), &tally, 0.05));
     }
     let [nps, csat, mentions] = <[pb::SatisfactionRow; 3]>::try_from(figures).expect("three kinds");
-    Ok(pb::MetricsSnapshot {
+    Ok(pb::StreamMetricsResponse {
         at: Some(timestamp(now)),
         experiments: experiment_messages(arms),
         nps_today: Some(nps),
