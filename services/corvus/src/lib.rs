@@ -234,14 +234,27 @@ impl App {
                 .with_service_key(config.server.service_key.clone());
             // Sends' outcomes go back in through ingestion: directly in one process,
             // else at its endpoint.
-            match orchestration_link::ReceiptLink::new(
+            let orchestration = match orchestration_link::ReceiptLink::new(
                 stores.ingestion.as_ref(),
                 config.orchestration.ingestion_endpoint.as_deref(),
             ) {
-                Ok(Some(receipts)) => Some(orchestration.with_receipts(Arc::new(receipts))),
-                Ok(None) => Some(orchestration),
+                Ok(Some(receipts)) => orchestration.with_receipts(Arc::new(receipts)),
+                Ok(None) => orchestration,
                 Err(e) => {
                     tracing::error!("orchestration.ingestion_endpoint: {e}");
+                    orchestration
+                }
+            };
+            // Satisfaction rules read measurement: directly in one process, else at its
+            // endpoint.
+            match orchestration_link::FeedbackLink::new(
+                stores.measurement.as_ref(),
+                config.orchestration.measurement_endpoint.as_deref(),
+            ) {
+                Ok(Some(feedback)) => Some(orchestration.with_feedback(Arc::new(feedback))),
+                Ok(None) => Some(orchestration),
+                Err(e) => {
+                    tracing::error!("orchestration.measurement_endpoint: {e}");
                     Some(orchestration)
                 }
             }
@@ -370,6 +383,10 @@ impl App {
             workers.push(orchestration.spawn_delivery(workers_stop.clone()));
             workers.push(orchestration.spawn_triggers(workers_stop.clone()));
             workers.push(orchestration.spawn_alert_webhooks(workers_stop.clone()));
+            workers.push(orchestration.spawn_satisfaction_watch(
+                self.config.orchestration.satisfaction_check_interval,
+                workers_stop.clone(),
+            ));
             routes.add_service(orchestration.grpc_service());
             if self.identity.is_none() {
                 routes.add_service(orchestration.log_consumer());

@@ -1,14 +1,21 @@
-//! Where orchestration meets identity and scoring: the person Decide decides for
-//! (identity's GetProfile with scores) and what a campaign may target (scoring's
-//! audiences and segments), asked in this process or over gRPC with the caller's key.
+//! Where orchestration meets identity, scoring, ingestion and measurement: the person
+//! Decide decides for (identity's GetProfile with scores), what a campaign may target
+//! (scoring's audiences and segments), where sends' outcomes go (ingestion), and the
+//! figures satisfaction rules watch (measurement), asked in this process or over gRPC
+//! with the caller's key.
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use corvus_identity::Identity;
 use corvus_identity::grpc::IdentityApi;
 use corvus_ingestion::Ingestion;
 use corvus_ingestion::grpc::IngestionApi;
+use corvus_measurement::Measurement;
+use corvus_measurement::grpc::MeasurementApi;
 use corvus_orchestration::delivery::Receipts;
+use corvus_orchestration::domain::alert::{Feedback, Span};
 use corvus_orchestration::people::{AudienceChange, Caller, Changes, Directory, Person, Targets, Who};
+use corvus_orchestration::satisfaction::FeedbackSource;
 use corvus_proto::ProfileId;
 use corvus_proto::common::v1::Event;
 use corvus_proto::common::v1::{Identifier, PageRequest};
@@ -18,6 +25,9 @@ use corvus_proto::identity::v1::{GetProfileRequest, ListProfilesRequest, get_pro
 use corvus_proto::ingestion::v1::IngestRequest;
 use corvus_proto::ingestion::v1::ingestion_service_client::IngestionServiceClient;
 use corvus_proto::ingestion::v1::ingestion_service_server::IngestionService;
+use corvus_proto::measurement::v1 as mpb;
+use corvus_proto::measurement::v1::measurement_service_client::MeasurementServiceClient;
+use corvus_proto::measurement::v1::measurement_service_server::MeasurementService;
 use corvus_proto::scoring::v1 as pb;
 use corvus_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use corvus_proto::scoring::v1::scoring_service_server::ScoringService;
@@ -285,5 +295,61 @@ impl Receipts for ReceiptLink {
             0 => Ok(()),
             n => Err(format!("ingestion rejected {n} report(s): {:?}", response.statuses)),
         }
+    }
+}
+
+/// Where satisfaction rules read NPS, CSAT and mentions: measurement's
+/// `GetSatisfaction`, in this process or at its endpoint, as the service.
+pub enum FeedbackLink {
+    Local(MeasurementApi),
+    Remote(MeasurementServiceClient<Channel>),
+}
+
+impl FeedbackLink {
+    pub fn new(measurement: Option<&Measurement>, endpoint: Option<&str>) -> anyhow::Result<Option<Self>> {
+        Ok(match (measurement, endpoint) {
+            (Some(measurement), _) => Some(Self::Local(MeasurementApi {
+                measurement: measurement.clone(),
+            })),
+            (None, Some(endpoint)) => Some(Self::Remote(MeasurementServiceClient::new(lazy(endpoint)?))),
+            (None, None) => None,
+        })
+    }
+}
+
+#[async_trait]
+impl FeedbackSource for FeedbackLink {
+    async fn span(&self, caller: &Caller, feedback: Feedback, from: NaiveDate, to: NaiveDate) -> Result<Span, String> {
+        let request = mpb::GetSatisfactionRequest {
+            kind: match feedback {
+                Feedback::Nps => mpb::FeedbackKind::Nps,
+                Feedback::Csat => mpb::FeedbackKind::Csat,
+                Feedback::Mentions => mpb::FeedbackKind::Mentions,
+            } as i32,
+            from_day: from.to_string(),
+            to_day: to.to_string(),
+            alpha: 0.05,
+            ..Default::default()
+        };
+        let answered = match self {
+            Self::Local(api) => api.get_satisfaction(as_principal(&caller.principal, request)).await,
+            Self::Remote(client) => {
+                client
+                    .clone()
+                    .get_satisfaction(as_caller(&caller.metadata, request))
+                    .await
+            }
+        };
+        let overall = answered
+            .map_err(|s| format!("measurement answered {:?}: {}", s.code(), s.message()))?
+            .into_inner()
+            .overall
+            .unwrap_or_default();
+        Ok(Span {
+            responses: overall.responses,
+            score: overall.score,
+            // The interval asked for is at 95 %: ±1.96 standard errors.
+            stderr: (overall.ci_upper - overall.score) / 1.959_963_984_540_054,
+        })
     }
 }

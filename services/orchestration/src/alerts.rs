@@ -73,6 +73,16 @@ impl Default for Alerting {
 }
 
 impl Alerting {
+    /// Counts an alert raised here, wakes the streams, and the webhook task when it has
+    /// a webhook to deliver.
+    pub(crate) fn announce(&self, kind: Kind, webhook: crate::storage::WebhookState) {
+        metrics::counter!("corvus_orchestration_alerts_raised_total", "kind" => kind.as_str()).increment(1);
+        self.raised.send_modify(|n| *n = n.wrapping_add(1));
+        if webhook == crate::storage::WebhookState::Pending {
+            self.due.notify_one();
+        }
+    }
+
     fn new(settings: WebhookSettings) -> Self {
         Self {
             rules: Mutex::default(),
@@ -505,12 +515,7 @@ impl Orchestration {
             match self.store.raise(&ws, &alert, until).await? {
                 Raised::Alert(raised) => {
                     self.alerting.cool(&ws, &stored, profile, until);
-                    metrics::counter!("corvus_orchestration_alerts_raised_total", "kind" => rule.kind().as_str())
-                        .increment(1);
-                    self.alerting.raised.send_modify(|n| *n = n.wrapping_add(1));
-                    if raised.webhook == crate::storage::WebhookState::Pending {
-                        self.alerting.due.notify_one();
-                    }
+                    self.alerting.announce(rule.kind(), raised.webhook);
                 }
                 Raised::Cooling(until) => self.alerting.cool(&ws, &stored, profile, until),
             }

@@ -37,6 +37,12 @@ pub struct OrchestrationConfig {
     /// Services that receive orchestration's log over gRPC
     /// (`corvus.ingestion.v1.EventConsumerService`, the `decisions` of each delivery).
     pub consumers: Vec<ConsumerConfig>,
+    /// Measurement's gRPC endpoint, where satisfaction rules read NPS, CSAT and
+    /// mentions, when orchestration runs apart from it.
+    pub measurement_endpoint: Option<String>,
+    /// How often satisfaction rules look at measurement's figures.
+    #[serde(with = "humantime_serde")]
+    pub satisfaction_check_interval: Duration,
 }
 
 impl Default for OrchestrationConfig {
@@ -56,6 +62,8 @@ impl Default for OrchestrationConfig {
             },
             log_retention: Duration::from_secs(7 * 24 * 3600),
             consumers: Vec::new(),
+            measurement_endpoint: None,
+            satisfaction_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -79,6 +87,10 @@ impl OrchestrationConfig {
             "orchestration.default_connector must be \"log\" or \"none\""
         );
         self.log.validate("orchestration.log").map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&self.satisfaction_check_interval),
+            "orchestration.satisfaction_check_interval must be between 100ms and 24h"
+        );
         ConsumerConfig::validate_all("orchestration.consumers", &self.consumers).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             !self.consumers.iter().any(|c| c.name == crate::log::POLICY_CONSUMER),

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod log;
 pub mod outcomes;
 pub mod people;
+pub mod satisfaction;
 pub mod service;
 pub mod simulate;
 pub mod storage;

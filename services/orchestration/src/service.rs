@@ -76,6 +76,8 @@ pub struct Orchestration {
     service_key: Option<secrecy::SecretString>,
     /// Where sends' outcomes go back in as events.
     pub(crate) receipts: Option<Arc<dyn crate::delivery::Receipts>>,
+    /// Where satisfaction rules read NPS, CSAT and mentions (measurement).
+    pub(crate) feedback: Option<Arc<dyn crate::satisfaction::FeedbackSource>>,
 }
 
 impl Orchestration {
@@ -100,7 +102,14 @@ impl Orchestration {
             alerting: Arc::default(),
             service_key: None,
             receipts: None,
+            feedback: None,
         }
+    }
+
+    /// Where satisfaction rules read the workspace's figures.
+    pub fn with_feedback(mut self, source: Arc<dyn crate::satisfaction::FeedbackSource>) -> Self {
+        self.feedback = Some(source);
+        self
     }
 
     pub fn with_receipts(mut self, receipts: Arc<dyn crate::delivery::Receipts>) -> Self {

@@ -17,12 +17,13 @@ use tonic::transport::Channel as GrpcChannel;
 
 use crate::identity::send;
 use crate::orchestration::{Spoiler, field_of, orchestration};
-use crate::support::{Key, TestApp, spawn};
+use crate::support::{Key, TestApp, spawn, spawn_with};
 
 on_both_backends!(
     an_experiment_is_measured_through_the_api,
     bad_metrics_and_queries_are_refused,
-    satisfaction_through_the_api
+    satisfaction_through_the_api,
+    a_satisfaction_drop_raises_an_alert
 );
 
 type MeasurementClient = MeasurementServiceClient<InterceptedService<GrpcChannel, Key>>;
@@ -667,6 +668,118 @@ async fn satisfaction_through_the_api(backend: Backend) {
     assert_eq!(
         (err.code(), field_of(&err).as_str()),
         (Code::InvalidArgument, "interval")
+    );
+    app.stop().await;
+}
+
+/// A satisfaction rule through the API: yesterday's answers were promoters, today's are
+/// detractors; orchestration, looking at measurement's figures, raises one alert about
+/// no one, on the alert stream's list, with the drop as its reason.
+async fn a_satisfaction_drop_raises_an_alert(backend: Backend) {
+    let Some(app) = spawn_with(backend, |c| {
+        c.orchestration.satisfaction_check_interval = std::time::Duration::from_millis(200);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut alerts = orchestration(&app, &app.admin_key).await;
+    alerts
+        .create_alert_rule(opb::CreateAlertRuleRequest {
+            rule: Some(opb::AlertRule {
+                name: "nps-drop".to_owned(),
+                kind: opb::AlertKind::SatisfactionDrop as i32,
+                feedback: "nps".to_owned(),
+                window: Some(days(1)),
+                min_responses: Some(10),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let yesterday = chrono::Utc::now() - chrono::Duration::days(1);
+    let mut events = Vec::new();
+    for i in 0..12 {
+        let email = format!("n{i}@example.com");
+        // Yesterday 11 promoters and a detractor (NPS 83.3); today the other way round.
+        let (then, now) = if i == 0 { (5, 9) } else { (10, 2) };
+        let mut before = event(
+            format!("b-{i}"),
+            EventType::Track,
+            &email,
+            "Survey Answered",
+            json!({"nps": then}),
+        );
+        before.timestamp = Some(prost_types::Timestamp {
+            seconds: yesterday.timestamp(),
+            nanos: 0,
+        });
+        events.push(before);
+        events.push(event(
+            format!("t-{i}"),
+            EventType::Track,
+            &email,
+            "Survey Answered",
+            json!({"nps": now}),
+        ));
+    }
+    send(&app, events).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let raised = loop {
+        let listed = alerts
+            .list_alerts(opb::ListAlertsRequest {
+                rules: vec!["nps-drop".to_owned()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        if !listed.is_empty() {
+            break listed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no alert");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // One alert, however many looks the cooldown spans.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let again = alerts
+        .list_alerts(opb::ListAlertsRequest {
+            rules: vec!["nps-drop".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert_eq!(again.len(), 1, "{again:?}");
+    let alert = &raised[0];
+    assert_eq!(
+        (alert.kind, alert.profile_id.as_str()),
+        (opb::AlertKind::SatisfactionDrop as i32, "")
+    );
+    assert!(
+        alert
+            .reason
+            .starts_with("NPS fell from 83.3 to -83.3 (-166.7 points) over the last day"),
+        "{}",
+        alert.reason
+    );
+    // A satisfaction rule reads figures, not events.
+    let err = alerts
+        .create_alert_rule(opb::CreateAlertRuleRequest {
+            rule: Some(opb::AlertRule {
+                name: "bad".to_owned(),
+                kind: opb::AlertKind::SatisfactionDrop as i32,
+                feedback: "joy".to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), field_of(&err).as_str()),
+        (Code::InvalidArgument, "rule.feedback")
     );
     app.stop().await;
 }

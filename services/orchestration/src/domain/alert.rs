@@ -21,6 +21,7 @@ pub const DEFAULT_COMPLAINT_EVENT: &str = "Complaint Filed";
 pub const DEFAULT_SENTIMENT_CHANNELS: [&str; 2] = ["chat", "social"];
 
 const MAX_RECHECK_SECONDS: u64 = 30 * 86_400;
+const MAX_WINDOW_DAYS: u32 = 90;
 const MAX_COOLDOWN_SECONDS: u64 = 365 * 86_400;
 const MIN_SECRET_CHARS: usize = 16;
 /// The most of an event's text an alert quotes.
@@ -33,6 +34,7 @@ pub enum Kind {
     NegativeSentiment,
     ChurnRiskJump,
     Complaint,
+    SatisfactionDrop,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Self::NegativeSentiment => "negative_sentiment",
             Self::ChurnRiskJump => "churn_risk_jump",
             Self::Complaint => "complaint",
+            Self::SatisfactionDrop => "satisfaction_drop",
         }
     }
 
@@ -51,6 +54,7 @@ impl Kind {
             Self::NegativeSentiment,
             Self::ChurnRiskJump,
             Self::Complaint,
+            Self::SatisfactionDrop,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -75,6 +79,104 @@ pub enum Condition {
     },
     /// One of the rule's events.
     Complaint,
+    /// The workspace's NPS or CSAT over the last `window_days` significantly below the
+    /// same span before (one-sided, at `significance`), or its mentions significantly
+    /// more; each span with at least `min_responses`. Looked at periodically, from
+    /// measurement; the alert names no person.
+    SatisfactionDrop {
+        feedback: Feedback,
+        window_days: u32,
+        significance: f64,
+        min_responses: u64,
+    },
+}
+
+/// What a satisfaction rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feedback {
+    Nps,
+    Csat,
+    Mentions,
+}
+
+impl Feedback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nps => "nps",
+            Self::Csat => "csat",
+            Self::Mentions => "mentions",
+        }
+    }
+}
+
+/// A span's feedback as measurement gives it: the answers (or mentions), and the score
+/// with its standard error.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub responses: u64,
+    pub score: f64,
+    pub stderr: f64,
+}
+
+/// The reason a satisfaction rule raises an alert, if it does: NPS or CSAT lower in
+/// `current` than in `previous` by more than chance allows (a z-test on the difference,
+/// one-sided); mentions more (given both spans' total, the current span's share is a
+/// binomial of one half under an unchanged rate).
+pub fn satisfaction_drop(condition: &Condition, previous: &Span, current: &Span) -> Option<String> {
+    let Condition::SatisfactionDrop {
+        feedback,
+        window_days,
+        significance,
+        min_responses,
+    } = condition
+    else {
+        return None;
+    };
+    if previous.responses < *min_responses || current.responses < *min_responses {
+        return None;
+    }
+    let days = match window_days {
+        1 => "day".to_owned(),
+        n => format!("{n} days"),
+    };
+    match feedback {
+        Feedback::Nps | Feedback::Csat => {
+            let drop = previous.score - current.score;
+            let se = (previous.stderr.powi(2) + current.stderr.powi(2)).sqrt();
+            if drop <= 0.0 {
+                return None;
+            }
+            // Without any spread in either span, a drop is no chance.
+            let p = if se > 0.0 { 1.0 - normal_cdf(drop / se) } else { 0.0 };
+            (p < *significance).then(|| {
+                format!(
+                    "{} fell from {:.1} to {:.1} ({:+.1} points) over the last {days}, p = {p:.2e}",
+                    feedback.as_str().to_ascii_uppercase(),
+                    previous.score,
+                    current.score,
+                    -drop
+                )
+            })
+        }
+        Feedback::Mentions => {
+            let (c, b) = (current.responses as f64, previous.responses as f64);
+            let n = c + b;
+            let z = (c - n / 2.0) / (n / 4.0).sqrt();
+            let p = 1.0 - normal_cdf(z);
+            (c > b && p < *significance).then(|| {
+                format!(
+                    "mentions rose from {} to {} over the last {days}, p = {p:.2e}",
+                    previous.responses, current.responses
+                )
+            })
+        }
+    }
+}
+
+/// The standard normal distribution function.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 impl Condition {
@@ -84,6 +186,7 @@ impl Condition {
             Self::NegativeSentiment { .. } => Kind::NegativeSentiment,
             Self::ChurnRiskJump { .. } => Kind::ChurnRiskJump,
             Self::Complaint => Kind::Complaint,
+            Self::SatisfactionDrop { .. } => Kind::SatisfactionDrop,
         }
     }
 }
@@ -175,6 +278,22 @@ impl Rule {
                     return Err(("rule.events".to_owned(), "at least one complaint event".to_owned()));
                 }
             }
+            Condition::SatisfactionDrop {
+                window_days,
+                significance,
+                ..
+            } => {
+                if !(1..=MAX_WINDOW_DAYS).contains(window_days) {
+                    return Err(("rule.window".to_owned(), "whole days, 1 to 90".to_owned()));
+                }
+                within("rule.significance", *significance, 0.0, 0.5, true)?;
+                if !self.events.is_empty() {
+                    return Err((
+                        "rule.events".to_owned(),
+                        "a satisfaction rule reads measurement's figures, not events".to_owned(),
+                    ));
+                }
+            }
         }
         if !(1..=MAX_COOLDOWN_SECONDS).contains(&self.cooldown_seconds) {
             return Err((
@@ -263,7 +382,7 @@ pub fn may_match(condition: &Condition, seen_channel: &str, raw: &[u8]) -> bool 
             seen_channel.is_empty() || channels.iter().any(|c| c == seen_channel)
         }
         Condition::Complaint => true,
-        Condition::ChurnRiskJump { .. } => false,
+        Condition::ChurnRiskJump { .. } | Condition::SatisfactionDrop { .. } => false,
     }
 }
 
@@ -317,7 +436,7 @@ pub fn judge(condition: &Condition, seen: &Seen<'_>) -> Option<String> {
             seen.name,
             quoted(text(props).or_else(|| props.get("reason").and_then(Value::as_str)))
         )),
-        Condition::ChurnRiskJump { .. } => None,
+        Condition::ChurnRiskJump { .. } | Condition::SatisfactionDrop { .. } => None,
     }
 }
 
@@ -532,5 +651,34 @@ mod tests {
             ("Ada Lovelace", "ada@example.com", "GB", "loyal")
         );
         assert_eq!((s.clv, s.churn_risk), (Some(900.0), Some(0.4)));
+    }
+
+    #[test]
+    fn a_significant_drop_or_spike_raises_and_chance_does_not() {
+        let rule = |feedback| Condition::SatisfactionDrop {
+            feedback,
+            window_days: 7,
+            significance: 0.01,
+            min_responses: 30,
+        };
+        let span = |responses, score, stderr| Span {
+            responses,
+            score,
+            stderr,
+        };
+        // 40 → 20 points with standard errors 5 and 5: z = 20/√50 = 2.83, p = 0.0023.
+        let reason = satisfaction_drop(&rule(Feedback::Nps), &span(100, 40.0, 5.0), &span(100, 20.0, 5.0)).unwrap();
+        assert!(
+            reason.starts_with("NPS fell from 40.0 to 20.0 (-20.0 points) over the last 7 days"),
+            "{reason}"
+        );
+        // 40 → 30: z = 1.41, p = 0.079, within chance at 0.01.
+        assert!(satisfaction_drop(&rule(Feedback::Nps), &span(100, 40.0, 5.0), &span(100, 30.0, 5.0)).is_none());
+        // A rise is no drop; too few answers are no evidence.
+        assert!(satisfaction_drop(&rule(Feedback::Csat), &span(100, 60.0, 5.0), &span(100, 90.0, 5.0)).is_none());
+        assert!(satisfaction_drop(&rule(Feedback::Nps), &span(100, 40.0, 5.0), &span(29, 0.0, 5.0)).is_none());
+        // Mentions 50 → 90: given 140, 90 is z = (90 − 70)/√35 = 3.38 above half.
+        assert!(satisfaction_drop(&rule(Feedback::Mentions), &span(50, 0.0, 0.0), &span(90, 0.0, 0.0)).is_some());
+        assert!(satisfaction_drop(&rule(Feedback::Mentions), &span(50, 0.0, 0.0), &span(60, 0.0, 0.0)).is_none());
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{channel_field, duration, seconds, timestamp};
 use crate::domain::alert::{
     Condition, DEFAULT_COMPLAINT_EVENT, DEFAULT_COOLDOWN_SECONDS, DEFAULT_MAX_NPS, DEFAULT_MAX_SENTIMENT,
-    DEFAULT_MIN_INCREASE, DEFAULT_RECHECK_SECONDS, DEFAULT_SENTIMENT_CHANNELS, Kind, Rule, Summary, Webhook,
+    DEFAULT_MIN_INCREASE, DEFAULT_RECHECK_SECONDS, DEFAULT_SENTIMENT_CHANNELS, Feedback, Kind, Rule, Summary, Webhook,
 };
 use crate::people::channel_of;
 use crate::service::Orchestration;
@@ -49,12 +49,18 @@ pub fn rule_of(r: &pb::AlertRule) -> Result<Rule, Status> {
     only(r.min_increase.is_some(), "min_increase", churn, "CHURN_RISK_JUMP")?;
     only(r.min_clv.is_some(), "min_clv", churn, "CHURN_RISK_JUMP")?;
     only(r.recheck.is_some(), "recheck", churn, "CHURN_RISK_JUMP")?;
+    let drop = pb::AlertKind::SatisfactionDrop;
+    only(!r.feedback.is_empty(), "feedback", drop, "SATISFACTION_DROP")?;
+    only(r.window.is_some(), "window", drop, "SATISFACTION_DROP")?;
+    only(r.significance.is_some(), "significance", drop, "SATISFACTION_DROP")?;
+    only(r.min_responses.is_some(), "min_responses", drop, "SATISFACTION_DROP")?;
     let condition = match kind {
         pb::AlertKind::Unspecified => {
             return Err(invalid_argument(
                 "rule.kind",
                 format!(
-                    "{} is not an alert kind: DETRACTOR, NEGATIVE_SENTIMENT, CHURN_RISK_JUMP or COMPLAINT",
+                    "{} is not an alert kind: DETRACTOR, NEGATIVE_SENTIMENT, CHURN_RISK_JUMP, COMPLAINT or \
+                     SATISFACTION_DROP",
                     r.kind
                 ),
             ));
@@ -80,6 +86,26 @@ pub fn rule_of(r: &pb::AlertRule) -> Result<Rule, Status> {
             recheck_seconds: seconds("rule.recheck".to_owned(), r.recheck.as_ref())?.unwrap_or(DEFAULT_RECHECK_SECONDS),
         },
         pb::AlertKind::Complaint => Condition::Complaint,
+        pb::AlertKind::SatisfactionDrop => Condition::SatisfactionDrop {
+            feedback: match r.feedback.as_str() {
+                "nps" => Feedback::Nps,
+                "csat" => Feedback::Csat,
+                "mentions" => Feedback::Mentions,
+                other => {
+                    return Err(invalid_argument(
+                        "rule.feedback",
+                        format!("{other:?}: nps, csat or mentions"),
+                    ));
+                }
+            },
+            window_days: match seconds("rule.window".to_owned(), r.window.as_ref())? {
+                None => 7,
+                Some(s) if s % 86_400 == 0 => u32::try_from(s / 86_400).unwrap_or(u32::MAX),
+                Some(_) => return Err(invalid_argument("rule.window", "whole days")),
+            },
+            significance: r.significance.unwrap_or(0.01),
+            min_responses: r.min_responses.unwrap_or(30),
+        },
     };
     let events = match (kind, r.events.is_empty()) {
         (pb::AlertKind::Complaint, true) => vec![DEFAULT_COMPLAINT_EVENT.to_owned()],
@@ -108,6 +134,7 @@ fn kind_message(kind: Kind) -> pb::AlertKind {
         Kind::NegativeSentiment => pb::AlertKind::NegativeSentiment,
         Kind::ChurnRiskJump => pb::AlertKind::ChurnRiskJump,
         Kind::Complaint => pb::AlertKind::Complaint,
+        Kind::SatisfactionDrop => pb::AlertKind::SatisfactionDrop,
     }
 }
 
@@ -146,6 +173,17 @@ pub fn rule_message(stored: &StoredRule) -> pb::AlertRule {
             message.recheck = Some(duration(*recheck_seconds));
         }
         Condition::Complaint => {}
+        Condition::SatisfactionDrop {
+            feedback,
+            window_days,
+            significance,
+            min_responses,
+        } => {
+            message.feedback = feedback.as_str().to_owned();
+            message.window = Some(duration(u64::from(*window_days) * 86_400));
+            message.significance = Some(*significance);
+            message.min_responses = Some(*min_responses);
+        }
     }
     message
 }
@@ -175,7 +213,11 @@ pub fn alert_message(a: &Alert) -> pb::Alert {
         sequence: a.sequence,
         rule: a.rule.clone(),
         kind: kind_message(a.kind) as i32,
-        profile_id: a.profile.to_string(),
+        // A satisfaction alert is about no one.
+        profile_id: match a.profile.as_uuid().is_nil() {
+            true => String::new(),
+            false => a.profile.to_string(),
+        },
         reason: a.reason.clone(),
         event_id: a.event_id.clone(),
         raised_at: Some(timestamp(a.raised_at)),

@@ -147,6 +147,9 @@ pub trait AlertStore: Send + Sync {
     /// The workspace's rules, by name.
     async fn rules(&self, ws: &WorkspaceId) -> Result<Vec<StoredRule>, StorageError>;
 
+    /// Every workspace's rules of `kind`.
+    async fn rules_of_kind(&self, kind: Kind) -> Result<Vec<(WorkspaceId, StoredRule)>, StorageError>;
+
     /// Deletes a rule and its cooldowns (its alerts stay); false when there was none.
     async fn delete_rule(&self, ws: &WorkspaceId, name: &str) -> Result<bool, StorageError>;
 
@@ -369,6 +372,31 @@ macro_rules! alert_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn rules_of_kind(&self, kind: Kind) -> Result<Vec<(WorkspaceId, StoredRule)>, StorageError> {
+                // The kind is inside the definition's JSON (`"condition":{"kind":…`).
+                let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT workspace_id, definition, created_at FROM alert_rules \
+                     WHERE definition LIKE $1 ORDER BY workspace_id, name",
+                )
+                .bind(format!("%\"kind\":\"{}\"%", kind.as_str()))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut found = Vec::new();
+                for (ws, definition, created_at) in rows {
+                    let rule: Rule = serde_json::from_str(&definition).map_err(|e| undecodable("alert rule", e))?;
+                    if let (Ok(ws), true) = (ws.parse::<WorkspaceId>(), rule.kind() == kind) {
+                        found.push((
+                            ws,
+                            StoredRule {
+                                rule,
+                                created_at: time(created_at),
+                            },
+                        ));
+                    }
+                }
+                Ok(found)
             }
 
             async fn delete_rule(&self, ws: &WorkspaceId, name: &str) -> Result<bool, StorageError> {
