@@ -352,4 +352,26 @@ impl FeedbackSource for FeedbackLink {
             stderr: (overall.ci_upper - overall.score) / 1.959_963_984_540_054,
         })
     }
+
+    async fn estimate(
+        &self,
+        caller: &Caller,
+        request: mpb::EstimatePolicyValueRequest,
+    ) -> Result<mpb::EstimatePolicyValueResponse, String> {
+        let answered = match self {
+            Self::Local(api) => {
+                api.estimate_policy_value(as_principal(&caller.principal, request))
+                    .await
+            }
+            Self::Remote(client) => {
+                client
+                    .clone()
+                    .estimate_policy_value(as_caller(&caller.metadata, request))
+                    .await
+            }
+        };
+        answered
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("measurement answered {:?}: {}", s.code(), s.message()))
+    }
 }

@@ -679,7 +679,20 @@ impl OrchestrationService for OrchestrationApi {
         let at = time_of("at", req.at.as_ref())?;
         let version = (req.version > 0).then_some(req.version);
         let sim = self.orchestration.simulate(&caller, &req.name, version, at).await?;
+        let (estimate, estimate_unavailable) = match req.estimate_metric.is_empty() {
+            true => (None, String::new()),
+            false => match self
+                .orchestration
+                .estimate_simulated(&caller, &req.name, &req.estimate_metric, &sim)
+                .await
+            {
+                Ok(estimate) => (Some(estimate), String::new()),
+                Err(why) => (None, why),
+            },
+        };
         Ok(Response::new(pb::SimulateCampaignResponse {
+            estimate,
+            estimate_unavailable,
             audience: sim.audience,
             unknown: sim.unknown,
             would_send: sim.would_send,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use corvus_proto::measurement::v1::{EstimatePolicyValueRequest, EstimatePolicyValueResponse};
 use corvus_proto::{ProfileId, WorkspaceId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,11 +17,19 @@ use crate::people::Caller;
 use crate::service::{Orchestration, OrchestrationError};
 use crate::storage::{NewAlert, Raised};
 
-/// Where the figures come from: measurement, in this process or over gRPC.
+/// What orchestration reads of measurement, in this process or over gRPC.
 #[async_trait]
 pub trait FeedbackSource: Send + Sync {
     /// The workspace's feedback of a kind over the UTC days `from` to `to`, inclusive.
     async fn span(&self, caller: &Caller, feedback: Feedback, from: NaiveDate, to: NaiveDate) -> Result<Span, String>;
+
+    /// An off-policy estimate of a candidate policy over a campaign's logged decisions
+    /// (`EstimatePolicyValue`); `Err` says why there is none.
+    async fn estimate(
+        &self,
+        caller: &Caller,
+        request: EstimatePolicyValueRequest,
+    ) -> Result<EstimatePolicyValueResponse, String>;
 }
 
 impl Orchestration {

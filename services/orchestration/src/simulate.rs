@@ -11,6 +11,8 @@ use corvus_proto::ProfileId;
 use futures::StreamExt as _;
 use uuid::Uuid;
 
+use corvus_proto::measurement::v1::{ActionProbability, EstimatePolicyValueRequest, EstimatePolicyValueResponse};
+
 use crate::decide::{DecideInput, Open, Planning, earliest_counted};
 use crate::people::{Caller, Who};
 use crate::service::{Orchestration, OrchestrationError};
@@ -27,6 +29,9 @@ pub struct Simulation {
     pub would_send: u64,
     /// (action, channel) → people.
     pub sends: BTreeMap<(String, String), u64>,
+    /// (segment, action) → people: the campaign's policy as the simulation ran it, for
+    /// an off-policy estimate over its log.
+    pub by_segment: BTreeMap<(String, String), u64>,
     /// Hours from the time decided for until the send → people.
     pub hours: BTreeMap<u32, u64>,
     pub blocked: BTreeMap<Reason, u64>,
@@ -43,6 +48,7 @@ enum Outcome {
     Sends {
         action: String,
         channel: String,
+        segment: String,
         send_at: DateTime<Utc>,
         /// The conversion to expect, and whether scoring's propensity gave it.
         expected: (f64, bool),
@@ -136,10 +142,12 @@ impl Orchestration {
                 Outcome::Sends {
                     action,
                     channel,
+                    segment,
                     send_at,
                     expected: (expected, from_propensity),
                 } => {
                     sim.would_send += 1;
+                    *sim.by_segment.entry((segment, action.clone())).or_default() += 1;
                     *sim.sends.entry((action, channel)).or_default() += 1;
                     let hours = (send_at - at).num_hours().max(0) as u32;
                     *sim.hours.entry(hours).or_default() += 1;
@@ -152,6 +160,45 @@ impl Orchestration {
             }
         }
         Ok(sim)
+    }
+
+    /// The off-policy estimate of `metric` under the campaign's policy as `sim` ran it
+    /// (each segment's share of each action), over the campaign's logged decisions.
+    pub async fn estimate_simulated(
+        &self,
+        caller: &Caller,
+        campaign: &str,
+        metric: &str,
+        sim: &Simulation,
+    ) -> Result<EstimatePolicyValueResponse, String> {
+        let Some(source) = &self.feedback else {
+            return Err(
+                "measurement is not reachable from orchestration (orchestration.measurement_endpoint)".to_owned(),
+            );
+        };
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((segment, _), people) in &sim.by_segment {
+            *totals.entry(segment.as_str()).or_default() += people;
+        }
+        if totals.is_empty() {
+            return Err("the simulation sends to no one: there is no policy to estimate".to_owned());
+        }
+        let candidate = sim
+            .by_segment
+            .iter()
+            .map(|((segment, action), people)| ActionProbability {
+                action: action.clone(),
+                segment: segment.clone(),
+                probability: *people as f64 / totals[segment.as_str()] as f64,
+            })
+            .collect();
+        let request = EstimatePolicyValueRequest {
+            experiment: campaign.to_owned(),
+            metric: metric.to_owned(),
+            candidate,
+            alpha: 0.0,
+        };
+        source.estimate(caller, request).await
     }
 
     async fn simulate_one(
@@ -247,6 +294,7 @@ impl Orchestration {
         Ok(Outcome::Sends {
             action: d.action.clone(),
             channel: d.channel.clone(),
+            segment: d.segment.clone(),
             send_at: d.send_at,
             expected,
         })

@@ -332,6 +332,22 @@ async fn an_experiment_is_measured_through_the_api(backend: Backend) {
     ] {
         assert!((e.as_ref().unwrap().value - per_person).abs() < 1e-9, "{estimate:?}");
     }
+    // Orchestration's simulation of the campaign shows the same estimate beside its
+    // own: as simulated, the campaign sends the offer to everyone it sends to.
+    let simulated = campaigns
+        .simulate_campaign(opb::SimulateCampaignRequest {
+            name: "spring".to_owned(),
+            estimate_metric: "revenue".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(simulated.estimate_unavailable, "");
+    let beside = simulated.estimate.unwrap();
+    assert!((beside.ips.unwrap().value - per_person).abs() < 1e-9);
+    assert_eq!(beside.rounds, estimate.rounds);
+
     // A candidate with an action the log never tried is refused with its field.
     let err = reader
         .estimate_policy_value(pb::EstimatePolicyValueRequest {
