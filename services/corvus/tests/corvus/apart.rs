@@ -45,13 +45,23 @@ use tonic::{Request, Response, Status};
 use crate::identity::event;
 use crate::support::{Client, Key, stored_events};
 
-/// A free port on loopback, for a process to bind.
+/// A free port on loopback, for a process of this test to bind. A port the kernel
+/// handed out (`bind(0)`) and this test let go can be handed out again, to any process,
+/// before the child binds it ("Address already in use"). So the ports come from below
+/// the ephemeral range (32768 and up), which the kernel never hands out, from a block of
+/// this test process's own (by its pid), each checked free when taken.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const BLOCK: u32 = 40;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let first = 10_000 + (std::process::id() % 500) * BLOCK;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(n < 4 * BLOCK, "no free port in this test's block from {first}");
+        let port = (first + n % BLOCK) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The downstream service: every resolved event it was handed, with how many times,
