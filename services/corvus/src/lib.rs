@@ -2,6 +2,7 @@
 //! HTTP API and the metrics port, over Postgres and Redis or the embedded default.
 
 pub mod client;
+pub mod console;
 pub mod identity_link;
 pub mod orchestration_link;
 pub mod scores_link;
@@ -38,6 +39,17 @@ pub struct CorvusConfig {
     pub scoring: ScoringConfig,
     pub orchestration: OrchestrationConfig,
     pub measurement: MeasurementConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The `[console]` section: the web console on the HTTP port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The gRPC API the console's calls are relayed to: this process's own when unset
+    /// (`corvus dev`, `corvus serve all`); apart, an address that reaches every service
+    /// (a gateway routing by service name).
+    pub grpc_endpoint: Option<String>,
 }
 
 impl CorvusConfig {
@@ -313,6 +325,7 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then drains and stops the workers.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let grpc_port = self.grpc_port();
         let auth = Arc::new(Authenticator::new(self.keys.clone(), Duration::from_secs(30)));
         let workers_stop = CancellationToken::new();
         let mut workers = Vec::new();
@@ -402,6 +415,14 @@ impl App {
             }
             names.push(corvus_measurement::SERVICE_NAME.to_owned());
             checks.push(measurement.readiness());
+        }
+        // The console, on the HTTP port, over the gRPC API.
+        if let Some(router) = http.take() {
+            let endpoint = match &self.config.console.grpc_endpoint {
+                Some(endpoint) => endpoint.clone(),
+                None => format!("http://127.0.0.1:{grpc_port}"),
+            };
+            http = Some(router.merge(console::router(&endpoint)?));
         }
         let services = Services {
             grpc: routes.routes(),

@@ -4,6 +4,7 @@
 mod apart;
 mod audiences;
 mod campaigns;
+mod console;
 mod downstream;
 mod erasure;
 mod fault;

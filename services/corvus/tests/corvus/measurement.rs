@@ -485,6 +485,20 @@ async fn an_experiment_is_measured_through_the_api(backend: Backend) {
         decisions.iter().any(|c| c.name == "measurement-exposures"),
         "{decisions:?}"
     );
+    // The console, in a browser, shows the same figures (once: the page is the same
+    // whatever the backend).
+    if backend == Backend::Embedded {
+        let results = results_for(&mut reader, 24).await;
+        let report = reader
+            .get_campaign_report(pb::GetCampaignReportRequest {
+                experiment: "spring".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        crate::console::the_console_shows_what_the_api_gives(&app, &results, &report).await;
+    }
     app.stop().await;
 }
 
