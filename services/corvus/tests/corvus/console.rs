@@ -147,19 +147,28 @@ async fn the_console_relay_refuses_with_the_field() {
     let answer = call(results, "{}", &app.read_key).await.unwrap();
     assert_eq!(answer.status(), 400);
     let body: serde_json::Value = answer.json().await.unwrap();
-    assert_eq!((body["code"].as_str(), body["field"].as_str()), (Some("InvalidArgument"), Some("experiment")));
+    assert_eq!(
+        (body["code"].as_str(), body["field"].as_str()),
+        (Some("InvalidArgument"), Some("experiment"))
+    );
     // The key is the caller's: without one, the API refuses.
     assert_eq!(call(results, "{}", "").await.unwrap().status(), 401);
     assert_eq!(call(results, "{not json", &app.read_key).await.unwrap().status(), 400);
-    let other = call("api/grpc.health.v1.Health/Check", "{}", &app.read_key).await.unwrap();
+    let other = call("api/grpc.health.v1.Health/Check", "{}", &app.read_key)
+        .await
+        .unwrap();
     assert_eq!(other.status(), 404);
     // A streaming method is not relayed as a unary one.
     let streaming = "api/corvus.measurement.v1.MeasurementService/StreamMetrics";
     assert_eq!(call(streaming, "{}", &app.read_key).await.unwrap().status(), 404);
     // A unary call answers the API's JSON.
-    let listed = call("api/corvus.measurement.v1.MeasurementService/ListMetrics", "{}", &app.read_key)
-        .await
-        .unwrap();
+    let listed = call(
+        "api/corvus.measurement.v1.MeasurementService/ListMetrics",
+        "{}",
+        &app.read_key,
+    )
+    .await
+    .unwrap();
     assert_eq!(listed.status(), 200);
     assert_eq!(listed.json::<serde_json::Value>().await.unwrap(), serde_json::json!({}));
     app.stop().await;
