@@ -15,7 +15,7 @@ use corvus_measurement::grpc::MeasurementApi;
 use corvus_orchestration::delivery::Receipts;
 use corvus_orchestration::domain::alert::{Feedback, Span};
 use corvus_orchestration::people::{AudienceChange, Caller, Changes, Directory, Person, Targets, Who};
-use corvus_orchestration::satisfaction::FeedbackSource;
+use corvus_orchestration::satisfaction::MeasurementSource;
 use corvus_proto::ProfileId;
 use corvus_proto::common::v1::Event;
 use corvus_proto::common::v1::{Identifier, PageRequest};
@@ -318,7 +318,7 @@ impl FeedbackLink {
 }
 
 #[async_trait]
-impl FeedbackSource for FeedbackLink {
+impl MeasurementSource for FeedbackLink {
     async fn span(&self, caller: &Caller, feedback: Feedback, from: NaiveDate, to: NaiveDate) -> Result<Span, String> {
         let request = mpb::GetSatisfactionRequest {
             kind: match feedback {
@@ -348,8 +348,7 @@ impl FeedbackSource for FeedbackLink {
         Ok(Span {
             responses: overall.responses,
             score: overall.score,
-            // The interval asked for is at 95 %: ±1.96 standard errors.
-            stderr: (overall.ci_upper - overall.score) / 1.959_963_984_540_054,
+            stderr: overall.stderr,
         })
     }
 

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeasurementConfig {
-    /// Entries of identity's or orchestration's log measurement takes at a time, at
-    /// most: each delivery is one transaction, reading every person it names once.
+    /// Entries of identity's or orchestration's log measurement takes at a time, at most,
+    /// when it runs with them in one process (apart, the senders' consumer settings set
+    /// the size). A delivery's changes commit per run of one workspace's entries, and
+    /// per profile change, each reading every person it names once.
     pub batch_size: u32,
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::metric::Metric;
-use crate::stats::{self, Case, Comparison, MetricType, Prior, Setting, Variant};
+use crate::stats::{self, Case, Comparison, MetricType, Prior, Setting};
 use crate::storage::{Dimension, FatigueRow, ReportCell};
 use crate::units::{Counts, Sums};
 
@@ -79,21 +79,7 @@ fn lift(
     if held_people < 1.0 || treated_people < 1.0 {
         return None;
     }
-    let variant = |name: &str, users: f64, s: &Sums| Variant {
-        name: name.to_owned(),
-        users,
-        sum: match metric.metric_type {
-            MetricType::Binomial => s[0].clamp(0.0, users),
-            _ => s[0],
-        },
-        sum_squares: s[1].max(0.0),
-        denominator_sum: (metric.metric_type == MetricType::Ratio).then_some(s[2]),
-        denominator_sum_squares: (metric.metric_type == MetricType::Ratio).then_some(s[3].max(0.0)),
-        sum_products: (metric.metric_type == MetricType::Ratio).then_some(s[4]),
-        covariate_sum: None,
-        covariate_sum_squares: None,
-        covariate_sum_products: None,
-    };
+    let variant = |name: &str, users: f64, s: &Sums| crate::results::variant(metric.metric_type, name, users, s, false);
     let case = Case {
         metric_type: metric.metric_type,
         weights: vec![0.5, 0.5],

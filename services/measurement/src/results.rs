@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::metric::Metric;
 use crate::stats::{self, Case, MetricType, Prior, Variant};
 use crate::storage::{Aggregates, ArmRow};
+use crate::units::Sums;
 
 /// The arms, in the order the statistics take them: the baseline, then by name.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,29 @@ pub fn results(
     })
 }
 
+/// An arm's aggregates from its sums, as the statistics read them: a binomial's count
+/// within its people, sums of squares not below zero (sums moved by differences may land
+/// a hair below), a ratio's denominator, and the covariate when `cuped`.
+pub fn variant(metric_type: MetricType, name: &str, users: f64, s: &Sums, cuped: bool) -> Variant {
+    let ratio = metric_type == MetricType::Ratio;
+    let square = |x: f64| x.max(0.0);
+    Variant {
+        name: name.to_owned(),
+        users,
+        sum: match metric_type {
+            MetricType::Binomial => s[0].clamp(0.0, users),
+            _ => s[0],
+        },
+        sum_squares: square(s[1]),
+        denominator_sum: ratio.then_some(s[2]),
+        denominator_sum_squares: ratio.then_some(square(s[3])),
+        sum_products: ratio.then_some(s[4]),
+        covariate_sum: cuped.then_some(s[5]),
+        covariate_sum_squares: cuped.then_some(square(s[6])),
+        covariate_sum_products: cuped.then_some(s[7]),
+    }
+}
+
 fn case_of(
     metric: &Metric,
     names: &[&String],
@@ -118,31 +142,15 @@ fn case_of(
                 .unwrap_or_default()
         })
         .collect();
-    let ratio = metric.metric_type == MetricType::Ratio;
     // CUPED when some arm's people had a value before exposure: a covariate that is zero
-    // everywhere explains nothing.
-    let cuped = metric.cuped() && sums.iter().any(|s| s[6] > 0.0);
-    // Sums moved by differences may land a hair below zero.
-    let square = |x: f64| x.max(0.0);
+    // everywhere explains nothing (and sums moved by differences may keep a trace of a
+    // value taken away).
+    let cuped = metric.cuped() && sums.iter().any(|s| s[6] > 1e-9);
     let variants = names
         .iter()
         .zip(users)
         .zip(&sums)
-        .map(|((name, users), s)| Variant {
-            name: (*name).clone(),
-            users: *users,
-            sum: match metric.metric_type {
-                MetricType::Binomial => s[0].clamp(0.0, *users),
-                _ => s[0],
-            },
-            sum_squares: square(s[1]),
-            denominator_sum: ratio.then_some(s[2]),
-            denominator_sum_squares: ratio.then_some(square(s[3])),
-            sum_products: ratio.then_some(s[4]),
-            covariate_sum: cuped.then_some(s[5]),
-            covariate_sum_squares: cuped.then_some(square(s[6])),
-            covariate_sum_products: cuped.then_some(s[7]),
-        })
+        .map(|((name, users), s)| variant(metric.metric_type, name, *users, s, cuped))
         .collect();
     Case {
         metric_type: metric.metric_type,

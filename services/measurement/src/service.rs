@@ -303,8 +303,12 @@ impl Measurement {
             },
         };
         let results = self.results(ws, &query).await?;
-        let (m, case) = &results.cases[0];
-        let baseline = Baseline::observed(m.metric_type, &case.variants[0]);
+        let Some((m, Some(first))) = results.cases.first().map(|(m, case)| (m, case.variants.first())) else {
+            return Err(MeasurementError::NotFound(format!(
+                "experiment {experiment:?} has no people left to read a baseline off"
+            )));
+        };
+        let baseline = Baseline::observed(m.metric_type, first);
         let days = self
             .store
             .report(ws, experiment, &Filter::default(), Dimension::Day, &[])

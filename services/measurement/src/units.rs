@@ -64,7 +64,7 @@ pub struct Bucket {
     pub day: i32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Exposure {
     pub bucket: Bucket,
     pub exposed_at: i64,
@@ -74,6 +74,27 @@ pub struct Exposure {
     pub reached: u8,
     /// The first decision's propensity.
     pub propensity: f64,
+    /// The first decision (not kept: only the tie between two at one time needs it).
+    pub decision: uuid::Uuid,
+}
+
+/// Equal when they add the same: which decision it was is not kept.
+impl PartialEq for Exposure {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.bucket,
+            self.exposed_at,
+            self.touches,
+            self.reached,
+            self.propensity,
+        ) == (
+            &other.bucket,
+            other.exposed_at,
+            other.touches,
+            other.reached,
+            other.propensity,
+        )
+    }
 }
 
 /// What an exposure adds to its bucket's counts: people, touches, and the people who
@@ -151,14 +172,15 @@ impl PersonState {
                 touches: sent,
                 reached,
                 propensity: d.propensity,
+                decision: d.id,
             };
             exposures
                 .entry(d.experiment.clone())
                 .and_modify(|e| {
-                    // The earliest decision is the exposure; ties go to the arm's name so
-                    // the order decisions arrive in cannot matter.
+                    // The earliest decision is the exposure; ties go to the lower decision
+                    // id, so the order decisions are read in cannot matter.
                     let (touches, reached) = (e.touches + sent, e.reached | reached);
-                    if (d.at, &d.arm) < (e.exposed_at, &e.bucket.arm) {
+                    if (d.at, d.id) < (e.exposed_at, e.decision) {
                         *e = first.clone();
                     }
                     (e.touches, e.reached) = (touches, reached);

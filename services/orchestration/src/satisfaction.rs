@@ -19,7 +19,7 @@ use crate::storage::{NewAlert, Raised};
 
 /// What orchestration reads of measurement, in this process or over gRPC.
 #[async_trait]
-pub trait FeedbackSource: Send + Sync {
+pub trait MeasurementSource: Send + Sync {
     /// The workspace's feedback of a kind over the UTC days `from` to `to`, inclusive.
     async fn span(&self, caller: &Caller, feedback: Feedback, from: NaiveDate, to: NaiveDate) -> Result<Span, String>;
 
@@ -49,7 +49,8 @@ impl Orchestration {
     }
 
     /// Looks at every satisfaction rule once, as of `now`: the span of the rule's window
-    /// that ends today against the one before it. Returns the alerts raised.
+    /// that ends yesterday (the last whole day) against the one before it. Returns the
+    /// alerts raised.
     pub async fn check_satisfaction(&self, now: DateTime<Utc>) -> Result<u64, OrchestrationError> {
         let Some(source) = self.feedback.clone() else {
             return Ok(0);
@@ -63,12 +64,14 @@ impl Orchestration {
             else {
                 continue;
             };
-            let today = now.date_naive();
+            // Completed days only: a day under way holds fewer answers and mentions than
+            // a whole one, and would look like a drop in volume.
+            let yesterday = now.date_naive() - chrono::Days::new(1);
             let days = chrono::Days::new(u64::from(window_days));
-            let (from, before) = (today - days + chrono::Days::new(1), today - days);
+            let (from, before) = (yesterday - days + chrono::Days::new(1), yesterday - days);
             let caller = self.service_caller(&ws);
             let spans = async {
-                let current = source.span(&caller, feedback, from, today).await?;
+                let current = source.span(&caller, feedback, from, yesterday).await?;
                 let previous = source
                     .span(&caller, feedback, before - days + chrono::Days::new(1), before)
                     .await?;
@@ -85,7 +88,7 @@ impl Orchestration {
                 continue;
             };
             if self
-                .raise_unpersonal(&ws, rule, reason, format!("{}:{today}", feedback.as_str()), now)
+                .raise_unpersonal(&ws, rule, reason, format!("{}:{yesterday}", feedback.as_str()), now)
                 .await?
             {
                 raised += 1;

@@ -77,7 +77,7 @@ pub struct Orchestration {
     /// Where sends' outcomes go back in as events.
     pub(crate) receipts: Option<Arc<dyn crate::delivery::Receipts>>,
     /// Where satisfaction rules read NPS, CSAT and mentions (measurement).
-    pub(crate) feedback: Option<Arc<dyn crate::satisfaction::FeedbackSource>>,
+    pub(crate) feedback: Option<Arc<dyn crate::satisfaction::MeasurementSource>>,
 }
 
 impl Orchestration {
@@ -107,7 +107,7 @@ impl Orchestration {
     }
 
     /// Where satisfaction rules read the workspace's figures.
-    pub fn with_feedback(mut self, source: Arc<dyn crate::satisfaction::FeedbackSource>) -> Self {
+    pub fn with_feedback(mut self, source: Arc<dyn crate::satisfaction::MeasurementSource>) -> Self {
         self.feedback = Some(source);
         self
     }

@@ -7,6 +7,8 @@ const $ = (id) => document.getElementById(id);
 const state = { key: "", experiment: "", segment: "", region: "" };
 const rates = [];
 let live = null;
+// What the last snapshot counted: when it moves, the figures are read again.
+let counted = "";
 
 function keyFromFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
@@ -230,6 +232,10 @@ function startLive() {
     $("csat-today").textContent = m.csatToday && m.csatToday.responses ? fixed(m.csatToday.score, 1) : "–";
     $("mentions-today").textContent = String((m.mentionsToday && m.mentionsToday.responses) || 0);
     chart($("rate-chart"), rates.map((r, i) => [i, r]));
+    const now = JSON.stringify([(m.experiments || []).map((e) => (e.arms || []).map((a) => a.users)),
+      m.npsToday && m.npsToday.responses, m.csatToday && m.csatToday.responses]);
+    if (counted && now !== counted) figures().catch((e) => ($("error").textContent = e.message));
+    counted = now;
   }, live.signal).catch((e) => e.name !== "AbortError" && ($("error").textContent = e.message));
   stream(O, "StreamAlerts", {}, () => alerts().catch(() => {}), live.signal).catch(() => {});
 }
@@ -270,12 +276,18 @@ async function refresh() {
   state.region = $("region").value;
   try {
     await experiments();
-    await Promise.all([results(), campaign(), satisfaction(), audiences(), alerts()]);
+    await figures();
     startLive();
     document.body.dataset.loaded = "true";
   } catch (e) {
     $("error").textContent = e.message;
   }
+}
+
+// Every section's figures, read again: on a refresh, and whenever the live snapshot
+// counts more people or answers than the last.
+async function figures() {
+  await Promise.all([results(), campaign(), satisfaction(), audiences(), alerts()]);
 }
 
 keyFromFragment();

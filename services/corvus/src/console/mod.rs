@@ -1,5 +1,6 @@
 //! The console: a web page served on the HTTP port at `/console`, its assets built into
-//! the binary, that reads Corvus only through the services' public gRPC APIs. Its calls,
+//! the binary, that reads Corvus only through the services' public gRPC APIs (the reads
+//! of `RELAYED`, nothing that changes data). Its calls,
 //! `POST /console/api/{service}/{method}` with the request as proto3 JSON, are relayed
 //! as gRPC calls with the caller's key (`Authorization: Bearer …`), the messages mapped
 //! to and from JSON by the contracts' own descriptors; a server-streaming method, at
@@ -25,8 +26,23 @@ const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");
 const STYLE: &str = include_str!("app.css");
 
-/// Calls go to the services under this package only.
-const PACKAGE: &str = "corvus.";
+/// The methods the console relays: the reads its page makes, nothing that changes data
+/// or that only Corvus's own services call.
+const RELAYED: [(&str, &str); 13] = [
+    ("corvus.measurement.v1.MeasurementService", "ListExperiments"),
+    ("corvus.measurement.v1.MeasurementService", "ListMetrics"),
+    ("corvus.measurement.v1.MeasurementService", "GetExperimentResults"),
+    ("corvus.measurement.v1.MeasurementService", "GetCampaignReport"),
+    ("corvus.measurement.v1.MeasurementService", "GetSatisfaction"),
+    ("corvus.measurement.v1.MeasurementService", "StreamMetrics"),
+    ("corvus.orchestration.v1.OrchestrationService", "ListAlerts"),
+    ("corvus.orchestration.v1.OrchestrationService", "StreamAlerts"),
+    ("corvus.orchestration.v1.OrchestrationService", "ListCampaigns"),
+    ("corvus.scoring.v1.ScoringService", "ListAudiences"),
+    ("corvus.scoring.v1.ScoringService", "ListSegments"),
+    ("corvus.scoring.v1.ScoringService", "DescribeSegment"),
+    ("corvus.identity.v1.IdentityService", "GetProfile"),
+];
 
 #[derive(Clone)]
 struct Gateway {
@@ -35,7 +51,7 @@ struct Gateway {
 }
 
 /// The console's routes, relaying its calls to the gRPC API at `endpoint` (this
-/// process's own, or `server.console_grpc_endpoint`).
+/// process's own, or `[console] grpc_endpoint`).
 pub fn router(endpoint: &str) -> anyhow::Result<Router> {
     let pool = DescriptorPool::decode(corvus_proto::FILE_DESCRIPTOR_SET)?;
     let channel = Endpoint::from_shared(endpoint.to_owned())?.connect_lazy();
@@ -92,12 +108,13 @@ fn refused(status: &tonic::Status) -> Response {
 }
 
 impl Gateway {
-    /// The method named, if it is one of Corvus's; `streaming` tells which kind is wanted.
+    /// The method named, if the console relays it; `streaming` tells which kind is
+    /// wanted.
     fn method(&self, service: &str, method: &str, streaming: bool) -> Result<MethodDescriptor, tonic::Status> {
         let found = self
             .pool
             .get_service_by_name(service)
-            .filter(|_| service.starts_with(PACKAGE))
+            .filter(|_| RELAYED.contains(&(service, method)))
             .and_then(|s| s.methods().find(|m| m.name() == method))
             .filter(|m| !m.is_client_streaming() && m.is_server_streaming() == streaming);
         found.ok_or_else(|| tonic::Status::not_found(format!("{service}/{method} is not a method the console relays")))

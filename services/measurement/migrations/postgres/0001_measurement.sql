@@ -12,7 +12,10 @@ CREATE TABLE metrics (
 CREATE TABLE decisions (
     workspace_id text NOT NULL,
     decision_id  uuid NOT NULL,
+    -- The person now (merges move it), and the one it was made for (an unmerge moves it
+    -- back).
     profile_id   uuid NOT NULL,
+    decided_for  uuid NOT NULL,
     experiment   text NOT NULL,
     arm          text NOT NULL,
     action       text NOT NULL,
@@ -48,12 +51,15 @@ CREATE INDEX outcomes_profile ON outcomes (profile_id);
 -- The funnel's stages decisions reached (0 sent, 1 delivered, 2 opened, 3 clicked), from
 -- events carrying the decision's id, once per decision and stage.
 CREATE TABLE stages (
+    -- Derived from the workspace and the decision id (UUIDv5): an event of another
+    -- workspace naming the same id keys a row of its own.
+    stage_key    uuid NOT NULL,
     decision_id  uuid NOT NULL,
     stage        integer NOT NULL,
     workspace_id text NOT NULL,
     profile_id   uuid NOT NULL,
     at           bigint NOT NULL,
-    PRIMARY KEY (decision_id, stage)
+    PRIMARY KEY (stage_key, stage)
 );
 CREATE INDEX stages_profile ON stages (profile_id);
 

@@ -43,3 +43,12 @@ CREATE TABLE feedback_counts (
     bottom       integer NOT NULL,
     PRIMARY KEY (workspace_id, kind, day, channel, region, segment, activation)
 );
+
+-- Profiles erased: what either log brings of them afterwards (a decision orchestration
+-- handed on before it erased its own log, an event identity resolved before the
+-- erasure) is dropped, not kept again.
+CREATE TABLE erased (
+    profile_id   blob PRIMARY KEY,
+    workspace_id text NOT NULL,
+    erased_at    integer NOT NULL
+);

@@ -347,6 +347,7 @@ pub(super) fn satisfaction_row(kind: Kind, key: String, t: &Tally, alpha: f64) -
         ci_upper: f.ci[1],
         top: t.top,
         bottom: t.bottom,
+        stderr: f.stderr,
     }
 }
 

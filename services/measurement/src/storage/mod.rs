@@ -428,6 +428,7 @@ fn states_of(exposures: Vec<ExposureRow>, units: Vec<UnitRow>) -> HashMap<Uuid, 
             touches: touches as u32,
             reached: reached as u8,
             propensity,
+            decision: Uuid::nil(),
         };
         states
             .entry(profile)

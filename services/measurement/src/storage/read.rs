@@ -181,7 +181,7 @@ macro_rules! reads {
                 let rows: Vec<(String, String, String, f64, Option<f64>)> = sqlx::query_as(
                     "SELECT e.arm, e.action, e.segment, e.propensity, u.value FROM exposures e \
                      LEFT JOIN units u ON u.profile_id = e.profile_id AND u.experiment = e.experiment \
-                       AND u.metric = $3 \
+                       AND u.metric = $3 AND u.workspace_id = e.workspace_id \
                      WHERE e.experiment = $2 AND e.workspace_id = $1 ORDER BY e.exposed_at, e.profile_id",
                 )
                 .bind(ws.as_str())

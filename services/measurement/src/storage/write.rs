@@ -14,6 +14,33 @@ use super::*;
 use crate::metric::Metric;
 use crate::units::{DecisionRow, Deltas, Exposure, OutcomeRow, PersonState, StageRow, Unit};
 
+/// A record as kept: see `screen`.
+struct Screened {
+    decisions: Vec<NewDecision>,
+    stages: Vec<NewStage>,
+    outcomes: Vec<NewOutcome>,
+    feedback: Vec<NewFeedback>,
+    traits: Vec<NewTraits>,
+}
+
+impl Screened {
+    fn change(&self) -> Change<'_> {
+        Change::Record {
+            decisions: &self.decisions,
+            stages: &self.stages,
+            outcomes: &self.outcomes,
+            feedback: &self.feedback,
+            traits: &self.traits,
+        }
+    }
+}
+
+/// A stage's key: the decision id in the workspace's own space, so that an event of
+/// another workspace naming the same id keys a row of its own.
+fn stage_key(ws: &WorkspaceId, decision: Uuid) -> Uuid {
+    Uuid::new_v5(&decision, ws.as_str().as_bytes())
+}
+
 macro_rules! measurement_store {
     ($Store:ident, $Db:ty) => {
         impl $Store {
@@ -120,26 +147,28 @@ macro_rules! measurement_store {
             ) -> Result<(), StorageError> {
                 for chunk in stages.chunks(ROWS_PER_STATEMENT) {
                     let mut q = QueryBuilder::<$Db>::new(
-                        "INSERT INTO stages (decision_id, stage, workspace_id, profile_id, at) ",
+                        "INSERT INTO stages (stage_key, decision_id, stage, workspace_id, profile_id, at) ",
                     );
                     q.push_values(chunk, |mut row, s| {
-                        row.push_bind(s.decision)
+                        row.push_bind(stage_key(ws, s.decision))
+                            .push_bind(s.decision)
                             .push_bind(i32::from(s.stage))
                             .push_bind(ws.as_str())
                             .push_bind(s.profile)
                             .push_bind(micros(s.at));
                     });
-                    q.push(" ON CONFLICT (decision_id, stage) DO NOTHING");
+                    q.push(" ON CONFLICT (stage_key, stage) DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
                 for chunk in decisions.chunks(ROWS_PER_STATEMENT) {
                     let mut q = QueryBuilder::<$Db>::new(
-                        "INSERT INTO decisions (workspace_id, decision_id, profile_id, experiment, arm, action, \
-                         channel, segment, policy, propensity, decided_at) ",
+                        "INSERT INTO decisions (workspace_id, decision_id, profile_id, decided_for, experiment, arm, \
+                         action, channel, segment, policy, propensity, decided_at) ",
                     );
                     q.push_values(chunk, |mut row, d| {
                         row.push_bind(ws.as_str())
                             .push_bind(d.id)
+                            .push_bind(d.profile)
                             .push_bind(d.profile)
                             .push_bind(d.experiment.clone())
                             .push_bind(d.arm.clone())
@@ -201,6 +230,71 @@ macro_rules! measurement_store {
                     q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
+            }
+
+            /// What a record keeps: nothing of an erased person (a decision or an event of
+            /// theirs can still come down a log after the erasure did), and each stage
+            /// with the person its decision was made for, when the decision is known.
+            #[allow(clippy::too_many_arguments)]
+            async fn screen(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                ws: &WorkspaceId,
+                decisions: &[NewDecision],
+                stages: &[NewStage],
+                outcomes: &[NewOutcome],
+                feedback: &[NewFeedback],
+                traits: &[NewTraits],
+            ) -> Result<Screened, StorageError> {
+                let mut named: Vec<Uuid> = decisions
+                    .iter()
+                    .map(|d| d.profile)
+                    .chain(stages.iter().map(|s| s.profile))
+                    .chain(outcomes.iter().map(|o| o.profile))
+                    .chain(feedback.iter().map(|f| f.profile))
+                    .chain(traits.iter().map(|t| t.profile))
+                    .collect();
+                named.sort_unstable();
+                named.dedup();
+                let erased: std::collections::HashSet<Uuid> = match named.is_empty() {
+                    true => Default::default(),
+                    false => of_people!($Db, "SELECT profile_id FROM erased", ws, &named)
+                        .build_query_as::<(Uuid,)>()
+                        .fetch_all(&mut **tx)
+                        .await?
+                        .into_iter()
+                        .map(|(p,)| p)
+                        .collect(),
+                };
+                let mut owners: HashMap<Uuid, Uuid> = decisions.iter().map(|d| (d.id, d.profile)).collect();
+                let unknown: Vec<Uuid> = stages
+                    .iter()
+                    .map(|s| s.decision)
+                    .filter(|d| !owners.contains_key(d))
+                    .collect();
+                if !unknown.is_empty() {
+                    let mut q = QueryBuilder::<$Db>::new("SELECT decision_id, profile_id FROM decisions WHERE decision_id IN (");
+                    let mut list = q.separated(", ");
+                    for d in &unknown {
+                        list.push_bind(*d);
+                    }
+                    q.push(") AND workspace_id = ").push_bind(ws.as_str());
+                    owners.extend(q.build_query_as::<(Uuid, Uuid)>().fetch_all(&mut **tx).await?);
+                }
+                let kept = |p: &Uuid| !erased.contains(p);
+                Ok(Screened {
+                    decisions: decisions.iter().filter(|d| kept(&d.profile)).cloned().collect(),
+                    stages: stages
+                        .iter()
+                        .map(|s| NewStage {
+                            profile: owners.get(&s.decision).copied().unwrap_or(s.profile),
+                            ..s.clone()
+                        })
+                        .filter(|s| kept(&s.profile))
+                        .collect(),
+                    outcomes: outcomes.iter().filter(|o| kept(&o.profile)).cloned().collect(),
+                    feedback: feedback.iter().filter(|f| kept(&f.profile)).cloned().collect(),
+                    traits: traits.iter().filter(|t| kept(&t.profile)).cloned().collect(),
+                })
             }
 
             /// Rewrites the derived rows of the people whose state changed, and moves the
@@ -409,11 +503,25 @@ macro_rules! measurement_store {
             }
 
             async fn apply(&self, ws: &WorkspaceId, change: Change<'_>, metrics: &[Metric]) -> Result<u64, StorageError> {
-                let people = change.people();
-                if people.is_empty() && change.is_empty() {
+                if change.is_empty() {
                     return Ok(0);
                 }
                 let (_guard, mut tx) = self.begin().await?;
+                let screened;
+                let change = match change {
+                    Change::Record {
+                        decisions,
+                        stages,
+                        outcomes,
+                        feedback,
+                        traits,
+                    } => {
+                        screened = Self::screen(&mut tx, ws, decisions, stages, outcomes, feedback, traits).await?;
+                        screened.change()
+                    }
+                    other => other,
+                };
+                let people = change.people();
                 let old = match people.is_empty() {
                     true => HashMap::new(),
                     false => Self::read_states(&mut tx, ws, &people).await?,
@@ -450,6 +558,14 @@ macro_rules! measurement_store {
                     }
                     Change::Unmerge { sides } => {
                         for (side, events) in sides {
+                            // Decisions go back to the person they were made for.
+                            sqlx::query(
+                                "UPDATE decisions SET profile_id = $1 WHERE decided_for = $1 AND workspace_id = $2",
+                            )
+                            .bind(*side)
+                            .bind(ws.as_str())
+                            .execute(&mut *tx)
+                            .await?;
                             for table in ["outcomes", "feedback"] {
                                 for chunk in events.chunks(ROWS_PER_STATEMENT) {
                                     let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {table} SET profile_id = "));
@@ -472,6 +588,12 @@ macro_rules! measurement_store {
                             deleted += delete_people!($Db, &mut tx, table, ws, profiles);
                         }
                         deleted += Self::erase_feedback(&mut tx, ws, profiles).await?;
+                        let mut q = QueryBuilder::<$Db>::new("INSERT INTO erased (profile_id, workspace_id, erased_at) ");
+                        q.push_values(profiles.iter(), |mut row, p| {
+                            row.push_bind(*p).push_bind(ws.as_str()).push_bind(micros(Utc::now()));
+                        });
+                        q.push(" ON CONFLICT (profile_id) DO NOTHING");
+                        q.build().execute(&mut *tx).await?;
                     }
                 }
                 if !people.is_empty() {

@@ -171,6 +171,8 @@ pub async fn reports_count_the_funnel_the_lift_and_fatigue(backend: Backend) {
     }
     // Per segment, against the held-out people of the same segment.
     let report = m.report(&ws(), &query(Dimension::Segment)).await.unwrap();
+    let keys: Vec<&str> = report.rows.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["loyal", "new"]);
     for row in &report.rows {
         let in_key: Vec<&Person> = people.iter().filter(|p| p.segment == row.key).collect();
         let want = counted(&in_key);

@@ -71,7 +71,7 @@ fn people() -> Vec<Person> {
             region: if i % 2 == 0 { "FR" } else { "DE" },
             segment: if i % 3 == 0 { "loyal" } else { "" },
             nps: (i % 11) as f64,
-            day: (i % 2) as i64,
+            day: (i % 3) as i64,
             activation: if i % 4 == 0 { "launch" } else { "" },
             csat: (1 + i % 5) as f64,
             mention: (i % 5 == 0).then(|| if i % 2 == 0 { 0.6 } else { -0.4 }),
@@ -91,14 +91,22 @@ fn assert_tallies(got: &[(String, Tally)], want: &[(String, Tally)]) {
     }
 }
 
+/// The tally made here: promoters 9–10 and detractors 0–6; satisfied 4–5 and
+/// dissatisfied 1–2; mentions positive above 0.05 and negative below −0.05.
 fn tally(kind: Kind, values: impl Iterator<Item = f64>) -> Tally {
+    // The lowest value at the top, and the highest at the bottom.
+    let (top, bottom) = match kind {
+        Kind::Nps => (9.0, 6.0),
+        Kind::Csat => (4.0, 2.0),
+        Kind::Mention => (0.05 + f64::EPSILON, -0.05 - f64::EPSILON),
+    };
     let mut t = Tally::default();
     for v in values {
         t.responses += 1;
         t.sum += v;
         t.sum_squares += v * v;
-        t.top += u64::from(kind.top(v));
-        t.bottom += u64::from(kind.bottom(v));
+        t.top += u64::from(v >= top);
+        t.bottom += u64::from(v <= bottom);
     }
     t
 }
@@ -194,12 +202,12 @@ pub async fn feedback_is_tallied_by_region_segment_activation_and_day(backend: B
         })
         .collect();
     assert_tallies(&got, &want);
-    // By activation, narrowed to a day; the days in order.
+    // By activation and day: each day's, in order of time.
     let filter = FeedbackFilter {
         activation: Some("launch".into()),
         ..Default::default()
     };
-    let got = read(Kind::Nps, FeedbackBy::Day, filter).await;
+    let got = read(Kind::Nps, FeedbackBy::Day, filter.clone()).await;
     let launch = |day: i64| {
         tally(
             Kind::Nps,
@@ -210,7 +218,15 @@ pub async fn feedback_is_tallied_by_region_segment_activation_and_day(backend: B
         )
     };
     let first = corvus_measurement::storage::day(t0);
-    assert_tallies(&got, &[(first.to_string(), launch(0))]);
+    let days: Vec<(String, Tally)> = (0..3).map(|d| ((first + d as i32).to_string(), launch(d))).collect();
+    assert_tallies(&got, &days);
+    // Narrowed to the middle day.
+    let narrowed = FeedbackFilter {
+        from_day: Some(first + 1),
+        to_day: Some(first + 1),
+        ..filter
+    };
+    assert_tallies(&read(Kind::Nps, FeedbackBy::Day, narrowed).await, &days[1..2]);
     // Mentions: volume and sentiment, on the social channel.
     let got = read(Kind::Mention, FeedbackBy::Channel, FeedbackFilter::default()).await;
     assert_tallies(

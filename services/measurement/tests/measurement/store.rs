@@ -353,6 +353,33 @@ pub async fn aggregates_equal_the_sums_of_the_people_and_count_each_entry_once(b
     let listed: Vec<(&str, u64, f64)> = arms.iter().map(|a| (a.arm.as_str(), a.users, a.share)).collect();
     assert_eq!(listed, [("a", 30, 0.4), ("b", 30, 0.4), ("holdout", 30, 0.2)]);
 
+    // Another workspace with the same experiment and metric names counts apart, and
+    // changes nothing of this one's.
+    let globex: WorkspaceId = "globex".parse().unwrap();
+    for metric in metrics() {
+        m.create_metric(&globex, &metric).await.unwrap();
+    }
+    let stranger = Uuid::now_v7();
+    let t = people[0].exposed_at;
+    let mut theirs = decision(stranger, "a", Channel::Email, t);
+    theirs.workspace_id = "globex".into();
+    let mut bought = order(stranger, 500.0, t + Duration::hours(1));
+    if let Some(log_entry::Entry::Event(e)) = &mut bought.entry {
+        e.workspace_id = "globex".into();
+    }
+    m.record_decisions(&[theirs]).await.unwrap();
+    m.deliver(&[bought]).await.unwrap();
+    let ours = m.store.aggregates(&ws(), EXPERIMENT, &Filter::default()).await.unwrap();
+    assert_eq!(ours.users, users);
+    assert_sums(&ours.sums, &sums);
+    let other = m
+        .store
+        .aggregates(&globex, EXPERIMENT, &Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(other.users, BTreeMap::from([("a".to_owned(), 1)]));
+    assert_eq!(other.sums[&("revenue".to_owned(), "a".to_owned())][0], 500.0);
+
     // Results: the holdout is the baseline; the split as designed (0.2/0.4/0.4).
     let query = Query {
         experiment: EXPERIMENT.into(),
@@ -446,8 +473,8 @@ pub async fn merges_unmerges_and_erasures_move_the_aggregates(backend: Backend) 
     let a = got.sums[&("revenue".to_owned(), "a".to_owned())];
     assert_eq!((a[0], a[1]), (32.0, 25.0 * 25.0 + 7.0 * 7.0));
 
-    // Unmerged: y's order is y's again; y's decision stayed with x (decisions are not
-    // events), so y is not exposed and x counts 20 alone.
+    // Unmerged: y's order and decision are y's again (the decision goes back to the
+    // person it was made for): y counts in arm b with 5, x in arm a with 20 alone.
     let unmerged = change(profile_change::Change::Unmerged(ProfileUnmerged {
         merge_id: 1,
         sides: vec![
@@ -463,9 +490,10 @@ pub async fn merges_unmerges_and_erasures_move_the_aggregates(backend: Backend) 
     }));
     m.deliver(&[unmerged]).await.unwrap();
     let got = m.store.aggregates(&ws(), EXPERIMENT, &Filter::default()).await.unwrap();
-    assert_eq!(got.users, BTreeMap::from([("a".to_owned(), 2)]));
+    assert_eq!(got.users, BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 1)]));
     let a = got.sums[&("revenue".to_owned(), "a".to_owned())];
     assert_eq!((a[0], a[1]), (27.0, 20.0 * 20.0 + 7.0 * 7.0));
+    assert_eq!((revenue(&got, "b")), Some(5.0));
 
     // x erased: nothing of x is left, and the answer says what went.
     let erased = change(profile_change::Change::Erased(ProfilesErased {
@@ -473,13 +501,20 @@ pub async fn merges_unmerges_and_erasures_move_the_aggregates(backend: Backend) 
         message_ids: vec![],
     }));
     let (_, answers) = m.deliver(&[erased]).await.unwrap();
-    // x's two decisions (its own and y's), x's order as each of the three metrics
-    // counted it, and x's row of what feedback is counted by.
-    assert_eq!(answers[0].removed["decisions_outcomes_and_feedback"], 2 + 3 + 1);
+    // x's decision, x's order as each of the three metrics counted it, and x's row of
+    // what feedback is counted by.
+    assert_eq!(answers[0].removed["decisions_outcomes_and_feedback"], 1 + 3 + 1);
     let got = m.store.aggregates(&ws(), EXPERIMENT, &Filter::default()).await.unwrap();
-    assert_eq!(got.users, BTreeMap::from([("a".to_owned(), 1)]));
+    assert_eq!(got.users, BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]));
     let a = got.sums[&("revenue".to_owned(), "a".to_owned())];
     assert_eq!((a[0], a[1]), (7.0, 49.0));
+    // A decision of x's handed on after the erasure (orchestration's log is read apart)
+    // is not kept again.
+    m.record_decisions(&[decision(x, "a", Channel::Email, t0 + Duration::hours(5))])
+        .await
+        .unwrap();
+    let after = m.store.aggregates(&ws(), EXPERIMENT, &Filter::default()).await.unwrap();
+    assert_eq!(after.users, got.users);
 }
 
 pub async fn metrics_are_fixed_once_defined_and_checked(backend: Backend) {
