@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+#[derive(Clone, Copy)]
 pub struct BytesCodec;
 
 pub struct BytesEncoder;

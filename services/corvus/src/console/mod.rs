@@ -20,7 +20,7 @@ use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use tonic::transport::{Channel, Endpoint};
 
-mod codec;
+pub mod codec;
 
 const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("app.js");

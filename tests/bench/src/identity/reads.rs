@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use bytes::{Buf as _, BufMut as _, Bytes};
+use bytes::Bytes;
 use corvus_proto::common::v1::Identifier;
 use corvus_proto::identity::v1::identity_service_client::IdentityServiceClient;
 use corvus_proto::identity::v1::{GetProfileRequest, get_profile_request::Lookup};
@@ -16,7 +16,6 @@ use http::uri::PathAndQuery;
 use prost::Message as _;
 use tokio::task::JoinSet;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
@@ -497,43 +496,4 @@ async fn read_loop(
 
 /// Sends a pre-encoded request and keeps the response encoded: the client does as little
 /// as it can on the cores it shares with the server.
-#[derive(Clone, Copy)]
-pub(crate) struct BytesCodec;
-
-pub(crate) struct BytesEncoder;
-
-pub(crate) struct BytesDecoder;
-
-impl Codec for BytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesEncoder;
-    type Decoder = BytesDecoder;
-
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> BytesDecoder {
-        BytesDecoder
-    }
-}
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for BytesDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
+pub(crate) use corvus::console::codec::BytesCodec;
