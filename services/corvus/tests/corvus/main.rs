@@ -14,6 +14,7 @@ mod identity;
 mod measurement;
 mod orchestration;
 mod platform;
+mod satisfaction;
 mod scoring;
 mod scoring_models;
 mod sdk;
