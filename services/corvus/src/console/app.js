@@ -61,6 +61,9 @@ const O = "corvus.orchestration.v1.OrchestrationService";
 const S = "corvus.scoring.v1.ScoringService";
 const I = "corvus.identity.v1.IdentityService";
 
+// A number as proto3 JSON leaves it out when it is 0.
+const num = (x) => x || 0;
+
 function fixed(x, digits = 2) {
   return x === undefined || x === null || Number.isNaN(x) ? "–" : Number(x).toFixed(digits);
 }
@@ -142,11 +145,11 @@ async function results() {
       return [
         arm.name,
         cell(String(arm.users || 0), { name: `${name}.users`, value: arm.users || 0 }),
-        cell(fixed(arm.mean, 4), { name: `${name}.mean`, value: arm.mean || 0 }),
-        c ? cell(`${fixed(100 * c.expected, 1)} %`, { name: `${name}.lift`, value: c.expected }) : cell("baseline"),
-        c ? `[${fixed(100 * c.ciLower, 1)}, ${fixed(100 * c.ciUpper, 1)}] %` : "",
-        c ? cell(fixed(c.pValue, 4), { name: `${name}.p_value`, value: c.pValue }) : cell(""),
-        b ? `${fixed(100 * b.chanceToWin, 1)} %` : "",
+        cell(fixed(num(arm.mean), 4), { name: `${name}.mean`, value: num(arm.mean) }),
+        c ? cell(`${fixed(100 * num(c.expected), 1)} %`, { name: `${name}.lift`, value: num(c.expected) }) : cell("baseline"),
+        c ? `[${fixed(100 * num(c.ciLower), 1)}, ${fixed(100 * num(c.ciUpper), 1)}] %` : "",
+        c ? cell(fixed(num(c.pValue), 4), { name: `${name}.p_value`, value: num(c.pValue) }) : cell(""),
+        b ? `${fixed(100 * num(b.chanceToWin), 1)} %` : "",
       ];
     });
     target.appendChild(Object.assign(document.createElement("h3"), { textContent: m.metric + (m.guardrail ? " (guardrail)" : "") }));
@@ -166,8 +169,8 @@ async function campaign() {
       cell(String(row.people || 0), { name: `${name}.people`, value: row.people || 0 }),
       String(row.sent || 0), String(row.delivered || 0), String(row.opened || 0), String(row.clicked || 0),
       cell(String(row.converted || 0), { name: `${name}.converted`, value: row.converted || 0 }),
-      fixed(row.revenue, 2),
-      lift ? `${fixed(100 * lift.expected, 1)} % [${fixed(100 * lift.ciLower, 1)}, ${fixed(100 * lift.ciUpper, 1)}]` : "",
+      fixed(num(row.revenue), 2),
+      lift ? `${fixed(100 * num(lift.expected), 1)} % [${fixed(100 * num(lift.ciLower), 1)}, ${fixed(100 * num(lift.ciUpper), 1)}]` : "",
     ];
   });
   $("funnel").appendChild(table(["channel", "people", "sent", "delivered", "opened", "clicked", "converted", "revenue", "lift vs holdout"], rows));
@@ -193,8 +196,8 @@ async function satisfaction() {
   const overall = (name, r) => [
     name,
     cell(String(r.responses || 0), { name: `satisfaction.${name}.responses`, value: r.responses || 0 }),
-    cell(fixed(r.score, 1), { name: `satisfaction.${name}.score`, value: r.score || 0 }),
-    `[${fixed(r.ciLower, 1)}, ${fixed(r.ciUpper, 1)}]`,
+    cell(r.responses ? fixed(num(r.score), 1) : "–", { name: `satisfaction.${name}.score`, value: num(r.score) }),
+    r.responses ? `[${fixed(num(r.ciLower), 1)}, ${fixed(num(r.ciUpper), 1)}]` : "",
   ];
   const target = $("satisfaction-table");
   target.innerHTML = "";
