@@ -13,6 +13,15 @@ use crate::results::{Results, Settings};
 use crate::stats::{self, Analysis, Case, Correction, MetricType, Prior, Setting, Variant};
 use crate::storage::ArmRow;
 
+/// A request's alpha: 0.05 when 0, else in (0, 1).
+pub(super) fn alpha_of(alpha: f64) -> Result<f64, Status> {
+    match alpha {
+        0.0 => Ok(0.05),
+        a if a > 0.0 && a < 1.0 => Ok(a),
+        _ => Err(invalid_argument("alpha", "between 0 and 1")),
+    }
+}
+
 /// The settings of a request, defaults in place of zeros.
 pub(super) fn settings_of(alpha: f64, tuning: f64, prior: Option<&pb::Prior>) -> Settings {
     Settings {

@@ -173,9 +173,7 @@ impl MeasurementService for MeasurementApi {
             Ok(pb::Breakdown::Day) => Dimension::Day,
             Err(_) => return Err(invalid_argument("breakdown", "channel, segment, action or day")),
         };
-        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
-            return Err(invalid_argument("alpha", "between 0 and 1"));
-        }
+        let alpha = alpha_of(req.alpha)?;
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let query = ReportQuery {
             experiment: req.experiment.clone(),
@@ -188,7 +186,7 @@ impl MeasurementService for MeasurementApi {
                 from_day: day_of("from_day", &req.from_day)?,
                 to_day: day_of("to_day", &req.to_day)?,
             },
-            alpha: if req.alpha == 0.0 { 0.05 } else { req.alpha },
+            alpha,
             fatigue_min_people: if req.fatigue_min_people == 0 {
                 30
             } else {
@@ -250,9 +248,7 @@ impl MeasurementService for MeasurementApi {
         let principal = authorise(&request, Role::Read, "estimate a policy's value")?;
         let req = request.get_ref();
         let (experiment, metric) = experiment_and_metric(&req.experiment, &req.metric)?;
-        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
-            return Err(invalid_argument("alpha", "between 0 and 1"));
-        }
+        let alpha = alpha_of(req.alpha)?;
         let candidate: Vec<Candidate> = req
             .candidate
             .iter()
@@ -275,7 +271,6 @@ impl MeasurementService for MeasurementApi {
             .measurement
             .logged(&principal.workspace, experiment, metric)
             .await?;
-        let alpha = if req.alpha == 0.0 { 0.05 } else { req.alpha };
         let (estimates, own) = policy_value::estimate(&logged, &candidate, alpha).map_err(MeasurementError::from)?;
         let message = |e: ope::Estimate| pb::Estimate {
             value: e.value,
@@ -346,7 +341,7 @@ impl MeasurementService for MeasurementApi {
                 false => req.weights.clone(),
             },
             absolute: req.absolute,
-            alpha: if req.alpha == 0.0 { 0.05 } else { req.alpha },
+            alpha: alpha_of(req.alpha)?,
             power: if req.power == 0.0 { 0.8 } else { req.power },
             bonferroni: req.bonferroni,
             daily_traffic: Some(traffic),
@@ -407,10 +402,7 @@ impl MeasurementService for MeasurementApi {
                 ));
             }
         };
-        if !(req.alpha == 0.0 || (req.alpha > 0.0 && req.alpha < 1.0)) {
-            return Err(invalid_argument("alpha", "between 0 and 1"));
-        }
-        let alpha = if req.alpha == 0.0 { 0.05 } else { req.alpha };
+        let alpha = alpha_of(req.alpha)?;
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let filter = FeedbackFilter {
             channel: nonempty(&req.channel),

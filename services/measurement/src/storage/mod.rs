@@ -475,6 +475,26 @@ macro_rules! delete_people {
     }};
 }
 
+/// Gives `$to` the rows of `$table` whose `$column` is one of `$ids`, in the workspace,
+/// a few hundred ids a statement.
+macro_rules! move_rows {
+    ($Db:ty, $tx:expr, $table:expr, $column:expr, $to:expr, $ws:expr, $ids:expr) => {{
+        for chunk in $ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {} SET profile_id = ", $table));
+            q.push_bind($to)
+                .push(" WHERE workspace_id = ")
+                .push_bind($ws.as_str())
+                .push(format!(" AND {} IN (", $column));
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut **$tx).await?;
+        }
+    }};
+}
+
 /// Adds `$filter` to an aggregates query's `WHERE`.
 macro_rules! push_filter {
     ($q:expr, $filter:expr) => {{

@@ -543,17 +543,7 @@ macro_rules! measurement_store {
                     Change::Merge { survivor, merged } => {
                         delete_people!($Db, &mut tx, "people", ws, merged);
                         for table in ["decisions", "stages", "outcomes", "feedback"] {
-                            let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {table} SET profile_id = "));
-                            q.push_bind(survivor)
-                                .push(" WHERE workspace_id = ")
-                                .push_bind(ws.as_str())
-                                .push(" AND profile_id IN (");
-                            let mut list = q.separated(", ");
-                            for p in merged {
-                                list.push_bind(*p);
-                            }
-                            q.push(")");
-                            q.build().execute(&mut *tx).await?;
+                            move_rows!($Db, &mut tx, table, "profile_id", survivor, ws, merged);
                         }
                     }
                     Change::Unmerge { sides } => {
@@ -567,19 +557,7 @@ macro_rules! measurement_store {
                             .execute(&mut *tx)
                             .await?;
                             for table in ["outcomes", "feedback"] {
-                                for chunk in events.chunks(ROWS_PER_STATEMENT) {
-                                    let mut q = QueryBuilder::<$Db>::new(format!("UPDATE {table} SET profile_id = "));
-                                    q.push_bind(*side)
-                                        .push(" WHERE workspace_id = ")
-                                        .push_bind(ws.as_str())
-                                        .push(" AND event_id IN (");
-                                    let mut list = q.separated(", ");
-                                    for e in chunk {
-                                        list.push_bind(*e);
-                                    }
-                                    q.push(")");
-                                    q.build().execute(&mut *tx).await?;
-                                }
+                                move_rows!($Db, &mut tx, table, "event_id", *side, ws, events);
                             }
                         }
                     }
