@@ -14,6 +14,10 @@ pub struct OrchestrationConfig {
     /// Seeded draws a propensity is estimated from, when more than one action is
     /// eligible.
     pub propensity_draws: u32,
+    /// How long the policy's evidence (each cell's trials and successes) is used
+    /// before it is read again: the policy learns at this pace.
+    #[serde(with = "humantime_serde")]
+    pub evidence_refresh: Duration,
     /// Identity's gRPC endpoint, when orchestration runs apart from it
     /// (`corvus serve orchestration`).
     pub identity_endpoint: Option<String>,
@@ -50,6 +54,7 @@ impl Default for OrchestrationConfig {
         Self {
             epsilon: 0.05,
             propensity_draws: 1_000,
+            evidence_refresh: Duration::from_secs(1),
             identity_endpoint: None,
             scoring_endpoint: None,
             batch_size: 1_000,
@@ -77,6 +82,10 @@ impl OrchestrationConfig {
         anyhow::ensure!(
             (100..=100_000).contains(&self.propensity_draws),
             "orchestration.propensity_draws must be between 100 and 100000"
+        );
+        anyhow::ensure!(
+            self.evidence_refresh <= Duration::from_secs(3_600),
+            "orchestration.evidence_refresh must be at most 1h"
         );
         anyhow::ensure!(
             (1..=10_000).contains(&self.batch_size),

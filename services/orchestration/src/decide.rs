@@ -17,8 +17,12 @@ use crate::domain::timing::{self, LocalTime};
 use crate::people::{Caller, Person, Who};
 use crate::service::{Orchestration, OrchestrationError, invalid};
 use crate::storage::{
-    Blocked, Candidate, Cell, Decision, Explanation, Ledger, Outbound, Reason, Recorded, State, Stored, Touch, Writes,
+    Blocked, Candidate, Cell, DecideRequest, Decision, Explanation, Ledger, Outbound, Reason, Recorded, State, Stored,
+    Touch, Writes,
 };
+
+/// The policy's evidence: (successes, trials) of each cell.
+pub(crate) type Evidence = HashMap<Cell, (u64, u64)>;
 
 /// What a Decide call asks.
 #[derive(Debug, Clone)]
@@ -38,6 +42,7 @@ pub struct DecideInput {
 const OUTBOUND: [&str; 3] = ["email", "sms", "push"];
 
 /// A campaign that passed every check that needs no lock, with its channel and time.
+#[derive(Clone)]
 pub(crate) struct Open {
     pub(crate) campaign: Arc<Stored>,
     pub(crate) channel: String,
@@ -55,16 +60,16 @@ impl Orchestration {
         input: &DecideInput,
     ) -> Result<(Option<Decision>, Explanation), OrchestrationError> {
         let ws = &caller.principal.workspace;
-        let person = self
-            .directory
-            .person(caller, &input.who)
-            .await
+        // The person, the live campaigns and the policy's evidence, at once.
+        let (person, live, evidence) =
+            tokio::join!(self.directory.person(caller, &input.who), self.live(ws), self.evidence(ws));
+        let person = person
             .map_err(OrchestrationError::Unavailable)?
             .ok_or_else(|| OrchestrationError::NotFound("no such person (unknown, or erased)".to_owned()))?;
         let profile = person
             .profile
             .ok_or_else(|| OrchestrationError::Unavailable("identity answered a profile without an id".to_owned()))?;
-        let live = self.live(ws).await?;
+        let live = live?;
         if !input.campaigns.is_empty() {
             for (i, name) in input.campaigns.iter().enumerate() {
                 if !live.all.iter().any(|c| &c.definition.name == name) {
@@ -96,24 +101,22 @@ impl Orchestration {
         if open.is_empty() {
             return Ok((None, explanation));
         }
+        let evidence = evidence?;
         let control = self.in_control_group(ws, profile, live.control_share);
-        let names: Vec<String> = open.iter().map(|o| o.campaign.definition.name.clone()).collect();
-        let evidence = self.store.evidence_of(ws, &names).await?;
-        let mut exhausted: Vec<String> = Vec::new();
         let id = Uuid::now_v7();
-        // The policy's draws, made before the person's lock is taken: under it, they are
-        // used as they are when caps, budgets and states leave every open campaign
-        // eligible, as they mostly do, and drawn again over those left otherwise.
+        // The policy's choice, made before the person's lock is taken: under it, it is
+        // used as it is when caps, budgets and states leave every open campaign
+        // eligible, as they mostly do, and made again over those left otherwise.
         let segment = person.segment.clone().unwrap_or_default();
-        let all: Vec<&Open> = open.iter().collect();
-        let (_, candidates) = candidates(&all, &segment, &evidence);
-        let arms: Vec<policy::Arm> = candidates.iter().map(|c| c.2).collect();
-        let drawn = policy::thompson(
-            &arms,
-            self.config().epsilon,
-            self.config().propensity_draws,
-            &id.to_string(),
-        );
+        let (epsilon, draws) = (self.config().epsilon, self.config().propensity_draws);
+        let drawn = {
+            let all: Vec<&Open> = open.iter().collect();
+            let (_, candidates) = candidates(&all, &segment, &evidence);
+            let arms: Vec<policy::Arm> = candidates.iter().map(|c| c.2).collect();
+            self.propensities.thompson(&arms, epsilon, draws, &id.to_string())
+        };
+        let (person, input) = (Arc::new(person), Arc::new(input.clone()));
+        let mut exhausted: Vec<String> = Vec::new();
         for _ in 0..4 {
             let since = earliest_counted(&open, input.at);
             let budgeted: Vec<String> = open
@@ -121,26 +124,29 @@ impl Orchestration {
                 .filter(|o| o.campaign.definition.budget > 0)
                 .map(|o| o.campaign.definition.name.clone())
                 .collect();
-            let plan = |ledger: &Ledger| {
-                self.plan(
-                    id,
-                    ledger,
-                    &Planning {
-                        open: &open,
-                        person: &person,
-                        input,
-                        evidence: &evidence,
-                        control,
-                        control_share: live.control_share,
-                        exhausted: &exhausted,
-                        explanation: &explanation,
-                        ws,
-                        draws: self.config().propensity_draws,
-                        drawn: Some(&drawn),
-                    },
-                )
+            let planning = Planning {
+                open: open.clone(),
+                person: person.clone(),
+                input: input.clone(),
+                evidence: evidence.clone(),
+                control,
+                control_share: live.control_share,
+                exhausted: exhausted.clone(),
+                explanation: explanation.clone(),
+                ws: ws.clone(),
+                epsilon,
+                draws,
+                drawn: Some(drawn.clone()),
+                propensities: self.propensities.clone(),
             };
-            match self.store.decide(ws, profile, since, &budgeted, &plan).await? {
+            let request = DecideRequest {
+                ws: ws.clone(),
+                profile,
+                since,
+                budgeted,
+                plan: Box::new(move |ledger| planning.plan(id, ledger)),
+            };
+            match self.decider.decide(request).await? {
                 Recorded::Nothing(explanation) => return Ok((None, explanation)),
                 Recorded::BudgetSpent(campaign) => exhausted.push(campaign),
                 Recorded::Written(writes) => {
@@ -261,13 +267,62 @@ impl Orchestration {
             channel_why,
         })
     }
+}
 
+/// What a connector sends of a decision: everything a provider needs to deliver the
+/// message, as JSON.
+fn outbound(d: &Decision, to: Option<(String, String)>, ws: &WorkspaceId) -> Outbound {
+    let payload = serde_json::json!({
+        "decision_id": d.id.to_string(),
+        "workspace_id": ws.as_str(),
+        "profile_id": d.profile.to_string(),
+        "to": to.as_ref().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})),
+        "channel": d.channel,
+        "campaign": d.campaign,
+        "campaign_version": d.campaign_version,
+        "arm": d.arm,
+        "action": d.action,
+        "subject": d.subject,
+        "body": d.body,
+        "products": d.products,
+        "send_at": d.send_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "placement": d.placement,
+    });
+    Outbound {
+        recipient: to.map(|(kind, value)| format!("{kind}:{value}")).unwrap_or_default(),
+        payload: payload.to_string(),
+    }
+}
+
+/// What a decision is planned from, owned: the plan runs under the person's lock, in a
+/// batch with others (see `decider`).
+pub(crate) struct Planning {
+    pub open: Vec<Open>,
+    pub person: Arc<Person>,
+    pub input: Arc<DecideInput>,
+    pub evidence: Arc<Evidence>,
+    /// The person is in the workspace's control group, which holds this share.
+    pub control: bool,
+    pub control_share: f64,
+    pub exhausted: Vec<String>,
+    pub explanation: Explanation,
+    pub ws: WorkspaceId,
+    pub epsilon: f64,
+    /// Draws the propensities are estimated from (0: not wanted).
+    pub draws: u32,
+    /// The policy's choice over the candidates of every open campaign, drawn beforehand.
+    pub drawn: Option<policy::Choice>,
+    pub propensities: Arc<policy::Propensities>,
+}
+
+impl Planning {
     /// Under the person's lock: caps, budgets and states as they are now, then the
     /// policy's choice among the actions of the highest priority's campaigns.
-    pub(crate) fn plan(&self, id: Uuid, ledger: &Ledger, p: &Planning<'_>) -> Result<Writes, Explanation> {
+    pub(crate) fn plan(&self, id: Uuid, ledger: &Ledger) -> Result<Writes, Explanation> {
+        let p = self;
         let mut explanation = p.explanation.clone();
         let mut eligible: Vec<&Open> = Vec::new();
-        for o in p.open {
+        for o in &p.open {
             let def = &o.campaign.definition;
             let block = |reason, detail: String| Blocked {
                 campaign: def.name.clone(),
@@ -314,13 +369,13 @@ impl Orchestration {
             });
         }
         let segment = p.person.segment.clone().unwrap_or_default();
-        let (_, choices) = candidates(&eligible, &segment, p.evidence);
-        let choice = match p.drawn {
+        let (_, choices) = candidates(&eligible, &segment, &p.evidence);
+        let choice = match &p.drawn {
             // Every open campaign is eligible: the candidates are those drawn over.
             Some(drawn) if eligible.len() == p.open.len() => drawn.clone(),
             _ => {
                 let arms: Vec<policy::Arm> = choices.iter().map(|c| c.2).collect();
-                policy::thompson(&arms, self.config().epsilon, p.draws, &id.to_string())
+                p.propensities.thompson(&arms, p.epsilon, p.draws, &id.to_string())
             }
         };
         explanation.eligible = choices
@@ -417,7 +472,7 @@ impl Orchestration {
             at: o.send_at,
             local_day: local_day(o.send_at, o.zone),
         };
-        let send = outbound(&decision, p.person.address(&decision.channel), p.ws);
+        let send = outbound(&decision, p.person.address(&decision.channel), &p.ws);
         Ok(Writes {
             decision,
             touch: Some(touch),
@@ -427,54 +482,12 @@ impl Orchestration {
     }
 }
 
-/// What a connector sends of a decision: everything a provider needs to deliver the
-/// message, as JSON.
-fn outbound(d: &Decision, to: Option<(String, String)>, ws: &WorkspaceId) -> Outbound {
-    let payload = serde_json::json!({
-        "decision_id": d.id.to_string(),
-        "workspace_id": ws.as_str(),
-        "profile_id": d.profile.to_string(),
-        "to": to.as_ref().map(|(kind, value)| serde_json::json!({"kind": kind, "value": value})),
-        "channel": d.channel,
-        "campaign": d.campaign,
-        "campaign_version": d.campaign_version,
-        "arm": d.arm,
-        "action": d.action,
-        "subject": d.subject,
-        "body": d.body,
-        "products": d.products,
-        "send_at": d.send_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "placement": d.placement,
-    });
-    Outbound {
-        recipient: to.map(|(kind, value)| format!("{kind}:{value}")).unwrap_or_default(),
-        payload: payload.to_string(),
-    }
-}
-
-pub(crate) struct Planning<'a> {
-    pub open: &'a [Open],
-    pub person: &'a Person,
-    pub input: &'a DecideInput,
-    pub evidence: &'a HashMap<Cell, (u64, u64)>,
-    /// The person is in the workspace's control group, which holds this share.
-    pub control: bool,
-    pub control_share: f64,
-    pub exhausted: &'a [String],
-    pub explanation: &'a Explanation,
-    pub ws: &'a WorkspaceId,
-    /// Draws the propensities are estimated from (0: not wanted).
-    pub draws: u32,
-    /// The policy's choice over the candidates of every open campaign, drawn beforehand.
-    pub drawn: Option<&'a policy::Choice>,
-}
-
 /// The policy's candidates among `eligible`: each action the person's arm may send, of
 /// each campaign at the top priority (returned first), with its evidence in its cell.
 fn candidates<'o>(
     eligible: &[&'o Open],
     segment: &str,
-    evidence: &HashMap<Cell, (u64, u64)>,
+    evidence: &Evidence,
 ) -> (i32, Vec<(&'o Open, &'o crate::domain::campaign::Action, policy::Arm)>) {
     let top = eligible
         .iter()

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod config;
 pub mod decide;
+mod decider;
 pub mod delivery;
 pub mod domain;
 pub mod follow;

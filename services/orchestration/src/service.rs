@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::Utc;
 use corvus_proto::WorkspaceId;
@@ -10,7 +11,9 @@ use corvus_storage::{StorageConfig, StorageError};
 
 use crate::config::OrchestrationConfig;
 use crate::domain::campaign::{CONTROL, Definition, Trigger};
-use crate::domain::policy::bucket;
+use crate::decide::Evidence;
+use crate::decider::Decider;
+use crate::domain::policy::{Propensities, bucket};
 use crate::people::{Caller, Directory};
 use crate::storage::{self, OrchestrationStore, State, Stored, WriteError};
 
@@ -52,6 +55,9 @@ pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Or
     }
 }
 
+/// What was read, and when.
+type Read<T> = (Instant, Arc<T>);
+
 /// A workspace's live campaigns and control group, as of a count of its changes.
 #[derive(Default)]
 pub(crate) struct Live {
@@ -68,6 +74,10 @@ pub struct Orchestration {
     pub(crate) directory: Arc<dyn Directory>,
     config: Arc<OrchestrationConfig>,
     live: Arc<Mutex<HashMap<WorkspaceId, Arc<Live>>>>,
+    /// The policy's evidence of each workspace, and when it was read.
+    evidence: Arc<Mutex<HashMap<WorkspaceId, Read<Evidence>>>>,
+    pub(crate) propensities: Arc<Propensities>,
+    pub(crate) decider: Arc<Decider>,
     /// Alert rules cached, what this replica knows of cooldowns, and the news of alerts
     /// raised here.
     pub(crate) alerting: Arc<crate::alerts::Alerting>,
@@ -95,10 +105,13 @@ impl Orchestration {
         directory: Arc<dyn Directory>,
     ) -> Self {
         Self {
+            decider: Arc::new(Decider::new(store.clone())),
             store,
             directory,
             config: Arc::new(config.clone()),
             live: Arc::default(),
+            evidence: Arc::default(),
+            propensities: Arc::default(),
             alerting: Arc::default(),
             service_key: None,
             receipts: None,
@@ -264,6 +277,24 @@ impl Orchestration {
         });
         self.live.lock().expect("live lock").insert(ws.clone(), live.clone());
         Ok(live)
+    }
+
+    /// The policy's evidence, read again once it is `evidence_refresh` old: the
+    /// policy learns at that pace rather than with every outcome, and a Decide costs no
+    /// read of it.
+    pub(crate) async fn evidence(&self, ws: &WorkspaceId) -> Result<Arc<Evidence>, StorageError> {
+        let fresh = self.config.evidence_refresh;
+        if let Some((read, evidence)) = self.evidence.lock().expect("evidence lock").get(ws)
+            && read.elapsed() < fresh
+        {
+            return Ok(evidence.clone());
+        }
+        let evidence = Arc::new(self.store.evidence(ws).await?);
+        self.evidence
+            .lock()
+            .expect("evidence lock")
+            .insert(ws.clone(), (Instant::now(), evidence.clone()));
+        Ok(evidence)
     }
 
     /// Whether a person is in the workspace's control group of `share`.

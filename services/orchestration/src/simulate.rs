@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use corvus_proto::measurement::v1::{ActionProbability, EstimatePolicyValueRequest, EstimatePolicyValueResponse};
 
-use crate::decide::{DecideInput, Open, Planning, earliest_counted};
+use crate::decide::{DecideInput, Evidence, Open, Planning, earliest_counted};
 use crate::people::{Caller, Who};
 use crate::service::{Orchestration, OrchestrationError};
 use crate::storage::{Explanation, Ledger, Reason, State, Stored};
@@ -108,8 +108,7 @@ impl Orchestration {
             .map(|c| (c.definition.name.clone(), (c.state, c.version)))
             .collect();
         states.insert(def.name.clone(), (State::Live, stored.version));
-        let names: Vec<String> = campaigns.iter().map(|c| c.definition.name.clone()).collect();
-        let evidence = self.store.evidence_of(ws, &names).await?;
+        let evidence = self.evidence(ws).await?;
         let spent = AtomicU64::new(match def.budget {
             0 => 0,
             _ => self.store.spent(ws, &def.name).await?,
@@ -246,23 +245,23 @@ impl Orchestration {
             states: cx.states.clone(),
         };
         let control = self.in_control_group(ws, profile, cx.control_share);
-        let planned = self.plan(
-            Uuid::now_v7(),
-            &ledger,
-            &Planning {
-                open: &open,
-                person: &person,
-                input: &input,
-                evidence: cx.evidence,
-                control,
-                control_share: cx.control_share,
-                exhausted: &[],
-                explanation: &explanation,
-                ws,
-                draws: 0,
-                drawn: None,
-            },
-        );
+        let person = Arc::new(person);
+        let planned = Planning {
+            open,
+            person: person.clone(),
+            input: Arc::new(input),
+            evidence: cx.evidence.clone(),
+            control,
+            control_share: cx.control_share,
+            exhausted: Vec::new(),
+            explanation,
+            ws: ws.clone(),
+            epsilon: self.config().epsilon,
+            draws: 0,
+            drawn: None,
+            propensities: self.propensities.clone(),
+        }
+        .plan(Uuid::now_v7(), &ledger);
         let blocked_reason = |e: &Explanation| {
             e.blocked
                 .iter()
@@ -307,7 +306,7 @@ struct Context<'a> {
     /// The segment the simulated campaign targets, if any.
     segment: &'a str,
     states: &'a HashMap<String, (State, u32)>,
-    evidence: &'a HashMap<crate::storage::Cell, (u64, u64)>,
+    evidence: &'a Arc<Evidence>,
     control_share: f64,
     spent: &'a AtomicU64,
     budget: u64,

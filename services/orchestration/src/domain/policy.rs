@@ -1,6 +1,7 @@
 //! How Decide chooses among eligible actions: Thompson sampling over each action's
-//! Beta posterior of conversion, with a floor on exploration, every draw seeded by the
-//! decision id so that a decision can be replayed; and arms assigned by hashing.
+//! Beta posterior of conversion, with a floor on exploration, every draw seeded (by the
+//! candidates and the decision id) so that a decision can be replayed; and arms
+//! assigned by hashing.
 
 use sha2::{Digest, Sha256};
 
@@ -155,13 +156,66 @@ pub struct Choice {
     pub draws: u32,
 }
 
-/// Thompson sampling with an exploration floor: with probability ε·m (m candidates,
-/// ε·m at most 1) a uniform choice; otherwise the candidate whose draw from its
-/// posterior, times its value, is highest. The propensity of each is ε + (1 − ε·m)·p,
-/// p its share of `draws` further draws it wins; so each keeps at least ε. Everything is
-/// seeded by `seed` (the decision id): the same inputs give the same choice and
-/// propensities.
+/// Thompson sampling with an exploration floor, as probability matching: each
+/// candidate's propensity is ε + (1 − ε·m)·p (m candidates, ε·m at most 1), p its share
+/// of `draws` seeded draws from the posteriors (times their values) that it wins; the
+/// choice is then drawn from those propensities, seeded by `seed` (the decision id). So
+/// the propensity logged is exactly the probability the choice was made with, each
+/// candidate keeps at least ε, and the same candidates and seed replay the same choice.
+/// The draws are seeded by the candidates themselves, so that propensities can be
+/// kept and reused while the evidence stands (see [`Propensities`]).
+///
+/// With `draws` 0 (a simulation, which logs nothing) no propensity is estimated: the
+/// choice is one Thompson draw, explored with probability ε·m.
 pub fn thompson(candidates: &[Arm], epsilon: f64, draws: u32, seed: &str) -> Choice {
+    if candidates.len() < 2 || draws == 0 {
+        return single_draw(candidates, epsilon, seed);
+    }
+    choose(estimate(candidates, epsilon, draws), draws, seed)
+}
+
+fn choose(propensities: Vec<f64>, draws: u32, seed: &str) -> Choice {
+    let index = pick_weighted(Rng::of(&[seed, "choose"]).uniform(), &propensities);
+    Choice {
+        index,
+        propensities,
+        draws,
+    }
+}
+
+/// The propensities of [`thompson`], estimated from `draws` draws seeded by the
+/// candidates' evidence and values.
+fn estimate(candidates: &[Arm], epsilon: f64, draws: u32) -> Vec<f64> {
+    let m = candidates.len();
+    let epsilon = epsilon.min(1.0 / m as f64);
+    let explore = epsilon * m as f64;
+    let seed: Vec<String> = candidates
+        .iter()
+        .map(|c| format!("{}/{}/{}", c.successes, c.trials, c.value))
+        .collect();
+    let mut rng = Rng::of(&[&seed.join(","), "propensity"]);
+    let mut wins = vec![0u32; m];
+    for _ in 0..draws {
+        wins[winner(candidates, &mut rng)] += 1;
+    }
+    wins.iter()
+        .map(|&w| epsilon + (1.0 - explore) * f64::from(w) / f64::from(draws))
+        .collect()
+}
+
+/// The candidate whose draw from its posterior, times its value, is highest.
+fn winner(candidates: &[Arm], rng: &mut Rng) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, c) in candidates.iter().enumerate() {
+        let score = rng.beta(c.alpha(), c.beta()) * c.value;
+        if score > best.1 {
+            best = (i, score);
+        }
+    }
+    best.0
+}
+
+fn single_draw(candidates: &[Arm], epsilon: f64, seed: &str) -> Choice {
     let m = candidates.len();
     assert!(m > 0, "a choice needs a candidate");
     if m == 1 {
@@ -172,35 +226,55 @@ pub fn thompson(candidates: &[Arm], epsilon: f64, draws: u32, seed: &str) -> Cho
         };
     }
     let epsilon = epsilon.min(1.0 / m as f64);
-    let explore = epsilon * m as f64;
-    let winner = |rng: &mut Rng| {
-        let mut best = (0, f64::NEG_INFINITY);
-        for (i, c) in candidates.iter().enumerate() {
-            let score = rng.beta(c.alpha(), c.beta()) * c.value;
-            if score > best.1 {
-                best = (i, score);
-            }
-        }
-        best.0
-    };
     let mut rng = Rng::of(&[seed, "choose"]);
-    let index = match rng.uniform() < explore {
+    let index = match rng.uniform() < epsilon * m as f64 {
         true => ((rng.uniform() * m as f64) as usize).min(m - 1),
-        false => winner(&mut rng),
+        false => winner(candidates, &mut rng),
     };
-    let mut wins = vec![0u32; m];
-    let mut rng = Rng::of(&[seed, "propensity"]);
-    for _ in 0..draws {
-        wins[winner(&mut rng)] += 1;
-    }
-    let propensities = wins
-        .iter()
-        .map(|&w| epsilon + (1.0 - explore) * f64::from(w) / f64::from(draws.max(1)))
-        .collect();
     Choice {
         index,
-        propensities,
-        draws,
+        propensities: vec![epsilon; m],
+        draws: 0,
+    }
+}
+
+/// Propensities already estimated, by their candidates: while the evidence a replica
+/// holds stands, every decision over the same candidates reuses them rather than
+/// drawing again. Bounded: emptied when full.
+#[derive(Debug, Default)]
+pub struct Propensities {
+    known: std::sync::Mutex<std::collections::HashMap<Vec<u64>, std::sync::Arc<Vec<f64>>>>,
+}
+
+/// Candidate sets kept at most.
+const PROPENSITIES_KEPT: usize = 4_096;
+
+impl Propensities {
+    /// As [`thompson`], the propensities reused when known.
+    pub fn thompson(&self, candidates: &[Arm], epsilon: f64, draws: u32, seed: &str) -> Choice {
+        if candidates.len() < 2 || draws == 0 {
+            return single_draw(candidates, epsilon, seed);
+        }
+        let mut key: Vec<u64> = vec![epsilon.to_bits(), u64::from(draws)];
+        key.extend(
+            candidates
+                .iter()
+                .flat_map(|c| [c.successes.to_bits(), c.trials.to_bits(), c.value.to_bits()]),
+        );
+        let known = self.known.lock().expect("propensities lock").get(&key).cloned();
+        let propensities = match known {
+            Some(p) => p.as_ref().clone(),
+            None => {
+                let p = estimate(candidates, epsilon, draws);
+                let mut known = self.known.lock().expect("propensities lock");
+                if known.len() >= PROPENSITIES_KEPT {
+                    known.clear();
+                }
+                known.insert(key, std::sync::Arc::new(p.clone()));
+                p
+            }
+        };
+        choose(propensities, draws, seed)
     }
 }
 
@@ -274,6 +348,34 @@ mod tests {
         let expected = thompson(&arms, 0.05, 20_000, "x").propensities[1];
         let share = chosen as f64 / n as f64;
         assert!((share - expected).abs() < 0.03, "{share} vs {expected}");
+    }
+
+    #[test]
+    fn kept_propensities_give_the_same_choice() {
+        let arms = [
+            Arm {
+                successes: 3.0,
+                trials: 10.0,
+                value: 1.0,
+            },
+            Arm {
+                successes: 4.0,
+                trials: 12.0,
+                value: 2.0,
+            },
+        ];
+        let kept = Propensities::default();
+        for seed in ["a", "b", "c"] {
+            assert_eq!(kept.thompson(&arms, 0.05, 1_000, seed), thompson(&arms, 0.05, 1_000, seed));
+        }
+        // Chosen from the propensities: over many seeds, about as often as they say.
+        let n = 4_000;
+        let p = thompson(&arms, 0.05, 1_000, "x").propensities[1];
+        let chosen = (0..n)
+            .filter(|i| kept.thompson(&arms, 0.05, 1_000, &i.to_string()).index == 1)
+            .count();
+        let share = chosen as f64 / n as f64;
+        assert!((share - p).abs() < 4.0 * (p * (1.0 - p) / n as f64).sqrt(), "{share} vs {p}");
     }
 
     #[test]

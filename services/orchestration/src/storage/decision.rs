@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use corvus_proto::ProfileId;
+use corvus_proto::{ProfileId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -145,4 +145,15 @@ pub struct Cell {
 }
 
 /// Decides under the person's lock: from what the ledger says, the writes (or why none).
-pub type Plan<'a> = dyn Fn(&Ledger) -> Result<Writes, Explanation> + Send + Sync + 'a;
+pub type Plan = dyn Fn(&Ledger) -> Result<Writes, Explanation> + Send + Sync;
+
+/// A decision to record for a person: under their lock, their ledger (touches since
+/// `since`, the spend of `budgeted`, every campaign's state) is read and `plan` makes
+/// the writes of it.
+pub struct DecideRequest {
+    pub ws: WorkspaceId,
+    pub profile: ProfileId,
+    pub since: DateTime<Utc>,
+    pub budgeted: Vec<String>,
+    pub plan: Box<Plan>,
+}

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 mod alerts;
 mod campaigns;
+mod decide;
 mod decision;
 mod sends;
 mod triggers;
@@ -25,7 +26,9 @@ pub use alerts::{
     Alert, AlertFilter, AlertState, AlertStore, NewAlert, Raised, StoredRule, WebhookAttempt, WebhookState,
 };
 pub use campaigns::{CampaignStore, State, Stored, WriteError};
-pub use decision::{Blocked, Candidate, Cell, Decision, Explanation, Ledger, Plan, Reason, Recorded, Touch, Writes};
+pub use decision::{
+    Blocked, Candidate, Cell, DecideRequest, Decision, Explanation, Ledger, Plan, Reason, Recorded, Touch, Writes,
+};
 pub use sends::{ConnectorDef, ConnectorKind, Outbound, SendRow, SendState, SendStore, Settle};
 pub use triggers::{Pending, TriggerKind, TriggerStore};
 
@@ -46,24 +49,15 @@ pub fn migrators() -> Migrators {
 pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerStore {
     async fn ping(&self) -> Result<(), StorageError>;
 
-    /// The policy's evidence of every cell of the campaigns: (successes, trials).
-    async fn evidence_of(
-        &self,
-        ws: &WorkspaceId,
-        campaigns: &[String],
-    ) -> Result<HashMap<Cell, (u64, u64)>, StorageError>;
+    /// The policy's evidence of every cell of the workspace: (successes, trials).
+    async fn evidence(&self, ws: &WorkspaceId) -> Result<HashMap<Cell, (u64, u64)>, StorageError>;
 
-    /// Takes the person's lock, reads their ledger (touches since `since`, the spend of
-    /// `budgeted`, every campaign's state), and writes what `plan` makes of it, in one
-    /// transaction: decisions for one person never interleave, on any replica.
-    async fn decide(
-        &self,
-        ws: &WorkspaceId,
-        profile: ProfileId,
-        since: DateTime<Utc>,
-        budgeted: &[String],
-        plan: &Plan<'_>,
-    ) -> Result<Recorded, StorageError>;
+    /// Records the decisions, in order, in one transaction: each takes its person's
+    /// lock (people in key order, so that two batches never wait on each other), reads
+    /// their ledger as the decisions before it in the batch left it, and writes what its
+    /// plan makes of it. Decisions for one person never interleave, on any replica. One
+    /// outcome a request; an error writes nothing of any of them.
+    async fn decide(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError>;
 
     /// A person's sends since `since`, read without their lock (for a simulation).
     async fn touches(
@@ -223,13 +217,7 @@ macro_rules! orchestration_store {
                 Ok(())
             }
 
-            async fn evidence_of(
-                &self,
-                ws: &WorkspaceId,
-                campaigns: &[String],
-            ) -> Result<HashMap<Cell, (u64, u64)>, StorageError> {
-                // One read of the workspace's cells: a round trip per campaign would be
-                // most of a Decide with many campaigns.
+            async fn evidence(&self, ws: &WorkspaceId) -> Result<HashMap<Cell, (u64, u64)>, StorageError> {
                 let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
                     "SELECT campaign, segment, action, channel, successes, trials FROM outcomes \
                      WHERE workspace_id = $1",
@@ -239,7 +227,6 @@ macro_rules! orchestration_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .filter(|row| campaigns.contains(&row.0))
                     .map(|(campaign, segment, action, channel, successes, trials)| {
                         let cell = Cell {
                             campaign,
@@ -252,136 +239,8 @@ macro_rules! orchestration_store {
                     .collect())
             }
 
-            async fn decide(
-                &self,
-                ws: &WorkspaceId,
-                profile: ProfileId,
-                since: DateTime<Utc>,
-                budgeted: &[String],
-                plan: &Plan<'_>,
-            ) -> Result<Recorded, StorageError> {
-                let (_guard, mut tx) = self.begin().await?;
-                // The person's lock: a second decision for them waits here for this one's
-                // commit, and then counts its touch.
-                sqlx::query(
-                    "INSERT INTO people (workspace_id, profile_id, decisions) VALUES ($1, $2, 1) \
-                     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + 1",
-                )
-                .bind(ws.as_str())
-                .bind(profile.as_uuid())
-                .execute(&mut *tx)
-                .await?;
-                let touches: Vec<(String, String, i64, i32)> = sqlx::query_as(
-                    "SELECT campaign, channel, at, local_day FROM touches \
-                     WHERE workspace_id = $1 AND profile_id = $2 AND at >= $3",
-                )
-                .bind(ws.as_str())
-                .bind(profile.as_uuid())
-                .bind(micros(since))
-                .fetch_all(&mut *tx)
-                .await?;
-                let states: Vec<(String, String, i32)> =
-                    sqlx::query_as("SELECT name, state, version FROM campaigns WHERE workspace_id = $1")
-                        .bind(ws.as_str())
-                        .fetch_all(&mut *tx)
-                        .await?;
-                let mut ledger = Ledger {
-                    touches: touches.into_iter().map(touch_of).collect(),
-                    spent: HashMap::new(),
-                    states: states
-                        .into_iter()
-                        .map(|(name, state, version)| Ok((name, (State::parse(&state)?, version as u32))))
-                        .collect::<Result<_, StorageError>>()?,
-                };
-                for campaign in budgeted {
-                    let spent: Option<(i64,)> =
-                        sqlx::query_as("SELECT spent FROM budgets WHERE workspace_id = $1 AND campaign = $2")
-                            .bind(ws.as_str())
-                            .bind(campaign)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    ledger
-                        .spent
-                        .insert(campaign.clone(), spent.map_or(0, |s| s.0 as u64));
-                }
-                let writes = match plan(&ledger) {
-                    Ok(writes) => writes,
-                    Err(explanation) => return Ok(Recorded::Nothing(explanation)),
-                };
-                let d = &writes.decision;
-                if let Some(budget) = writes.spend {
-                    // Spent only while under budget: two people's decisions may read the
-                    // same spend, and the second to get here finds it spent.
-                    let spent = sqlx::query(
-                        "INSERT INTO budgets (workspace_id, campaign, spent) VALUES ($1, $2, 1) \
-                         ON CONFLICT (workspace_id, campaign) DO UPDATE SET spent = budgets.spent + 1 \
-                         WHERE budgets.spent < $3",
-                    )
-                    .bind(ws.as_str())
-                    .bind(&d.campaign)
-                    .bind(budget as i64)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if spent == 0 {
-                        return Ok(Recorded::BudgetSpent(d.campaign.clone()));
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO decisions (decision_id, workspace_id, profile_id, campaign, campaign_version, \
-                     arm, action, channel, segment, send_at, decided_at, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                )
-                .bind(d.id)
-                .bind(ws.as_str())
-                .bind(d.profile.as_uuid())
-                .bind(&d.campaign)
-                .bind(d.campaign_version as i32)
-                .bind(&d.arm)
-                .bind(&d.action)
-                .bind(&d.channel)
-                .bind(&d.segment)
-                .bind(micros(d.send_at))
-                .bind(micros(d.decided_at))
-                .bind(serde_json::to_string(d).expect("a decision serialises"))
-                .execute(&mut *tx)
-                .await?;
-                Self::log_in(&mut tx, ws, &[crate::log::entry(ws, d)]).await?;
-                if let Some(touch) = &writes.touch {
-                    sqlx::query(
-                        "INSERT INTO touches (workspace_id, profile_id, campaign, channel, at, local_day, decision_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(ws.as_str())
-                    .bind(profile.as_uuid())
-                    .bind(&touch.campaign)
-                    .bind(&touch.channel)
-                    .bind(micros(touch.at))
-                    .bind(touch.local_day)
-                    .bind(d.id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(send) = &writes.send {
-                    sqlx::query(
-                        "INSERT INTO sends (decision_id, workspace_id, profile_id, campaign, channel, state, \
-                         send_at, next_attempt_at, recipient, payload) \
-                         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8)",
-                    )
-                    .bind(d.id)
-                    .bind(ws.as_str())
-                    .bind(profile.as_uuid())
-                    .bind(&d.campaign)
-                    .bind(&d.channel)
-                    .bind(micros(d.send_at))
-                    .bind(&send.recipient)
-                    .bind(&send.payload)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                self.log.wake();
-                Ok(Recorded::Written(Box::new(writes)))
+            async fn decide(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
+                self.decide_batch(requests).await
             }
 
             async fn touches(

@@ -96,11 +96,11 @@ pub async fn decisions_are_handed_on_once_in_order_and_erased(backend: Backend) 
     // The policy's consumer counted each send once; handed the same decisions again, it
     // counts none of them.
     let trials = |evidence: &HashMap<storage::Cell, (u64, u64)>| evidence.values().map(|v| v.1).sum::<u64>();
-    let before = a.store.evidence_of(&ws(), &["winback".to_owned()]).await.unwrap();
+    let before = a.store.evidence(&ws()).await.unwrap();
     assert_eq!(trials(&before), (40 - held) as u64);
     let policy = Policy { store: a.store.clone() };
     assert!(policy.deliver(&seen).await.unwrap().is_empty());
-    let after = a.store.evidence_of(&ws(), &["winback".to_owned()]).await.unwrap();
+    let after = a.store.evidence(&ws()).await.unwrap();
     assert_eq!(before, after);
     let names: Vec<String> = a
         .store

@@ -164,8 +164,12 @@ impl Setup {
 
     /// A replica: its own store connection (pool), cache and service.
     async fn replica(&self) -> Orchestration {
+        self.replica_with(&OrchestrationConfig::default()).await
+    }
+
+    async fn replica_with(&self, config: &OrchestrationConfig) -> Orchestration {
         let store = storage::connect(&self.config).await.expect("connect");
-        Orchestration::new(store, &OrchestrationConfig::default(), self.people.clone())
+        Orchestration::new(store, config, self.people.clone())
     }
 }
 
@@ -588,7 +592,14 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
     let Some(setup) = Setup::new(backend).await else {
         return;
     };
-    let o = setup.replica().await;
+    // The evidence read again at every decision, so that the test sees each outcome's
+    // effect at once.
+    let o = setup
+        .replica_with(&OrchestrationConfig {
+            evidence_refresh: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .await;
     // The policy's consumer of the decision log counts each send as a trial.
     let stop = CancellationToken::new();
     let _log = o.spawn_log(Vec::new(), stop.clone());
