@@ -61,8 +61,11 @@ impl Orchestration {
     ) -> Result<(Option<Decision>, Explanation), OrchestrationError> {
         let ws = &caller.principal.workspace;
         // The person, the live campaigns and the policy's evidence, at once.
-        let (person, live, evidence) =
-            tokio::join!(self.directory.person(caller, &input.who), self.live(ws), self.evidence(ws));
+        let (person, live, evidence) = tokio::join!(
+            self.directory.person(caller, &input.who),
+            self.live(ws),
+            self.evidence(ws)
+        );
         let person = person
             .map_err(OrchestrationError::Unavailable)?
             .ok_or_else(|| OrchestrationError::NotFound("no such person (unknown, or erased)".to_owned()))?;

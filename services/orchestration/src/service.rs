@@ -10,9 +10,9 @@ use corvus_proto::WorkspaceId;
 use corvus_storage::{StorageConfig, StorageError};
 
 use crate::config::OrchestrationConfig;
-use crate::domain::campaign::{CONTROL, Definition, Trigger};
 use crate::decide::Evidence;
 use crate::decider::Decider;
+use crate::domain::campaign::{CONTROL, Definition, Trigger};
 use crate::domain::policy::{Propensities, bucket};
 use crate::people::{Caller, Directory};
 use crate::storage::{self, OrchestrationStore, State, Stored, WriteError};

@@ -366,7 +366,10 @@ mod tests {
         ];
         let kept = Propensities::default();
         for seed in ["a", "b", "c"] {
-            assert_eq!(kept.thompson(&arms, 0.05, 1_000, seed), thompson(&arms, 0.05, 1_000, seed));
+            assert_eq!(
+                kept.thompson(&arms, 0.05, 1_000, seed),
+                thompson(&arms, 0.05, 1_000, seed)
+            );
         }
         // Chosen from the propensities: over many seeds, about as often as they say.
         let n = 4_000;
@@ -375,7 +378,10 @@ mod tests {
             .filter(|i| kept.thompson(&arms, 0.05, 1_000, &i.to_string()).index == 1)
             .count();
         let share = chosen as f64 / n as f64;
-        assert!((share - p).abs() < 4.0 * (p * (1.0 - p) / n as f64).sqrt(), "{share} vs {p}");
+        assert!(
+            (share - p).abs() < 4.0 * (p * (1.0 - p) / n as f64).sqrt(),
+            "{share} vs {p}"
+        );
     }
 
     #[test]

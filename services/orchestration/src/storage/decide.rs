@@ -56,7 +56,9 @@ fn plan_all(
                 Err(explanation) => return Recorded::Nothing(explanation),
             };
             if let Some(budget) = writes.spend {
-                let spent = spent.entry((person.0.clone(), writes.decision.campaign.clone())).or_default();
+                let spent = spent
+                    .entry((person.0.clone(), writes.decision.campaign.clone()))
+                    .or_default();
                 if *spent >= budget {
                     return Recorded::BudgetSpent(writes.decision.campaign.clone());
                 }
@@ -90,7 +92,12 @@ const DECISION_COLUMNS: &str = "decision_id, workspace_id, profile_id, campaign,
 
 impl PgOrchestrationStore {
     pub(super) async fn decide_batch(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
-        let mut tx = self.pool.begin().await?;
+        // Every read here is by key; without statistics (a young table) Postgres can
+        // reckon a batch's people most of `touches` and read all of it.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+            .await?;
         // The people's locks, in key order: a second decision for one of them, here or
         // on another replica, waits for this commit and then counts its touches.
         let mut people: BTreeMap<(&str, Uuid), (i64, i64)> = BTreeMap::new();
@@ -105,16 +112,23 @@ impl PgOrchestrationStore {
         let ids: Vec<Uuid> = people.keys().map(|k| k.1).collect();
         let counts: Vec<i64> = people.values().map(|v| v.0).collect();
         let sinces: Vec<i64> = people.values().map(|v| v.1).collect();
-        sqlx::query(
-            "INSERT INTO people (workspace_id, profile_id, decisions) \
-             SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[]) \
-             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + excluded.decisions",
-        )
-        .bind(&wss)
-        .bind(&ids)
-        .bind(&counts)
-        .execute(&mut *tx)
-        .await?;
+        // With them, every campaign's state as of this statement: one paused before it
+        // began is seen paused.
+        let workspaces: Vec<&str> = wss.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let states = states_of(
+            sqlx::query_as(
+                "WITH locked AS (INSERT INTO people (workspace_id, profile_id, decisions) \
+                   SELECT * FROM unnest($1::text[], $2::uuid[], $3::int8[]) \
+                   ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + excluded.decisions) \
+                 SELECT workspace_id, name, state, version FROM campaigns WHERE workspace_id = ANY($4)",
+            )
+            .bind(&wss)
+            .bind(&ids)
+            .bind(&counts)
+            .bind(&workspaces)
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
         // Each person's touches through their own range of the index (a lateral join
         // keeps the planner from scanning the workspace's).
         let rows = sqlx::query(
@@ -135,13 +149,6 @@ impl PgOrchestrationStore {
             let touch = touch_of((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?));
             touches.entry(keys[n as usize - 1].clone()).or_default().push(touch);
         }
-        let workspaces: Vec<&str> = wss.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-        let states = states_of(
-            sqlx::query_as("SELECT workspace_id, name, state, version FROM campaigns WHERE workspace_id = ANY($1)")
-                .bind(&workspaces)
-                .fetch_all(&mut *tx)
-                .await?,
-        )?;
         // The budgets asked about, locked in key order: what they have spent is then
         // what this batch spends from.
         let budgets: BTreeSet<(&str, &str)> = requests
@@ -280,9 +287,21 @@ impl PgOrchestrationStore {
         .bind(sent.iter().map(|(_, w, _)| w.decision.id).collect::<Vec<_>>())
         .bind(sent.iter().map(|(r, _, _)| r.ws.as_str()).collect::<Vec<_>>())
         .bind(sent.iter().map(|(r, _, _)| r.profile.as_uuid()).collect::<Vec<_>>())
-        .bind(sent.iter().map(|(_, w, _)| w.decision.campaign.as_str()).collect::<Vec<_>>())
-        .bind(sent.iter().map(|(_, w, _)| w.decision.channel.as_str()).collect::<Vec<_>>())
-        .bind(sent.iter().map(|(_, w, _)| micros(w.decision.send_at)).collect::<Vec<_>>())
+        .bind(
+            sent.iter()
+                .map(|(_, w, _)| w.decision.campaign.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sent.iter()
+                .map(|(_, w, _)| w.decision.channel.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            sent.iter()
+                .map(|(_, w, _)| micros(w.decision.send_at))
+                .collect::<Vec<_>>(),
+        )
         .bind(sent.iter().map(|(_, _, s)| s.recipient.as_str()).collect::<Vec<_>>())
         .bind(sent.iter().map(|(_, _, s)| s.payload.as_str()).collect::<Vec<_>>())
         .execute(conn)
@@ -327,17 +346,19 @@ impl SqliteOrchestrationStore {
                         .bind(campaign)
                         .fetch_optional(&mut *tx)
                         .await?;
-                spent.insert((r.ws.as_str().to_owned(), campaign.clone()), row.map_or(0, |s| s.0 as u64));
+                spent.insert(
+                    (r.ws.as_str().to_owned(), campaign.clone()),
+                    row.map_or(0, |s| s.0 as u64),
+                );
             }
         }
         let mut rows = Vec::new();
         for ws in workspaces {
-            let of_ws: Vec<(String, String, String, i32)> = sqlx::query_as(
-                "SELECT workspace_id, name, state, version FROM campaigns WHERE workspace_id = $1",
-            )
-            .bind(ws)
-            .fetch_all(&mut *tx)
-            .await?;
+            let of_ws: Vec<(String, String, String, i32)> =
+                sqlx::query_as("SELECT workspace_id, name, state, version FROM campaigns WHERE workspace_id = $1")
+                    .bind(ws)
+                    .fetch_all(&mut *tx)
+                    .await?;
             rows.extend(of_ws);
         }
         let recorded = plan_all(requests, touches, spent, &states_of(rows)?);
@@ -485,12 +506,7 @@ mod tests {
         // a twice: the second finds the first's touch. b with a budget of 1, twice: the
         // second finds it spent; then c, also budgeted, finds it spent too.
         let c = ProfileId::new();
-        let requests = [
-            request(a, &[]),
-            request(a, &[]),
-            request(b, &["c"]),
-            request(c, &["c"]),
-        ];
+        let requests = [request(a, &[]), request(a, &[]), request(b, &["c"]), request(c, &["c"])];
         let recorded = plan_all(&requests, HashMap::new(), HashMap::new(), &States::new());
         let kinds: Vec<&str> = recorded
             .iter()
