@@ -165,15 +165,19 @@ impl Orchestration {
                         metrics::counter!("corvus_orchestration_send_attempts_total",
                             "outcome" => match &settle { Settle::Sent { .. } => "sent", Settle::Retry { .. } => "retry", Settle::Dead { .. } => "dead" })
                         .increment(1);
-                        if let Err(e) = self.store.settle(send.decision_id, &settle).await {
-                            // The lease runs out and the send is tried again; the
-                            // idempotency key lets the provider drop the repeat.
-                            tracing::warn!(error = %e, decision = %send.decision_id, "delivery: cannot record a send");
-                        }
+                        (send.decision_id, settle)
                     }
                 })
                 .buffer_unordered(IN_FLIGHT)
-                .collect::<Vec<()>>()
+                // Recorded as they end, those that ended together in one transaction.
+                .ready_chunks(BATCH as usize)
+                .for_each(|settled| async move {
+                    if let Err(e) = self.store.settle(&settled).await {
+                        // The leases run out and the sends are tried again; the
+                        // idempotency key lets the provider drop the repeats.
+                        tracing::warn!(error = %e, sends = settled.len(), "delivery: cannot record sends");
+                    }
+                })
                 .await;
         }
     }
@@ -183,13 +187,12 @@ impl Orchestration {
         let now = Utc::now();
         let lease = now + chrono::Duration::seconds(1);
         if let Ok(batch) = self.store.claim(ws, channel, now, lease, 1_000).await {
-            for send in batch {
-                let retry = Settle::Retry {
-                    error: why.to_owned(),
-                    next: now + chrono::Duration::minutes(1),
-                };
-                let _ = self.store.settle(send.decision_id, &retry).await;
-            }
+            let retry = Settle::Retry {
+                error: why.to_owned(),
+                next: now + chrono::Duration::minutes(1),
+            };
+            let settled: Vec<_> = batch.iter().map(|send| (send.decision_id, retry.clone())).collect();
+            let _ = self.store.settle(&settled).await;
         }
     }
 

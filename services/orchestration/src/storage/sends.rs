@@ -121,8 +121,9 @@ pub trait SendStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<SendRow>, StorageError>;
 
-    /// Records an attempt's end (and counts the attempt); frees the lease.
-    async fn settle(&self, decision: Uuid, settle: &Settle) -> Result<(), StorageError>;
+    /// Records attempts' ends (and counts each attempt); frees their leases. One
+    /// transaction for them all.
+    async fn settle(&self, settled: &[(Uuid, Settle)]) -> Result<(), StorageError>;
 
     /// Sends that ended (sent or dead) and are not yet reported back as events.
     async fn unreported(&self, limit: u32) -> Result<Vec<SendRow>, StorageError>;
@@ -289,31 +290,38 @@ macro_rules! send_store {
                 Ok(sends)
             }
 
-            async fn settle(&self, decision: Uuid, settle: &Settle) -> Result<(), StorageError> {
+            async fn settle(&self, settled: &[(Uuid, Settle)]) -> Result<(), StorageError> {
+                if settled.is_empty() {
+                    return Ok(());
+                }
                 let _guard = self.writer_guard().await;
-                let query = match settle {
-                    Settle::Sent { receipt, at } => sqlx::query(
-                        "UPDATE sends SET state = 'sent', attempts = attempts + 1, lease_until = NULL, \
-                         receipt = $2, sent_at = $3 WHERE decision_id = $1 AND state = 'pending'",
-                    )
-                    .bind(decision)
-                    .bind(receipt)
-                    .bind(micros(*at)),
-                    Settle::Retry { error, next } => sqlx::query(
-                        "UPDATE sends SET attempts = attempts + 1, lease_until = NULL, last_error = $2, \
-                         next_attempt_at = $3 WHERE decision_id = $1 AND state = 'pending'",
-                    )
-                    .bind(decision)
-                    .bind(error)
-                    .bind(micros(*next)),
-                    Settle::Dead { error } => sqlx::query(
-                        "UPDATE sends SET state = 'dead', attempts = attempts + 1, lease_until = NULL, \
-                         last_error = $2 WHERE decision_id = $1 AND state = 'pending'",
-                    )
-                    .bind(decision)
-                    .bind(error),
-                };
-                query.execute(&self.pool).await?;
+                let mut tx = self.pool.begin().await?;
+                for (decision, settle) in settled {
+                    let query = match settle {
+                        Settle::Sent { receipt, at } => sqlx::query(
+                            "UPDATE sends SET state = 'sent', attempts = attempts + 1, lease_until = NULL, \
+                             receipt = $2, sent_at = $3 WHERE decision_id = $1 AND state = 'pending'",
+                        )
+                        .bind(decision)
+                        .bind(receipt)
+                        .bind(micros(*at)),
+                        Settle::Retry { error, next } => sqlx::query(
+                            "UPDATE sends SET attempts = attempts + 1, lease_until = NULL, last_error = $2, \
+                             next_attempt_at = $3 WHERE decision_id = $1 AND state = 'pending'",
+                        )
+                        .bind(decision)
+                        .bind(error)
+                        .bind(micros(*next)),
+                        Settle::Dead { error } => sqlx::query(
+                            "UPDATE sends SET state = 'dead', attempts = attempts + 1, lease_until = NULL, \
+                             last_error = $2 WHERE decision_id = $1 AND state = 'pending'",
+                        )
+                        .bind(decision)
+                        .bind(error),
+                    };
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -329,12 +337,14 @@ macro_rules! send_store {
 
             async fn mark_reported(&self, decisions: &[Uuid]) -> Result<(), StorageError> {
                 let _guard = self.writer_guard().await;
+                let mut tx = self.pool.begin().await?;
                 for id in decisions {
                     sqlx::query("UPDATE sends SET reported = true WHERE decision_id = $1")
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
                 }
+                tx.commit().await?;
                 Ok(())
             }
 
