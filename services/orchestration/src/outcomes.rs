@@ -23,11 +23,36 @@ impl Orchestration {
         let mut answers = Vec::new();
         let mut campaigns = std::collections::HashMap::new();
         let mut alerts = AlertPass::default();
-        for entry in entries {
+        // Runs of events up to a profile change (or the end): the run's alerts are raised
+        // first, so that none waits for the outcomes' and triggers' writes.
+        let changes = |e: &LogEntry| matches!(e.entry, Some(log_entry::Entry::Change(_)));
+        for run in entries.split_inclusive(changes) {
+            for entry in run {
+                if let Some(log_entry::Entry::Event(stored)) = &entry.entry {
+                    self.alerts_on_event(&mut alerts, stored).await?;
+                }
+            }
+            self.raise_alerts(&mut alerts).await?;
+            self.settle_run(run, &mut alerts, &mut campaigns, &mut failures, &mut answers)
+                .await?;
+        }
+        self.raise_alerts(&mut alerts).await?;
+        Ok((failures, answers))
+    }
+
+    /// A run's outcomes and triggers, then the profile change that ends it.
+    async fn settle_run(
+        &self,
+        run: &[LogEntry],
+        alerts: &mut AlertPass,
+        campaigns: &mut HashMap<WorkspaceId, Arc<Live>>,
+        failures: &mut Vec<Failure>,
+        answers: &mut Vec<ErasureAnswer>,
+    ) -> Result<(), StorageError> {
+        for entry in run {
             match &entry.entry {
                 Some(log_entry::Entry::Event(stored)) => {
-                    self.alerts_on_event(&mut alerts, stored).await?;
-                    if let Err(reason) = self.outcome_of(stored, &mut campaigns).await? {
+                    if let Err(reason) = self.outcome_of(stored, campaigns).await? {
                         failures.push(Failure {
                             event_id: stored.event_id.clone(),
                             reason,
@@ -47,19 +72,13 @@ impl Orchestration {
                         Some(profile_change::Change::Merged(m)) => {
                             if let Ok(survivor) = m.survivor_id.parse() {
                                 self.store.merge(&ws, survivor, &ids(&m.merged_ids)).await?;
-                                self.alerts_on_merge(
-                                    &mut alerts,
-                                    &ws,
-                                    survivor,
-                                    &ids(&m.merged_ids),
-                                    &change.change_id,
-                                )
-                                .await?;
+                                self.alerts_on_merge(alerts, &ws, survivor, &ids(&m.merged_ids), &change.change_id)
+                                    .await?;
                             }
                         }
                         Some(profile_change::Change::Erased(e)) => {
                             let removed = self.store.erase(&ws, &ids(&e.profile_ids)).await?;
-                            let alerts_removed = self.alerts_on_erasure(&mut alerts, &ws, &ids(&e.profile_ids)).await?;
+                            let alerts_removed = self.alerts_on_erasure(alerts, &ws, &ids(&e.profile_ids)).await?;
                             answers.push(ErasureAnswer {
                                 change_id: change.change_id.clone(),
                                 removed: [
@@ -78,8 +97,7 @@ impl Orchestration {
                 None => {}
             }
         }
-        self.raise_alerts(&mut alerts).await?;
-        Ok((failures, answers))
+        Ok(())
     }
 
     /// Records the outcome an event is, if it is one. `Err` for an event that cannot be

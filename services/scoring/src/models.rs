@@ -16,6 +16,7 @@ use crate::domain::features::{Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel};
 use crate::domain::segments::{self, Segmentation};
 use crate::propensity::{PROPENSITY, PropensityFit};
+use crate::service::{HeldModels, MODELS_RECHECK};
 use crate::service::{Scoring, ScoringError};
 
 /// A time unit of the CLV model.
@@ -185,24 +186,47 @@ fn encode<T: Serialize>(model: &T) -> Result<String, StorageError> {
 }
 
 impl Scoring {
-    /// Every model of the workspace.
-    /// The workspace's models, decoded again only when one has been saved since the
-    /// last time (asked of the store by version: one small read a call).
+    /// The workspace's models. Their versions are asked of the store at most once every
+    /// `MODELS_RECHECK`, and the models decoded again only when one has been saved since:
+    /// a save through this process is seen at once, one through another replica within
+    /// `MODELS_RECHECK`.
     pub async fn models(&self, ws: &WorkspaceId) -> Result<std::sync::Arc<Models>, ScoringError> {
-        let versions = self.store.model_versions(ws).await?;
-        if let Some((held, models)) = self.models_cache.lock().expect("models cache").get(ws)
-            && *held == versions
+        let now = std::time::Instant::now();
+        if let Some(held) = self.models_cache.lock().expect("models cache").get(ws)
+            && now.duration_since(held.checked) < MODELS_RECHECK
         {
-            return Ok(models.clone());
+            return Ok(held.models.clone());
+        }
+        let versions = self.store.model_versions(ws).await?;
+        if let Some(held) = self.models_cache.lock().expect("models cache").get_mut(ws)
+            && held.versions == versions
+        {
+            held.checked = now;
+            return Ok(held.models.clone());
         }
         // A save between the two reads leaves newer models under older versions: the
-        // next call decodes them again, never serves older ones.
+        // next check decodes them again, never serves older ones.
         let models = std::sync::Arc::new(self.decode_models(ws).await?);
-        self.models_cache
-            .lock()
-            .expect("models cache")
-            .insert(ws.clone(), (versions, models.clone()));
+        let held = HeldModels {
+            versions,
+            models: models.clone(),
+            checked: now,
+        };
+        self.models_cache.lock().expect("models cache").insert(ws.clone(), held);
         Ok(models)
+    }
+
+    /// Saves a model and drops this process's copy of the workspace's models.
+    pub(crate) async fn save_model(
+        &self,
+        ws: &WorkspaceId,
+        kind: &str,
+        json: &str,
+        fitted_at: DateTime<Utc>,
+    ) -> Result<(), ScoringError> {
+        self.store.save_model(ws, kind, json, fitted_at).await?;
+        self.models_cache.lock().expect("models cache").remove(ws);
+        Ok(())
     }
 
     async fn decode_models(&self, ws: &WorkspaceId) -> Result<Models, ScoringError> {
@@ -290,9 +314,7 @@ impl Scoring {
             fitted_at: Utc::now(),
         };
         progress("saving the model", 0.9);
-        self.store
-            .save_model(ws, SEGMENTS, &encode(&fit)?, fit.fitted_at)
-            .await?;
+        self.save_model(ws, SEGMENTS, &encode(&fit)?, fit.fitted_at).await?;
         Ok(fit)
     }
 
@@ -346,9 +368,7 @@ impl Scoring {
             fitted_at: Utc::now(),
         };
         progress("saving the model", 0.9);
-        self.store
-            .save_model(ws, AFFINITY, &encode(&fit)?, fit.fitted_at)
-            .await?;
+        self.save_model(ws, AFFINITY, &encode(&fit)?, fit.fitted_at).await?;
         Ok(fit)
     }
 
@@ -424,7 +444,7 @@ impl Scoring {
             purchases: purchases.len() as u64,
         };
         progress("saving the model", 0.9);
-        self.store.save_model(ws, RFM, &encode(&fit)?, fit.fitted_at).await?;
+        self.save_model(ws, RFM, &encode(&fit)?, fit.fitted_at).await?;
         Ok(fit)
     }
 
@@ -474,9 +494,7 @@ impl Scoring {
             engaging_events,
         };
         progress("saving the model", 0.9);
-        self.store
-            .save_model(ws, ENGAGEMENT, &encode(&fit)?, fit.fitted_at)
-            .await?;
+        self.save_model(ws, ENGAGEMENT, &encode(&fit)?, fit.fitted_at).await?;
         Ok(fit)
     }
 
@@ -535,9 +553,7 @@ impl Scoring {
             gamma_gamma_iterations: gg.iterations,
             gamma_gamma_gradient: gg.gradient,
         };
-        self.store
-            .save_model(ws, CLV, &encode(&model)?, model.fitted_at)
-            .await?;
+        self.save_model(ws, CLV, &encode(&model)?, model.fitted_at).await?;
         Ok(model)
     }
 }

@@ -254,7 +254,7 @@ impl Scoring {
 
     async fn save_propensity(&self, ws: &WorkspaceId, fit: &PropensityFit) -> Result<(), ScoringError> {
         let json = serde_json::to_string(fit).map_err(|e| corvus_storage::StorageError::Internal(e.to_string()))?;
-        Ok(self.store.save_model(ws, PROPENSITY, &json, fit.fitted_at).await?)
+        self.save_model(ws, PROPENSITY, &json, fit.fitted_at).await
     }
 
     /// Online learning as outcomes arrive: for each workspace's model, every snapshot

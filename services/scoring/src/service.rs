@@ -52,7 +52,20 @@ pub struct Scoring {
     pub(crate) models_cache: Arc<std::sync::Mutex<ModelsCache>>,
 }
 
-pub(crate) type ModelsCache = std::collections::HashMap<WorkspaceId, (Vec<(String, i64)>, Arc<Models>)>;
+pub(crate) type ModelsCache = std::collections::HashMap<WorkspaceId, HeldModels>;
+
+/// A workspace's models as this process last decoded them.
+pub(crate) struct HeldModels {
+    /// Each kind's version when they were read.
+    pub versions: Vec<(String, i64)>,
+    pub models: Arc<Models>,
+    /// When the versions were last found unchanged.
+    pub checked: std::time::Instant,
+}
+
+/// How long models are used before their versions are asked of the store again: the
+/// most a replica lags behind a model saved through another.
+pub(crate) const MODELS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A profile's CLV predictions.
 #[derive(Debug, Clone, PartialEq)]
