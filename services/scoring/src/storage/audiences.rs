@@ -381,14 +381,20 @@ macro_rules! audience_store {
             }
 
             async fn memberships(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<String>, StorageError> {
-                Ok(sqlx::query_scalar(
-                    "SELECT audience FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 AND member \
-                     ORDER BY audience",
+                // Sorted here, not by the statement: an ORDER BY audience lets the planner
+                // walk the primary key (workspace, audience, profile) over every entry of
+                // the workspace to spare a sort, rather than take the person's few entries
+                // through `audience_members_of_profile`, and a plan made while the table
+                // was small does just that.
+                let mut audiences: Vec<String> = sqlx::query_scalar(
+                    "SELECT audience FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 AND member",
                 )
                 .bind(ws)
                 .bind(profile)
                 .fetch_all(&self.pool)
-                .await?)
+                .await?;
+                audiences.sort_unstable();
+                Ok(audiences)
             }
 
             async fn changes(
