@@ -103,7 +103,8 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Ticks whenever events commit (in this process, or in any replica on Postgres).
     fn wakeups(&self) -> watch::Receiver<u64>;
 
-    /// Wakes this process's dispatchers: for entries the owning service committed in a
+    /// Wakes the dispatchers, this process's at once and other replicas' (where the
+    /// store has them) soon after: for entries the owning service committed in a
     /// transaction of its own rather than through `append`.
     fn wake(&self);
 

@@ -28,12 +28,21 @@ const INSERT_NEW_ONLY: &str = "INSERT INTO events \
 
 /// A log in Postgres: UNNEST batch inserts, the snapshot horizon for safe reads,
 /// advisory locks for one dispatcher per consumer, LISTEN/NOTIFY wake-ups.
+///
+/// Other replicas are woken by a NOTIFY sent after the commit, on a statement of its
+/// own, by one task a process that folds the commits made while one was on its way into
+/// the next: a notifying commit takes a lock that every other notifying commit of the
+/// database waits for, through its WAL flush, and a trigger on `events` would put every
+/// write of every log in that queue (holding their transactions, and so every log's
+/// read horizon, open while they wait).
 #[derive(Debug)]
 pub struct PgEventLog {
     pool: PgPool,
-    /// The NOTIFY channel the schema's trigger on `events` signals.
+    /// The NOTIFY channel of this log's replicas.
     channel: &'static str,
     wakeups: watch::Sender<u64>,
+    /// Commits of this process the other replicas are still to hear of.
+    to_notify: watch::Sender<u64>,
     /// Erased events' rows removed from the heap soon after.
     vacuum: corvus_storage::Vacuum,
     _listener: DropGuard,
@@ -43,15 +52,21 @@ impl PgEventLog {
     /// The log in the schema `pool` is set to, woken through `channel`.
     pub fn new(pool: PgPool, channel: &'static str) -> Self {
         let (wakeups, _) = watch::channel(0);
+        let (to_notify, asked) = watch::channel(0);
         let stop = CancellationToken::new();
         tokio::spawn({
             let (pool, wakeups, stop) = (pool.clone(), wakeups.clone(), stop.clone());
             async move { stop.run_until_cancelled(listen(pool, channel, wakeups)).await }
         });
+        tokio::spawn({
+            let (pool, stop) = (pool.clone(), stop.clone());
+            async move { stop.run_until_cancelled(notify(pool, channel, asked)).await }
+        });
         Self {
             pool,
             channel,
             wakeups,
+            to_notify,
             vacuum: Default::default(),
             _listener: stop.drop_guard(),
         }
@@ -86,6 +101,22 @@ async fn listen(pool: PgPool, channel: &str, wakeups: watch::Sender<u64>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Sends a NOTIFY on `channel` after each commit of this process, those made while one
+/// was on its way folded into the next. One that fails is not sent again: the other
+/// replicas' dispatchers find the entries by their poll.
+async fn notify(pool: PgPool, channel: &str, mut asked: watch::Receiver<u64>) {
+    while asked.changed().await.is_ok() {
+        asked.borrow_and_update();
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %err, "NOTIFY failed; other replicas find the entries by their poll");
         }
     }
 }
@@ -130,8 +161,8 @@ impl<'a> Columns<'a> {
 
 impl PgEventLog {
     /// Appends new entries in the owning service's own transaction (their keys must be
-    /// new: a repeat fails the statement). The schema's trigger wakes every replica's
-    /// dispatchers when it commits; `wake` wakes this process's at once.
+    /// new: a repeat fails the statement). Once it commits, `wake` wakes this process's
+    /// dispatchers and every other replica's.
     pub async fn insert_in(
         conn: &mut sqlx::PgConnection,
         workspace: &WorkspaceId,
@@ -174,7 +205,7 @@ impl EventLog for PgEventLog {
             Err(e) => return Err(e.into()),
         };
         if inserted > 0 {
-            self.wakeups.send_modify(|n| *n += 1);
+            self.wake();
         }
         if inserted as usize == events.len() {
             return Ok(vec![Appended::Inserted; events.len()]);
@@ -227,6 +258,7 @@ impl EventLog for PgEventLog {
 
     fn wake(&self) {
         self.wakeups.send_modify(|n| *n += 1);
+        self.to_notify.send_modify(|n| *n += 1);
     }
 
     async fn ensure_consumer(&self, consumer: &str) -> Result<Position, StorageError> {
@@ -395,11 +427,7 @@ impl EventLog for PgEventLog {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() > 0 {
-            self.wakeups.send_modify(|n| *n += 1);
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(self.channel)
-                .execute(&self.pool)
-                .await?;
+            self.wake();
         }
         Ok(done.rows_affected())
     }

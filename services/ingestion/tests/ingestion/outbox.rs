@@ -360,6 +360,57 @@ async fn postgres_late_commit_is_never_skipped() {
     assert!(cursor > Position::default());
 }
 
+/// A replica's dispatchers are woken by another's commits: the writer sends a NOTIFY
+/// after each commit (no trigger in the writing transaction), and a replica hears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_wakes_the_other_replicas() {
+    let dir = TempDir::new();
+    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let Database::Postgres(pool) = Database::connect(&config, "ingestion", &corvus_ingestion::storage::migrators())
+        .await
+        .unwrap()
+    else {
+        unreachable!("a database url was given")
+    };
+    let triggers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(triggers, 0, "no trigger notifies from the writing transaction");
+    let channel = corvus_ingestion::storage::CHANNEL;
+    let (writer, replica) = (
+        PgEventLog::new(pool.clone(), channel),
+        PgEventLog::new(pool.clone(), channel),
+    );
+    // The replica's listener is up once a NOTIFY sent by hand reaches it.
+    let mut woken = replica.wakeups();
+    let mut heard = false;
+    for _ in 0..100 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&pool)
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), woken.changed())
+            .await
+            .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "the replica's listener never heard a NOTIFY");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    woken.borrow_and_update();
+    writer.append(&workspace("acme"), &[new_event("w0-0")]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), woken.changed())
+        .await
+        .expect("the other replica is woken well within its poll")
+        .unwrap();
+}
+
 async fn a_restarted_consumer_goes_on_after_what_it_took(backend: Backend, via: Via) {
     let dir = TempDir::new();
     let (Some(log), Some(handoff)) = (event_log(backend, &dir).await, handoff(via).await) else {
