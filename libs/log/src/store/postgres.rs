@@ -53,14 +53,16 @@ impl PgEventLog {
     pub fn new(pool: PgPool, channel: &'static str) -> Self {
         let (wakeups, _) = watch::channel(0);
         let (to_notify, asked) = watch::channel(0);
+        // This log's NOTIFYs carry it, so that its own listener, woken already, skips them.
+        let own = Uuid::now_v7().to_string();
         let stop = CancellationToken::new();
         tokio::spawn({
-            let (pool, wakeups, stop) = (pool.clone(), wakeups.clone(), stop.clone());
-            async move { stop.run_until_cancelled(listen(pool, channel, wakeups)).await }
+            let (pool, wakeups, stop, own) = (pool.clone(), wakeups.clone(), stop.clone(), own.clone());
+            async move { stop.run_until_cancelled(listen(pool, channel, &own, wakeups)).await }
         });
         tokio::spawn({
             let (pool, stop) = (pool.clone(), stop.clone());
-            async move { stop.run_until_cancelled(notify(pool, channel, asked)).await }
+            async move { stop.run_until_cancelled(notify(pool, channel, &own, asked)).await }
         });
         Self {
             pool,
@@ -75,7 +77,7 @@ impl PgEventLog {
 
 /// Forwards the NOTIFY of every replica's commits to the local wake-up channel; while
 /// the database is away it retries, and the dispatchers' fallback poll covers the gap.
-async fn listen(pool: PgPool, channel: &str, wakeups: watch::Sender<u64>) {
+async fn listen(pool: PgPool, channel: &str, own: &str, wakeups: watch::Sender<u64>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -93,6 +95,7 @@ async fn listen(pool: PgPool, channel: &str, wakeups: watch::Sender<u64>) {
         // recv reconnects by itself; a wake-up after reconnecting covers what was missed.
         loop {
             match listener.recv().await {
+                Ok(n) if n.payload() == own => {}
                 Ok(_) => wakeups.send_modify(|n| *n += 1),
                 Err(err) => {
                     tracing::debug!(error = %err, "event listener lost its connection");
@@ -108,11 +111,12 @@ async fn listen(pool: PgPool, channel: &str, wakeups: watch::Sender<u64>) {
 /// Sends a NOTIFY on `channel` after each commit of this process, those made while one
 /// was on its way folded into the next. One that fails is not sent again: the other
 /// replicas' dispatchers find the entries by their poll.
-async fn notify(pool: PgPool, channel: &str, mut asked: watch::Receiver<u64>) {
+async fn notify(pool: PgPool, channel: &str, own: &str, mut asked: watch::Receiver<u64>) {
     while asked.changed().await.is_ok() {
         asked.borrow_and_update();
-        if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)
+            .bind(own)
             .execute(&pool)
             .await
         {
