@@ -296,19 +296,23 @@ async fn an_unreachable_consumer_catches_up_without_gaps(backend: Backend, via: 
     );
 }
 
+/// Ingestion's migrated schema on the test server, or `None` (skip) without one.
+async fn postgres(dir: &TempDir) -> Option<sqlx::PgPool> {
+    let config = corvus_test_support::storage(Backend::Postgres, dir).await?;
+    match Database::connect(&config, "ingestion", &corvus_ingestion::storage::migrators()).await {
+        Ok(Database::Postgres(pool)) => Some(pool),
+        Ok(_) => unreachable!("a database url was given"),
+        Err(e) => panic!("the test database: {e}"),
+    }
+}
+
 /// The classic trap: a transaction takes a seq, then commits after later seqs have
 /// committed and been handed on. Reading by seq alone would skip it forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_late_commit_is_never_skipped() {
     let dir = TempDir::new();
-    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+    let Some(pool) = postgres(&dir).await else {
         return;
-    };
-    let Database::Postgres(pool) = Database::connect(&config, "ingestion", &corvus_ingestion::storage::migrators())
-        .await
-        .unwrap()
-    else {
-        unreachable!("a database url was given")
     };
     let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone(), corvus_ingestion::storage::CHANNEL));
     let sink = Arc::new(RecordingSink::default());
@@ -365,14 +369,8 @@ async fn postgres_late_commit_is_never_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_commit_wakes_the_other_replicas() {
     let dir = TempDir::new();
-    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+    let Some(pool) = postgres(&dir).await else {
         return;
-    };
-    let Database::Postgres(pool) = Database::connect(&config, "ingestion", &corvus_ingestion::storage::migrators())
-        .await
-        .unwrap()
-    else {
-        unreachable!("a database url was given")
     };
     let triggers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass")
         .fetch_one(&pool)

@@ -282,6 +282,14 @@ impl Propensities {
 mod tests {
     use super::*;
 
+    fn arm(successes: f64, trials: f64, value: f64) -> Arm {
+        Arm {
+            successes,
+            trials,
+            value,
+        }
+    }
+
     #[test]
     fn beta_draws_have_the_distributions_moments() {
         // Beta(a, b): mean a/(a+b), variance ab/((a+b)²(a+b+1)).
@@ -302,16 +310,7 @@ mod tests {
 
     #[test]
     fn every_candidate_keeps_the_floor_and_the_propensities_add_up() {
-        let strong = Arm {
-            successes: 90.0,
-            trials: 100.0,
-            value: 1.0,
-        };
-        let weak = Arm {
-            successes: 1.0,
-            trials: 100.0,
-            value: 1.0,
-        };
+        let (strong, weak) = (arm(90.0, 100.0, 1.0), arm(1.0, 100.0, 1.0));
         let choice = thompson(&[strong, weak, weak], 0.05, 1_000, "d1");
         assert!((choice.propensities.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert!(choice.propensities.iter().all(|&p| p >= 0.05));
@@ -326,18 +325,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_replays_the_same_choice() {
-        let arms = [
-            Arm {
-                successes: 3.0,
-                trials: 10.0,
-                value: 1.0,
-            },
-            Arm {
-                successes: 4.0,
-                trials: 12.0,
-                value: 1.0,
-            },
-        ];
+        let arms = [arm(3.0, 10.0, 1.0), arm(4.0, 12.0, 1.0)];
         let a = thompson(&arms, 0.05, 1_000, "decision-42");
         assert_eq!(a, thompson(&arms, 0.05, 1_000, "decision-42"));
         // Over many seeds each is chosen about as often as its propensity says.
@@ -352,18 +340,7 @@ mod tests {
 
     #[test]
     fn kept_propensities_give_the_same_choice() {
-        let arms = [
-            Arm {
-                successes: 3.0,
-                trials: 10.0,
-                value: 1.0,
-            },
-            Arm {
-                successes: 4.0,
-                trials: 12.0,
-                value: 2.0,
-            },
-        ];
+        let arms = [arm(3.0, 10.0, 1.0), arm(4.0, 12.0, 2.0)];
         let kept = Propensities::default();
         for seed in ["a", "b", "c"] {
             assert_eq!(
