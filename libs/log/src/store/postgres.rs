@@ -295,27 +295,15 @@ impl EventLog for PgEventLog {
     }
 
     async fn read_after(&self, after: Position, limit: u32, max_bytes: u64) -> Result<ReadBatch, StorageError> {
-        // Rows of transactions older than the oldest one still running that may write
-        // this log can no longer be joined by a late commit, so handing them on never
-        // skips anything. Only this service's sessions write its log (each service's
-        // pool names itself in `application_name`), so a transaction the snapshot saw
-        // running is passed over only when `pg_stat_activity`, read after the snapshot,
-        // shows it is another service's: one that ended meanwhile, or one it cannot see,
-        // holds the horizon as before. Another service's long transaction (scoring's
-        // delivery, say) then holds back no log but its own.
+        // Rows of transactions older than the oldest one still running can no longer
+        // be joined by a late commit, so handing them on never skips anything.
         let rows = sqlx::query(
             // held_back: is anything after the cursor at or past the horizon? Asked as the
             // first key of one range, in index order, so the index answers it at once however
             // long the backlog is. (An EXISTS would let the planner, short of statistics,
             // read the table from the start in the hope of an early match.)
             // before: the payload bytes ahead of the row in the batch.
-            "WITH snapshot AS (SELECT pg_current_snapshot() AS s), \
-             horizon AS (SELECT COALESCE( \
-               (SELECT min(x::text::bigint) FROM snapshot, pg_snapshot_xip(snapshot.s) AS x \
-                WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
-                  WHERE a.backend_xid::text::bigint = x::text::bigint % 4294967296 \
-                    AND a.application_name <> current_setting('application_name'))), \
-               (SELECT pg_snapshot_xmax(s)::text::bigint FROM snapshot)) AS xmin) \
+            "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin) \
              SELECT * FROM ( \
                SELECT tx_id, seq, workspace_id, event_id, payload, traceparent, \
                       (SELECT tx_id FROM events WHERE (tx_id, seq) >= \

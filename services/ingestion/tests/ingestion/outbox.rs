@@ -364,40 +364,6 @@ async fn postgres_late_commit_is_never_skipped() {
     assert!(cursor > Position::default());
 }
 
-/// Another service's open transaction holds back no entry of this log: only this
-/// service's sessions write it (the test above: its own open transactions still do).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_another_services_open_transaction_holds_nothing_back() {
-    let dir = TempDir::new();
-    let Some(pool) = postgres(&dir).await else {
-        return;
-    };
-    let log: Arc<dyn EventLog> = Arc::new(PgEventLog::new(pool.clone(), corvus_ingestion::storage::CHANNEL));
-    let sink = Arc::new(RecordingSink::default());
-    let running = start(&log, Handoff::Log, &[("identity", sink.clone())]);
-
-    // Another service's session: its transaction takes a transaction id and stays open.
-    let options = pool.connect_options().as_ref().clone().application_name("corvus-other");
-    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
-        .await
-        .unwrap();
-    let mut open = sqlx::Connection::begin(&mut other).await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *open)
-        .await
-        .unwrap();
-
-    let events: Vec<_> = (0..5).map(|i| new_event(&format!("w0-{i}"))).collect();
-    log.append(&workspace("acme"), &events).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || sink.received().len() == 5).await,
-        "entries were held back by another service's transaction"
-    );
-    open.rollback().await.unwrap();
-    running.stop().await;
-    assert_once_in_order(&sink.received(), 5);
-}
-
 /// A replica's dispatchers are woken by another's commits: the writer sends a NOTIFY
 /// after each commit (no trigger in the writing transaction), and a replica hears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
