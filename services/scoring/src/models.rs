@@ -192,27 +192,35 @@ impl Scoring {
     /// `MODELS_RECHECK`.
     pub async fn models(&self, ws: &WorkspaceId) -> Result<std::sync::Arc<Models>, ScoringError> {
         let now = std::time::Instant::now();
-        if let Some(held) = self.models_cache.lock().expect("models cache").get(ws)
-            && now.duration_since(held.checked) < MODELS_RECHECK
-        {
-            return Ok(held.models.clone());
-        }
+        let saves = {
+            let cache = self.models_cache.lock().expect("models cache");
+            if let Some(held) = cache.held.get(ws)
+                && now.duration_since(held.checked) < MODELS_RECHECK
+            {
+                return Ok(held.models.clone());
+            }
+            cache.saves
+        };
         let versions = self.store.model_versions(ws).await?;
-        if let Some(held) = self.models_cache.lock().expect("models cache").get_mut(ws)
+        if let Some(held) = self.models_cache.lock().expect("models cache").held.get_mut(ws)
             && held.versions == versions
         {
             held.checked = now;
             return Ok(held.models.clone());
         }
         // A save between the two reads leaves newer models under older versions: the
-        // next check decodes them again, never serves older ones.
+        // next check decodes them again, never serves older ones. Models read across a
+        // save through this process are not kept, so that the save is seen at once.
         let models = std::sync::Arc::new(self.decode_models(ws).await?);
-        let held = HeldModels {
-            versions,
-            models: models.clone(),
-            checked: now,
-        };
-        self.models_cache.lock().expect("models cache").insert(ws.clone(), held);
+        let mut cache = self.models_cache.lock().expect("models cache");
+        if cache.saves == saves {
+            let held = HeldModels {
+                versions,
+                models: models.clone(),
+                checked: now,
+            };
+            cache.held.insert(ws.clone(), held);
+        }
         Ok(models)
     }
 
@@ -225,7 +233,9 @@ impl Scoring {
         fitted_at: DateTime<Utc>,
     ) -> Result<(), ScoringError> {
         self.store.save_model(ws, kind, json, fitted_at).await?;
-        self.models_cache.lock().expect("models cache").remove(ws);
+        let mut cache = self.models_cache.lock().expect("models cache");
+        cache.saves += 1;
+        cache.held.remove(ws);
         Ok(())
     }
 

@@ -52,7 +52,13 @@ pub struct Scoring {
     pub(crate) models_cache: Arc<std::sync::Mutex<ModelsCache>>,
 }
 
-pub(crate) type ModelsCache = std::collections::HashMap<WorkspaceId, HeldModels>;
+/// Each workspace's models as this process last decoded them.
+#[derive(Default)]
+pub(crate) struct ModelsCache {
+    pub held: std::collections::HashMap<WorkspaceId, HeldModels>,
+    /// Saves through this process so far: models read across one are not kept.
+    pub saves: u64,
+}
 
 /// A workspace's models as this process last decoded them.
 pub(crate) struct HeldModels {
