@@ -16,8 +16,7 @@ use crate::domain::features::{Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel};
 use crate::domain::segments::{self, Segmentation};
 use crate::propensity::{PROPENSITY, PropensityFit};
-use crate::service::{HeldModels, MODELS_RECHECK};
-use crate::service::{Scoring, ScoringError};
+use crate::service::{HeldModels, MODELS_RECHECK, Scoring, ScoringError};
 
 /// A time unit of the CLV model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,7 +45,8 @@ pub struct PgEventLog {
     to_notify: watch::Sender<u64>,
     /// Erased events' rows removed from the heap soon after.
     vacuum: corvus_storage::Vacuum,
-    _listener: DropGuard,
+    /// Stops the listener and the notifier when the log is dropped.
+    _tasks: DropGuard,
 }
 
 impl PgEventLog {
@@ -70,7 +71,7 @@ impl PgEventLog {
             wakeups,
             to_notify,
             vacuum: Default::default(),
-            _listener: stop.drop_guard(),
+            _tasks: stop.drop_guard(),
         }
     }
 }
