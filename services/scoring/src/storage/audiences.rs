@@ -141,6 +141,77 @@ fn change((seq, audience, profile, entered, at, reason): ChangeRow) -> Membershi
     }
 }
 
+/// Rows one statement of `record` writes at most (six values each).
+const ROWS: usize = 500;
+
+/// An audience and a profile: a standing's key.
+type Key = (String, ProfileId);
+/// A standing as held: member, since, recheck_at (microseconds).
+type Held = (bool, i64, Option<i64>);
+
+/// What recording standings changes: rows gone, rows written, and the entries and exits
+/// (audience, profile, entered, reason) in the standings' order.
+struct Plan<'a> {
+    deleted: Vec<Key>,
+    held: Vec<(Key, Held)>,
+    changes: Vec<(&'a str, ProfileId, bool, &'static str)>,
+}
+
+/// The writes that take `held` (the rows as they stand) to `standings`, each compared
+/// with the one before it, so that a profile standing twice in a call is recorded in
+/// turn; only what differs is written. Keys in order, as every recorder locks them.
+fn plan_standings(standings: &[Standing], mut held: HashMap<Key, Held>, at: DateTime<Utc>) -> Plan<'_> {
+    let mut writes: HashMap<Key, Option<Held>> = HashMap::new();
+    let mut changes = Vec::new();
+    for s in standings {
+        let recheck = s.recheck_at.map(micros);
+        let key = (s.audience.clone(), s.profile);
+        let before = held.get(&key).copied();
+        match before {
+            // Nothing held, and nothing to hold: out, with nothing due.
+            None if !s.member && recheck.is_none() => continue,
+            Some((member, _, due)) if member == s.member && due == recheck => continue,
+            Some(_) if !s.member && recheck.is_none() => {
+                held.remove(&key);
+                writes.insert(key, None);
+            }
+            _ => {
+                let since = match before {
+                    Some((member, since, _)) if member == s.member => since,
+                    _ => micros(at),
+                };
+                held.insert(key.clone(), (s.member, since, recheck));
+                writes.insert(key, Some((s.member, since, recheck)));
+            }
+        }
+        if before.is_some_and(|(member, _, _)| member) != s.member {
+            changes.push((s.audience.as_str(), s.profile, s.member, s.reason));
+        }
+    }
+    let mut writes: Vec<_> = writes.into_iter().collect();
+    writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let (mut deleted, mut kept) = (Vec::new(), Vec::new());
+    for (key, write) in writes {
+        match write {
+            Some(standing) => kept.push((key, standing)),
+            None => deleted.push(key),
+        }
+    }
+    Plan {
+        deleted,
+        held: kept,
+        changes,
+    }
+}
+
+/// `n` rows of `width` numbered placeholders from `$2`, each after `lead` (say `$1, `).
+fn tuples(lead: &str, width: usize, n: usize) -> String {
+    (0..n)
+        .map(|row| format!("({lead}{})", placeholders(2 + row * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 macro_rules! audience_store {
     ($Store:ident) => {
         #[async_trait]
@@ -243,9 +314,8 @@ macro_rules! audience_store {
                 standings: &[Standing],
                 at: DateTime<Utc>,
             ) -> Result<Vec<MembershipChange>, StorageError> {
-                let mut changes = Vec::new();
                 if standings.is_empty() {
-                    return Ok(changes);
+                    return Ok(Vec::new());
                 }
                 let (_writer, mut tx) = self.begin().await?;
                 // Recorders take turns (see `serialise_changes`), so the standings read here
@@ -254,7 +324,7 @@ macro_rules! audience_store {
                 let mut profiles: Vec<ProfileId> = standings.iter().map(|s| s.profile).collect();
                 profiles.sort();
                 profiles.dedup();
-                let mut held: HashMap<(String, ProfileId), (bool, i64, Option<i64>)> = HashMap::new();
+                let mut held: HashMap<Key, Held> = HashMap::new();
                 for chunk in profiles.chunks(IN_LIST) {
                     let sql = format!(
                         "SELECT audience, profile_id, member, since, recheck_at FROM audience_members \
@@ -269,68 +339,54 @@ macro_rules! audience_store {
                         held.insert((audience, profile), (member, since, recheck));
                     }
                 }
-                for s in standings {
-                    let recheck = s.recheck_at.map(micros);
-                    let before = held.get(&(s.audience.clone(), s.profile)).copied();
-                    let was_member = before.is_some_and(|(member, _, _)| member);
-                    match before {
-                        // Nothing held, and nothing to hold: out, with nothing due.
-                        None if !s.member && recheck.is_none() => continue,
-                        Some((member, _, due)) if member == s.member && due == recheck => continue,
-                        Some(_) if !s.member && recheck.is_none() => {
-                            sqlx::query(
-                                "DELETE FROM audience_members WHERE workspace_id = $1 AND audience = $2 AND profile_id = $3",
-                            )
-                            .bind(ws)
-                            .bind(&s.audience)
-                            .bind(s.profile)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        _ => {
-                            let since = match before {
-                                Some((member, since, _)) if member == s.member => since,
-                                _ => micros(at),
-                            };
-                            sqlx::query(
-                                "INSERT INTO audience_members \
-                                 (workspace_id, audience, profile_id, member, since, recheck_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6) \
-                                 ON CONFLICT (workspace_id, audience, profile_id) DO UPDATE SET \
-                                 member = excluded.member, since = excluded.since, recheck_at = excluded.recheck_at",
-                            )
-                            .bind(ws)
-                            .bind(&s.audience)
-                            .bind(s.profile)
-                            .bind(s.member)
-                            .bind(since)
-                            .bind(recheck)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
+                let plan = plan_standings(standings, held, at);
+                // Each step in statements of many rows: the transaction holds its id (and so
+                // every log's read horizon) for a few round trips, not one a standing.
+                for chunk in plan.deleted.chunks(ROWS) {
+                    let sql = format!(
+                        "DELETE FROM audience_members WHERE workspace_id = $1 AND (audience, profile_id) IN (VALUES {})",
+                        tuples("", 2, chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql).bind(ws);
+                    for (audience, profile) in chunk {
+                        query = query.bind(audience).bind(*profile);
                     }
-                    if was_member != s.member {
-                        let seq: i64 = sqlx::query_scalar(
-                            "INSERT INTO audience_changes (workspace_id, audience, profile_id, entered, at, reason) \
-                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
-                        )
-                        .bind(ws)
-                        .bind(&s.audience)
-                        .bind(s.profile)
-                        .bind(s.member)
-                        .bind(micros(at))
-                        .bind(s.reason)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        changes.push(MembershipChange {
-                            seq,
-                            audience: s.audience.clone(),
-                            profile: s.profile,
-                            entered: s.member,
-                            at,
-                            reason: s.reason.to_owned(),
-                        });
+                    query.execute(&mut *tx).await?;
+                }
+                for chunk in plan.held.chunks(ROWS) {
+                    let sql = format!(
+                        "INSERT INTO audience_members (workspace_id, audience, profile_id, member, since, recheck_at) \
+                         VALUES {} ON CONFLICT (workspace_id, audience, profile_id) DO UPDATE SET \
+                         member = excluded.member, since = excluded.since, recheck_at = excluded.recheck_at",
+                        tuples("$1, ", 5, chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql).bind(ws);
+                    for ((audience, profile), (member, since, recheck)) in chunk {
+                        query = query.bind(audience).bind(*profile).bind(*member).bind(*since).bind(*recheck);
                     }
+                    query.execute(&mut *tx).await?;
+                }
+                let mut changes = Vec::with_capacity(plan.changes.len());
+                for chunk in plan.changes.chunks(ROWS) {
+                    let sql = format!(
+                        "INSERT INTO audience_changes (workspace_id, audience, profile_id, entered, at, reason) \
+                         VALUES {} RETURNING seq, audience, profile_id, entered, reason",
+                        tuples("$1, ", 5, chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (i64, String, ProfileId, bool, String)>(&sql).bind(ws);
+                    for (audience, profile, entered, reason) in chunk {
+                        query = query.bind(*audience).bind(*profile).bind(*entered).bind(micros(at)).bind(*reason);
+                    }
+                    let mut rows = query.fetch_all(&mut *tx).await?;
+                    rows.sort_by_key(|row| row.0);
+                    changes.extend(rows.into_iter().map(|(seq, audience, profile, entered, reason)| MembershipChange {
+                        seq,
+                        audience,
+                        profile,
+                        entered,
+                        at,
+                        reason,
+                    }));
                 }
                 tx.commit().await?;
                 Ok(changes)

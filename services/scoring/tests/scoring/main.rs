@@ -173,6 +173,26 @@ async fn standings_record_each_change_once(backend: Backend) {
     assert_eq!(of_b.len(), 1);
     assert_eq!((of_b[0].entered, of_b[0].reason.as_str()), (false, "erased"));
 
+    // A call of more standings than one statement writes; a profile standing twice in
+    // one call is recorded in turn (in, then out: both changes, no row left).
+    let many: Vec<ProfileId> = (0..1_201).map(|_| ProfileId::new()).collect();
+    let twice = many[7];
+    let mut standings: Vec<Standing> = many.iter().map(|p| standing("vip", *p, true, None)).collect();
+    standings.push(standing("vip", twice, false, None));
+    let recorded = store.record(&ws, &standings, day(11)).await.unwrap();
+    assert_eq!(recorded.len(), 1_202);
+    assert!(recorded.windows(2).all(|w| w[0].seq < w[1].seq));
+    let of_twice: Vec<bool> = recorded
+        .iter()
+        .filter(|c| c.profile == twice)
+        .map(|c| c.entered)
+        .collect();
+    assert_eq!(of_twice, vec![true, false]);
+    assert_eq!(store.member_count(&ws, "vip").await.unwrap(), 1_200);
+    let out: Vec<Standing> = many.iter().map(|p| standing("vip", *p, false, None)).collect();
+    assert_eq!(store.record(&ws, &out, day(12)).await.unwrap().len(), 1_200);
+    assert_eq!(store.member_count(&ws, "vip").await.unwrap(), 0);
+
     // An audience deleted takes its standings and history with it.
     assert!(store.undefine(&ws, Definitions::Audiences, "vip").await.unwrap());
     assert!(store.changes(&ws, "vip", 0, 100).await.unwrap().is_empty());
