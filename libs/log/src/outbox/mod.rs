@@ -381,12 +381,15 @@ impl<E: Entry> Dispatcher<E> {
         let mut transport_pause = self.config.retry_base;
         let mut failing = false;
         while !pending.is_empty() {
+            let started = std::time::Instant::now();
             let result = tokio::select! {
                 // Stopping wins over a sink that answers at once (one that is down).
                 biased;
                 () = self.stop.cancelled() => return Err(Stop::Cancelled),
                 r = self.consumer.sink.deliver_answering(&pending).instrument(span.clone()) => r,
             };
+            metrics::histogram!("corvus_outbox_delivery_seconds", "consumer" => name.clone())
+                .record(started.elapsed().as_secs_f64());
             match result {
                 Err(cause) => {
                     // Unreachable: nothing is known of the batch; retry all of it, forever.

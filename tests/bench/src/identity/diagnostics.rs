@@ -202,6 +202,16 @@ impl Histogram {
         h
     }
 
+    /// `corvus_outbox_delivery_seconds` of one consumer, with the entries it was handed
+    /// (`corvus_outbox_delivered_total`).
+    pub(crate) fn delivery(consumer: &str) -> Self {
+        let text = corvus_platform::metrics::recorder().render();
+        let labels = format!("consumer=\"{consumer}\"");
+        let mut h = Self::parse(&text, "corvus_outbox_delivery_seconds", &labels);
+        h.items = Some(value_of(&text, "corvus_outbox_delivered_total", &labels).unwrap_or(0.0));
+        h
+    }
+
     /// `corvus_request_duration_seconds` of GetProfile.
     pub(super) fn server_time() -> Self {
         Self::request_time("GetProfile")
@@ -263,6 +273,17 @@ impl Histogram {
 }
 
 impl Delta {
+    /// Deliveries, their mean time and entries, and the share of `over` they took.
+    pub(crate) fn deliveries(&self, over: Duration) -> String {
+        format!(
+            "{:.0} deliveries, {:.1} ms and {:.0} entries each on average, busy {:.0}% of the time",
+            self.count,
+            1e3 * self.seconds / self.count,
+            self.items.unwrap_or(0.0) / self.count,
+            100.0 * self.seconds / over.as_secs_f64().max(1e-9)
+        )
+    }
+
     /// The bucket bound below which `q` of the observations fall.
     fn quantile(&self, q: f64) -> Option<f64> {
         let wanted = self.count * q;

@@ -66,6 +66,9 @@ pub(super) async fn alerts(
     let alerts_before = alerts_raised();
     let scans_before = table_scans(scratch).await?;
     let lags = Lags::sample(app, &keys.read).await?;
+    let consumers = ["identity", "scoring", "orchestration"];
+    let deliveries_before = consumers.map(Histogram::delivery);
+    let started = Instant::now();
     let sessions = Sessions::sample(scratch).await?;
     let (acked, load) = batches_under_load(app, &keys.ingest, &mut mix, 0, surveys).await?;
     let deadline = Instant::now() + ALERT_WAIT;
@@ -84,6 +87,14 @@ pub(super) async fn alerts(
     }
     recorder.abort();
     let lags = lags.stop().await?;
+    let deliveries: Vec<String> = consumers
+        .iter()
+        .zip(&deliveries_before)
+        .filter_map(|(consumer, before)| {
+            let delta = Histogram::delivery(consumer).since(before)?;
+            Some(format!("{consumer} {}", delta.deliveries(started.elapsed())))
+        })
+        .collect();
     let sessions = sessions.stop().await?;
     let scans = scans_note(
         &scans_before,
@@ -142,6 +153,10 @@ pub(super) async fn alerts(
          last alert (or the wait's end): {}",
         LAG_SAMPLE.as_millis(),
         lags.note()
+    ));
+    results.notes.push(format!(
+        "orchestration alerts: the consumers' deliveries over the same time (corvus_outbox_delivery_seconds): {}",
+        deliveries.join("; ")
     ));
     results
         .notes
