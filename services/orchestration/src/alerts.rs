@@ -179,6 +179,13 @@ pub(crate) struct AlertPass {
     subjects: Vec<Subject>,
 }
 
+impl AlertPass {
+    /// Nothing to raise.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+}
+
 pub type AlertStream = Pin<Box<dyn Stream<Item = Result<Alert, OrchestrationError>> + Send>>;
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrchestrationError {
@@ -388,18 +395,15 @@ impl Orchestration {
         Ok(())
     }
 
-    /// After a merge: the merged people's alerts and cooldowns are the survivor's, and
-    /// the survivor's churn risk, with the merged history, is looked at.
+    /// After a merge (whose writes, `AlertStore::merge_alerts`, the delivery makes): the
+    /// survivor's churn risk, with the merged history, is looked at.
     pub(crate) async fn alerts_on_merge(
         &self,
         pass: &mut AlertPass,
         ws: &WorkspaceId,
         survivor: ProfileId,
-        merged: &[ProfileId],
         change_id: &str,
     ) -> Result<(), StorageError> {
-        self.raise_alerts(pass).await?;
-        self.store.merge_alerts(ws, survivor, merged).await?;
         let rules = self.rules_of(ws).await?;
         let churn: Vec<_> = rules
             .rules

@@ -15,45 +15,129 @@ use std::sync::Arc;
 
 use crate::alerts::AlertPass;
 use crate::service::{CONSUMER_NAME, Live, Orchestration};
+use crate::storage::Merge;
+
+/// A goal event of some campaigns, to attribute.
+struct Goal {
+    ws: WorkspaceId,
+    profile: ProfileId,
+    event: String,
+    at: DateTime<Utc>,
+    /// Each campaign it is a goal of, with its attribution window.
+    windows: Vec<(String, Duration)>,
+}
+
+/// What a delivery of identity's log gathers as it goes.
+#[derive(Default)]
+struct Pass {
+    alerts: AlertPass,
+    /// Merges not yet written: written together, before anything that reads whose
+    /// decisions, touches, triggers or alerts are whose (a goal, an event of a workspace
+    /// with triggered campaigns, an alert to raise, an erasure), and at the end.
+    merges: Vec<Merge>,
+    /// Goal events not yet attributed: attributed together, after the merges before
+    /// them, before an erasure and at the end.
+    goals: Vec<Goal>,
+    /// The workspaces' campaigns, read once a delivery.
+    campaigns: HashMap<WorkspaceId, Arc<Live>>,
+    failures: Vec<Failure>,
+    answers: Vec<ErasureAnswer>,
+}
 
 impl Orchestration {
     /// Applies a delivery of identity's log in order.
     pub async fn deliver(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), StorageError> {
-        let mut failures = Vec::new();
-        let mut answers = Vec::new();
-        let mut campaigns = std::collections::HashMap::new();
-        let mut alerts = AlertPass::default();
+        let mut pass = Pass::default();
         // Runs of events up to a profile change (or the end): the run's alerts are raised
         // first, so that none waits for the outcomes' and triggers' writes.
         let changes = |e: &LogEntry| matches!(e.entry, Some(log_entry::Entry::Change(_)));
         for run in entries.split_inclusive(changes) {
             for entry in run {
                 if let Some(log_entry::Entry::Event(stored)) = &entry.entry {
-                    self.alerts_on_event(&mut alerts, stored).await?;
+                    self.alerts_on_event(&mut pass.alerts, stored).await?;
                 }
             }
-            self.raise_alerts(&mut alerts).await?;
-            self.settle_run(run, &mut alerts, &mut campaigns, &mut failures, &mut answers)
-                .await?;
+            self.raise(&mut pass).await?;
+            self.settle_run(run, &mut pass).await?;
         }
-        self.raise_alerts(&mut alerts).await?;
-        Ok((failures, answers))
+        self.raise(&mut pass).await?;
+        self.attribute(&mut pass).await?;
+        self.write_merges(&mut pass).await?;
+        Ok((pass.failures, pass.answers))
+    }
+
+    /// The goals gathered, each the outcome of the person's latest open decision of a
+    /// campaign with that goal whose send it followed within the window: the people's
+    /// open decisions read in one statement a workspace (after the merges gathered, so
+    /// that a survivor's goal finds the decisions of those merged into it), then
+    /// attributed in order, a decision to one goal at most.
+    async fn attribute(&self, pass: &mut Pass) -> Result<(), StorageError> {
+        if pass.goals.is_empty() {
+            return Ok(());
+        }
+        self.write_merges(pass).await?;
+        let goals = std::mem::take(&mut pass.goals);
+        let mut asked: HashMap<&WorkspaceId, (Vec<ProfileId>, DateTime<Utc>)> = HashMap::new();
+        for g in &goals {
+            let longest = g.windows.iter().map(|(_, w)| *w).max().unwrap_or_default();
+            // A send goes out at most a week after its decision.
+            let since = g.at - longest - Duration::days(7);
+            let (profiles, earliest) = asked.entry(&g.ws).or_insert((Vec::new(), since));
+            profiles.push(g.profile);
+            *earliest = (*earliest).min(since);
+        }
+        let mut open: HashMap<(&WorkspaceId, ProfileId), Vec<crate::storage::Decision>> = HashMap::new();
+        for (ws, (mut profiles, since)) in asked {
+            profiles.sort_unstable();
+            profiles.dedup();
+            for (profile, decisions) in self.store.open_decisions(ws, &profiles, since).await? {
+                open.insert((ws, profile), decisions);
+            }
+        }
+        for g in &goals {
+            let Some(decisions) = open.get_mut(&(&g.ws, g.profile)) else {
+                continue;
+            };
+            let follows = |d: &crate::storage::Decision| {
+                g.windows.iter().any(|(campaign, window)| {
+                    *campaign == d.campaign && d.send_at <= g.at && g.at - d.send_at <= *window
+                })
+            };
+            if let Some(i) = decisions.iter().position(follows) {
+                let decision = decisions.remove(i);
+                self.store.record_outcome(&g.ws, &decision, &g.event, g.at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises the alerts gathered, after the merges that came before them.
+    async fn raise(&self, pass: &mut Pass) -> Result<(), StorageError> {
+        if pass.alerts.is_empty() {
+            return Ok(());
+        }
+        self.write_merges(pass).await?;
+        self.raise_alerts(&mut pass.alerts).await
+    }
+
+    /// The merges gathered, in order: a transaction for the decisions' side and one for
+    /// the alerts', however many there are.
+    async fn write_merges(&self, pass: &mut Pass) -> Result<(), StorageError> {
+        if pass.merges.is_empty() {
+            return Ok(());
+        }
+        let merges = std::mem::take(&mut pass.merges);
+        self.store.merge(&merges).await?;
+        self.store.merge_alerts(&merges).await
     }
 
     /// A run's outcomes and triggers, then the profile change that ends it.
-    async fn settle_run(
-        &self,
-        run: &[LogEntry],
-        alerts: &mut AlertPass,
-        campaigns: &mut HashMap<WorkspaceId, Arc<Live>>,
-        failures: &mut Vec<Failure>,
-        answers: &mut Vec<ErasureAnswer>,
-    ) -> Result<(), StorageError> {
+    async fn settle_run(&self, run: &[LogEntry], pass: &mut Pass) -> Result<(), StorageError> {
         for entry in run {
             match &entry.entry {
                 Some(log_entry::Entry::Event(stored)) => {
-                    if let Err(reason) = self.outcome_of(stored, campaigns).await? {
-                        failures.push(Failure {
+                    if let Err(reason) = self.outcome_of(stored, pass).await? {
+                        pass.failures.push(Failure {
                             event_id: stored.event_id.clone(),
                             reason,
                         });
@@ -61,7 +145,7 @@ impl Orchestration {
                 }
                 Some(log_entry::Entry::Change(change)) => {
                     let Ok(ws) = change.workspace_id.parse::<WorkspaceId>() else {
-                        failures.push(Failure {
+                        pass.failures.push(Failure {
                             event_id: change.change_id.clone(),
                             reason: format!("workspace_id: {:?} is not a workspace", change.workspace_id),
                         });
@@ -71,15 +155,24 @@ impl Orchestration {
                     match &change.change {
                         Some(profile_change::Change::Merged(m)) => {
                             if let Ok(survivor) = m.survivor_id.parse() {
-                                self.store.merge(&ws, survivor, &ids(&m.merged_ids)).await?;
-                                self.alerts_on_merge(alerts, &ws, survivor, &ids(&m.merged_ids), &change.change_id)
+                                pass.merges.push(Merge {
+                                    ws: ws.clone(),
+                                    survivor,
+                                    merged: ids(&m.merged_ids),
+                                });
+                                self.alerts_on_merge(&mut pass.alerts, &ws, survivor, &change.change_id)
                                     .await?;
                             }
                         }
                         Some(profile_change::Change::Erased(e)) => {
+                            self.raise(pass).await?;
+                            self.attribute(pass).await?;
+                            self.write_merges(pass).await?;
                             let removed = self.store.erase(&ws, &ids(&e.profile_ids)).await?;
-                            let alerts_removed = self.alerts_on_erasure(alerts, &ws, &ids(&e.profile_ids)).await?;
-                            answers.push(ErasureAnswer {
+                            let alerts_removed = self
+                                .alerts_on_erasure(&mut pass.alerts, &ws, &ids(&e.profile_ids))
+                                .await?;
+                            pass.answers.push(ErasureAnswer {
                                 change_id: change.change_id.clone(),
                                 removed: [
                                     ("decisions_and_sends".to_owned(), removed),
@@ -102,11 +195,7 @@ impl Orchestration {
 
     /// Records the outcome an event is, if it is one. `Err` for an event that cannot be
     /// read.
-    async fn outcome_of(
-        &self,
-        stored: &StoredEvent,
-        campaigns: &mut HashMap<WorkspaceId, Arc<Live>>,
-    ) -> Result<Result<(), String>, StorageError> {
+    async fn outcome_of(&self, stored: &StoredEvent, pass: &mut Pass) -> Result<Result<(), String>, StorageError> {
         let Some(event) = &stored.event else {
             return Ok(Err("event: missing".to_owned()));
         };
@@ -119,22 +208,29 @@ impl Orchestration {
         ) else {
             return Ok(Err("workspace_id or profile_id: not an id".to_owned()));
         };
-        // The workspace's campaigns, read once a delivery.
-        let live = match campaigns.get(&ws) {
+        let live = match pass.campaigns.get(&ws) {
             Some(live) => live.clone(),
             None => {
                 let live = self.live(&ws).await?;
-                campaigns.insert(ws.clone(), live.clone());
+                pass.campaigns.insert(ws.clone(), live.clone());
                 live
             }
         };
-        self.triggers_on(stored, &live).await?;
         // Only a goal of some campaign can be an outcome.
         let goals: Vec<_> = live
             .all
             .iter()
             .filter(|c| c.definition.goal.events.contains(&event.event))
             .collect();
+        let triggered = live.campaigns.iter().any(|c| c.definition.trigger.is_some());
+        if goals.is_empty() && !triggered {
+            return Ok(Ok(()));
+        }
+        if triggered {
+            // Triggers wait for the survivor of a merge: the merges before go first.
+            self.write_merges(pass).await?;
+            self.triggers_on(stored, &live).await?;
+        }
         if goals.is_empty() {
             return Ok(Ok(()));
         }
@@ -162,25 +258,19 @@ impl Orchestration {
             self.store.record_outcome(&ws, &decision, &event.event, at).await?;
             return Ok(Ok(()));
         }
-        let longest = goals
-            .iter()
-            .map(|c| c.definition.goal.window_seconds)
-            .max()
-            .unwrap_or(0);
-        let open = self
-            .store
-            .open_decisions(&ws, profile, at - Duration::seconds(longest as i64) - Duration::days(7))
-            .await?;
-        let attributed = open.into_iter().find(|d| {
-            goals.iter().any(|c| {
-                c.definition.name == d.campaign
-                    && d.send_at <= at
-                    && at - d.send_at <= Duration::seconds(c.definition.goal.window_seconds as i64)
-            })
+        pass.goals.push(Goal {
+            ws,
+            profile,
+            event: event.event.clone(),
+            at,
+            windows: goals
+                .iter()
+                .map(|c| {
+                    let window = Duration::seconds(c.definition.goal.window_seconds as i64);
+                    (c.definition.name.clone(), window)
+                })
+                .collect(),
         });
-        if let Some(decision) = attributed {
-            self.store.record_outcome(&ws, &decision, &event.event, at).await?;
-        }
         Ok(Ok(()))
     }
 }

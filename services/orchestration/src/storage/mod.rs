@@ -90,14 +90,15 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
         limit: u32,
     ) -> Result<Vec<Decision>, StorageError>;
 
-    /// A person's decisions (under their id or one merged into it) decided at or after
-    /// `since`, without an outcome yet, newest first.
+    /// Each person's decisions (under their id or one merged into it) decided at or
+    /// after `since`, without an outcome yet, newest first; a person with none is left
+    /// out.
     async fn open_decisions(
         &self,
         ws: &WorkspaceId,
-        profile: ProfileId,
+        profiles: &[ProfileId],
         since: DateTime<Utc>,
-    ) -> Result<Vec<Decision>, StorageError>;
+    ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError>;
 
     /// Records an outcome on a decision that has none, and counts it as a success of its
     /// cell when it sent. False when it had one already.
@@ -109,9 +110,9 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
         at: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
 
-    /// `merged` now stand for `survivor`: their sends count against its caps, and its
-    /// outcomes find their decisions.
-    async fn merge(&self, ws: &WorkspaceId, survivor: ProfileId, merged: &[ProfileId]) -> Result<(), StorageError>;
+    /// In order, in one transaction: each merge's `merged` now stand for its `survivor`:
+    /// their sends count against its caps, and its outcomes find their decisions.
+    async fn merge(&self, merges: &[Merge]) -> Result<(), StorageError>;
 
     /// Deletes what is kept of the profiles: decisions (and their entries in the log),
     /// sends, aliases. Returns the rows deleted.
@@ -130,6 +131,14 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn OrchestrationStor
             writer: Mutex::new(()),
         }),
     })
+}
+
+/// Profiles merged into a survivor, as identity's log tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merge {
+    pub ws: WorkspaceId,
+    pub survivor: ProfileId,
+    pub merged: Vec<ProfileId>,
 }
 
 pub struct PgOrchestrationStore {
@@ -195,16 +204,20 @@ fn decision_of(row: DecisionRow) -> Result<Decision, StorageError> {
     Ok(decision)
 }
 
-/// A person's open decisions since $3: under their own id ($2), and under each id merged
-/// into it, each part a range of the index on (workspace, profile, decided_at). (One
-/// `profile_id = $2 OR profile_id IN (…)` keeps the profile out of the index condition,
-/// and reads every decision of the workspace.)
-const OPEN_DECISIONS: &str = "SELECT detail, outcome_event, outcome_at FROM decisions \
-     WHERE workspace_id = $1 AND profile_id = $2 AND decided_at >= $3 AND outcome_at IS NULL \
+/// People's open decisions since $2: under their own ids ($LIST, from $3), and under
+/// each id merged into them, each part ranges of the index on (workspace, profile,
+/// decided_at); the first column the person asked about. (One `profile_id IN (…) OR
+/// profile_id IN (SELECT … FROM aliases …)` keeps the profiles out of the index
+/// condition, and reads every decision of the workspace.)
+const OPEN_DECISIONS: &str = "SELECT profile_id, detail, outcome_event, outcome_at FROM decisions \
+     WHERE workspace_id = $1 AND profile_id IN ($LIST) AND decided_at >= $2 AND outcome_at IS NULL \
      UNION ALL \
-     SELECT d.detail, d.outcome_event, d.outcome_at FROM aliases a JOIN decisions d \
+     SELECT a.survivor_id, d.detail, d.outcome_event, d.outcome_at FROM aliases a JOIN decisions d \
        ON d.workspace_id = a.workspace_id AND d.profile_id = a.profile_id \
-     WHERE a.workspace_id = $1 AND a.survivor_id = $2 AND d.decided_at >= $3 AND d.outcome_at IS NULL";
+     WHERE a.workspace_id = $1 AND a.survivor_id IN ($LIST) AND d.decided_at >= $2 AND d.outcome_at IS NULL";
+
+/// People a statement of `open_decisions` asks about at most.
+const OPEN_DECISIONS_AT_ONCE: usize = 500;
 
 const DECISION: &str = "SELECT detail, outcome_event, outcome_at FROM decisions";
 
@@ -341,17 +354,31 @@ macro_rules! orchestration_store {
             async fn open_decisions(
                 &self,
                 ws: &WorkspaceId,
-                profile: ProfileId,
+                profiles: &[ProfileId],
                 since: DateTime<Utc>,
-            ) -> Result<Vec<Decision>, StorageError> {
-                let rows: Vec<DecisionRow> = sqlx::query_as(OPEN_DECISIONS)
-                    .bind(ws.as_str())
-                    .bind(profile.as_uuid())
-                    .bind(micros(since))
-                    .fetch_all(&self.pool)
-                    .await?;
-                let mut open: Vec<Decision> = rows.into_iter().map(decision_of).collect::<Result<_, _>>()?;
-                open.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
+            ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError> {
+                let mut open: HashMap<ProfileId, Vec<Decision>> = HashMap::new();
+                for chunk in profiles.chunks(OPEN_DECISIONS_AT_ONCE) {
+                    let list = (0..chunk.len())
+                        .map(|i| format!("${}", i + 3))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = OPEN_DECISIONS.replace("$LIST", &list);
+                    let mut query = sqlx::query_as::<_, (Uuid, String, Option<String>, Option<i64>)>(&sql)
+                        .bind(ws.as_str())
+                        .bind(micros(since));
+                    for profile in chunk {
+                        query = query.bind(profile.as_uuid());
+                    }
+                    for (asked, detail, event, at) in query.fetch_all(&self.pool).await? {
+                        open.entry(ProfileId::from(asked))
+                            .or_default()
+                            .push(decision_of((detail, event, at))?);
+                    }
+                }
+                for decisions in open.values_mut() {
+                    decisions.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
+                }
                 Ok(open)
             }
 
@@ -393,40 +420,37 @@ macro_rules! orchestration_store {
                 Ok(marked > 0)
             }
 
-            async fn merge(
-                &self,
-                ws: &WorkspaceId,
-                survivor: ProfileId,
-                merged: &[ProfileId],
-            ) -> Result<(), StorageError> {
+            async fn merge(&self, merges: &[Merge]) -> Result<(), StorageError> {
                 let (_guard, mut tx) = self.begin().await?;
-                for id in merged {
-                    // Ids merged into this one earlier now stand for the survivor too.
-                    sqlx::query("UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2")
+                for Merge { ws, survivor, merged } in merges {
+                    for id in merged {
+                        // Ids merged into this one earlier now stand for the survivor too.
+                        sqlx::query("UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2")
+                            .bind(ws.as_str())
+                            .bind(id.as_uuid())
+                            .bind(survivor.as_uuid())
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query(
+                            "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
+                             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
+                        )
                         .bind(ws.as_str())
                         .bind(id.as_uuid())
                         .bind(survivor.as_uuid())
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query(
-                        "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
-                         ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
-                    )
-                    .bind(ws.as_str())
-                    .bind(id.as_uuid())
-                    .bind(survivor.as_uuid())
-                    .execute(&mut *tx)
-                    .await?;
-                    // Sends count against the survivor's caps; its triggers wait for it.
-                    for table in ["touches", "triggers"] {
-                        sqlx::query(&format!(
-                            "UPDATE {table} SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2"
-                        ))
-                        .bind(ws.as_str())
-                        .bind(id.as_uuid())
-                        .bind(survivor.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
+                        // Sends count against the survivor's caps; its triggers wait for it.
+                        for table in ["touches", "triggers"] {
+                            sqlx::query(&format!(
+                                "UPDATE {table} SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2"
+                            ))
+                            .bind(ws.as_str())
+                            .bind(id.as_uuid())
+                            .bind(survivor.as_uuid())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                     }
                 }
                 tx.commit().await?;

@@ -655,25 +655,41 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
 
     // Without a decision id, a goal event within the window is the person's latest
     // decision's outcome, and only once; after a merge, the survivor's event finds the
-    // merged profile's decision.
+    // merged profile's decision, in the merge's own delivery too (merges are written
+    // together, but before a goal is looked up).
     let merged = setup.people.add(consenting());
     let survivor = ProfileId::new();
     let d = o.decide(&caller(), &input(merged, when)).await.unwrap().0.unwrap();
-    o.deliver(&[change(profile_change::Change::Merged(ProfilesMerged {
-        survivor_id: survivor.to_string(),
-        merged_ids: vec![merged.to_string()],
-        ..Default::default()
-    }))])
+    o.deliver(&[
+        change(profile_change::Change::Merged(ProfilesMerged {
+            survivor_id: survivor.to_string(),
+            merged_ids: vec![merged.to_string()],
+            ..Default::default()
+        })),
+        goal_event(survivor, None, when + chrono::Duration::minutes(1)),
+    ])
     .await
     .unwrap();
-    o.deliver(&[goal_event(survivor, None, when + chrono::Duration::minutes(1))])
-        .await
-        .unwrap();
     let kept = o.store.decision(&ws(), d.id).await.unwrap().unwrap();
     assert!(
         kept.outcome.is_some(),
         "the survivor's order is the merged profile's outcome"
     );
+    // Goals of several people in one delivery: each finds their own decision.
+    let (x, y) = (setup.people.add(consenting()), setup.people.add(consenting()));
+    let dx = o.decide(&caller(), &input(x, when)).await.unwrap().0.unwrap();
+    let dy = o.decide(&caller(), &input(y, when)).await.unwrap().0.unwrap();
+    let after = when + chrono::Duration::minutes(2);
+    o.deliver(&[
+        goal_event(x, None, after),
+        goal_event(x, None, after),
+        goal_event(y, None, after),
+    ])
+    .await
+    .unwrap();
+    for d in [dx.id, dy.id] {
+        assert!(o.store.decision(&ws(), d).await.unwrap().unwrap().outcome.is_some());
+    }
     // An event outside the window is no one's outcome.
     let late = setup.people.add(consenting());
     let d = o.decide(&caller(), &input(late, when)).await.unwrap().0.unwrap();
