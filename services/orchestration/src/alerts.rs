@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::domain::alert::{Condition, Kind, Seen, Summary, churn_jump, judge, may_match};
 use crate::people::{Who, channel_name};
 use crate::service::{Orchestration, OrchestrationError};
-use crate::storage::{Alert, AlertFilter, NewAlert, Raised, StoredRule};
+use crate::storage::{Alert, AlertFilter, Merge, NewAlert, Raised, StoredRule};
 
 pub use crate::domain::alert::Rule;
 pub use webhooks::WebhookSettings;
@@ -173,7 +173,8 @@ struct Subject {
 }
 
 /// The alerts a delivery of identity's log may raise, gathered entry by entry and
-/// raised together (before any profile change, which may move or erase them).
+/// raised together (at the delivery's end, or before an erasure), each about the
+/// survivor of the delivery's merges.
 #[derive(Default)]
 pub(crate) struct AlertPass {
     subjects: Vec<Subject>,
@@ -183,6 +184,28 @@ impl AlertPass {
     /// Nothing to raise.
     pub(crate) fn is_empty(&self) -> bool {
         self.subjects.is_empty()
+    }
+
+    /// Each subject about the survivor of `merges` (followed to the end of a chain): a
+    /// person merged away after their event is alerted about as the one they became.
+    pub(crate) fn follow(&mut self, merges: &[Merge]) {
+        if merges.is_empty() {
+            return;
+        }
+        let into: HashMap<(&WorkspaceId, ProfileId), ProfileId> = merges
+            .iter()
+            .flat_map(|m| m.merged.iter().map(move |id| ((&m.ws, *id), m.survivor)))
+            .collect();
+        for subject in &mut self.subjects {
+            // At most as many steps as merges: a cycle (which identity never writes)
+            // cannot hold it.
+            for _ in 0..merges.len() {
+                match into.get(&(&subject.ws, subject.profile)) {
+                    Some(survivor) if *survivor != subject.profile => subject.profile = *survivor,
+                    _ => break,
+                }
+            }
+        }
     }
 }
 

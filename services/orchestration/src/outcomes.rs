@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use corvus_log::outbox::Failure;
 use corvus_proto::common::v1::{EventType, StoredEvent};
-use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, log_entry, profile_change};
+use corvus_proto::identity::v1::{ErasureAnswer, LogEntry, ProfileChange, log_entry, profile_change};
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::StorageError;
 
@@ -32,8 +32,8 @@ struct Goal {
 struct Pass {
     alerts: AlertPass,
     /// Merges not yet written: written together, before anything that reads whose
-    /// decisions, touches, triggers or alerts are whose (a goal, an event of a workspace
-    /// with triggered campaigns, an alert to raise, an erasure), and at the end.
+    /// decisions, touches, triggers or alerts are whose (goals attributed, an event of a
+    /// workspace with triggered campaigns, alerts raised, an erasure), and at the end.
     merges: Vec<Merge>,
     /// Goal events not yet attributed: attributed together, after the merges before
     /// them, before an erasure and at the end.
@@ -45,20 +45,24 @@ struct Pass {
 }
 
 impl Orchestration {
-    /// Applies a delivery of identity's log in order.
+    /// Applies a delivery of identity's log in order. Its alerts are raised together at
+    /// its end (before an erasure too), first: none waits for the outcomes' writes.
     pub async fn deliver(&self, entries: &[LogEntry]) -> Result<(Vec<Failure>, Vec<ErasureAnswer>), StorageError> {
         let mut pass = Pass::default();
-        // Runs of events up to a profile change (or the end): the run's alerts are raised
-        // first, so that none waits for the outcomes' and triggers' writes.
-        let changes = |e: &LogEntry| matches!(e.entry, Some(log_entry::Entry::Change(_)));
-        for run in entries.split_inclusive(changes) {
-            for entry in run {
-                if let Some(log_entry::Entry::Event(stored)) = &entry.entry {
+        for entry in entries {
+            match &entry.entry {
+                Some(log_entry::Entry::Event(stored)) => {
                     self.alerts_on_event(&mut pass.alerts, stored).await?;
+                    if let Err(reason) = self.outcome_of(stored, &mut pass).await? {
+                        pass.failures.push(Failure {
+                            event_id: stored.event_id.clone(),
+                            reason,
+                        });
+                    }
                 }
+                Some(log_entry::Entry::Change(change)) => self.settle_change(change, &mut pass).await?,
+                None => {}
             }
-            self.raise(&mut pass).await?;
-            self.settle_run(run, &mut pass).await?;
         }
         self.raise(&mut pass).await?;
         self.attribute(&mut pass).await?;
@@ -111,11 +115,13 @@ impl Orchestration {
         Ok(())
     }
 
-    /// Raises the alerts gathered, after the merges that came before them.
+    /// Raises the alerts gathered, each about the survivor of the merges gathered, after
+    /// those merges (which move cooldowns) are written.
     async fn raise(&self, pass: &mut Pass) -> Result<(), StorageError> {
         if pass.alerts.is_empty() {
             return Ok(());
         }
+        pass.alerts.follow(&pass.merges);
         self.write_merges(pass).await?;
         self.raise_alerts(&mut pass.alerts).await
     }
@@ -131,64 +137,50 @@ impl Orchestration {
         self.store.merge_alerts(&merges).await
     }
 
-    /// A run's outcomes and triggers, then the profile change that ends it.
-    async fn settle_run(&self, run: &[LogEntry], pass: &mut Pass) -> Result<(), StorageError> {
-        for entry in run {
-            match &entry.entry {
-                Some(log_entry::Entry::Event(stored)) => {
-                    if let Err(reason) = self.outcome_of(stored, pass).await? {
-                        pass.failures.push(Failure {
-                            event_id: stored.event_id.clone(),
-                            reason,
-                        });
-                    }
+    /// A profile change: a merge gathered, an erasure applied after all that came
+    /// before it.
+    async fn settle_change(&self, change: &ProfileChange, pass: &mut Pass) -> Result<(), StorageError> {
+        let Ok(ws) = change.workspace_id.parse::<WorkspaceId>() else {
+            pass.failures.push(Failure {
+                event_id: change.change_id.clone(),
+                reason: format!("workspace_id: {:?} is not a workspace", change.workspace_id),
+            });
+            return Ok(());
+        };
+        let ids = |ids: &[String]| ids.iter().filter_map(|id| id.parse().ok()).collect::<Vec<ProfileId>>();
+        match &change.change {
+            Some(profile_change::Change::Merged(m)) => {
+                if let Ok(survivor) = m.survivor_id.parse() {
+                    pass.merges.push(Merge {
+                        ws: ws.clone(),
+                        survivor,
+                        merged: ids(&m.merged_ids),
+                    });
+                    self.alerts_on_merge(&mut pass.alerts, &ws, survivor, &change.change_id)
+                        .await?;
                 }
-                Some(log_entry::Entry::Change(change)) => {
-                    let Ok(ws) = change.workspace_id.parse::<WorkspaceId>() else {
-                        pass.failures.push(Failure {
-                            event_id: change.change_id.clone(),
-                            reason: format!("workspace_id: {:?} is not a workspace", change.workspace_id),
-                        });
-                        continue;
-                    };
-                    let ids = |ids: &[String]| ids.iter().filter_map(|id| id.parse().ok()).collect::<Vec<ProfileId>>();
-                    match &change.change {
-                        Some(profile_change::Change::Merged(m)) => {
-                            if let Ok(survivor) = m.survivor_id.parse() {
-                                pass.merges.push(Merge {
-                                    ws: ws.clone(),
-                                    survivor,
-                                    merged: ids(&m.merged_ids),
-                                });
-                                self.alerts_on_merge(&mut pass.alerts, &ws, survivor, &change.change_id)
-                                    .await?;
-                            }
-                        }
-                        Some(profile_change::Change::Erased(e)) => {
-                            self.raise(pass).await?;
-                            self.attribute(pass).await?;
-                            self.write_merges(pass).await?;
-                            let removed = self.store.erase(&ws, &ids(&e.profile_ids)).await?;
-                            let alerts_removed = self
-                                .alerts_on_erasure(&mut pass.alerts, &ws, &ids(&e.profile_ids))
-                                .await?;
-                            pass.answers.push(ErasureAnswer {
-                                change_id: change.change_id.clone(),
-                                removed: [
-                                    ("decisions_and_sends".to_owned(), removed),
-                                    ("alerts".to_owned(), alerts_removed),
-                                ]
-                                .into(),
-                                store: CONSUMER_NAME.to_owned(),
-                            });
-                        }
-                        // Decisions stay with the survivor: they are not events, and an
-                        // unmerge splits events.
-                        Some(profile_change::Change::Unmerged(_)) | None => {}
-                    }
-                }
-                None => {}
             }
+            Some(profile_change::Change::Erased(e)) => {
+                self.raise(pass).await?;
+                self.attribute(pass).await?;
+                self.write_merges(pass).await?;
+                let removed = self.store.erase(&ws, &ids(&e.profile_ids)).await?;
+                let alerts_removed = self
+                    .alerts_on_erasure(&mut pass.alerts, &ws, &ids(&e.profile_ids))
+                    .await?;
+                pass.answers.push(ErasureAnswer {
+                    change_id: change.change_id.clone(),
+                    removed: [
+                        ("decisions_and_sends".to_owned(), removed),
+                        ("alerts".to_owned(), alerts_removed),
+                    ]
+                    .into(),
+                    store: CONSUMER_NAME.to_owned(),
+                });
+            }
+            // Decisions stay with the survivor: they are not events, and an unmerge
+            // splits events.
+            Some(profile_change::Change::Unmerged(_)) | None => {}
         }
         Ok(())
     }

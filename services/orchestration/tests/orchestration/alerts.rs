@@ -476,6 +476,25 @@ pub async fn alerts_are_acknowledged_assigned_moved_and_erased(backend: Backend)
         o.acknowledge_alert(&ws(), alert.id).await,
         Err(OrchestrationError::NotFound(_))
     ));
+
+    // An answer, then its person merged away, in one delivery: the alert is about the
+    // one they became.
+    let (early, later) = (
+        setup.people.add(customer("FR", 1.0, 0.1)),
+        setup.people.add(customer("FR", 1.0, 0.1)),
+    );
+    o.deliver(&[
+        answer(early, 2),
+        change(profile_change::Change::Merged(ProfilesMerged {
+            survivor_id: later.to_string(),
+            merged_ids: vec![early.to_string()],
+            ..Default::default()
+        })),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(alerts_of(&o, about(later)).await.len(), 1);
+    assert!(alerts_of(&o, about(early)).await.is_empty());
 }
 
 const SECRET: &str = "an-alert-secret-of-some-length";
