@@ -413,7 +413,8 @@ impl<E: Entry> Dispatcher<E> {
                     metrics::counter!("corvus_outbox_delivered_total", "consumer" => name.clone())
                         .increment(delivered as u64);
                     if let Some(received) = pending.last().and_then(E::received_at) {
-                        let lag = chrono::Utc::now().timestamp_millis() - received.seconds * 1000;
+                        let lag = chrono::Utc::now().timestamp_millis()
+                            - (received.seconds * 1000 + i64::from(received.nanos) / 1_000_000);
                         metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
                             .set(lag.max(0) as f64 / 1000.0);
                     }

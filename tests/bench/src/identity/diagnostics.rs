@@ -317,7 +317,7 @@ impl std::fmt::Display for Delta {
     }
 }
 
-pub(super) fn value_of(text: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn value_of(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && l.contains(labels))
         .find_map(|l| {

@@ -4,7 +4,7 @@
 //! fast profiles are read from the read model (`reads`). `diagnostics` says where the
 //! time went, from the app's metrics and from Postgres's own views.
 
-mod diagnostics;
+pub(crate) mod diagnostics;
 mod freshness;
 mod h2load;
 mod reads;

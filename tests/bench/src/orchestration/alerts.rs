@@ -65,7 +65,7 @@ pub(super) async fn alerts(
     let cpu = CpuSample::now();
     let alerts_before = alerts_raised();
     let scans_before = table_scans(scratch).await?;
-    let lags = Lags::sample(app, &keys.read).await?;
+    let lags = Lags::sample();
     let consumers = ["identity", "scoring", "orchestration"];
     let deliveries_before = consumers.map(Histogram::delivery);
     let started = Instant::now();
@@ -197,8 +197,7 @@ pub(super) fn survey_batches(probes: usize) -> anyhow::Result<Vec<(Batch, String
         .collect()
 }
 
-/// How often the consumers' lags are looked at while the probes run: each look counts
-/// them in Postgres, which the run shares.
-pub(super) const LAG_SAMPLE: Duration = Duration::from_millis(500);
+/// How often the consumers' lags are looked at while the probes run.
+pub(super) const LAG_SAMPLE: Duration = Duration::from_millis(100);
 /// How often the Postgres sessions are looked at while Decide runs.
 pub(super) const SESSION_SAMPLE: Duration = Duration::from_millis(20);

@@ -2,37 +2,35 @@
 
 use super::*;
 
-/// (samples, sum, largest) of each consumer's lag.
-pub(super) type LagsSeen = HashMap<&'static str, (u64, u64, u64)>;
+/// (samples, sum, largest) of each consumer's lag, in seconds.
+pub(super) type LagsSeen = HashMap<&'static str, (u64, f64, f64)>;
 
-/// Identity's lag on the event log, and scoring's and orchestration's on identity's
-/// log, sampled until stopped: the mean and the largest of each.
+/// The consumers' lags as they report them (`corvus_outbox_lag_seconds`: how long ago
+/// the last entry each was handed had been received), identity's on the event log and
+/// scoring's and orchestration's on identity's log, sampled from this process's metrics
+/// until stopped (no query of the database the run shares): the mean and the largest.
 pub(super) struct Lags {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<LagsSeen>>,
+    task: tokio::task::JoinHandle<LagsSeen>,
 }
 
+const CONSUMERS: [&str; 3] = ["identity", "scoring", "orchestration"];
+
 impl Lags {
-    pub(super) async fn sample(app: &Running, key: &str) -> anyhow::Result<Self> {
-        let mut ingestion = ingestion_client(&app.grpc_url).await?;
-        let mut identity = IdentityServiceClient::new(load::channel(&app.grpc_url).await?);
-        let key = key.to_owned();
+    pub(super) fn sample() -> Self {
         let stop = CancellationToken::new();
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
             let mut seen = LagsSeen::new();
             let mut next = Instant::now();
             while !stopping.is_cancelled() {
-                let mut lags = downstream_lags(&mut identity, &key).await?;
-                let events = ingestion
-                    .list_consumers(request(corvus_proto::ingestion::v1::ListConsumersRequest {}, &key)?)
-                    .await?
-                    .into_inner()
-                    .consumers;
-                if let Some(identity) = events.iter().find(|c| c.name == "identity") {
-                    lags.push(("identity", identity.lag));
-                }
-                for (name, lag) in lags {
+                let text = corvus_platform::metrics::recorder().render();
+                for name in CONSUMERS {
+                    let labels = format!("consumer=\"{name}\"");
+                    let Some(lag) = crate::identity::diagnostics::value_of(&text, "corvus_outbox_lag_seconds", &labels)
+                    else {
+                        continue;
+                    };
                     let entry = seen.entry(name).or_default();
                     entry.0 += 1;
                     entry.1 += lag;
@@ -41,14 +39,14 @@ impl Lags {
                 next += LAG_SAMPLE;
                 tokio::time::sleep_until(next.max(Instant::now()).into()).await;
             }
-            anyhow::Ok(seen)
+            seen
         });
-        Ok(Self { stop, task })
+        Self { stop, task }
     }
 
     pub(super) async fn stop(self) -> anyhow::Result<LagNote> {
         self.stop.cancel();
-        Ok(LagNote(self.task.await.context("the lag sampler panicked")??))
+        Ok(LagNote(self.task.await.context("the lag sampler panicked")?))
     }
 }
 
@@ -56,13 +54,14 @@ pub(super) struct LagNote(LagsSeen);
 
 impl LagNote {
     pub(super) fn note(&self) -> String {
-        ["identity", "scoring", "orchestration"]
+        CONSUMERS
             .iter()
             .filter_map(|name| {
                 let (samples, sum, max) = self.0.get(name)?;
                 Some(format!(
-                    "{name} mean {:.0}, max {max} entries ({samples} samples)",
-                    *sum as f64 / (*samples).max(1) as f64
+                    "{name} mean {:.0} ms, max {:.0} ms ({samples} samples)",
+                    1e3 * sum / (*samples).max(1) as f64,
+                    1e3 * max
                 ))
             })
             .collect::<Vec<_>>()
