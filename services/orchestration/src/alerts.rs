@@ -418,7 +418,7 @@ impl Orchestration {
         Ok(())
     }
 
-    /// After a merge (whose writes, `AlertStore::merge_alerts`, the delivery makes): the
+    /// After a merge (whose writes, `OrchestrationStore::merge`, the delivery makes): the
     /// survivor's churn risk, with the merged history, is looked at.
     pub(crate) async fn alerts_on_merge(
         &self,

@@ -126,15 +126,13 @@ impl Orchestration {
         self.raise_alerts(&mut pass.alerts).await
     }
 
-    /// The merges gathered, in order: a transaction for the decisions' side and one for
-    /// the alerts', however many there are.
+    /// The merges gathered, in order, in one transaction however many there are.
     async fn write_merges(&self, pass: &mut Pass) -> Result<(), StorageError> {
         if pass.merges.is_empty() {
             return Ok(());
         }
         let merges = std::mem::take(&mut pass.merges);
-        self.store.merge(&merges).await?;
-        self.store.merge_alerts(&merges).await
+        self.store.merge(&merges).await
     }
 
     /// A profile change: a merge gathered, an erasure applied after all that came

@@ -8,7 +8,7 @@ use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::StorageError;
 use uuid::Uuid;
 
-use super::{Merge, PgOrchestrationStore, SqliteOrchestrationStore, micros, time, undecodable};
+use super::{PgOrchestrationStore, SqliteOrchestrationStore, micros, time, undecodable};
 use crate::domain::alert::{Kind, Rule, Summary};
 
 /// A rule as kept.
@@ -218,11 +218,6 @@ pub trait AlertStore: Send + Sync {
         sequence: u64,
         attempt: &WebhookAttempt,
     ) -> Result<(), StorageError>;
-
-    /// In order, in one transaction: each merge's `merged` now stand for its
-    /// `survivor`: their alerts are its, and their cooldowns too (the later end of two
-    /// kept).
-    async fn merge_alerts(&self, merges: &[Merge]) -> Result<(), StorageError>;
 
     /// Deletes the people's alerts, cooldowns and churn risk seen; the rows deleted.
     async fn erase_alerts(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError>;
@@ -692,45 +687,6 @@ macro_rules! alert_store {
                 .bind(attempt.next_at.map(micros))
                 .execute(&self.pool)
                 .await?;
-                Ok(())
-            }
-
-            async fn merge_alerts(&self, merges: &[Merge]) -> Result<(), StorageError> {
-                let (_guard, mut tx) = self.begin().await?;
-                for Merge { ws, survivor, merged } in merges {
-                    for id in merged {
-                        sqlx::query("UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .bind(survivor.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
-                        // `WHERE true` lets SQLite read the ON CONFLICT as the upsert's.
-                        sqlx::query(
-                            "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
-                             SELECT workspace_id, rule, $3, until_at FROM cooldowns \
-                             WHERE workspace_id = $1 AND profile_id = $2 AND true \
-                             ON CONFLICT (workspace_id, rule, profile_id) DO UPDATE SET until_at = \
-                             CASE WHEN excluded.until_at > cooldowns.until_at THEN excluded.until_at \
-                             ELSE cooldowns.until_at END",
-                        )
-                        .bind(ws.as_str())
-                        .bind(id.as_uuid())
-                        .bind(survivor.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
-                        for table in ["cooldowns", "churn_seen"] {
-                            sqlx::query(&format!(
-                                "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
-                            ))
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
-                }
-                tx.commit().await?;
                 Ok(())
             }
 

@@ -111,7 +111,8 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
     ) -> Result<bool, StorageError>;
 
     /// In order, in one transaction: each merge's `merged` now stand for its `survivor`:
-    /// their sends count against its caps, and its outcomes find their decisions.
+    /// their sends count against its caps, its outcomes find their decisions, their
+    /// alerts are its, and their cooldowns too (the later end of two kept).
     async fn merge(&self, merges: &[Merge]) -> Result<(), StorageError>;
 
     /// Deletes what is kept of the profiles: decisions (and their entries in the log),
@@ -448,6 +449,36 @@ macro_rules! orchestration_store {
                             .bind(ws.as_str())
                             .bind(id.as_uuid())
                             .bind(survivor.as_uuid())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        // Their alerts are its, and their cooldowns too (the later end of two kept).
+                        sqlx::query("UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
+                            .bind(ws.as_str())
+                            .bind(id.as_uuid())
+                            .bind(survivor.as_uuid())
+                            .execute(&mut *tx)
+                            .await?;
+                        // `WHERE true` lets SQLite read the ON CONFLICT as the upsert's.
+                        sqlx::query(
+                            "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
+                             SELECT workspace_id, rule, $3, until_at FROM cooldowns \
+                             WHERE workspace_id = $1 AND profile_id = $2 AND true \
+                             ON CONFLICT (workspace_id, rule, profile_id) DO UPDATE SET until_at = \
+                             CASE WHEN excluded.until_at > cooldowns.until_at THEN excluded.until_at \
+                             ELSE cooldowns.until_at END",
+                        )
+                        .bind(ws.as_str())
+                        .bind(id.as_uuid())
+                        .bind(survivor.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                        for table in ["cooldowns", "churn_seen"] {
+                            sqlx::query(&format!(
+                                "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
+                            ))
+                            .bind(ws.as_str())
+                            .bind(id.as_uuid())
                             .execute(&mut *tx)
                             .await?;
                         }
