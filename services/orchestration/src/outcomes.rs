@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::alerts::AlertPass;
 use crate::service::{CONSUMER_NAME, Live, Orchestration};
-use crate::storage::Merge;
+use crate::storage::{Decision, Merge};
 
 /// A goal event of some campaigns, to attribute.
 struct Goal {
@@ -90,7 +90,7 @@ impl Orchestration {
             profiles.push(g.profile);
             *earliest = (*earliest).min(since);
         }
-        let mut open: HashMap<(&WorkspaceId, ProfileId), Vec<crate::storage::Decision>> = HashMap::new();
+        let mut open: HashMap<(&WorkspaceId, ProfileId), Vec<Decision>> = HashMap::new();
         for (ws, (mut profiles, since)) in asked {
             profiles.sort_unstable();
             profiles.dedup();
@@ -102,7 +102,7 @@ impl Orchestration {
             let Some(decisions) = open.get_mut(&(&g.ws, g.profile)) else {
                 continue;
             };
-            let follows = |d: &crate::storage::Decision| {
+            let follows = |d: &Decision| {
                 g.windows.iter().any(|(campaign, window)| {
                     *campaign == d.campaign && d.send_at <= g.at && g.at - d.send_at <= *window
                 })
@@ -212,11 +212,7 @@ impl Orchestration {
             .iter()
             .filter(|c| c.definition.goal.events.contains(&event.event))
             .collect();
-        let triggered = live.campaigns.iter().any(|c| c.definition.trigger.is_some());
-        if goals.is_empty() && !triggered {
-            return Ok(Ok(()));
-        }
-        if triggered {
+        if live.campaigns.iter().any(|c| c.definition.trigger.is_some()) {
             // Triggers wait for the survivor of a merge: the merges before go first.
             self.write_merges(pass).await?;
             self.triggers_on(stored, &live).await?;
