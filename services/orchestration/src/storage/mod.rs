@@ -217,6 +217,27 @@ const OPEN_DECISIONS: &str = "SELECT profile_id, detail, outcome_event, outcome_
        ON d.workspace_id = a.workspace_id AND d.profile_id = a.profile_id \
      WHERE a.workspace_id = $1 AND a.survivor_id IN ($LIST) AND d.decided_at >= $2 AND d.outcome_at IS NULL";
 
+/// What a merge moves, for each merged id ($2) of the survivor ($3) in the workspace
+/// ($1): ids merged into it earlier now stand for the survivor too, as it does; its
+/// sends count against the survivor's caps, its triggers wait for the survivor, its
+/// alerts are the survivor's, and its cooldowns too (the later end of two kept; `AND
+/// true` lets SQLite read the ON CONFLICT as the upsert's). Its own cooldowns and churn
+/// looks are then deleted.
+const MERGE_STATEMENTS: [&str; 6] = [
+    "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
+    "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
+     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
+    "UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
+    "UPDATE triggers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
+    "UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
+    "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
+     SELECT workspace_id, rule, $3, until_at FROM cooldowns \
+     WHERE workspace_id = $1 AND profile_id = $2 AND true \
+     ON CONFLICT (workspace_id, rule, profile_id) DO UPDATE SET until_at = \
+     CASE WHEN excluded.until_at > cooldowns.until_at THEN excluded.until_at \
+     ELSE cooldowns.until_at END",
+];
+
 /// People a statement of `open_decisions` asks about at most.
 const OPEN_DECISIONS_AT_ONCE: usize = 500;
 
@@ -425,54 +446,15 @@ macro_rules! orchestration_store {
                 let (_guard, mut tx) = self.begin().await?;
                 for Merge { ws, survivor, merged } in merges {
                     for id in merged {
-                        // Ids merged into this one earlier now stand for the survivor too.
-                        sqlx::query("UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2")
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .bind(survivor.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query(
-                            "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
-                             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
-                        )
-                        .bind(ws.as_str())
-                        .bind(id.as_uuid())
-                        .bind(survivor.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
-                        // Sends count against the survivor's caps; its triggers wait for it.
-                        for table in ["touches", "triggers"] {
-                            sqlx::query(&format!(
-                                "UPDATE {table} SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2"
-                            ))
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .bind(survivor.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
+                        // Each statement of the workspace ($1), the merged id ($2) and the survivor ($3).
+                        for sql in MERGE_STATEMENTS {
+                            sqlx::query(sql)
+                                .bind(ws.as_str())
+                                .bind(id.as_uuid())
+                                .bind(survivor.as_uuid())
+                                .execute(&mut *tx)
+                                .await?;
                         }
-                        // Their alerts are its, and their cooldowns too (the later end of two kept).
-                        sqlx::query("UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2")
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .bind(survivor.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
-                        // `WHERE true` lets SQLite read the ON CONFLICT as the upsert's.
-                        sqlx::query(
-                            "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
-                             SELECT workspace_id, rule, $3, until_at FROM cooldowns \
-                             WHERE workspace_id = $1 AND profile_id = $2 AND true \
-                             ON CONFLICT (workspace_id, rule, profile_id) DO UPDATE SET until_at = \
-                             CASE WHEN excluded.until_at > cooldowns.until_at THEN excluded.until_at \
-                             ELSE cooldowns.until_at END",
-                        )
-                        .bind(ws.as_str())
-                        .bind(id.as_uuid())
-                        .bind(survivor.as_uuid())
-                        .execute(&mut *tx)
-                        .await?;
                         for table in ["cooldowns", "churn_seen"] {
                             sqlx::query(&format!(
                                 "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
