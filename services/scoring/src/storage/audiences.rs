@@ -9,7 +9,7 @@ use corvus_storage::StorageError;
 
 use std::collections::HashMap;
 
-use super::{IN_LIST, PgScoringStore, SqliteScoringStore, micros, placeholders, time};
+use super::{IN_LIST, PgScoringStore, SqliteScoringStore, micros, placeholders, rows, time};
 
 /// A saved definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,14 +204,6 @@ fn plan_standings(standings: &[Standing], mut held: HashMap<Key, Held>, at: Date
     }
 }
 
-/// `n` rows of `width` numbered placeholders from `$2`, each after `lead` (say `$1, `).
-fn tuples(lead: &str, width: usize, n: usize) -> String {
-    (0..n)
-        .map(|row| format!("({lead}{})", placeholders(2 + row * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 macro_rules! audience_store {
     ($Store:ident) => {
         #[async_trait]
@@ -345,7 +337,7 @@ macro_rules! audience_store {
                 for chunk in plan.deleted.chunks(ROWS) {
                     let sql = format!(
                         "DELETE FROM audience_members WHERE workspace_id = $1 AND (audience, profile_id) IN (VALUES {})",
-                        tuples("", 2, chunk.len())
+                        rows(2, chunk.len(), 2)
                     );
                     let mut query = sqlx::query(&sql).bind(ws);
                     for (audience, profile) in chunk {
@@ -358,11 +350,11 @@ macro_rules! audience_store {
                         "INSERT INTO audience_members (workspace_id, audience, profile_id, member, since, recheck_at) \
                          VALUES {} ON CONFLICT (workspace_id, audience, profile_id) DO UPDATE SET \
                          member = excluded.member, since = excluded.since, recheck_at = excluded.recheck_at",
-                        tuples("$1, ", 5, chunk.len())
+                        rows(1, chunk.len(), 6)
                     );
-                    let mut query = sqlx::query(&sql).bind(ws);
+                    let mut query = sqlx::query(&sql);
                     for ((audience, profile), (member, since, recheck)) in chunk {
-                        query = query.bind(audience).bind(*profile).bind(*member).bind(*since).bind(*recheck);
+                        query = query.bind(ws).bind(audience).bind(*profile).bind(*member).bind(*since).bind(*recheck);
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -371,11 +363,11 @@ macro_rules! audience_store {
                     let sql = format!(
                         "INSERT INTO audience_changes (workspace_id, audience, profile_id, entered, at, reason) \
                          VALUES {} RETURNING seq, audience, profile_id, entered, reason",
-                        tuples("$1, ", 5, chunk.len())
+                        rows(1, chunk.len(), 6)
                     );
-                    let mut query = sqlx::query_as::<_, (i64, String, ProfileId, bool, String)>(&sql).bind(ws);
+                    let mut query = sqlx::query_as::<_, (i64, String, ProfileId, bool, String)>(&sql);
                     for (audience, profile, entered, reason) in chunk {
-                        query = query.bind(*audience).bind(*profile).bind(*entered).bind(micros(at)).bind(*reason);
+                        query = query.bind(ws).bind(*audience).bind(*profile).bind(*entered).bind(micros(at)).bind(*reason);
                     }
                     let mut rows = query.fetch_all(&mut *tx).await?;
                     rows.sort_by_key(|row| row.0);

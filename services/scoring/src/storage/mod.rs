@@ -240,10 +240,10 @@ const FACT_ROWS: usize = 500;
 /// default), which serves the API's reads too.
 const SIDE_BY_SIDE: usize = 8;
 
-/// `($1, ..., $width), ($width+1, ...), ...`: `n` rows of placeholders.
-fn rows(n: usize, width: usize) -> String {
+/// `($first, ..., $first+width-1), ($first+width, ...), ...`: `n` rows of placeholders.
+fn rows(first: usize, n: usize, width: usize) -> String {
     (0..n)
-        .map(|r| format!("({})", placeholders(1 + r * width, width)))
+        .map(|r| format!("({})", placeholders(first + r * width, width)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -381,7 +381,7 @@ macro_rules! scoring_store {
                     let sql = format!(
                         "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
                          VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
-                        rows(run.len(), 7)
+                        rows(1, run.len(), 7)
                     );
                     let mut query = sqlx::query(&sql);
                     for (ws, c) in run {
@@ -437,7 +437,7 @@ macro_rules! scoring_store {
                         let sql = format!(
                             "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES {} \
                              ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
-                            rows(chunk.len(), 3)
+                            rows(1, chunk.len(), 3)
                         );
                         let mut query = sqlx::query(&sql);
                         for (id, survivor) in chunk {

@@ -66,8 +66,7 @@ pub(super) async fn alerts(
     let alerts_before = alerts_raised();
     let scans_before = table_scans(scratch).await?;
     let lags = Lags::sample();
-    let consumers = ["identity", "scoring", "orchestration"];
-    let deliveries_before = consumers.map(Histogram::delivery);
+    let deliveries_before = CONSUMERS.map(Histogram::delivery);
     let started = Instant::now();
     let sessions = Sessions::sample(scratch).await?;
     let (acked, load) = batches_under_load(app, &keys.ingest, &mut mix, 0, surveys).await?;
@@ -87,7 +86,7 @@ pub(super) async fn alerts(
     }
     recorder.abort();
     let lags = lags.stop().await?;
-    let deliveries: Vec<String> = consumers
+    let deliveries: Vec<String> = CONSUMERS
         .iter()
         .zip(&deliveries_before)
         .filter_map(|(consumer, before)| {

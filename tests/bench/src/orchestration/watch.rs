@@ -14,7 +14,8 @@ pub(super) struct Lags {
     task: tokio::task::JoinHandle<LagsSeen>,
 }
 
-const CONSUMERS: [&str; 3] = ["identity", "scoring", "orchestration"];
+/// The consumers on an alert's way, and scoring beside them.
+pub(super) const CONSUMERS: [&str; 3] = ["identity", "scoring", "orchestration"];
 
 impl Lags {
     pub(super) fn sample() -> Self {
