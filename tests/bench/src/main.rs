@@ -98,7 +98,8 @@ struct Args {
     /// Events of the identity mix [default: 200000, or 20000 with --quick].
     #[arg(long)]
     identity_events: Option<usize>,
-    /// Freshness probes of the identity section [default: 300, or 50 with --quick].
+    /// Probes of the identity and hand-off sections (freshness) and of the orchestration
+    /// section (event to alert) [default: 300, or 50 with --quick].
     #[arg(long)]
     probes: Option<usize>,
     /// Length of each GetProfile point in seconds [default: 10, or 2 with --quick].
