@@ -10,7 +10,9 @@
 //!
 //! Order: the relay publishes in log order and a consumer reads the whole stream in
 //! stream order, one batch in flight (`max_ack_pending` is the batch size, acknowledged
-//! all at once), so a consumer sees entries in log order, as from the log itself.
+//! all at once), so a consumer sees entries in log order, as from the log itself. A
+//! dispatcher taking over (after a crash, a stop or a lost lease) starts just after the
+//! last acknowledged entry, not after what its predecessor had been handed.
 //!
 //! Erasure: the relay records the stream sequence of each entry it published, a row a
 //! batch; erasing entries queues their positions, and the relay erases their messages
@@ -23,9 +25,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, StorageType};
-use async_nats::jetstream::{self as js, AckKind};
+use async_nats::jetstream::{self as js};
 use async_trait::async_trait;
 use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;
@@ -171,24 +174,42 @@ impl JetStream {
         )
     }
 
-    /// The consumer's durable JetStream consumer, created at the start of the stream.
+    /// The consumer's durable JetStream consumer, placed just after what it acknowledged.
+    ///
+    /// Created at the start of the stream. One found with deliveries outstanding (handed
+    /// to a dispatcher since gone, killed or stopped, with its prefetched messages) is made
+    /// again from its acknowledgement floor. Were it kept, those deliveries would come back
+    /// only as each one's `ack_wait` ran out, after entries behind them had been handed
+    /// out; and acknowledging those (all up to the furthest) would acknowledge the
+    /// outstanding ones unseen. Only the lease's holder calls this.
     async fn durable(&self, name: &str, batch: u32) -> Result<js::consumer::PullConsumer, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("JetStream consumer {name}: {e}");
+        let deliver_policy = match self.stream.consumer_info(name).await {
+            Ok(info) if info.num_ack_pending > 0 => {
+                self.stream.delete_consumer(name).await.map_err(|e| failed(&e))?;
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: info.ack_floor.stream_sequence + 1,
+                }
+            }
+            Ok(info) => info.config.deliver_policy,
+            Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => DeliverPolicy::All,
+            Err(err) => return Err(failed(&err)),
+        };
         // Created, or brought to these settings (a batch size changed since).
         self.stream
             .create_consumer(pull::Config {
                 durable_name: Some(name.to_owned()),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy,
                 ack_policy: AckPolicy::All,
                 ack_wait: self.config.ack_wait,
-                // One batch in flight: what a crashed dispatcher left unacknowledged is
-                // handed out again before anything after it.
+                // One batch in flight, so a consumer sees entries in stream order.
                 max_ack_pending: i64::from(batch),
                 max_deliver: -1,
                 filter_subject: format!("{}.>", self.config.subject_prefix),
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("JetStream consumer {name}: {e}"))
+            .map_err(|e| failed(&e))
     }
 
     /// Erases these messages from the stream; those already gone (aged out) are fine.
@@ -457,10 +478,7 @@ impl<E: Entry> Dispatcher<E> {
             if !events.is_empty()
                 && let Err(stop) = self.deliver(&events).await
             {
-                // Stopping: what was not delivered is handed out again at once.
-                for message in &batch {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                }
+                // Stopping: the next holder starts after what was acknowledged.
                 return stop;
             }
             // Acknowledging the furthest message acknowledges all before it.

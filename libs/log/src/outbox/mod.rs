@@ -13,6 +13,7 @@ pub mod jetstream;
 mod shared_reads;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -170,6 +171,7 @@ fn dispatch<E: Entry>(
         consumer,
         config: config.clone(),
         stop: stop.clone(),
+        error_noted: AtomicBool::new(false),
     };
     async move { dispatcher.run().await }
 }
@@ -184,6 +186,10 @@ struct Dispatcher<E> {
     consumer: Consumer<E>,
     config: OutboxConfig,
     stop: CancellationToken,
+    /// Whether a delivery error may be on record for the consumer: set at each lease
+    /// taken (a holder before, here or in a process since gone, may have left one) and
+    /// at each failure; the next delivery that goes through clears it.
+    error_noted: AtomicBool,
 }
 
 /// Why a leader round ended.
@@ -213,7 +219,10 @@ impl<E: Entry> Dispatcher<E> {
         };
         while !self.stop.is_cancelled() {
             let lease = match self.log.lease(&lease_name).await {
-                Ok(Some(lease)) => lease,
+                Ok(Some(lease)) => {
+                    self.error_noted.store(true, Ordering::Relaxed);
+                    lease
+                }
                 Ok(None) => {
                     // Another replica dispatches this consumer; check back later.
                     self.sleep(self.config.poll_interval).await;
@@ -379,7 +388,6 @@ impl<E: Entry> Dispatcher<E> {
         }
         let mut attempts = 0;
         let mut transport_pause = self.config.retry_base;
-        let mut failing = false;
         while !pending.is_empty() {
             let started = std::time::Instant::now();
             let result = tokio::select! {
@@ -395,7 +403,7 @@ impl<E: Entry> Dispatcher<E> {
                     // Unreachable: nothing is known of the batch; retry all of it, forever.
                     tracing::warn!(consumer = %name, error = %cause, "outbox delivery failed, retrying");
                     metrics::counter!("corvus_outbox_delivery_errors_total", "consumer" => name.clone()).increment(1);
-                    failing = true;
+                    self.error_noted.store(true, Ordering::Relaxed);
                     self.note_error(Some(&cause)).await;
                     self.sleep(transport_pause).await;
                     transport_pause = (transport_pause * 2).min(self.config.retry_max);
@@ -418,7 +426,7 @@ impl<E: Entry> Dispatcher<E> {
                         metrics::gauge!("corvus_outbox_lag_seconds", "consumer" => name.clone())
                             .set(lag.max(0) as f64 / 1000.0);
                     }
-                    if failing && failures.is_empty() {
+                    if failures.is_empty() && self.error_noted.swap(false, Ordering::Relaxed) {
                         self.note_error(None).await;
                     }
                     if failures.is_empty() {
