@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 mod alerts;
+mod bulk;
 mod campaigns;
 mod decide;
 mod decision;
@@ -205,42 +206,6 @@ fn decision_of(row: DecisionRow) -> Result<Decision, StorageError> {
     Ok(decision)
 }
 
-/// People's open decisions since $2: under their own ids ($LIST, from $3), and under
-/// each id merged into them, each part ranges of the index on (workspace, profile,
-/// decided_at); the first column the person asked about. (One `profile_id IN (…) OR
-/// profile_id IN (SELECT … FROM aliases …)` keeps the profiles out of the index
-/// condition, and reads every decision of the workspace.)
-const OPEN_DECISIONS: &str = "SELECT profile_id, detail, outcome_event, outcome_at FROM decisions \
-     WHERE workspace_id = $1 AND profile_id IN ($LIST) AND decided_at >= $2 AND outcome_at IS NULL \
-     UNION ALL \
-     SELECT a.survivor_id, d.detail, d.outcome_event, d.outcome_at FROM aliases a JOIN decisions d \
-       ON d.workspace_id = a.workspace_id AND d.profile_id = a.profile_id \
-     WHERE a.workspace_id = $1 AND a.survivor_id IN ($LIST) AND d.decided_at >= $2 AND d.outcome_at IS NULL";
-
-/// What a merge moves, for each merged id ($2) of the survivor ($3) in the workspace
-/// ($1): ids merged into it earlier now stand for the survivor too, as it does; its
-/// sends count against the survivor's caps, its triggers wait for the survivor, its
-/// alerts are the survivor's, and its cooldowns too (the later end of two kept; `AND
-/// true` lets SQLite read the ON CONFLICT as the upsert's). Its own cooldowns and churn
-/// looks are then deleted.
-const MERGE_STATEMENTS: [&str; 6] = [
-    "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
-    "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
-     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
-    "UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-    "UPDATE triggers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-    "UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
-    "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
-     SELECT workspace_id, rule, $3, until_at FROM cooldowns \
-     WHERE workspace_id = $1 AND profile_id = $2 AND true \
-     ON CONFLICT (workspace_id, rule, profile_id) DO UPDATE SET until_at = \
-     CASE WHEN excluded.until_at > cooldowns.until_at THEN excluded.until_at \
-     ELSE cooldowns.until_at END",
-];
-
-/// People a statement of `open_decisions` asks about at most.
-const OPEN_DECISIONS_AT_ONCE: usize = 500;
-
 const DECISION: &str = "SELECT detail, outcome_event, outcome_at FROM decisions";
 
 macro_rules! orchestration_store {
@@ -379,25 +344,7 @@ macro_rules! orchestration_store {
                 profiles: &[ProfileId],
                 since: DateTime<Utc>,
             ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError> {
-                let mut open: HashMap<ProfileId, Vec<Decision>> = HashMap::new();
-                for chunk in profiles.chunks(OPEN_DECISIONS_AT_ONCE) {
-                    let list = (0..chunk.len())
-                        .map(|i| format!("${}", i + 3))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let sql = OPEN_DECISIONS.replace("$LIST", &list);
-                    let mut query = sqlx::query_as::<_, (Uuid, String, Option<String>, Option<i64>)>(&sql)
-                        .bind(ws.as_str())
-                        .bind(micros(since));
-                    for profile in chunk {
-                        query = query.bind(profile.as_uuid());
-                    }
-                    for (asked, detail, event, at) in query.fetch_all(&self.pool).await? {
-                        open.entry(ProfileId::from(asked))
-                            .or_default()
-                            .push(decision_of((detail, event, at))?);
-                    }
-                }
+                let mut open = self.open_decisions_of(ws, profiles, since).await?;
                 for decisions in open.values_mut() {
                     decisions.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
                 }
@@ -443,31 +390,7 @@ macro_rules! orchestration_store {
             }
 
             async fn merge(&self, merges: &[Merge]) -> Result<(), StorageError> {
-                let (_guard, mut tx) = self.begin().await?;
-                for Merge { ws, survivor, merged } in merges {
-                    for id in merged {
-                        // Each statement of the workspace ($1), the merged id ($2) and the survivor ($3).
-                        for sql in MERGE_STATEMENTS {
-                            sqlx::query(sql)
-                                .bind(ws.as_str())
-                                .bind(id.as_uuid())
-                                .bind(survivor.as_uuid())
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        for table in ["cooldowns", "churn_seen"] {
-                            sqlx::query(&format!(
-                                "DELETE FROM {table} WHERE workspace_id = $1 AND profile_id = $2"
-                            ))
-                            .bind(ws.as_str())
-                            .bind(id.as_uuid())
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
-                }
-                tx.commit().await?;
-                Ok(())
+                self.merge_all(merges).await
             }
 
             async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError> {

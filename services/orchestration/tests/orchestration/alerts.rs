@@ -495,6 +495,24 @@ pub async fn alerts_are_acknowledged_assigned_moved_and_erased(backend: Backend)
     .unwrap();
     assert_eq!(alerts_of(&o, about(later)).await.len(), 1);
     assert!(alerts_of(&o, about(early)).await.is_empty());
+
+    // A chain of merges in one delivery: the alerts and cooldowns of each merged
+    // profile end with the last survivor, whose own answer then raises nothing.
+    let merged_into = |survivor: ProfileId, merged: &[ProfileId]| {
+        change(profile_change::Change::Merged(ProfilesMerged {
+            survivor_id: survivor.to_string(),
+            merged_ids: merged.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        }))
+    };
+    let [a, b, c] = [(); 3].map(|()| setup.people.add(customer("FR", 1.0, 0.1)));
+    o.deliver(&[answer(a, 1), answer(b, 2)]).await.unwrap();
+    o.deliver(&[merged_into(b, &[a]), merged_into(c, &[b]), answer(c, 0)])
+        .await
+        .unwrap();
+    assert_eq!(alerts_of(&o, about(c)).await.len(), 2, "a's and b's, and no third");
+    assert!(alerts_of(&o, about(a)).await.is_empty());
+    assert!(alerts_of(&o, about(b)).await.is_empty());
 }
 
 const SECRET: &str = "an-alert-secret-of-some-length";

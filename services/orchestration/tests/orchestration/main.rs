@@ -690,6 +690,40 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
     for d in [dx.id, dy.id] {
         assert!(o.store.decision(&ws(), d).await.unwrap().unwrap().outcome.is_some());
     }
+    // A chain of merges in one delivery (a survivor merged in turn, beside another):
+    // the last survivor's sends count the first's, and its goal finds the first's
+    // decision.
+    let (first, between, beside, last) = (
+        setup.people.add(consenting()),
+        ProfileId::new(),
+        ProfileId::new(),
+        ProfileId::new(),
+    );
+    let d = o.decide(&caller(), &input(first, when)).await.unwrap().0.unwrap();
+    let merged_into = |survivor: ProfileId, merged: &[ProfileId]| {
+        change(profile_change::Change::Merged(ProfilesMerged {
+            survivor_id: survivor.to_string(),
+            merged_ids: merged.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        }))
+    };
+    o.deliver(&[
+        merged_into(between, &[first]),
+        merged_into(last, &[between, beside]),
+        goal_event(last, None, when + chrono::Duration::minutes(3)),
+    ])
+    .await
+    .unwrap();
+    let touches = o
+        .store
+        .touches(&ws(), last, when - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(touches.len(), 1, "the first profile's send is the last survivor's");
+    assert!(
+        o.store.decision(&ws(), d.id).await.unwrap().unwrap().outcome.is_some(),
+        "the last survivor's order is the first profile's outcome"
+    );
     // An event outside the window is no one's outcome.
     let late = setup.people.add(consenting());
     let d = o.decide(&caller(), &input(late, when)).await.unwrap().0.unwrap();
