@@ -10,9 +10,11 @@ mod config;
 mod database;
 mod error;
 mod scrub;
+mod statistics;
 
 pub use cache::{Cache, MemoryCache, RedisCache, Versioned};
 pub use config::StorageConfig;
 pub use database::{Database, Migrators};
 pub use error::StorageError;
 pub use scrub::{Vacuum, checkpoint_sqlite};
+pub use statistics::Statistics;

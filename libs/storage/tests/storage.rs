@@ -201,3 +201,62 @@ async fn postgres_sessions_carry_their_settings() {
         assert_eq!(value, expected, "{setting}");
     }
 }
+
+/// A table is analyzed once the rows written reach the first mark, and again only at
+/// twice the count: the planner's estimate of its size (`reltuples`, -1 before any
+/// `ANALYZE`) follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_analyzed_as_they_grow() {
+    let dir = TempDir::new();
+    let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+        return;
+    };
+    let Database::Postgres(pool) = Database::connect_lazy(&config, "growing", &[]).expect("pool") else {
+        panic!("a database url gives a Postgres pool");
+    };
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS growing")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE growing.rows (id int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let estimate = || async {
+        let n: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 'growing.rows'::regclass")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    };
+    // What the estimate becomes once a background ANALYZE, if one was started, ended.
+    let settled = |expected: f32| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while estimate().await != expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        estimate().await
+    };
+    let stats = corvus_storage::Statistics::new("test", 100, "ANALYZE growing.rows");
+    let grow = |to: i32, by: usize| {
+        let (pool, stats) = (pool.clone(), stats.clone());
+        async move {
+            sqlx::query("INSERT INTO growing.rows SELECT generate_series($1, $2)")
+                .bind(to - by as i32)
+                .bind(to - 1)
+                .execute(&pool)
+                .await
+                .unwrap();
+            stats.wrote(&pool, by);
+        }
+    };
+    grow(99, 99).await;
+    assert_eq!(settled(-1.0).await, -1.0, "not before the first mark");
+    grow(100, 1).await;
+    assert_eq!(settled(100.0).await, 100.0, "at the first mark");
+    grow(199, 99).await;
+    assert_eq!(settled(100.0).await, 100.0, "not again before twice the count");
+    grow(200, 1).await;
+    assert_eq!(settled(200.0).await, 200.0, "again at twice the count");
+}

@@ -4,13 +4,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_log::store::{NewEvent, PgEventLog};
 use corvus_proto::WorkspaceId;
-use corvus_storage::StorageError;
+use corvus_storage::{Statistics, StorageError};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -20,23 +19,10 @@ use crate::domain::batch::{Plan, Touched};
 #[derive(Debug, Clone)]
 pub struct PgIdentityStore {
     pool: PgPool,
+    /// Identity's tables analyzed as they grow (counted in events resolved).
     statistics: Arc<Statistics>,
     hints: Arc<Hints>,
     vacuum: corvus_storage::Vacuum,
-}
-
-/// Keeps the planner's statistics of identity's tables in step with their growth.
-/// Autovacuum does the same on a server that runs it, at its own pace; but a table that
-/// grew from empty and was never analyzed is planned as if it held a handful of rows,
-/// which turns a batch's key lookups into scans of the workspace. So identity analyzes
-/// its tables itself, in the background, once it has resolved `ANALYZE_FIRST` events
-/// and again each time that count has doubled: a handful of times over the first
-/// millions of events, which is when the estimates move.
-#[derive(Debug, Default)]
-struct Statistics {
-    resolved: AtomicU64,
-    next: AtomicU64,
-    running: AtomicBool,
 }
 
 /// Early: until its first `ANALYZE` a table is estimated at a few rows a workspace, and
@@ -53,11 +39,9 @@ const ANALYZE: &str = "ANALYZE profiles (workspace_id, profile_id, merged_into),
 
 impl PgIdentityStore {
     pub fn new(pool: PgPool) -> Self {
-        let statistics = Statistics::default();
-        statistics.next.store(ANALYZE_FIRST, Ordering::Relaxed);
         Self {
             pool,
-            statistics: Arc::new(statistics),
+            statistics: Statistics::new("identity", ANALYZE_FIRST, ANALYZE),
             hints: Arc::default(),
             vacuum: Default::default(),
         }
@@ -69,19 +53,7 @@ impl PgIdentityStore {
 
     /// Counts resolved events, and analyzes the tables when they have grown enough.
     fn resolved(&self, events: usize) {
-        let stats = &self.statistics;
-        let total = stats.resolved.fetch_add(events as u64, Ordering::Relaxed) + events as u64;
-        if total < stats.next.load(Ordering::Relaxed) || stats.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        stats.next.store(2 * total, Ordering::Relaxed);
-        let (pool, stats) = (self.pool.clone(), self.statistics.clone());
-        tokio::spawn(async move {
-            if let Err(err) = analyze(&pool).await {
-                tracing::warn!(error = %err, "identity could not analyze its tables");
-            }
-            stats.running.store(false, Ordering::Release);
-        });
+        self.statistics.wrote(&self.pool, events);
     }
 
     /// Adds entries to identity's log, as the last thing before the commit: the lock
@@ -458,16 +430,6 @@ async fn move_profiles(
     .bind(now)
     .fetch_all(conn)
     .await
-}
-
-/// A coarse sample (a tenth of the default) is plenty to tell a key lookup from a scan.
-async fn analyze(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL default_statistics_target = 10")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(ANALYZE).execute(&mut *tx).await?;
-    tx.commit().await
 }
 
 async fn insert_evidence_batch(

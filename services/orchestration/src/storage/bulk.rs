@@ -198,6 +198,7 @@ impl PgOrchestrationStore {
                 .await?;
         }
         tx.commit().await?;
+        self.aliases_statistics.wrote(&self.pool, rows.len());
         Ok(())
     }
 }

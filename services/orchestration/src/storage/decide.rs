@@ -206,6 +206,7 @@ impl PgOrchestrationStore {
         }
         tx.commit().await?;
         self.log.wake();
+        self.decisions_statistics.wrote(&self.pool, requests.len());
         Ok(recorded)
     }
 

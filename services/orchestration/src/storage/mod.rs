@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_log::store::{EventLog, NewEvent, PgEventLog, SqliteEventLog};
 use corvus_proto::{ProfileId, WorkspaceId};
-use corvus_storage::{Database, Migrators, StorageConfig, StorageError};
+use corvus_storage::{Database, Migrators, Statistics, StorageConfig, StorageError};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -126,6 +126,8 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn OrchestrationStor
         Database::Postgres(pool) => Arc::new(PgOrchestrationStore {
             log: Arc::new(PgEventLog::new(pool.clone(), crate::log::CHANNEL)),
             pool,
+            decisions_statistics: Statistics::new("orchestration", ANALYZE_FIRST, ANALYZE_DECISIONS),
+            aliases_statistics: Statistics::new("orchestration", ANALYZE_FIRST, ANALYZE_ALIASES),
         }),
         Database::Sqlite(pool) => Arc::new(SqliteOrchestrationStore {
             log: Arc::new(SqliteEventLog::new(pool.clone())),
@@ -146,7 +148,22 @@ pub struct Merge {
 pub struct PgOrchestrationStore {
     pool: PgPool,
     log: Arc<dyn EventLog>,
+    /// Orchestration's tables analyzed as they grow: those of decisions counted in
+    /// decisions written, aliases in merged ids.
+    decisions_statistics: Arc<Statistics>,
+    aliases_statistics: Arc<Statistics>,
 }
+
+/// Rows written before a group of tables is first analyzed, then at each doubling, each
+/// group counted by what fills it: a table analyzed while still empty is planned as
+/// empty (read whole) until its next `ANALYZE`.
+const ANALYZE_FIRST: u64 = 1_000;
+/// The key columns a decision's reads go by (a person's lock row, touches and open
+/// decisions; the sends due and unreported).
+const ANALYZE_DECISIONS: &str = "ANALYZE decisions (workspace_id, profile_id, decided_at), \
+     touches (workspace_id, profile_id, at), people (workspace_id, profile_id), \
+     sends (workspace_id, profile_id, decision_id, state, reported, next_attempt_at)";
+const ANALYZE_ALIASES: &str = "ANALYZE aliases (workspace_id, profile_id, survivor_id)";
 
 pub struct SqliteOrchestrationStore {
     pool: SqlitePool,

@@ -381,6 +381,7 @@ macro_rules! audience_store {
                     }));
                 }
                 tx.commit().await?;
+                self.recorded(plan.deleted.len() + plan.held.len());
                 Ok(changes)
             }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_proto::{EventId, ProfileId, WorkspaceId};
-use corvus_storage::{Database, Migrators, StorageConfig, StorageError, Vacuum};
+use corvus_storage::{Database, Migrators, Statistics, StorageConfig, StorageError, Vacuum};
 use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Mutex;
@@ -148,6 +148,8 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn ScoringStore>, St
         Database::Postgres(pool) => Arc::new(PgScoringStore {
             pool,
             vacuum: Vacuum::default(),
+            facts_statistics: Statistics::new("scoring", ANALYZE_FIRST, ANALYZE_FACTS),
+            standings_statistics: Statistics::new("scoring", ANALYZE_FIRST, ANALYZE_STANDINGS),
         }),
         Database::Sqlite(pool) => Arc::new(SqliteScoringStore {
             pool,
@@ -159,7 +161,25 @@ pub async fn connect(config: &StorageConfig) -> Result<Arc<dyn ScoringStore>, St
 pub struct PgScoringStore {
     pool: PgPool,
     vacuum: Vacuum,
+    /// Scoring's tables analyzed as they grow: facts and aliases counted in changes
+    /// applied, audience standings in standings recorded.
+    facts_statistics: Arc<Statistics>,
+    standings_statistics: Arc<Statistics>,
 }
+
+/// Rows written (changes applied; standings recorded) before scoring's tables are
+/// first analyzed, then at each doubling, each count for its own tables: the standings
+/// come in bursts (an audience's build), long after the facts, and a table analyzed
+/// while still empty is planned as empty (read whole) until its next `ANALYZE`.
+const ANALYZE_FIRST: u64 = 1_000;
+/// The key columns scoring's lookups go by: a delivery's people's histories and
+/// standings, and a person's memberships, are read by (workspace, profile), each a range
+/// of an index, which a table last analyzed when it held a handful of rows is planned
+/// to read whole.
+const ANALYZE_FACTS: &str = "ANALYZE facts (workspace_id, profile_id, event_id), \
+     aliases (workspace_id, profile_id, survivor_id)";
+const ANALYZE_STANDINGS: &str = "ANALYZE audience_members (workspace_id, audience, profile_id), \
+     audience_changes (workspace_id, audience, profile_id)";
 
 pub struct SqliteScoringStore {
     pool: SqlitePool,
@@ -198,6 +218,14 @@ impl PgScoringStore {
         self.vacuum.soon(&self.pool, "facts, aliases");
         Ok(())
     }
+
+    fn applied(&self, changes: usize) {
+        self.facts_statistics.wrote(&self.pool, changes);
+    }
+
+    fn recorded(&self, standings: usize) {
+        self.standings_statistics.wrote(&self.pool, standings);
+    }
 }
 
 impl SqliteScoringStore {
@@ -228,6 +256,11 @@ impl SqliteScoringStore {
     async fn scrub(&self) -> Result<(), StorageError> {
         corvus_storage::checkpoint_sqlite(&self.pool).await
     }
+
+    /// SQLite plans a lookup by an index's leading columns as one without statistics.
+    fn applied(&self, _changes: usize) {}
+
+    fn recorded(&self, _standings: usize) {}
 }
 
 /// Ids bound one by one into an `IN (...)` list, this many at a time.
@@ -592,6 +625,7 @@ macro_rules! scoring_store {
                     Self::write_merges(&mut tx, &moves).await?;
                     tx.commit().await?;
                 }
+                self.applied(changes.len());
                 Ok(erased)
             }
 
