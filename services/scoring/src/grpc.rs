@@ -131,19 +131,16 @@ impl ScoringService for ScoringApi {
         };
         let ws = &principal.workspace;
         let scores = self.scoring.scores(ws, profile, as_of, horizon).await?;
-        let computed_traits = self
-            .scoring
-            .trait_values(ws, scores.profile, as_of)
-            .await?
+        // The person's computed traits and audiences, read side by side.
+        let (computed_traits, audiences) = tokio::join!(
+            self.scoring.trait_values(ws, scores.profile, as_of),
+            self.scoring.store.memberships(ws, scores.profile)
+        );
+        let computed_traits = computed_traits?
             .into_iter()
             .filter_map(|(name, value)| Some((name, corvus_proto::json::json_to_value(&value?))))
             .collect();
-        let audiences = self
-            .scoring
-            .store
-            .memberships(ws, scores.profile)
-            .await
-            .map_err(storage_status)?;
+        let audiences = audiences.map_err(storage_status)?;
         Ok(Response::new(pb::GetScoresResponse {
             computed_traits,
             audiences,
