@@ -52,15 +52,18 @@ fn open_of(rows: Vec<OpenRow>, open: &mut HashMap<ProfileId, Vec<Decision>>) -> 
 
 /// What a merge moves, for each merged id ($2) of the survivor ($3) in the workspace
 /// ($1): ids merged into it earlier now stand for the survivor too, as it does; its
-/// sends count against the survivor's caps, its triggers wait for the survivor, its
-/// alerts are the survivor's, and its cooldowns too (the later end of two kept; `AND
-/// true` lets SQLite read the ON CONFLICT as the upsert's). Its own cooldowns and churn
-/// looks are then deleted.
-const MERGE_STATEMENTS: [&str; 8] = [
+/// sends count against the survivor's caps, its triggers wait for the survivor (one look
+/// at a score a campaign waits for a person: the merged id's goes where the survivor
+/// has one), its alerts are the survivor's, and its cooldowns too (the later end of two
+/// kept; `AND true` lets SQLite read the ON CONFLICT as the upsert's). Its own
+/// cooldowns and churn looks are then deleted.
+const MERGE_STATEMENTS: [&str; 9] = [
     "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
     "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
      ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
     "UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
+    "DELETE FROM triggers WHERE workspace_id = $1 AND profile_id = $2 AND kind = 'score' AND campaign IN \
+     (SELECT campaign FROM triggers WHERE workspace_id = $1 AND profile_id = $3 AND kind = 'score')",
     "UPDATE triggers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
     "UPDATE alerts SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
     "INSERT INTO cooldowns (workspace_id, rule, profile_id, until_at) \
@@ -74,8 +77,10 @@ const MERGE_STATEMENTS: [&str; 8] = [
 ];
 
 /// The same steps for every (workspace, merged id, survivor) of the arrays $1, $2, $3,
-/// each merged id given the survivor it ends with (`flatten`).
-const MERGE_ALL: [&str; 8] = [
+/// each merged id given the survivor it ends with (`flatten`). Of the score looks of a
+/// campaign that would wait for one survivor, the survivor's own is kept, else the
+/// first of its merged ids'.
+const MERGE_ALL: [&str; 9] = [
     "UPDATE aliases a SET survivor_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \
      AS m(ws, id, survivor) WHERE a.workspace_id = m.ws AND a.survivor_id = m.id",
     "INSERT INTO aliases (workspace_id, profile_id, survivor_id) \
@@ -83,6 +88,12 @@ const MERGE_ALL: [&str; 8] = [
      ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
     "UPDATE touches t SET profile_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \
      AS m(ws, id, survivor) WHERE t.workspace_id = m.ws AND t.profile_id = m.id",
+    "DELETE FROM triggers t USING unnest($1::text[], $2::uuid[], $3::uuid[]) AS m(ws, id, survivor) \
+     WHERE t.workspace_id = m.ws AND t.profile_id = m.id AND t.kind = 'score' AND EXISTS ( \
+       SELECT 1 FROM triggers o WHERE o.workspace_id = m.ws AND o.kind = 'score' AND o.campaign = t.campaign \
+       AND (o.profile_id = m.survivor OR (o.id < t.id AND o.profile_id IN ( \
+         SELECT n.id FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS n(ws, id, survivor) \
+         WHERE n.ws = m.ws AND n.survivor = m.survivor))))",
     "UPDATE triggers t SET profile_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \
      AS m(ws, id, survivor) WHERE t.workspace_id = m.ws AND t.profile_id = m.id",
     "UPDATE alerts t SET profile_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \

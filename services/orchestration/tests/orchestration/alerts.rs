@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Setup, change, ws};
+use super::{Setup, change, merged_into, ws};
 
 fn rule(name: &str, condition: Condition) -> Rule {
     Rule {
@@ -498,13 +498,6 @@ pub async fn alerts_are_acknowledged_assigned_moved_and_erased(backend: Backend)
 
     // A chain of merges in one delivery: the alerts and cooldowns of each merged
     // profile end with the last survivor, whose own answer then raises nothing.
-    let merged_into = |survivor: ProfileId, merged: &[ProfileId]| {
-        change(profile_change::Change::Merged(ProfilesMerged {
-            survivor_id: survivor.to_string(),
-            merged_ids: merged.iter().map(ToString::to_string).collect(),
-            ..Default::default()
-        }))
-    };
     let [a, b, c] = [(); 3].map(|()| setup.people.add(customer("FR", 1.0, 0.1)));
     o.deliver(&[answer(a, 1), answer(b, 2)]).await.unwrap();
     o.deliver(&[merged_into(b, &[a]), merged_into(c, &[b]), answer(c, 0)])

@@ -14,7 +14,7 @@ use corvus_orchestration::decide::DecideInput;
 use corvus_orchestration::domain::campaign::Definition;
 use corvus_orchestration::domain::policy;
 use corvus_orchestration::people::{AudienceChange, Caller, Changes, Consent, Directory, Person, Targets, Who};
-use corvus_orchestration::storage::{self, Reason, State};
+use corvus_orchestration::storage::{self, Reason, State, TriggerKind};
 use corvus_orchestration::{Orchestration, OrchestrationConfig, OrchestrationError};
 use corvus_platform::{Principal, Role};
 use corvus_proto::common::v1::{Event, EventType, StoredEvent};
@@ -588,6 +588,15 @@ fn change(change: profile_change::Change) -> LogEntry {
     }
 }
 
+/// Identity's log entry of `merged` merged into `survivor`.
+fn merged_into(survivor: ProfileId, merged: &[ProfileId]) -> LogEntry {
+    change(profile_change::Change::Merged(ProfilesMerged {
+        survivor_id: survivor.to_string(),
+        merged_ids: merged.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    }))
+}
+
 async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend) {
     let Some(setup) = Setup::new(backend).await else {
         return;
@@ -700,13 +709,6 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         ProfileId::new(),
     );
     let d = o.decide(&caller(), &input(first, when)).await.unwrap().0.unwrap();
-    let merged_into = |survivor: ProfileId, merged: &[ProfileId]| {
-        change(profile_change::Change::Merged(ProfilesMerged {
-            survivor_id: survivor.to_string(),
-            merged_ids: merged.iter().map(ToString::to_string).collect(),
-            ..Default::default()
-        }))
-    };
     o.deliver(&[
         merged_into(between, &[first]),
         merged_into(last, &[between, beside]),

@@ -91,6 +91,39 @@ pub async fn triggers_decide_on_events_waits_and_scores(backend: Backend) {
     assert_eq!(decided(Some("save")).await, [("save".to_owned(), churns)]);
     stop.cancel();
     while workers.join_next().await.is_some() {}
+
+    // People with a look at their score waiting, merged in one delivery (two into a
+    // survivor with one of its own, then that survivor into another): one look waits,
+    // for the last survivor.
+    // Two more into a survivor with none: one of theirs waits for it.
+    let [a, b, s, last, c, d] = std::array::from_fn(|_| setup.people.add(consenting()));
+    let fresh = ProfileId::new();
+    let views: Vec<_> = [a, b, s, last, c, d]
+        .into_iter()
+        .map(|p| track(p, "Page Viewed", serde_json::json!({}), Utc::now()))
+        .collect();
+    o.deliver(&views).await.unwrap();
+    o.deliver(&[
+        merged_into(s, &[a, b]),
+        merged_into(last, &[s]),
+        merged_into(fresh, &[c, d]),
+    ])
+    .await
+    .expect("the merges are written");
+    let later = Utc::now() + chrono::Duration::days(1);
+    let mut looks: Vec<ProfileId> = o
+        .store
+        .claim_triggers(later, later, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.campaign == "save" && t.kind == TriggerKind::Score)
+        .map(|t| t.profile)
+        .collect();
+    let mut expected = [last, fresh];
+    looks.sort();
+    expected.sort();
+    assert_eq!(looks, expected);
 }
 
 /// Campaigns triggered from outside a person's events, followed by two replicas: one
