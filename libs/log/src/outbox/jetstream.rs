@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream as js;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, StorageType};
-use async_nats::jetstream::{self as js};
 use async_trait::async_trait;
 use corvus_proto::WorkspaceId;
 use corvus_storage::StorageError;

@@ -5,13 +5,13 @@
 //! arrays, whatever the number of people (a delivery under load holds dozens of
 //! merges), each person read through their own range of an index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use corvus_proto::{ProfileId, WorkspaceId};
 use uuid::Uuid;
 
-use super::{Decision, Merge, PgOrchestrationStore, SqliteOrchestrationStore, StorageError, decision_of, micros};
+use super::{Merge, PgOrchestrationStore, SqliteOrchestrationStore, StorageError, micros};
 
 /// People's open decisions since $2: under their own ids ($LIST, from $3), and under
 /// each id merged into them, each part ranges of the index on (workspace, profile,
@@ -39,16 +39,8 @@ const OPEN_DECISIONS_OF_ALL: &str = "SELECT p.id, d.detail, d.outcome_event, d.o
 /// People a statement of `OPEN_DECISIONS` asks about at most.
 const OPEN_DECISIONS_AT_ONCE: usize = 500;
 
-type OpenRow = (Uuid, String, Option<String>, Option<i64>);
-
-fn open_of(rows: Vec<OpenRow>, open: &mut HashMap<ProfileId, Vec<Decision>>) -> Result<(), StorageError> {
-    for (asked, detail, event, at) in rows {
-        open.entry(ProfileId::from(asked))
-            .or_default()
-            .push(decision_of((detail, event, at))?);
-    }
-    Ok(())
-}
+/// A person asked about, and one of their open decisions (`decision_of`'s row).
+pub(super) type OpenRow = (Uuid, String, Option<String>, Option<i64>);
 
 /// What a merge moves, for each merged id ($2) of the survivor ($3) in the workspace
 /// ($1): ids merged into it earlier now stand for the survivor too, as it does; its
@@ -160,22 +152,19 @@ macro_rules! merge_in_turn {
 }
 
 impl PgOrchestrationStore {
-    pub(super) async fn open_decisions_of(
+    pub(super) async fn open_rows(
         &self,
         ws: &WorkspaceId,
         profiles: &[ProfileId],
         since: DateTime<Utc>,
-    ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError> {
+    ) -> Result<Vec<OpenRow>, StorageError> {
         let ids: Vec<Uuid> = profiles.iter().map(|p| p.as_uuid()).collect();
-        let rows: Vec<OpenRow> = sqlx::query_as(OPEN_DECISIONS_OF_ALL)
+        Ok(sqlx::query_as(OPEN_DECISIONS_OF_ALL)
             .bind(ws.as_str())
             .bind(micros(since))
             .bind(&ids)
             .fetch_all(&self.pool)
-            .await?;
-        let mut open = HashMap::new();
-        open_of(rows, &mut open)?;
-        Ok(open)
+            .await?)
     }
 
     pub(super) async fn merge_all(&self, merges: &[Merge]) -> Result<(), StorageError> {
@@ -215,13 +204,13 @@ impl PgOrchestrationStore {
 }
 
 impl SqliteOrchestrationStore {
-    pub(super) async fn open_decisions_of(
+    pub(super) async fn open_rows(
         &self,
         ws: &WorkspaceId,
         profiles: &[ProfileId],
         since: DateTime<Utc>,
-    ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError> {
-        let mut open = HashMap::new();
+    ) -> Result<Vec<OpenRow>, StorageError> {
+        let mut rows = Vec::new();
         for chunk in profiles.chunks(OPEN_DECISIONS_AT_ONCE) {
             let list = (0..chunk.len())
                 .map(|i| format!("${}", i + 3))
@@ -232,9 +221,9 @@ impl SqliteOrchestrationStore {
             for profile in chunk {
                 query = query.bind(profile.as_uuid());
             }
-            open_of(query.fetch_all(&self.pool).await?, &mut open)?;
+            rows.extend(query.fetch_all(&self.pool).await?);
         }
-        Ok(open)
+        Ok(rows)
     }
 
     pub(super) async fn merge_all(&self, merges: &[Merge]) -> Result<(), StorageError> {

@@ -361,7 +361,12 @@ macro_rules! orchestration_store {
                 profiles: &[ProfileId],
                 since: DateTime<Utc>,
             ) -> Result<HashMap<ProfileId, Vec<Decision>>, StorageError> {
-                let mut open = self.open_decisions_of(ws, profiles, since).await?;
+                let mut open: HashMap<ProfileId, Vec<Decision>> = HashMap::new();
+                for (asked, detail, event, at) in self.open_rows(ws, profiles, since).await? {
+                    open.entry(ProfileId::from(asked))
+                        .or_default()
+                        .push(decision_of((detail, event, at))?);
+                }
                 for decisions in open.values_mut() {
                     decisions.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
                 }
