@@ -200,6 +200,7 @@ impl Scoring {
                 t.name
             )));
         }
+        self.definitions_changed(ws).await?;
         Ok(now)
     }
 
@@ -227,7 +228,7 @@ impl Scoring {
         if !self.store.undefine(ws, Definitions::Traits, name).await? {
             return Err(ScoringError::NotFound(format!("no computed trait {name:?}")));
         }
-        Ok(())
+        self.definitions_changed(ws).await
     }
 
     /// Checks an audience's definition against the workspace's traits and audiences.
@@ -330,7 +331,7 @@ impl Scoring {
         if !self.store.undefine(ws, Definitions::Audiences, name).await? {
             return Err(ScoringError::NotFound(format!("no audience {name:?}")));
         }
-        Ok(())
+        self.definitions_changed(ws).await
     }
 
     /// How many profiles a definition holds now, without saving it: every profile
@@ -403,7 +404,10 @@ impl Scoring {
         only: Option<&str>,
     ) -> Result<Vec<MembershipChange>, ScoringError> {
         let bench = self.workbench(ws).await?;
-        self.evaluate_with(ws, &bench, profiles, reason, only).await
+        let changes = self.evaluate_with(ws, &bench, profiles, reason, only).await?;
+        // (A delivery's own re-evaluation needs none: its cards are computed after it.)
+        self.drop_cards(ws, changes.iter().map(|c| c.profile)).await?;
+        Ok(changes)
     }
 
     async fn evaluate_with(

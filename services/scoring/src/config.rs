@@ -26,6 +26,11 @@ pub struct ScoringConfig {
     /// they were fitted with ("0s": never).
     #[serde(with = "humantime_serde")]
     pub refit_every: std::time::Duration,
+    /// Each person's scores as of now are kept in the cache as events arrive, and a
+    /// GetScores without `as_of` answers from them while they are at most this old
+    /// ("0s": computed at every read).
+    #[serde(with = "humantime_serde")]
+    pub scores_max_age: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +47,7 @@ impl Default for ScoringConfig {
             batch_size: 10_000,
             audience_upkeep_interval: std::time::Duration::from_secs(1),
             refit_every: std::time::Duration::from_secs(24 * 3600),
+            scores_max_age: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -60,6 +66,10 @@ impl ScoringConfig {
             (std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(3600))
                 .contains(&self.audience_upkeep_interval),
             "scoring.audience_upkeep_interval must be between 10ms and 1h"
+        );
+        anyhow::ensure!(
+            self.scores_max_age <= std::time::Duration::from_secs(24 * 3600),
+            "scoring.scores_max_age must be at most 24h"
         );
         for (ws, settings) in &self.workspaces {
             ws.parse::<WorkspaceId>()

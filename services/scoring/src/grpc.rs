@@ -119,6 +119,8 @@ impl ScoringService for ScoringApi {
         let request = request.into_inner();
         let profile = profile_id(&request.profile_id)?;
         let as_of = time_of("as_of", request.as_of.as_ref())?;
+        // Unasked, `as_of` is now, taken before anything is read.
+        let as_of_now = request.as_of.is_none();
         let horizon = match request.horizon {
             0.0 => None,
             h if h.is_finite() && h > 0.0 => Some(h),
@@ -130,59 +132,26 @@ impl ScoringService for ScoringApi {
             }
         };
         let ws = &principal.workspace;
+        // Scores as of now, with the default horizon: the person's card when it is held
+        // and current (see `cards`).
+        let current = as_of_now && horizon.is_none();
+        if current && let Some(card) = self.scoring.card(ws, profile).await {
+            return Ok(Response::new(card));
+        }
         let scores = self.scoring.scores(ws, profile, as_of, horizon).await?;
         // The person's computed traits and audiences, read side by side.
         let (computed_traits, audiences) = tokio::join!(
             self.scoring.trait_values(ws, scores.profile, as_of),
             self.scoring.store.memberships(ws, scores.profile)
         );
-        let computed_traits = computed_traits?
-            .into_iter()
-            .filter_map(|(name, value)| Some((name, corvus_proto::json::json_to_value(&value?))))
-            .collect();
+        let computed_traits = computed_traits?;
         let audiences = audiences.map_err(storage_status)?;
-        Ok(Response::new(pb::GetScoresResponse {
-            computed_traits,
-            audiences,
-            propensity: scores.propensity.as_ref().map(|(p, fit)| pb::Propensity {
-                probability: p.probability,
-                horizon_days: fit.horizon_days,
-                churn_risk: p.churn_risk,
-                explanation: p
-                    .drivers
-                    .iter()
-                    .map(|(name, c)| format!("{name} {c:+.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                model_fitted_at: Some(timestamp(fit.fitted_at)),
-            }),
-            profile_id: scores.profile.to_string(),
-            as_of: Some(timestamp(scores.as_of)),
-            features: Some(features_message(&scores.features, scores.as_of)),
-            lifetime_value: scores.lifetime_value.map(|(p, model)| pb::LifetimeValue {
-                frequency: p.customer.x,
-                recency: p.customer.t_x,
-                age: p.customer.t,
-                monetary_value: p.customer.m,
-                p_alive: p.p_alive,
-                expected_purchases: p.expected_purchases,
-                horizon: p.horizon,
-                expected_spend: p.expected_spend,
-                clv: p.clv,
-                unit: model.unit.as_str().to_owned(),
-                model_fitted_at: Some(timestamp(model.fitted_at)),
-            }),
-            rfm: scores.rfm.as_ref().map(rfm_message),
-            channel_preference: scores.channel_preference.as_ref().map(preference_message),
-            send_time: scores.send_time.as_ref().map(send_time_message),
-            segment: scores
-                .segment
-                .map(|(segment_id, name, distance)| pb::SegmentAssignment {
-                    segment_id,
-                    name,
-                    distance,
-                }),
-        }))
+        let response = scores_response(&scores, computed_traits, audiences);
+        // A merged id's scores are its survivor's: only a profile that stands has a card.
+        if current && scores.profile == profile {
+            self.scoring.keep_card(ws, profile, as_of, &response);
+        }
+        Ok(Response::new(response))
     }
 
     type FitModelStream = FitStream;
@@ -573,5 +542,60 @@ impl EventConsumerService for LogConsumer {
                 .collect(),
             erasures,
         }))
+    }
+}
+
+/// GetScores' answer: the profile's scores, its computed traits and its audiences.
+pub(crate) fn scores_response(
+    scores: &crate::service::Scores,
+    computed_traits: std::collections::BTreeMap<String, Option<serde_json::Value>>,
+    audiences: Vec<String>,
+) -> pb::GetScoresResponse {
+    let computed_traits = computed_traits
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, corvus_proto::json::json_to_value(&value?))))
+        .collect();
+    pb::GetScoresResponse {
+        computed_traits,
+        audiences,
+        propensity: scores.propensity.as_ref().map(|(p, fit)| pb::Propensity {
+            probability: p.probability,
+            horizon_days: fit.horizon_days,
+            churn_risk: p.churn_risk,
+            explanation: p
+                .drivers
+                .iter()
+                .map(|(name, c)| format!("{name} {c:+.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            model_fitted_at: Some(timestamp(fit.fitted_at)),
+        }),
+        profile_id: scores.profile.to_string(),
+        as_of: Some(timestamp(scores.as_of)),
+        features: Some(features_message(&scores.features, scores.as_of)),
+        lifetime_value: scores.lifetime_value.as_ref().map(|(p, model)| pb::LifetimeValue {
+            frequency: p.customer.x,
+            recency: p.customer.t_x,
+            age: p.customer.t,
+            monetary_value: p.customer.m,
+            p_alive: p.p_alive,
+            expected_purchases: p.expected_purchases,
+            horizon: p.horizon,
+            expected_spend: p.expected_spend,
+            clv: p.clv,
+            unit: model.unit.as_str().to_owned(),
+            model_fitted_at: Some(timestamp(model.fitted_at)),
+        }),
+        rfm: scores.rfm.as_ref().map(rfm_message),
+        channel_preference: scores.channel_preference.as_ref().map(preference_message),
+        send_time: scores.send_time.as_ref().map(send_time_message),
+        segment: scores
+            .segment
+            .as_ref()
+            .map(|(segment_id, name, distance)| pb::SegmentAssignment {
+                segment_id: *segment_id,
+                name: name.clone(),
+                distance: *distance,
+            }),
     }
 }

@@ -2,6 +2,7 @@
 //! log brings resolved events and profile changes.
 
 pub mod audiences;
+mod cards;
 pub mod config;
 pub mod domain;
 pub mod grpc;

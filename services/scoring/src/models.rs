@@ -232,10 +232,12 @@ impl Scoring {
         fitted_at: DateTime<Utc>,
     ) -> Result<(), ScoringError> {
         self.store.save_model(ws, kind, json, fitted_at).await?;
-        let mut cache = self.models_cache.lock().expect("models cache");
-        cache.saves += 1;
-        cache.held.remove(ws);
-        Ok(())
+        {
+            let mut cache = self.models_cache.lock().expect("models cache");
+            cache.saves += 1;
+            cache.held.remove(ws);
+        }
+        self.definitions_changed(ws).await
     }
 
     async fn decode_models(&self, ws: &WorkspaceId) -> Result<Models, ScoringError> {

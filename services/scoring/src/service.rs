@@ -50,6 +50,9 @@ pub struct Scoring {
     pub(crate) audiences_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Each workspace's models as last decoded, with the versions they were read at.
     pub(crate) models_cache: Arc<std::sync::Mutex<ModelsCache>>,
+    /// Each person's scores as of now, kept as events arrive (`cards`); none without a
+    /// cache.
+    pub(crate) cards: Option<Arc<crate::cards::Cards>>,
 }
 
 /// Each workspace's models as this process last decoded them.
@@ -110,7 +113,8 @@ pub fn rfm_of(features: &Features, as_of: DateTime<Utc>) -> Option<Rfm> {
 
 impl Scoring {
     pub async fn connect(storage: &StorageConfig, config: &ScoringConfig) -> anyhow::Result<Self> {
-        Ok(Self::new(storage::connect(storage).await?, config))
+        let cache = <dyn corvus_storage::Cache>::connect(storage).await?;
+        Ok(Self::new(storage::connect(storage).await?, config).with_cards(cache, config.scores_max_age))
     }
 
     pub fn new(store: Arc<dyn ScoringStore>, config: &ScoringConfig) -> Self {
@@ -119,6 +123,7 @@ impl Scoring {
             config: Arc::new(config.clone()),
             audiences_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             models_cache: Arc::default(),
+            cards: None,
         }
     }
 
@@ -159,10 +164,12 @@ impl Scoring {
                 store: CONSUMER_NAME.to_owned(),
             })
             .collect();
-        self.reevaluate(&changes).await.map_err(|e| match e {
+        let failed = |e| match e {
             ScoringError::Storage(e) => e,
             other => StorageError::Internal(other.to_string()),
-        })?;
+        };
+        self.reevaluate(&changes).await.map_err(failed)?;
+        self.keep_cards(&changes).await.map_err(failed)?;
         Ok((failures, answers))
     }
 

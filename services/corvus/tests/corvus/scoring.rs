@@ -21,6 +21,7 @@ use crate::support::{Key, TestApp, spawn};
 
 on_both_backends!(
     features_follow_merges_unmerges_and_erasures,
+    scores_are_kept_as_events_arrive,
     bad_input_is_refused_with_its_field
 );
 
@@ -230,6 +231,72 @@ async fn features_follow_merges_unmerges_and_erasures(backend: Backend) {
     assert!(!store.pending, "{receipt:?}");
     assert!(store.removed.get("facts").copied().unwrap_or(0) >= 2, "{receipt:?}");
     assert!(by_id(&mut admin, &a).await.is_ok());
+    app.stop().await;
+}
+
+/// A person's scores as of now are kept as their events arrive: GetScores answers from
+/// the scores computed when the last event was applied (its `as_of` before the call),
+/// never from scores an event, a new computed trait or the setting at zero has outdated.
+async fn scores_are_kept_as_events_arrive(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let who = ("user_id", "kept-1");
+    let order = |id: &str, day: u32, revenue: u32| {
+        track(id, who, "Order Completed", at(day, 10), json!({ "revenue": revenue }))
+    };
+    send(&app, vec![order("k-1", 1, 30)]).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let mut admin = app.identity(&app.admin_key).await;
+    let mut client = scoring(&app, &app.read_key).await;
+    let person = profile_of(&mut admin, "user_id", "kept-1").await;
+    let asked = |before: &pb::GetScoresResponse, call: chrono::DateTime<Utc>| {
+        let t = before.as_of.as_ref().unwrap();
+        Utc.timestamp_opt(t.seconds, t.nanos as u32).unwrap() < call
+    };
+    let call = Utc::now();
+    let first = scores(&mut client, &person, None).await.unwrap();
+    assert_eq!(purchases(&first), (1, 30.0));
+    assert!(
+        asked(&first, call),
+        "answered from the scores kept when the order arrived: {first:?}"
+    );
+
+    // A second order: the kept scores are those of both.
+    send(&app, vec![order("k-2", 2, 50)]).await;
+    app.caught_up(&app.admin_key).await;
+    app.downstream_caught_up().await;
+    let call = Utc::now();
+    let second = scores(&mut client, &person, None).await.unwrap();
+    assert_eq!(purchases(&second), (2, 80.0));
+    assert!(asked(&second, call), "{second:?}");
+
+    // A computed trait created since: the kept scores lack it, so they are not used.
+    let mut admin_scoring = scoring(&app, &app.admin_key).await;
+    admin_scoring
+        .create_computed_trait(pb::CreateComputedTraitRequest {
+            computed_trait: Some(pb::ComputedTrait {
+                name: "orders".into(),
+                aggregation: pb::Aggregation::Count as i32,
+                filter: Some(pb::EventFilter {
+                    events: vec!["Order Completed".into()],
+                    conditions: vec![],
+                }),
+                ..pb::ComputedTrait::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let third = scores(&mut client, &person, None).await.unwrap();
+    assert_eq!(
+        third.computed_traits.get("orders").and_then(|v| v.kind.clone()),
+        Some(prost_types::value::Kind::NumberValue(2.0)),
+        "{third:?}"
+    );
+    // An answer as of a time is computed for it, not taken from what is kept.
+    let asked_at = scores(&mut client, &person, Some(at(1, 23))).await.unwrap();
+    assert_eq!(purchases(&asked_at), (1, 30.0));
     app.stop().await;
 }
 

@@ -96,6 +96,13 @@ pub trait AudienceStore: Send + Sync + 'static {
     /// The audiences a profile is in.
     async fn memberships(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<String>, StorageError>;
 
+    /// The audiences each of `profiles` is in, sorted (a profile in none left out).
+    async fn memberships_of(
+        &self,
+        ws: &WorkspaceId,
+        profiles: &[ProfileId],
+    ) -> Result<HashMap<ProfileId, Vec<String>>, StorageError>;
+
     /// An audience's entries and exits after `after` (a change's seq), oldest first.
     async fn changes(
         &self,
@@ -444,6 +451,32 @@ macro_rules! audience_store {
                 .await?;
                 audiences.sort_unstable();
                 Ok(audiences)
+            }
+
+            async fn memberships_of(
+                &self,
+                ws: &WorkspaceId,
+                profiles: &[ProfileId],
+            ) -> Result<HashMap<ProfileId, Vec<String>>, StorageError> {
+                let mut out: HashMap<ProfileId, Vec<String>> = HashMap::new();
+                for chunk in profiles.chunks(IN_LIST) {
+                    let sql = format!(
+                        "SELECT profile_id, audience FROM audience_members \
+                         WHERE workspace_id = $1 AND profile_id IN ({}) AND member",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut query = sqlx::query_as::<_, (ProfileId, String)>(&sql).bind(ws);
+                    for p in chunk {
+                        query = query.bind(*p);
+                    }
+                    for (profile, audience) in query.fetch_all(&self.pool).await? {
+                        out.entry(profile).or_default().push(audience);
+                    }
+                }
+                for audiences in out.values_mut() {
+                    audiences.sort_unstable();
+                }
+                Ok(out)
             }
 
             async fn changes(

@@ -3,7 +3,7 @@
 //! SQL runs unchanged on both; `scoring_store!` expands it per backend) and held to one
 //! conformance suite (`tests/scoring/main.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -88,6 +88,9 @@ pub trait ScoringStore: AudienceStore {
 
     /// The profile `profile` stands for now: its survivor if it was merged.
     async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError>;
+
+    /// Those of `profiles` merged into another.
+    async fn merged_among(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<HashSet<ProfileId>, StorageError>;
 
     /// A profile's facts in time order.
     async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError>;
@@ -631,6 +634,26 @@ macro_rules! scoring_store {
 
             async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError> {
                 Ok(sqlx::query_scalar(SURVIVOR).bind(ws).bind(profile).fetch_one(&self.pool).await?)
+            }
+
+            async fn merged_among(
+                &self,
+                ws: &WorkspaceId,
+                profiles: &[ProfileId],
+            ) -> Result<HashSet<ProfileId>, StorageError> {
+                let mut merged = HashSet::new();
+                for chunk in profiles.chunks(IN_LIST) {
+                    let sql = format!(
+                        "SELECT profile_id FROM aliases WHERE workspace_id = $1 AND profile_id IN ({})",
+                        placeholders(2, chunk.len())
+                    );
+                    let mut query = sqlx::query_scalar::<_, ProfileId>(&sql).bind(ws);
+                    for p in chunk {
+                        query = query.bind(*p);
+                    }
+                    merged.extend(query.fetch_all(&self.pool).await?);
+                }
+                Ok(merged)
             }
 
             async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError> {
