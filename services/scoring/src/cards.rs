@@ -5,22 +5,24 @@
 //!
 //! A card is current while nothing it was computed from has changed since and it is at
 //! most `scoring.scores_max_age` old (time alone moves recency-based scores):
-//! - a delivery computes again the cards of the profiles it touched (their facts read
-//!   after its commit), and drops those merged away or erased;
-//! - a change of audience standings drops the cards of the profiles whose memberships
-//!   it changed (the next read computes them again);
+//! - a delivery drops the cards of the profiles it touched before it is acknowledged,
+//!   and a keeper beside the deliveries computes again those that still stand (their
+//!   facts read after the drop), each once for all the deliveries that touched it
+//!   while it was busy;
+//! - a change of audience standings outside a delivery drops the cards of the profiles
+//!   whose memberships it changed (the next read computes them again);
 //! - a model saved, a computed trait or an audience created or deleted marks the
-//!   workspace's definitions changed: every card computed before is stale.
+//!   workspace's definitions changed: every card computed from reads that began before,
+//!   or up to `MARGIN` after (the models another replica may hold for up to
+//!   `MODELS_RECHECK` after one was saved), is stale.
 //!
-//! Each card and each drop carries a version, the time its reads began (less
-//! `MARGIN`) or the time of the drop, and the cache keeps only the highest: a card
-//! computed from facts read before a change can never replace the card or the drop
-//! written after it, whichever lands first. `MARGIN` covers the models a replica may
-//! hold for up to `MODELS_RECHECK` after another saved new ones, and clocks apart by
-//! as much.
+//! Each card carries as its version the time its reads began, each drop the time it was
+//! made, and the cache keeps only the highest: a card computed from facts read before a
+//! drop never replaces it, whichever lands first (replicas' clocks are taken to agree
+//! far closer than the time a read takes).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +30,7 @@ use corvus_proto::scoring::v1 as pb;
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::{Cache, StorageError, Versioned};
 use prost::Message as _;
+use tokio::sync::mpsc;
 
 use crate::grpc::scores_response;
 use crate::service::{MODELS_RECHECK, Scoring, ScoringError};
@@ -36,9 +39,14 @@ use crate::storage::Change;
 /// See the module's notes.
 const MARGIN: Duration = MODELS_RECHECK;
 
+/// Profiles whose scores are computed together, at most.
+const COMPUTED_AT_ONCE: usize = 500;
+
 pub(crate) struct Cards {
     cache: Arc<dyn Cache>,
     max_age: Duration,
+    /// Where deliveries send the profiles whose scores to compute again.
+    keeper: OnceLock<mpsc::UnboundedSender<(WorkspaceId, HashSet<ProfileId>)>>,
 }
 
 fn card_key(ws: &WorkspaceId, profile: ProfileId) -> String {
@@ -53,14 +61,13 @@ fn micros(at: DateTime<Utc>) -> u64 {
     at.timestamp_micros().max(0) as u64
 }
 
-/// A card's version: when its reads began, less the margin.
-fn version_of(read_at: DateTime<Utc>) -> u64 {
-    micros(read_at).saturating_sub(MARGIN.as_micros() as u64)
-}
-
 impl Cards {
     pub(crate) fn new(cache: Arc<dyn Cache>, max_age: Duration) -> Self {
-        Self { cache, max_age }
+        Self {
+            cache,
+            max_age,
+            keeper: OnceLock::new(),
+        }
     }
 
     /// What a drop or a definitions mark lives for: longer than any card it outdates.
@@ -75,7 +82,10 @@ impl Cards {
         let Some((version, bytes)) = card? else {
             return Ok(None);
         };
-        if changed?.is_some_and(|(at, _)| at >= version) || bytes.len() < 8 {
+        // Models another replica saved up to `MARGIN` before the reads began may not
+        // have been seen by them.
+        let margin = MARGIN.as_micros() as u64;
+        if changed?.is_some_and(|(at, _)| at + margin >= version) || bytes.len() < 8 {
             return Ok(None);
         }
         let (at, encoded) = bytes.split_at(8);
@@ -96,7 +106,7 @@ impl Cards {
         read_at: DateTime<Utc>,
         cards: &[(ProfileId, pb::GetScoresResponse)],
     ) -> Result<(), StorageError> {
-        let version = version_of(read_at);
+        let version = micros(read_at);
         let entries: Vec<(String, Vec<u8>)> = cards
             .iter()
             .map(|(profile, card)| {
@@ -190,8 +200,8 @@ impl Scoring {
         });
     }
 
-    /// After a delivery is applied: the cards of the profiles it touched computed again,
-    /// those merged away or erased dropped.
+    /// After a delivery is applied: the cards of the profiles it touched dropped, and
+    /// those that still stand computed again in the background.
     pub(crate) async fn keep_cards(&self, changes: &[(WorkspaceId, Change)]) -> Result<(), ScoringError> {
         let Some(cards) = &self.cards else {
             return Ok(());
@@ -219,40 +229,73 @@ impl Scoring {
                 }
             }
         }
-        for (ws, (compute, mut gone)) in touched {
-            let read_at = Utc::now();
-            let mut profiles: Vec<ProfileId> = compute.into_iter().collect();
-            profiles.sort();
-            // A fact replayed under an id merged in an earlier delivery: that id's
-            // scores are its survivor's, read through it.
-            let merged = self.store.merged_among(ws, &profiles).await?;
-            profiles.retain(|p| !merged.contains(p));
-            gone.extend(merged);
-            let (models, traits, histories, memberships) = tokio::join!(
-                self.models(ws),
-                self.computed_traits(ws),
-                self.store.histories(ws, &profiles),
-                self.store.memberships_of(ws, &profiles)
-            );
-            let (models, traits, mut histories, mut memberships) = (models?, traits?, histories?, memberships?);
-            let mut kept = Vec::with_capacity(profiles.len());
-            for profile in profiles {
-                let (facts, held) = histories.remove(&profile).unwrap_or_default();
-                if facts.is_empty() {
-                    gone.insert(profile);
-                    continue;
-                }
-                let values: BTreeMap<String, Option<serde_json::Value>> = traits
-                    .iter()
-                    .map(|(t, _)| (t.name.clone(), t.compute(&held, read_at).0))
-                    .collect();
-                let scores = self.scores_from(ws, &models, profile, facts, read_at, None)?;
-                let audiences = memberships.remove(&profile).unwrap_or_default();
-                kept.push((profile, scores_response(&scores, values, audiences)));
-            }
-            cards.put(ws, read_at, &kept).await?;
-            cards.discard(ws, gone).await?;
+        // Dropped before the delivery is acknowledged, so that nothing it outdated is
+        // served; computed again beside the deliveries, so as not to slow them.
+        let keeper = cards.keeper.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(self.clone().keep(receiver));
+            sender
+        });
+        for (ws, (compute, gone)) in touched {
+            cards.discard(ws, compute.iter().copied().chain(gone)).await?;
+            let _ = keeper.send((ws.clone(), compute));
         }
+        Ok(())
+    }
+
+    /// Computes the scores of the profiles sent, each once for all the times it was
+    /// sent while the previous round was being computed.
+    async fn keep(self, mut sent: mpsc::UnboundedReceiver<(WorkspaceId, HashSet<ProfileId>)>) {
+        while let Some((ws, profiles)) = sent.recv().await {
+            let mut waiting: BTreeMap<WorkspaceId, HashSet<ProfileId>> = BTreeMap::new();
+            waiting.entry(ws).or_default().extend(profiles);
+            while let Ok((ws, profiles)) = sent.try_recv() {
+                waiting.entry(ws).or_default().extend(profiles);
+            }
+            for (ws, profiles) in waiting {
+                for chunk in profiles.into_iter().collect::<Vec<_>>().chunks(COMPUTED_AT_ONCE) {
+                    // Not kept, they are computed when read.
+                    if let Err(err) = self.compute_cards(&ws, chunk.to_vec()).await {
+                        tracing::warn!(error = %err, "scores not kept; they are computed when read");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Computes the profiles' scores and keeps them.
+    async fn compute_cards(&self, ws: &WorkspaceId, mut profiles: Vec<ProfileId>) -> Result<(), ScoringError> {
+        let Some(cards) = &self.cards else {
+            return Ok(());
+        };
+        let read_at = Utc::now();
+        profiles.sort();
+        // A fact replayed under an id merged in an earlier delivery: that id's scores are
+        // its survivor's, read through it.
+        let merged = self.store.merged_among(ws, &profiles).await?;
+        profiles.retain(|p| !merged.contains(p));
+        let (models, traits, histories, memberships) = tokio::join!(
+            self.models(ws),
+            self.computed_traits(ws),
+            self.store.histories(ws, &profiles),
+            self.store.memberships_of(ws, &profiles)
+        );
+        let (models, traits, mut histories, mut memberships) = (models?, traits?, histories?, memberships?);
+        let mut kept = Vec::with_capacity(profiles.len());
+        for profile in profiles {
+            let (facts, held) = histories.remove(&profile).unwrap_or_default();
+            if facts.is_empty() {
+                continue;
+            }
+            let values: BTreeMap<String, Option<serde_json::Value>> = traits
+                .iter()
+                .map(|(t, _)| (t.name.clone(), t.compute(&held, read_at).0))
+                .collect();
+            let scores = self.scores_from(ws, &models, profile, facts, read_at, None)?;
+            let audiences = memberships.remove(&profile).unwrap_or_default();
+            kept.push((profile, scores_response(&scores, values, audiences)));
+        }
+        cards.put(ws, read_at, &kept).await?;
         Ok(())
     }
 
@@ -327,6 +370,57 @@ mod tests {
         cards.definitions_changed(&ws).await.unwrap();
         assert_eq!(events(cards.get(&ws, q).await.unwrap()), None);
         assert_eq!(events(cards.get(&ws, p).await.unwrap()), Some(2));
+    }
+
+    /// A delivery's profiles have their scores computed and kept with no read asking
+    /// for them; a profile erased has none kept.
+    #[tokio::test]
+    async fn a_delivery_keeps_its_profiles_scores() {
+        use crate::domain::facts::Fact;
+        use crate::domain::traits::Payload;
+        let dir = corvus_test_support::TempDir::new();
+        let config = corvus_test_support::storage(corvus_test_support::Backend::Embedded, &dir)
+            .await
+            .expect("the embedded store");
+        let store = crate::storage::connect(&config).await.unwrap();
+        let scoring = Scoring::new(store.clone(), &crate::ScoringConfig::default())
+            .with_cards(Arc::new(MemoryCache::default()), Duration::from_secs(60));
+        let ws: WorkspaceId = "acme".parse().unwrap();
+        let (kept, erased) = (ProfileId::new(), ProfileId::new());
+        let order = |profile| Change::Fact {
+            event: corvus_proto::EventId::new(),
+            profile,
+            at: Utc::now() - chrono::Duration::days(1),
+            fact: Box::new(Fact {
+                revenue: Some(30.0),
+                ..Fact::default()
+            }),
+            payload: Box::new(Payload {
+                kind: "track".into(),
+                name: "Order Completed".into(),
+                ..Payload::default()
+            }),
+        };
+        let changes = vec![(ws.clone(), order(kept)), (ws.clone(), order(erased))];
+        store.apply(&changes).await.unwrap();
+        scoring.keep_cards(&changes).await.unwrap();
+        let cards = scoring.cards.clone().unwrap();
+        let mut card = None;
+        for _ in 0..200 {
+            card = cards.get(&ws, kept).await.unwrap();
+            if card.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let card = card.expect("the delivery's profile has its scores kept");
+        assert_eq!(card.profile_id, kept.to_string());
+        assert_eq!(card.features.unwrap().purchases.unwrap().orders, 1);
+
+        let erasure = vec![(ws.clone(), Change::Erased { profiles: vec![erased] })];
+        store.apply(&erasure).await.unwrap();
+        scoring.keep_cards(&erasure).await.unwrap();
+        assert!(cards.get(&ws, erased).await.unwrap().is_none());
     }
 
     /// A card older than the most a card may be is not served.

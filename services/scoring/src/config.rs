@@ -28,7 +28,8 @@ pub struct ScoringConfig {
     pub refit_every: std::time::Duration,
     /// Each person's scores as of now are kept in the cache as events arrive, and a
     /// GetScores without `as_of` answers from them while they are at most this old
-    /// ("0s": computed at every read).
+    /// ("0s", the default: computed at every read). Keeping them costs scoring's
+    /// deliveries a read and a scoring of each person they touch (docs/scoring.md).
     #[serde(with = "humantime_serde")]
     pub scores_max_age: std::time::Duration,
 }
@@ -47,7 +48,7 @@ impl Default for ScoringConfig {
             batch_size: 10_000,
             audience_upkeep_interval: std::time::Duration::from_secs(1),
             refit_every: std::time::Duration::from_secs(24 * 3600),
-            scores_max_age: std::time::Duration::from_secs(15 * 60),
+            scores_max_age: std::time::Duration::from_secs(0),
         }
     }
 }
