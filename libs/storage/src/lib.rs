@@ -10,6 +10,7 @@ mod config;
 mod database;
 mod error;
 mod scrub;
+pub mod sql;
 mod statistics;
 
 pub use cache::{Cache, MemoryCache, RedisCache, Versioned};

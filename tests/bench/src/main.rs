@@ -105,6 +105,11 @@ struct Args {
     /// Length of each GetProfile point in seconds [default: 10, or 2 with --quick].
     #[arg(long)]
     read_secs: Option<f64>,
+    /// Seconds each person's scores are kept for as events arrive, in the scoring and
+    /// orchestration sections (`[scoring] scores_max_age`); 0, the app's default, keeps
+    /// none.
+    #[arg(long, default_value_t = 0)]
+    scores_max_age_secs: u64,
     /// People of the orchestration section [default: 50000, or 5000 with --quick].
     #[arg(long)]
     orchestration_people: Option<usize>,
@@ -160,6 +165,7 @@ impl Args {
             orchestration: on(Section::Orchestration),
             measurement: on(Section::Measurement),
             orchestration_people,
+            scores_max_age: std::time::Duration::from_secs(self.scores_max_age_secs),
             measurement_exposures,
             identity_events,
             probes,
@@ -283,10 +289,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if plan.models {
         models::run(&mut results)?;
     }
+    let kept = match plan.scores_max_age.as_secs() {
+        0 => String::new(),
+        s => format!(" (each person's scores kept as events arrive, for {s} s)"),
+    };
     if plan.scoring {
         header.push_str(&format!(
             "scoring: the identity mix ({} events) at full rate, an audience kept current; then {} probes \
-             under 5,000 events/s, from the ack to the audience entry\n",
+             under 5,000 events/s, from the ack to the audience entry{kept}\n",
             plan.identity_events, plan.probes
         ));
         scoring::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;
@@ -295,7 +305,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         header.push_str(&format!(
             "orchestration: {} people (identify + consent), 20 live campaigns; GetProfile and Decide for {} s a \
              point, Decide open loop at half its peak for {} s; SimulateCampaign over the people; then {} \
-             detractor probes under 5,000 events/s, from the ack to the alert on StreamAlerts\n",
+             detractor probes under 5,000 events/s, from the ack to the alert on StreamAlerts{kept}\n",
             plan.orchestration_people, plan.read_secs, plan.latency_secs, plan.probes
         ));
         orchestration::run(&plan, &args.database_url, &args.redis_url, &mut results).await?;

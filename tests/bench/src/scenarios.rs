@@ -44,6 +44,8 @@ pub struct Plan {
     pub measurement: bool,
     /// People of the orchestration section.
     pub orchestration_people: usize,
+    /// `[scoring] scores_max_age` in the scoring and orchestration sections.
+    pub scores_max_age: std::time::Duration,
     /// Exposures of the measurement section's largest point.
     pub measurement_exposures: usize,
     /// Events of the identity mix.

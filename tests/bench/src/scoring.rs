@@ -63,7 +63,9 @@ pub(crate) async fn scoring_lag(identity: &mut IdentityServiceClient<Channel>, k
 
 pub async fn run(plan: &Plan, server_url: &str, redis_url: &str, results: &mut Results) -> anyhow::Result<()> {
     let scratch = Scratch::create(server_url).await?;
-    let app = Running::start(durable_config(&scratch, redis_url, Resolution::On)).await?;
+    let mut config = durable_config(&scratch, redis_url, Resolution::On);
+    config.scoring.scores_max_age = plan.scores_max_age;
+    let app = Running::start(config).await?;
     let outcome = measure(plan, &scratch, &app, results).await;
     let stopped = app.stop().await;
     let dropped = scratch.drop_database().await;

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_log::store::{EventLog, NewEvent, PgEventLog, SqliteEventLog};
 use corvus_proto::{ProfileId, WorkspaceId};
+use corvus_storage::sql::rows;
 use corvus_storage::{Database, Migrators, Statistics, StorageConfig, StorageError};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Mutex;
@@ -225,6 +226,9 @@ fn decision_of(row: DecisionRow) -> Result<Decision, StorageError> {
 
 const DECISION: &str = "SELECT detail, outcome_event, outcome_at FROM decisions";
 
+/// The policy's cells counted by one statement, at most (six values each).
+const CELLS_AT_ONCE: usize = 100;
+
 macro_rules! orchestration_store {
     ($Store:ident, $Db:ty) => {
         #[async_trait]
@@ -300,21 +304,25 @@ macro_rules! orchestration_store {
                     };
                     *cells.entry(cell).or_default() += 1;
                 }
-                for (cell, n) in &cells {
-                    sqlx::query(
+                let counted: Vec<(&Cell, &i64)> = cells.iter().collect();
+                for chunk in counted.chunks(CELLS_AT_ONCE) {
+                    let sql = format!(
                         "INSERT INTO outcomes (workspace_id, campaign, segment, action, channel, trials) \
-                         VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (workspace_id, campaign, segment, action, channel) \
-                         DO UPDATE SET trials = outcomes.trials + $6",
-                    )
-                    .bind(ws.as_str())
-                    .bind(&cell.campaign)
-                    .bind(&cell.segment)
-                    .bind(&cell.action)
-                    .bind(&cell.channel)
-                    .bind(n)
-                    .execute(&mut *tx)
-                    .await?;
+                         VALUES {} ON CONFLICT (workspace_id, campaign, segment, action, channel) \
+                         DO UPDATE SET trials = outcomes.trials + excluded.trials",
+                        rows(1, chunk.len(), 6)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (cell, n) in chunk {
+                        query = query
+                            .bind(ws.as_str())
+                            .bind(&cell.campaign)
+                            .bind(&cell.segment)
+                            .bind(&cell.action)
+                            .bind(&cell.channel)
+                            .bind(**n);
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(cells.values().sum::<i64>() as u64)

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_proto::{ProfileId, WorkspaceId};
 use corvus_storage::StorageError;
+use corvus_storage::sql::{placeholders, rows};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -189,6 +190,9 @@ fn send_of(row: Row) -> Result<SendRow, StorageError> {
 }
 
 /// The sends a claim takes: the head of the queue, not leased.
+/// Sends settled or marked reported by one statement, at most (three values each).
+const SETTLED_AT_ONCE: usize = 300;
+
 macro_rules! queue_head {
     () => {
         "SELECT decision_id FROM sends WHERE workspace_id = $1 AND channel = $2 AND state = 'pending' \
@@ -296,15 +300,30 @@ macro_rules! send_store {
                 }
                 let _guard = self.writer_guard().await;
                 let mut tx = self.pool.begin().await?;
+                // The sends that went out (most of them), in a statement for many.
+                let sent: Vec<(&Uuid, &String, i64)> = settled
+                    .iter()
+                    .filter_map(|(decision, settle)| match settle {
+                        Settle::Sent { receipt, at } => Some((decision, receipt, micros(*at))),
+                        _ => None,
+                    })
+                    .collect();
+                for chunk in sent.chunks(SETTLED_AT_ONCE) {
+                    let sql = format!(
+                        "UPDATE sends SET state = 'sent', attempts = attempts + 1, lease_until = NULL, \
+                         receipt = v.column2, sent_at = v.column3 FROM (VALUES {}) AS v \
+                         WHERE sends.decision_id = v.column1 AND sends.state = 'pending'",
+                        rows(1, chunk.len(), 3)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (decision, receipt, at) in chunk {
+                        query = query.bind(*decision).bind(*receipt).bind(*at);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
                 for (decision, settle) in settled {
                     let query = match settle {
-                        Settle::Sent { receipt, at } => sqlx::query(
-                            "UPDATE sends SET state = 'sent', attempts = attempts + 1, lease_until = NULL, \
-                             receipt = $2, sent_at = $3 WHERE decision_id = $1 AND state = 'pending'",
-                        )
-                        .bind(decision)
-                        .bind(receipt)
-                        .bind(micros(*at)),
+                        Settle::Sent { .. } => continue,
                         Settle::Retry { error, next } => sqlx::query(
                             "UPDATE sends SET attempts = attempts + 1, lease_until = NULL, last_error = $2, \
                              next_attempt_at = $3 WHERE decision_id = $1 AND state = 'pending'",
@@ -338,11 +357,16 @@ macro_rules! send_store {
             async fn mark_reported(&self, decisions: &[Uuid]) -> Result<(), StorageError> {
                 let _guard = self.writer_guard().await;
                 let mut tx = self.pool.begin().await?;
-                for id in decisions {
-                    sqlx::query("UPDATE sends SET reported = true WHERE decision_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in decisions.chunks(SETTLED_AT_ONCE) {
+                    let sql = format!(
+                        "UPDATE sends SET reported = true WHERE decision_id IN ({})",
+                        placeholders(1, chunk.len())
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corvus_proto::{EventId, ProfileId, WorkspaceId};
+use corvus_storage::sql::{placeholders, rows};
 use corvus_storage::{Database, Migrators, Statistics, StorageConfig, StorageError, Vacuum};
 use futures::{StreamExt as _, TryStreamExt as _};
 use sqlx::{PgPool, SqlitePool};
@@ -275,22 +276,6 @@ const FACT_ROWS: usize = 500;
 /// Statements a delivery runs side by side, at most: half of the store's pool (16 by
 /// default), which serves the API's reads too.
 const SIDE_BY_SIDE: usize = 8;
-
-/// `($first, ..., $first+width-1), ($first+width, ...), ...`: `n` rows of placeholders.
-fn rows(first: usize, n: usize, width: usize) -> String {
-    (0..n)
-        .map(|r| format!("({})", placeholders(first + r * width, width)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `$first, $first+1, ...`: `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()

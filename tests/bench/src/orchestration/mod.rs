@@ -119,6 +119,7 @@ pub async fn run(plan: &Plan, server_url: &str, redis_url: &str, results: &mut R
     let scratch = Scratch::create(server_url).await?;
     let mut config = durable_config(&scratch, redis_url, Resolution::On);
     config.server.request_timeout = REQUEST_TIMEOUT;
+    config.scoring.scores_max_age = plan.scores_max_age;
     let app = Running::start(config).await?;
     let outcome = async {
         ensure!(app.backend == "postgres", "the durable app runs on {}", app.backend);
