@@ -113,8 +113,12 @@ pub fn rfm_of(features: &Features, as_of: DateTime<Utc>) -> Option<Rfm> {
 
 impl Scoring {
     pub async fn connect(storage: &StorageConfig, config: &ScoringConfig) -> anyhow::Result<Self> {
+        let scoring = Self::new(storage::connect(storage).await?, config);
+        if config.scores_max_age.is_zero() {
+            return Ok(scoring);
+        }
         let cache = <dyn corvus_storage::Cache>::connect(storage).await?;
-        Ok(Self::new(storage::connect(storage).await?, config).with_cards(cache, config.scores_max_age))
+        Ok(scoring.with_cards(cache, config.scores_max_age))
     }
 
     pub fn new(store: Arc<dyn ScoringStore>, config: &ScoringConfig) -> Self {
