@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use corvus_proto::{ProfileId, WorkspaceId};
+use corvus_storage::sql::placeholders;
 use uuid::Uuid;
 
 use super::{Merge, PgOrchestrationStore, SqliteOrchestrationStore, StorageError, micros};
@@ -212,11 +213,7 @@ impl SqliteOrchestrationStore {
     ) -> Result<Vec<OpenRow>, StorageError> {
         let mut rows = Vec::new();
         for chunk in profiles.chunks(OPEN_DECISIONS_AT_ONCE) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = OPEN_DECISIONS.replace("$LIST", &list);
+            let sql = OPEN_DECISIONS.replace("$LIST", &placeholders(3, chunk.len()));
             let mut query = sqlx::query_as::<_, OpenRow>(&sql).bind(ws.as_str()).bind(micros(since));
             for profile in chunk {
                 query = query.bind(profile.as_uuid());

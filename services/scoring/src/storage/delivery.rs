@@ -1,12 +1,15 @@
-//! How a delivery of identity's log is cut for writing: runs of facts and merges
+//! How a delivery of identity's log is cut for writing (runs of facts and merges
 //! between unmerges and erasures, each run's facts once, and where its merges move
-//! facts.
+//! facts), and the writes of each step.
 
 use std::collections::BTreeMap;
 
+use chrono::Utc;
 use corvus_proto::{ProfileId, WorkspaceId};
+use corvus_storage::StorageError;
+use corvus_storage::sql::rows;
 
-use super::{Change, root_of};
+use super::{Change, FACT_ROWS, IN_LIST, PgScoringStore, SqliteScoringStore, micros, root_of, undecodable};
 
 pub(super) fn is_barrier(change: &Change) -> bool {
     matches!(change, Change::Unmerged { .. } | Change::Erased { .. })
@@ -83,3 +86,171 @@ mod tests {
         }
     }
 }
+
+/// A delivery's writes (its facts, its merges' moves, each unmerge and erasure), written
+/// once for both backends.
+macro_rules! delivery_writes {
+    ($Store:ident, $Db:ty) => {
+        impl $Store {
+            /// Writes facts; one already held (by event id) is left as it is.
+            pub(super) async fn write_facts(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                facts: &[&(WorkspaceId, Change)],
+            ) -> Result<(), StorageError> {
+                for run in facts.chunks(FACT_ROWS) {
+                    let sql = format!(
+                        "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
+                         VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                        rows(1, run.len(), 7)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for (ws, c) in run {
+                        let Change::Fact {
+                            event,
+                            profile,
+                            at,
+                            fact,
+                            payload,
+                        } = c
+                        else {
+                            unreachable!("facts only");
+                        };
+                        query = query
+                            .bind(ws)
+                            .bind(*event)
+                            .bind(*profile)
+                            .bind(micros(*at))
+                            .bind(fact.revenue)
+                            .bind(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?)
+                            .bind(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
+                    }
+                    query.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Applies a run's merges: the facts moved by one statement per workspace
+            /// (and `IN_LIST` ids), the aliases written by another.
+            pub(super) async fn write_merges(tx: &mut sqlx::Transaction<'_, $Db>, moves: &Moves<'_>) -> Result<(), StorageError> {
+                for (ws, (to, aliases)) in moves {
+                    let to: Vec<_> = to.iter().collect();
+                    for chunk in to.chunks(IN_LIST) {
+                        let cases: String = (0..chunk.len())
+                            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+                            .collect();
+                        let ids = (0..chunk.len())
+                            .map(|i| format!("${}", 2 + 2 * i))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let sql = format!(
+                            "UPDATE facts SET profile_id = CASE profile_id{cases} END \
+                             WHERE workspace_id = $1 AND profile_id IN ({ids})"
+                        );
+                        let mut query = sqlx::query(&sql).bind(*ws);
+                        for (from, to) in chunk {
+                            query = query.bind(**from).bind(**to);
+                        }
+                        query.execute(&mut **tx).await?;
+                    }
+                    let aliases: Vec<_> = aliases.iter().collect();
+                    for chunk in aliases.chunks(IN_LIST) {
+                        let sql = format!(
+                            "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES {} \
+                             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
+                            rows(1, chunk.len(), 3)
+                        );
+                        let mut query = sqlx::query(&sql);
+                        for (id, survivor) in chunk {
+                            query = query.bind(*ws).bind(**id).bind(**survivor);
+                        }
+                        query.execute(&mut **tx).await?;
+                    }
+                }
+                Ok(())
+            }
+
+            /// Applies an unmerge or an erasure; returns what an erasure deleted.
+            pub(super) async fn write_barrier(
+                tx: &mut sqlx::Transaction<'_, $Db>,
+                (ws, change): &(WorkspaceId, Change),
+            ) -> Result<Option<(u64, u64)>, StorageError> {
+                match change {
+                    Change::Unmerged { sides } => {
+                        for (profile, events) in sides {
+                            sqlx::query("DELETE FROM aliases WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            for event in events {
+                                sqlx::query(
+                                    "UPDATE facts SET profile_id = $3 WHERE workspace_id = $1 AND event_id = $2",
+                                )
+                                .bind(ws)
+                                .bind(*event)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            }
+                        }
+                    }
+                    Change::Erased { profiles } => {
+                        let (mut removed, mut standings) = (0, 0);
+                        for profile in profiles {
+                            Self::serialise_changes(tx).await?;
+                            // The person's history of entries and exits goes; an exit
+                            // from each audience they were in tells its stream.
+                            let held: Vec<(String, bool)> = sqlx::query_as(
+                                "DELETE FROM audience_members WHERE workspace_id = $1 AND profile_id = $2 \
+                                 RETURNING audience, member",
+                            )
+                            .bind(ws)
+                            .bind(*profile)
+                            .fetch_all(&mut **tx)
+                            .await?;
+                            sqlx::query("DELETE FROM audience_changes WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?;
+                            for (audience, _) in held.iter().filter(|(_, member)| *member) {
+                                sqlx::query(
+                                    "INSERT INTO audience_changes \
+                                     (workspace_id, audience, profile_id, entered, at, reason) \
+                                     VALUES ($1, $2, $3, $4, $5, 'erased')",
+                                )
+                                .bind(ws)
+                                .bind(audience)
+                                .bind(*profile)
+                                .bind(false)
+                                .bind(micros(Utc::now()))
+                                .execute(&mut **tx)
+                                .await?;
+                            }
+                            standings += held.len() as u64;
+                            removed += sqlx::query("DELETE FROM facts WHERE workspace_id = $1 AND profile_id = $2")
+                                .bind(ws)
+                                .bind(*profile)
+                                .execute(&mut **tx)
+                                .await?
+                                .rows_affected();
+                            sqlx::query(
+                                "DELETE FROM aliases WHERE workspace_id = $1 AND (profile_id = $2 OR survivor_id = $2)",
+                            )
+                            .bind(ws)
+                            .bind(*profile)
+                            .execute(&mut **tx)
+                            .await?;
+                        }
+                        return Ok(Some((removed, standings)));
+                    }
+                            Change::Fact { .. } | Change::Merged { .. } => {}
+                }
+                Ok(None)
+            }
+        }
+    };
+}
+
+delivery_writes!(PgScoringStore, sqlx::Postgres);
+delivery_writes!(SqliteScoringStore, sqlx::Sqlite);
