@@ -147,9 +147,23 @@ impl Orchestration {
                 profile,
                 since,
                 budgeted,
+                assumed: open
+                    .iter()
+                    .map(|o| (o.campaign.definition.name.clone(), o.campaign.version))
+                    .collect(),
                 plan: Box::new(move |ledger| planning.plan(id, ledger)),
             };
-            match self.decider.decide(request).await? {
+            let recorded = self.decider.decide(request).await?;
+            // A campaign found paused or changed since it was read: read them again.
+            let explained = match &recorded {
+                Recorded::Nothing(explanation) => Some(explanation),
+                Recorded::Written(writes) => Some(&writes.decision.explanation),
+                Recorded::BudgetSpent(_) => None,
+            };
+            if explained.is_some_and(|e| e.blocked.iter().any(|b| b.reason == Reason::State)) {
+                self.campaigns_changed(ws);
+            }
+            match recorded {
                 Recorded::Nothing(explanation) => return Ok((None, explanation)),
                 Recorded::BudgetSpent(campaign) => exhausted.push(campaign),
                 Recorded::Written(writes) => {

@@ -508,10 +508,8 @@ impl OrchestrationService for OrchestrationApi {
             return Err(invalid_argument("share", "a share in [0, 0.5]"));
         }
         self.orchestration
-            .store
             .set_control_share(&principal.workspace, share)
-            .await
-            .map_err(storage_status)?;
+            .await?;
         Ok(Response::new(pb::SetControlGroupResponse { share }))
     }
 

@@ -58,6 +58,11 @@ pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Or
 /// What was read, and when.
 type Read<T> = (Instant, Arc<T>);
 
+/// How long a replica uses a workspace's live campaigns before it reads their count of
+/// changes again: the most it lags behind a campaign launched, changed or resumed
+/// through another replica (a pause is never missed: see `live`).
+pub(crate) const LIVE_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A workspace's live campaigns and control group, as of a count of its changes.
 #[derive(Default)]
 pub(crate) struct Live {
@@ -73,7 +78,11 @@ pub struct Orchestration {
     pub store: Arc<dyn OrchestrationStore>,
     pub(crate) directory: Arc<dyn Directory>,
     config: Arc<OrchestrationConfig>,
-    live: Arc<Mutex<HashMap<WorkspaceId, Arc<Live>>>>,
+    /// Each workspace's live campaigns, and when their count of changes was last read.
+    live: Arc<Mutex<HashMap<WorkspaceId, Read<Live>>>>,
+    /// Moves on with each change of campaigns made here: live campaigns read across one
+    /// are not kept.
+    live_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The policy's evidence of each workspace, and when it was read.
     evidence: Arc<Mutex<HashMap<WorkspaceId, Read<Evidence>>>>,
     pub(crate) propensities: Arc<Propensities>,
@@ -110,6 +119,7 @@ impl Orchestration {
             directory,
             config: Arc::new(config.clone()),
             live: Arc::default(),
+            live_changes: Arc::default(),
             evidence: Arc::default(),
             propensities: Arc::default(),
             alerting: Arc::default(),
@@ -219,10 +229,12 @@ impl Orchestration {
 
     pub async fn create(&self, caller: &Caller, def: &Definition) -> Result<Stored, OrchestrationError> {
         self.check(caller, def).await?;
-        Ok(self
+        let created = self
             .store
             .create_campaign(&caller.principal.workspace, def, Utc::now())
-            .await?)
+            .await;
+        self.campaigns_changed(&caller.principal.workspace);
+        Ok(created?)
     }
 
     pub async fn update(
@@ -232,14 +244,24 @@ impl Orchestration {
         expected: Option<u32>,
     ) -> Result<Stored, OrchestrationError> {
         self.check(caller, def).await?;
-        Ok(self
+        let updated = self
             .store
             .update_campaign(&caller.principal.workspace, def, expected, Utc::now())
-            .await?)
+            .await;
+        self.campaigns_changed(&caller.principal.workspace);
+        Ok(updated?)
     }
 
     pub async fn set_state(&self, ws: &WorkspaceId, name: &str, to: State) -> Result<Stored, OrchestrationError> {
-        Ok(self.store.set_state(ws, name, to, Utc::now()).await?)
+        let stored = self.store.set_state(ws, name, to, Utc::now()).await;
+        self.campaigns_changed(ws);
+        Ok(stored?)
+    }
+
+    pub async fn set_control_share(&self, ws: &WorkspaceId, share: f64) -> Result<(), OrchestrationError> {
+        let set = self.store.set_control_share(ws, share).await;
+        self.campaigns_changed(ws);
+        Ok(set?)
     }
 
     /// Pauses every live campaign tagged `tag`.
@@ -252,31 +274,50 @@ impl Orchestration {
             .filter(|c| c.state == State::Live && c.definition.tags.iter().any(|t| t == tag))
             .map(|c| c.definition.name)
             .collect();
-        Ok(self.store.pause(ws, &names, Utc::now()).await?)
+        let paused = self.store.pause(ws, &names, Utc::now()).await;
+        self.campaigns_changed(ws);
+        Ok(paused?)
     }
 
-    /// The live campaigns, read again whenever the workspace's campaigns changed: one
-    /// small read a call, so a pause is seen by the next Decide on every replica.
+    /// The live campaigns, read again when the workspace's count of campaign changes
+    /// has moved; the count is read at most once every `LIVE_RECHECK`. A change made
+    /// through this replica is seen by its next call; one made through another within
+    /// `LIVE_RECHECK`, and a pause at once: a decision is written only while its
+    /// campaign is live in the version decided with (`storage::decide`).
     pub(crate) async fn live(&self, ws: &WorkspaceId) -> Result<Arc<Live>, StorageError> {
-        let changed = self.store.campaigns_changed(ws).await?;
-        if let Some(live) = self
-            .live
-            .lock()
-            .expect("live lock")
-            .get(ws)
-            .filter(|l| l.changed == changed)
+        let held = self.live.lock().expect("live lock").get(ws).cloned();
+        if let Some((checked, live)) = &held
+            && checked.elapsed() < LIVE_RECHECK
         {
             return Ok(live.clone());
         }
-        let all: Vec<Arc<Stored>> = self.store.campaigns(ws).await?.into_iter().map(Arc::new).collect();
-        let live = Arc::new(Live {
-            changed,
-            campaigns: all.iter().filter(|c| c.state == State::Live).cloned().collect(),
-            all,
-            control_share: self.store.control_share(ws).await?,
-        });
-        self.live.lock().expect("live lock").insert(ws.clone(), live.clone());
+        let changes = self.live_changes.load(std::sync::atomic::Ordering::SeqCst);
+        let changed = self.store.campaigns_changed(ws).await?;
+        let live = match held.filter(|(_, l)| l.changed == changed) {
+            Some((_, live)) => live,
+            None => {
+                let all: Vec<Arc<Stored>> = self.store.campaigns(ws).await?.into_iter().map(Arc::new).collect();
+                Arc::new(Live {
+                    changed,
+                    campaigns: all.iter().filter(|c| c.state == State::Live).cloned().collect(),
+                    all,
+                    control_share: self.store.control_share(ws).await?,
+                })
+            }
+        };
+        if self.live_changes.load(std::sync::atomic::Ordering::SeqCst) == changes {
+            self.live
+                .lock()
+                .expect("live lock")
+                .insert(ws.clone(), (Instant::now(), live.clone()));
+        }
         Ok(live)
+    }
+
+    /// Drops the workspace's live campaigns held here: they changed, here or elsewhere.
+    pub(crate) fn campaigns_changed(&self, ws: &WorkspaceId) {
+        self.live_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.live.lock().expect("live lock").remove(ws);
     }
 
     /// The policy's evidence, read again once it is `evidence_refresh` old: the

@@ -49,12 +49,15 @@ pub(super) type OpenRow = (Uuid, String, Option<String>, Option<i64>);
 /// at a score a campaign waits for a person: the merged id's goes where the survivor
 /// has one), its alerts are the survivor's, and its cooldowns too (the later end of two
 /// kept; `AND true` lets SQLite read the ON CONFLICT as the upsert's). Its own
-/// cooldowns and churn looks are then deleted.
-const MERGE_STATEMENTS: [&str; 9] = [
+/// cooldowns and churn looks are then deleted. The survivor's count of decisions moves
+/// on with its touches: a decision planned from the touches before cannot be written.
+const MERGE_STATEMENTS: [&str; 10] = [
     "UPDATE aliases SET survivor_id = $3 WHERE workspace_id = $1 AND survivor_id = $2",
     "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES ($1, $2, $3) \
      ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = $3",
     "UPDATE touches SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
+    "INSERT INTO people (workspace_id, profile_id, decisions) VALUES ($1, $3, 1) \
+     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + 1",
     "DELETE FROM triggers WHERE workspace_id = $1 AND profile_id = $2 AND kind = 'score' AND campaign IN \
      (SELECT campaign FROM triggers WHERE workspace_id = $1 AND profile_id = $3 AND kind = 'score')",
     "UPDATE triggers SET profile_id = $3 WHERE workspace_id = $1 AND profile_id = $2",
@@ -73,7 +76,7 @@ const MERGE_STATEMENTS: [&str; 9] = [
 /// each merged id given the survivor it ends with (`flatten`). Of the score looks of a
 /// campaign that would wait for one survivor, the survivor's own is kept, else the
 /// first of its merged ids'.
-const MERGE_ALL: [&str; 9] = [
+const MERGE_ALL: [&str; 10] = [
     "UPDATE aliases a SET survivor_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \
      AS m(ws, id, survivor) WHERE a.workspace_id = m.ws AND a.survivor_id = m.id",
     "INSERT INTO aliases (workspace_id, profile_id, survivor_id) \
@@ -81,6 +84,9 @@ const MERGE_ALL: [&str; 9] = [
      ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
     "UPDATE touches t SET profile_id = m.survivor FROM unnest($1::text[], $2::uuid[], $3::uuid[]) \
      AS m(ws, id, survivor) WHERE t.workspace_id = m.ws AND t.profile_id = m.id",
+    "INSERT INTO people (workspace_id, profile_id, decisions) \
+     SELECT DISTINCT m.ws, m.survivor, 1::int8 FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS m(ws, id, survivor) \
+     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + 1",
     "DELETE FROM triggers t USING unnest($1::text[], $2::uuid[], $3::uuid[]) AS m(ws, id, survivor) \
      WHERE t.workspace_id = m.ws AND t.profile_id = m.id AND t.kind = 'score' AND EXISTS ( \
        SELECT 1 FROM triggers o WHERE o.workspace_id = m.ws AND o.kind = 'score' AND o.campaign = t.campaign \

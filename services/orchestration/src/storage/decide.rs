@@ -1,8 +1,13 @@
-//! Decisions recorded in batches: one transaction, one commit for every decision of a
-//! batch. On Postgres each step is one statement for the whole batch (arrays unnested);
-//! on SQLite, in this process, a statement a decision costs no round trip.
+//! Decisions recorded in batches. On Postgres, each person's first decision of a batch
+//! that spends no budget is planned from their ledger read without a lock and written by
+//! one statement that writes it only if no decision, merge or pause came between (the
+//! person's count of decisions and the campaign's state and version unchanged); the
+//! others, and any such write that finds a change, are decided in one transaction under
+//! the people's locks, each step one statement for the whole batch (arrays unnested). On
+//! SQLite, in this process, a transaction holds the file's write lock and a statement a
+//! decision costs no round trip.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use corvus_log::store::NewEvent;
 use sqlx::Row as _;
@@ -30,7 +35,7 @@ fn states_of(rows: Vec<(String, String, String, i32)>) -> Result<States, Storage
 /// The plans of a batch, in order, against the ledgers read under the people's locks:
 /// each decision's touch and spend are in the ledger of those after it.
 fn plan_all(
-    requests: &[DecideRequest],
+    requests: &[&DecideRequest],
     mut touches: HashMap<(String, Uuid), Vec<Touch>>,
     mut spent: HashMap<(String, String), u64>,
     states: &States,
@@ -73,7 +78,7 @@ fn plan_all(
 }
 
 /// The log's entries of the written decisions, by workspace.
-fn entries(requests: &[DecideRequest], recorded: &[Recorded]) -> BTreeMap<String, (usize, Vec<NewEvent>)> {
+fn entries(requests: &[&DecideRequest], recorded: &[Recorded]) -> BTreeMap<String, (usize, Vec<NewEvent>)> {
     let mut by_ws: BTreeMap<String, (usize, Vec<NewEvent>)> = BTreeMap::new();
     for (i, (r, rec)) in requests.iter().zip(recorded).enumerate() {
         if let Recorded::Written(w) = rec {
@@ -92,6 +97,95 @@ const DECISION_COLUMNS: &str = "decision_id, workspace_id, profile_id, campaign,
 
 impl PgOrchestrationStore {
     pub(super) async fn decide_batch(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
+        let mut first = HashSet::new();
+        let unlocked: Vec<usize> = (0..requests.len())
+            .filter(|&i| {
+                let r = &requests[i];
+                r.budgeted.is_empty() && first.insert((r.ws.as_str(), r.profile.as_uuid()))
+            })
+            .collect();
+        let mut recorded: Vec<Option<Recorded>> = vec![None; requests.len()];
+        if !unlocked.is_empty() {
+            let asked: Vec<&DecideRequest> = unlocked.iter().map(|&i| &requests[i]).collect();
+            for (&i, r) in unlocked.iter().zip(self.decide_unlocked(&asked).await?) {
+                recorded[i] = r;
+            }
+        }
+        let rest: Vec<usize> = (0..requests.len()).filter(|&i| recorded[i].is_none()).collect();
+        if !rest.is_empty() {
+            let asked: Vec<&DecideRequest> = rest.iter().map(|&i| &requests[i]).collect();
+            for (&i, r) in rest.iter().zip(self.decide_locked(&asked).await?) {
+                recorded[i] = Some(r);
+            }
+        }
+        Ok(recorded
+            .into_iter()
+            .map(|r| r.expect("every request recorded"))
+            .collect())
+    }
+
+    /// Plans each request (one a person) from the ledger as one statement reads it, the
+    /// campaigns it may choose taken as live in the versions it knows, then writes the
+    /// decisions in one statement on two conditions: the person's count of decisions is
+    /// what was read (no decision and no merge moved their touches since), and the
+    /// campaign is live in that version. `None` for a decision not written: it is
+    /// decided again under the lock.
+    async fn decide_unlocked(&self, requests: &[&DecideRequest]) -> Result<Vec<Option<Recorded>>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT p.n, (SELECT decisions FROM people e WHERE e.workspace_id = p.ws AND e.profile_id = p.id), \
+               t.campaign, t.channel, t.at, t.local_day \
+             FROM unnest($1::text[], $2::uuid[], $3::int8[]) WITH ORDINALITY AS p(ws, id, since, n) \
+             LEFT JOIN LATERAL (SELECT campaign, channel, at, local_day FROM touches \
+               WHERE workspace_id = p.ws AND profile_id = p.id AND at >= p.since) t ON true",
+        )
+        .bind(requests.iter().map(|r| r.ws.as_str()).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| r.profile.as_uuid()).collect::<Vec<_>>())
+        .bind(requests.iter().map(|r| micros(r.since)).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = vec![0_i64; requests.len()];
+        let mut touches: Vec<Vec<Touch>> = vec![Vec::new(); requests.len()];
+        for row in rows {
+            let n = row.try_get::<i64, _>(0)? as usize - 1;
+            counts[n] = row.try_get::<Option<i64>, _>(1)?.unwrap_or_default();
+            if let Some(campaign) = row.try_get::<Option<String>, _>(2)? {
+                touches[n].push(touch_of((campaign, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?)));
+            }
+        }
+        let recorded: Vec<Recorded> = requests
+            .iter()
+            .zip(touches)
+            .map(|(r, touches)| {
+                let ledger = Ledger {
+                    touches,
+                    spent: HashMap::new(),
+                    states: r
+                        .assumed
+                        .iter()
+                        .map(|(name, version)| (name.clone(), (State::Live, *version)))
+                        .collect(),
+                };
+                match (r.plan)(&ledger) {
+                    Ok(writes) => Recorded::Written(Box::new(writes)),
+                    Err(explanation) => Recorded::Nothing(explanation),
+                }
+            })
+            .collect();
+        let written = Self::write_checked(&self.pool, requests, &recorded, &counts).await?;
+        if !written.is_empty() {
+            self.log.wake();
+            self.decisions_statistics.wrote(&self.pool, written.len());
+        }
+        Ok(recorded
+            .into_iter()
+            .map(|r| match r {
+                Recorded::Written(w) if !written.contains(&w.decision.id) => None,
+                r => Some(r),
+            })
+            .collect())
+    }
+
+    async fn decide_locked(&self, requests: &[&DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
         // Every read here is by key; without statistics (a young table) Postgres can
         // reckon a batch's people most of `touches` and read all of it.
         let mut tx = self
@@ -213,89 +307,200 @@ impl PgOrchestrationStore {
     /// The decisions, touches and sends of a batch, in one statement.
     async fn write_all(
         conn: &mut sqlx::PgConnection,
-        requests: &[DecideRequest],
+        requests: &[&DecideRequest],
         recorded: &[Recorded],
     ) -> Result<(), StorageError> {
-        let decisions: Vec<(&DecideRequest, &Writes)> = requests
+        let decisions = written(requests, recorded);
+        if !decisions.is_empty() {
+            bind_writes(sqlx::query_as::<_, (Uuid,)>(WRITE.as_str()), &decisions)
+                .fetch_all(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The decisions of a batch (one a person), with their touches, sends and log
+    /// entries, in one statement that writes a decision only if the person's count of
+    /// decisions is still `counts`' and its campaign is live in the version decided
+    /// with; the decisions written.
+    async fn write_checked(
+        pool: &sqlx::PgPool,
+        requests: &[&DecideRequest],
+        recorded: &[Recorded],
+        counts: &[i64],
+    ) -> Result<HashSet<Uuid>, StorageError> {
+        let decisions = written(requests, recorded);
+        if decisions.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let counts: Vec<i64> = requests
             .iter()
             .zip(recorded)
-            .filter_map(|(r, rec)| match rec {
-                Recorded::Written(w) => Some((r, w.as_ref())),
-                _ => None,
-            })
+            .zip(counts)
+            .filter(|((_, rec), _)| matches!(rec, Recorded::Written(_)))
+            .map(|(_, n)| *n)
             .collect();
-        if decisions.is_empty() {
-            return Ok(());
-        }
-        let column = |f: &dyn Fn(&DecideRequest, &Writes) -> String| -> Vec<String> {
-            decisions.iter().map(|(r, w)| f(r, w)).collect()
-        };
-        let d_ids: Vec<Uuid> = decisions.iter().map(|(_, w)| w.decision.id).collect();
-        let d_ws = column(&|r, _| r.ws.as_str().to_owned());
-        let d_people: Vec<Uuid> = decisions.iter().map(|(_, w)| w.decision.profile.as_uuid()).collect();
-        let d_campaigns = column(&|_, w| w.decision.campaign.clone());
-        let d_versions: Vec<i32> = decisions
+        let entries: Vec<NewEvent> = decisions
             .iter()
-            .map(|(_, w)| w.decision.campaign_version as i32)
+            .map(|(r, w)| crate::log::entry(&r.ws, &w.decision))
             .collect();
-        let d_arms = column(&|_, w| w.decision.arm.clone());
-        let d_actions = column(&|_, w| w.decision.action.clone());
-        let d_channels = column(&|_, w| w.decision.channel.clone());
-        let d_segments = column(&|_, w| w.decision.segment.clone());
-        let d_send_at: Vec<i64> = decisions.iter().map(|(_, w)| micros(w.decision.send_at)).collect();
-        let d_decided_at: Vec<i64> = decisions.iter().map(|(_, w)| micros(w.decision.decided_at)).collect();
-        let d_details = column(&|_, w| serde_json::to_string(&w.decision).expect("a decision serialises"));
-        let touched: Vec<(&DecideRequest, &Writes, &Touch)> = decisions
-            .iter()
-            .filter_map(|(r, w)| Some((*r, *w, w.touch.as_ref()?)))
-            .collect();
-        let sent: Vec<(&DecideRequest, &Writes, &super::Outbound)> = decisions
-            .iter()
-            .filter_map(|(r, w)| Some((*r, *w, w.send.as_ref()?)))
-            .collect();
-        sqlx::query(&format!(
-            "WITH d AS (INSERT INTO decisions ({DECISION_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::text[], \
-               $3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], \
-               $11::int8[], $12::text[])), \
-             t AS (INSERT INTO touches (workspace_id, profile_id, campaign, channel, at, local_day, decision_id) \
-               SELECT * FROM unnest($13::text[], $14::uuid[], $15::text[], $16::text[], $17::int8[], $18::int4[], \
-               $19::uuid[])) \
-             INSERT INTO sends (decision_id, workspace_id, profile_id, campaign, channel, state, send_at, \
-               next_attempt_at, recipient, payload) \
-             SELECT s.id, s.w, s.p, s.c, s.ch, 'pending', s.at, s.at, s.r, s.pl FROM unnest($20::uuid[], \
-               $21::text[], $22::uuid[], $23::text[], $24::text[], $25::int8[], $26::text[], $27::text[]) \
-               AS s(id, w, p, c, ch, at, r, pl)"
-        ))
-        .bind(&d_ids)
-        .bind(&d_ws)
-        .bind(&d_people)
-        .bind(&d_campaigns)
-        .bind(&d_versions)
-        .bind(&d_arms)
-        .bind(&d_actions)
-        .bind(&d_channels)
-        .bind(&d_segments)
-        .bind(&d_send_at)
-        .bind(&d_decided_at)
-        .bind(&d_details)
-        .bind(touched.iter().map(|(r, _, _)| r.ws.as_str()).collect::<Vec<_>>())
+        let ids: Vec<(Uuid,)> = bind_writes(sqlx::query_as(WRITE_CHECKED.as_str()), &decisions)
+            .bind(decisions.iter().map(|(r, _)| r.ws.as_str()).collect::<Vec<_>>())
+            .bind(decisions.iter().map(|(r, _)| r.profile.as_uuid()).collect::<Vec<_>>())
+            .bind(counts)
+            .bind(entries.iter().map(|e| e.message_id.clone()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.event_type).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.traceparent.clone()).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+}
+
+/// The requests with a decision to write, and its writes.
+fn written<'a>(requests: &[&'a DecideRequest], recorded: &'a [Recorded]) -> Vec<(&'a DecideRequest, &'a Writes)> {
+    requests
+        .iter()
+        .zip(recorded)
+        .filter_map(|(r, rec)| match rec {
+            Recorded::Written(w) => Some((*r, w.as_ref())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The decisions ($1 to $12), touches ($13 to $19) and sends ($20 to $27) of a batch,
+/// a column an array.
+const ROWS: [&str; 3] = [
+    "unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], \
+     $9::text[], $10::int8[], $11::int8[], $12::text[]) \
+     AS x(id, w, p, c, v, arm, action, ch, seg, send_at, decided_at, detail)",
+    "unnest($13::text[], $14::uuid[], $15::text[], $16::text[], $17::int8[], $18::int4[], $19::uuid[]) \
+     AS t(w, p, c, ch, at, day, id)",
+    "unnest($20::uuid[], $21::text[], $22::uuid[], $23::text[], $24::text[], $25::int8[], $26::text[], $27::text[]) \
+     AS s(id, w, p, c, ch, at, r, pl)",
+];
+const TOUCH_COLUMNS: &str = "workspace_id, profile_id, campaign, channel, at, local_day, decision_id";
+const SEND_COLUMNS: &str =
+    "decision_id, workspace_id, profile_id, campaign, channel, state, send_at, next_attempt_at, recipient, payload";
+const SEND_ROW: &str = "s.id, s.w, s.p, s.c, s.ch, 'pending', s.at, s.at, s.r, s.pl";
+
+/// The writes of a batch decided under the people's locks.
+static WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let [d, t, s] = ROWS;
+    format!(
+        "WITH d AS (INSERT INTO decisions ({DECISION_COLUMNS}) SELECT * FROM {d}), \
+         t AS (INSERT INTO touches ({TOUCH_COLUMNS}) SELECT * FROM {t}) \
+         INSERT INTO sends ({SEND_COLUMNS}) SELECT {SEND_ROW} FROM {s}"
+    )
+});
+
+/// The writes of a batch decided without them: the people's counts of decisions
+/// ($28, $29, $30 as read) moved on where they are unchanged, the decisions of those
+/// people whose campaign is live in their version, and with each decision written its
+/// touch, send and log entry ($28, $31 to $35: the log's columns). The decisions written.
+static WRITE_CHECKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let [d, t, s] = ROWS;
+    format!(
+        "WITH counted AS (INSERT INTO people (workspace_id, profile_id, decisions) \
+           SELECT w, p, n + 1 FROM unnest($28::text[], $29::uuid[], $30::int8[]) AS c(w, p, n) \
+           ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = excluded.decisions \
+           WHERE people.decisions = excluded.decisions - 1 \
+           RETURNING workspace_id, profile_id), \
+         d AS (INSERT INTO decisions ({DECISION_COLUMNS}) SELECT x.* FROM {d} \
+           WHERE (x.w, x.p) IN (SELECT workspace_id, profile_id FROM counted) \
+           AND EXISTS (SELECT 1 FROM campaigns k WHERE k.workspace_id = x.w AND k.name = x.c \
+             AND k.state = 'live' AND k.version = x.v) \
+           RETURNING decision_id), \
+         t AS (INSERT INTO touches ({TOUCH_COLUMNS}) SELECT t.* FROM {t} WHERE t.id IN (SELECT decision_id FROM d)), \
+         s AS (INSERT INTO sends ({SEND_COLUMNS}) SELECT {SEND_ROW} FROM {s} WHERE s.id IN (SELECT decision_id FROM d)), \
+         l AS (INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+           SELECT * FROM unnest($28::text[], $31::text[], $1::uuid[], $32::int2[], $33::timestamptz[], \
+             $34::bytea[], $35::text[]) AS l(w, m, id, ty, at, pl, tp) WHERE l.id IN (SELECT decision_id FROM d)) \
+         SELECT decision_id FROM d"
+    )
+});
+
+/// Binds the arrays of `ROWS`.
+fn bind_writes<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    decisions: &'q [(&'q DecideRequest, &'q Writes)],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    let column = |f: &dyn Fn(&DecideRequest, &Writes) -> String| -> Vec<String> {
+        decisions.iter().map(|(r, w)| f(r, w)).collect()
+    };
+    let touched: Vec<(&DecideRequest, &Writes, &Touch)> = decisions
+        .iter()
+        .filter_map(|(r, w)| Some((*r, *w, w.touch.as_ref()?)))
+        .collect();
+    let sent: Vec<(&DecideRequest, &Writes, &super::Outbound)> = decisions
+        .iter()
+        .filter_map(|(r, w)| Some((*r, *w, w.send.as_ref()?)))
+        .collect();
+    query
+        .bind(decisions.iter().map(|(_, w)| w.decision.id).collect::<Vec<_>>())
+        .bind(column(&|r, _| r.ws.as_str().to_owned()))
+        .bind(
+            decisions
+                .iter()
+                .map(|(_, w)| w.decision.profile.as_uuid())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|_, w| w.decision.campaign.clone()))
+        .bind(
+            decisions
+                .iter()
+                .map(|(_, w)| w.decision.campaign_version as i32)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|_, w| w.decision.arm.clone()))
+        .bind(column(&|_, w| w.decision.action.clone()))
+        .bind(column(&|_, w| w.decision.channel.clone()))
+        .bind(column(&|_, w| w.decision.segment.clone()))
+        .bind(
+            decisions
+                .iter()
+                .map(|(_, w)| micros(w.decision.send_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            decisions
+                .iter()
+                .map(|(_, w)| micros(w.decision.decided_at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(&|_, w| {
+            serde_json::to_string(&w.decision).expect("a decision serialises")
+        }))
+        .bind(
+            touched
+                .iter()
+                .map(|(r, _, _)| r.ws.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
         .bind(touched.iter().map(|(r, _, _)| r.profile.as_uuid()).collect::<Vec<_>>())
-        .bind(touched.iter().map(|(_, _, t)| t.campaign.as_str()).collect::<Vec<_>>())
-        .bind(touched.iter().map(|(_, _, t)| t.channel.as_str()).collect::<Vec<_>>())
+        .bind(touched.iter().map(|(_, _, t)| t.campaign.clone()).collect::<Vec<_>>())
+        .bind(touched.iter().map(|(_, _, t)| t.channel.clone()).collect::<Vec<_>>())
         .bind(touched.iter().map(|(_, _, t)| micros(t.at)).collect::<Vec<_>>())
         .bind(touched.iter().map(|(_, _, t)| t.local_day).collect::<Vec<_>>())
         .bind(touched.iter().map(|(_, w, _)| w.decision.id).collect::<Vec<_>>())
         .bind(sent.iter().map(|(_, w, _)| w.decision.id).collect::<Vec<_>>())
-        .bind(sent.iter().map(|(r, _, _)| r.ws.as_str()).collect::<Vec<_>>())
+        .bind(
+            sent.iter()
+                .map(|(r, _, _)| r.ws.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
         .bind(sent.iter().map(|(r, _, _)| r.profile.as_uuid()).collect::<Vec<_>>())
         .bind(
             sent.iter()
-                .map(|(_, w, _)| w.decision.campaign.as_str())
+                .map(|(_, w, _)| w.decision.campaign.clone())
                 .collect::<Vec<_>>(),
         )
         .bind(
             sent.iter()
-                .map(|(_, w, _)| w.decision.channel.as_str())
+                .map(|(_, w, _)| w.decision.channel.clone())
                 .collect::<Vec<_>>(),
         )
         .bind(
@@ -303,16 +508,13 @@ impl PgOrchestrationStore {
                 .map(|(_, w, _)| micros(w.decision.send_at))
                 .collect::<Vec<_>>(),
         )
-        .bind(sent.iter().map(|(_, _, s)| s.recipient.as_str()).collect::<Vec<_>>())
-        .bind(sent.iter().map(|(_, _, s)| s.payload.as_str()).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
+        .bind(sent.iter().map(|(_, _, s)| s.recipient.clone()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|(_, _, s)| s.payload.clone()).collect::<Vec<_>>())
 }
 
 impl SqliteOrchestrationStore {
     pub(super) async fn decide_batch(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
+        let requests: &[&DecideRequest] = &requests.iter().collect::<Vec<_>>();
         // BEGIN IMMEDIATE holds the file's write lock from the start: every person's
         // ledger read here is as it stands until the commit.
         let (_guard, mut tx) = self.begin().await?;
@@ -459,6 +661,7 @@ mod tests {
             profile,
             since: Utc::now(),
             budgeted: budgeted.iter().map(|c| (*c).to_owned()).collect(),
+            assumed: vec![("c".to_owned(), 1)],
             // Sends once while the person has no touch and the budget is not spent.
             plan: Box::new(move |ledger: &Ledger| {
                 if !ledger.touches.is_empty() || ledger.spent.get("c").copied().unwrap_or_default() >= 1 {
@@ -508,7 +711,7 @@ mod tests {
         // second finds it spent; then c, also budgeted, finds it spent too.
         let c = ProfileId::new();
         let requests = [request(a, &[]), request(a, &[]), request(b, &["c"]), request(c, &["c"])];
-        let recorded = plan_all(&requests, HashMap::new(), HashMap::new(), &States::new());
+        let recorded = plan_all(&requests.each_ref(), HashMap::new(), HashMap::new(), &States::new());
         let kinds: Vec<&str> = recorded
             .iter()
             .map(|r| match r {

@@ -147,13 +147,15 @@ pub struct Cell {
 /// Decides under the person's lock: from what the ledger says, the writes (or why none).
 pub type Plan = dyn Fn(&Ledger) -> Result<Writes, Explanation> + Send + Sync;
 
-/// A decision to record for a person: under their lock, their ledger (touches since
-/// `since`, the spend of `budgeted`, every campaign's state) is read and `plan` makes
-/// the writes of it.
+/// A decision to record for a person: their ledger (touches since `since`, the spend of
+/// `budgeted`, every campaign's state) is read and `plan` makes the writes of it.
 pub struct DecideRequest {
     pub ws: WorkspaceId,
     pub profile: ProfileId,
     pub since: DateTime<Utc>,
     pub budgeted: Vec<String>,
+    /// The campaigns the plan may choose, with the version it knows of each: a store
+    /// that plans before it writes takes them as live and checks them as it writes.
+    pub assumed: Vec<(String, u32)>,
     pub plan: Box<Plan>,
 }

@@ -457,8 +457,10 @@ async fn arms_and_holdouts_are_stable_hashes(backend: Backend) {
     assert!(near(share("holdout"), 0.2), "{arms:?}");
     assert!(near(share("small"), 0.2), "{arms:?}");
     assert!(near(share("big"), 0.6), "{arms:?}");
-    // The workspace's control group takes its share from every campaign.
-    a.store.set_control_share(&ws(), 0.5).await.unwrap();
+    // The workspace's control group takes its share from every campaign, on another
+    // replica once it has read the campaigns' changes again (within 200 ms).
+    a.set_control_share(&ws(), 0.5).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     let mut control = 0;
     for _ in 0..100 {
         let p = setup.people.add(consenting());
