@@ -4,6 +4,7 @@
 //! audience is created (its backfill).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::audiences::{Condition, Field, Known, Subject, check_trait, traits_needed};
 use crate::domain::traits::{ComputedTrait, EventFilter, Held, Payload, latest_traits};
-use crate::service::{Scores, Scoring, ScoringError};
+use crate::service::{MODELS_RECHECK, Scores, Scoring, ScoringError};
 use crate::storage::{Change, Definition, Definitions, MembershipChange, Standing};
 
 /// Profiles an estimate evaluates before it samples.
@@ -594,15 +595,40 @@ impl Scoring {
         profile: ProfileId,
         as_of: DateTime<Utc>,
     ) -> Result<BTreeMap<String, Option<Value>>, ScoringError> {
-        let traits = self.computed_traits(ws).await?;
+        let traits = self.traits_in_use(ws).await?;
         if traits.is_empty() {
             return Ok(BTreeMap::new());
         }
         let (_, held) = self.store.history(ws, profile).await?;
         Ok(traits
-            .into_iter()
-            .map(|(t, _)| (t.name.clone(), t.compute(&held, as_of).0))
+            .iter()
+            .map(|t| (t.name.clone(), t.compute(&held, as_of).0))
             .collect())
+    }
+
+    /// The workspace's computed traits for a profile's scores: read again once
+    /// `MODELS_RECHECK` old, and at once after a change made through this process. A
+    /// replica lags one made through another by `MODELS_RECHECK` at most, as it does a
+    /// model.
+    async fn traits_in_use(&self, ws: &WorkspaceId) -> Result<Arc<Vec<ComputedTrait>>, ScoringError> {
+        let changes = {
+            let cache = self.traits_cache.lock().expect("traits cache lock");
+            if let Some((read, traits)) = cache.held.get(ws)
+                && read.elapsed() < MODELS_RECHECK
+            {
+                return Ok(traits.clone());
+            }
+            cache.changes
+        };
+        let traits: Arc<Vec<ComputedTrait>> =
+            Arc::new(self.computed_traits(ws).await?.into_iter().map(|(t, _)| t).collect());
+        let mut cache = self.traits_cache.lock().expect("traits cache lock");
+        if cache.changes == changes {
+            cache
+                .held
+                .insert(ws.clone(), (std::time::Instant::now(), traits.clone()));
+        }
+        Ok(traits)
     }
 }
 

@@ -314,6 +314,11 @@ impl Scoring {
     /// Marks every card of the workspace stale (a model, a computed trait or an audience
     /// saved or deleted).
     pub(crate) async fn definitions_changed(&self, ws: &WorkspaceId) -> Result<(), ScoringError> {
+        {
+            let mut traits = self.traits_cache.lock().expect("traits cache lock");
+            traits.changes += 1;
+            traits.held.remove(ws);
+        }
         if let Some(cards) = &self.cards {
             cards.definitions_changed(ws).await?;
         }

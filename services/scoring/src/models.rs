@@ -398,8 +398,7 @@ impl Scoring {
                     .to_owned(),
             ));
         };
-        let profile = self.store.survivor(ws, profile).await?;
-        let facts = self.store.facts(ws, profile).await?;
+        let (profile, facts) = self.store.survivor_facts(ws, profile).await?;
         if facts.is_empty() {
             return Err(ScoringError::NotFound(format!(
                 "scoring holds no events of profile {profile}"

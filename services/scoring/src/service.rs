@@ -17,7 +17,7 @@ use crate::domain::facts::{self, EventView, Kind};
 use crate::domain::features::{Dated, Features, summary};
 use crate::domain::rfm::{Rfm, RfmModel, RfmScore};
 use crate::domain::segments;
-use crate::domain::traits::Payload;
+use crate::domain::traits::{ComputedTrait, Payload};
 use crate::models::{ClvModel, Models};
 use crate::propensity::{Propensity, PropensityFit, propensity_of};
 use crate::storage::{self, Change, ScoringStore};
@@ -53,6 +53,17 @@ pub struct Scoring {
     /// Each person's scores as of now, kept as events arrive (`cards`); none without a
     /// cache.
     pub(crate) cards: Option<Arc<crate::cards::Cards>>,
+    /// Each workspace's computed traits as GetScores last read them.
+    pub(crate) traits_cache: Arc<std::sync::Mutex<TraitsCache>>,
+}
+
+/// Each workspace's computed traits as this process last read them, and when.
+#[derive(Default)]
+pub(crate) struct TraitsCache {
+    pub held: std::collections::HashMap<WorkspaceId, (std::time::Instant, Arc<Vec<ComputedTrait>>)>,
+    /// Changes of definitions through this process so far: traits read across one are
+    /// not kept.
+    pub changes: u64,
 }
 
 /// Each workspace's models as this process last decoded them.
@@ -127,6 +138,7 @@ impl Scoring {
             config: Arc::new(config.clone()),
             audiences_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
             models_cache: Arc::default(),
+            traits_cache: Arc::default(),
             cards: None,
         }
     }
@@ -317,8 +329,7 @@ impl Scoring {
         as_of: DateTime<Utc>,
         horizon: Option<f64>,
     ) -> Result<Scores, ScoringError> {
-        let profile = self.store.survivor(ws, profile).await?;
-        let facts = self.store.facts(ws, profile).await?;
+        let (profile, facts) = self.store.survivor_facts(ws, profile).await?;
         if facts.is_empty() {
             return Err(ScoringError::NotFound(format!(
                 "scoring holds no events of profile {profile}"

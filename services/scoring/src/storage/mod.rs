@@ -96,6 +96,14 @@ pub trait ScoringStore: AudienceStore {
     /// A profile's facts in time order.
     async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError>;
 
+    /// The profile `profile` stands for now (`survivor`) and its facts (`facts`), read
+    /// by one statement.
+    async fn survivor_facts(
+        &self,
+        ws: &WorkspaceId,
+        profile: ProfileId,
+    ) -> Result<(ProfileId, Vec<Dated>), StorageError>;
+
     /// A profile's facts and its events' payloads (for those held with one), in time
     /// order.
     async fn history(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<(Vec<Dated>, Vec<Held>), StorageError>;
@@ -291,36 +299,56 @@ fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
 
 /// The profile an id stands for now: up the chain of merges (each alias row names the
 /// profile an id was merged into; an unmerge removes one link).
-const SURVIVOR: &str = "WITH RECURSIVE chain(id, depth) AS ( \
-        SELECT $2, 0 \
-        UNION ALL \
-        SELECT a.survivor_id, c.depth + 1 FROM aliases a JOIN chain c \
-            ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) \
-     SELECT id FROM chain ORDER BY depth DESC LIMIT 1";
-
-/// The ids whose facts are a profile's: itself and every id merged into it, up the
-/// chain of merges.
-macro_rules! family {
+macro_rules! chain {
     () => {
-        "WITH RECURSIVE family(id, depth) AS ( \
+        "WITH RECURSIVE chain(id, depth) AS ( \
             SELECT $2, 0 \
             UNION ALL \
-            SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
-                ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) "
+            SELECT a.survivor_id, c.depth + 1 FROM aliases a JOIN chain c \
+                ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) "
     };
 }
+const SURVIVOR: &str = concat!(chain!(), "SELECT id FROM chain ORDER BY depth DESC LIMIT 1");
+
+/// The ids whose facts are a profile's: the one `$start` selects and every id merged
+/// into it, up the chain of merges.
+macro_rules! family {
+    ($start:literal) => {
+        concat!(
+            "family(id, depth) AS ( \
+                SELECT ",
+            $start,
+            " UNION ALL \
+                SELECT a.profile_id, f.depth + 1 FROM aliases a JOIN family f \
+                    ON a.workspace_id = $1 AND a.survivor_id = f.id WHERE f.depth < 64) "
+        )
+    };
+}
+
+/// The profile an id stands for now, with each of its facts (one row with none when it
+/// has none) as `ONLY_FACTS_OF_FAMILY` reads them.
+const FACTS_OF_SURVIVOR: &str = concat!(
+    chain!(),
+    ", root(id) AS (SELECT id FROM chain ORDER BY depth DESC LIMIT 1), ",
+    family!("id, 0 FROM root"),
+    "SELECT r.id, f.at, f.fact FROM root r LEFT JOIN facts f \
+       ON f.workspace_id = $1 AND f.profile_id IN (SELECT id FROM family) \
+     ORDER BY f.at, f.event_id"
+);
 
 /// A profile's facts (with its events' payloads) and those of every id merged into it,
 /// in time order.
 const FACTS_OF_FAMILY: &str = concat!(
-    family!(),
+    "WITH RECURSIVE ",
+    family!("$2, 0"),
     "SELECT at, fact, event FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
      ORDER BY at, event_id"
 );
 
 /// The same without the payloads, which are most of each row.
 const ONLY_FACTS_OF_FAMILY: &str = concat!(
-    family!(),
+    "WITH RECURSIVE ",
+    family!("$2, 0"),
     "SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
      ORDER BY at, event_id"
 );
@@ -491,6 +519,24 @@ macro_rules! scoring_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|(at, fact)| dated(*at, fact)).collect()
+            }
+
+            async fn survivor_facts(
+                &self,
+                ws: &WorkspaceId,
+                profile: ProfileId,
+            ) -> Result<(ProfileId, Vec<Dated>), StorageError> {
+                let rows: Vec<(ProfileId, Option<i64>, Option<String>)> = sqlx::query_as(FACTS_OF_SURVIVOR)
+                    .bind(ws)
+                    .bind(profile)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let survivor = rows.first().map_or(profile, |r| r.0);
+                let facts = rows
+                    .iter()
+                    .filter_map(|(_, at, fact)| Some(dated((*at)?, fact.as_deref()?)))
+                    .collect::<Result<_, _>>()?;
+                Ok((survivor, facts))
             }
 
             async fn history(

@@ -257,6 +257,13 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         .unwrap();
     assert_eq!(store.survivor(&ws, b).await.unwrap(), c);
     assert_eq!(store.facts(&ws, c).await.unwrap().len(), 4);
+    // Both in one read, from a merged id, with the facts in time order.
+    let (survivor, facts) = store.survivor_facts(&ws, b).await.unwrap();
+    assert_eq!(survivor, c);
+    assert_eq!(
+        facts.iter().map(|f| f.at).collect::<Vec<_>>(),
+        vec![day(1), day(2), day(3), day(4)]
+    );
 
     // Unmerged: each side takes its events back and answers for itself.
     store
@@ -322,6 +329,10 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
     assert_eq!(store.survivor(&ws, x).await.unwrap(), y);
     assert_eq!(store.survivor(&ws, y).await.unwrap(), y);
     assert_eq!(store.facts(&ws, y).await.unwrap().len(), 1);
+    assert_eq!(store.survivor_facts(&ws, x).await.unwrap().1.len(), 1);
+    // A profile with no facts stands for itself, with none.
+    let nobody = ProfileId::new();
+    assert_eq!(store.survivor_facts(&ws, nobody).await.unwrap(), (nobody, Vec::new()));
 
     // Erased: the answer counts what went; nothing is left, in another workspace
     // nothing was touched.
