@@ -60,6 +60,7 @@ impl Orchestration {
         input: &DecideInput,
     ) -> Result<(Option<Decision>, Explanation), OrchestrationError> {
         let ws = &caller.principal.workspace;
+        let started = std::time::Instant::now();
         // The person, the live campaigns and the policy's evidence, at once.
         let (person, live, evidence) = tokio::join!(
             self.directory.person(caller, &input.who),
@@ -73,6 +74,8 @@ impl Orchestration {
             .profile
             .ok_or_else(|| OrchestrationError::Unavailable("identity answered a profile without an id".to_owned()))?;
         let live = live?;
+        metrics::histogram!("corvus_orchestration_decide_seconds", "step" => "read")
+            .record(started.elapsed().as_secs_f64());
         if !input.campaigns.is_empty() {
             for (i, name) in input.campaigns.iter().enumerate() {
                 if !live.all.iter().any(|c| &c.definition.name == name) {
@@ -153,7 +156,10 @@ impl Orchestration {
                     .collect(),
                 plan: Box::new(move |ledger| planning.plan(id, ledger)),
             };
+            let writing = std::time::Instant::now();
             let recorded = self.decider.decide(request).await?;
+            metrics::histogram!("corvus_orchestration_decide_seconds", "step" => "write")
+                .record(writing.elapsed().as_secs_f64());
             // A campaign found paused or changed since it was read: read them again.
             let explained = match &recorded {
                 Recorded::Nothing(explanation) => Some(explanation),
