@@ -649,13 +649,13 @@ impl SqliteOrchestrationStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::storage::{Decision, Explanation};
     use chrono::Utc;
     use corvus_proto::ProfileId;
 
-    fn request(profile: ProfileId, budgeted: &[&str]) -> DecideRequest {
+    pub(crate) fn request(profile: ProfileId, budgeted: &[&str]) -> DecideRequest {
         DecideRequest {
             ws: "acme".parse().unwrap(),
             profile,
@@ -721,5 +721,67 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["written", "nothing", "written", "nothing"]);
+    }
+}
+
+/// The decision planned without a lock (Postgres) against a merge written between its
+/// read and its write. SQLite decides under the file's write lock: nothing comes between.
+#[cfg(test)]
+mod unlocked {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use chrono::Utc;
+    use corvus_proto::ProfileId;
+    use corvus_test_support::{Backend, TempDir};
+
+    use super::tests::request;
+    use crate::storage::{Merge, OrchestrationStore, Recorded, State};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merge_between_the_read_and_the_write_is_counted() {
+        let dir = TempDir::new();
+        let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
+            return;
+        };
+        let store: Arc<dyn OrchestrationStore> = crate::storage::connect(&config).await.unwrap();
+        let ws: corvus_proto::WorkspaceId = "acme".parse().unwrap();
+        // Campaign "c", live in version 1, as `request`'s plan decides with.
+        let def = serde_json::from_value(serde_json::json!({
+            "name": "c", "actions": [{"name": "x"}], "channels": ["email"],
+        }))
+        .unwrap();
+        store.create_campaign(&ws, &def, Utc::now()).await.unwrap();
+        let live = store.set_state(&ws, "c", State::Live, Utc::now()).await.unwrap();
+        assert_eq!(live.version, 1);
+        let (survivor, merged) = (ProfileId::new(), ProfileId::new());
+        // The merged id's decision sends: a touch.
+        let first = store.decide(&[request(merged, &[])]).await.unwrap();
+        assert!(matches!(first[0], Recorded::Written(_)));
+        // The survivor's plan (send while there is no touch) runs once from its ledger
+        // read before the merge, which is then written, moving the touch to it.
+        let mut asked = request(survivor, &[]);
+        asked.since = Utc::now() - chrono::Duration::hours(1);
+        let plan = asked.plan;
+        let (merging, merger) = (Arc::new(AtomicBool::new(false)), store.clone());
+        let ws_ = ws.clone();
+        asked.plan = Box::new(move |ledger| {
+            if !merging.swap(true, Ordering::SeqCst) {
+                let merge = Merge {
+                    ws: ws_.clone(),
+                    survivor,
+                    merged: vec![merged],
+                };
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(merger.merge(&[merge])))
+                    .unwrap();
+            }
+            plan(ledger)
+        });
+        let second = store.decide(&[asked]).await.unwrap();
+        assert!(
+            matches!(second[0], Recorded::Nothing(_)),
+            "the touch merged in meanwhile counts: {:?}",
+            second[0]
+        );
     }
 }
