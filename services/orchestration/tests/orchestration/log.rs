@@ -22,12 +22,14 @@ impl EventSink<DecisionLogEntry> for Recorder {
     }
 }
 
-/// Waits until every consumer of the replica's log has taken every decision.
+/// Waits until every consumer of the replica's log has taken every decision. The
+/// policy's consumer, which every log has, must be among them: a consumer is listed
+/// only once it has started, perhaps after the others have caught up.
 pub async fn settled(o: &Orchestration) {
     let log = o.store.log();
     for _ in 0..200 {
         let consumers = log.consumers(&ws()).await.unwrap();
-        if !consumers.is_empty() && consumers.iter().all(|c| c.lag == 0) {
+        if consumers.iter().any(|c| c.name == POLICY_CONSUMER) && consumers.iter().all(|c| c.lag == 0) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
