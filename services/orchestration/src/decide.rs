@@ -167,7 +167,7 @@ impl Orchestration {
                 Recorded::BudgetSpent(_) => None,
             };
             if explained.is_some_and(|e| e.blocked.iter().any(|b| b.reason == Reason::State)) {
-                self.campaigns_changed(ws);
+                self.forget_live(ws);
             }
             match recorded {
                 Recorded::Nothing(explanation) => return Ok((None, explanation)),

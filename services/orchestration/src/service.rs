@@ -233,7 +233,7 @@ impl Orchestration {
             .store
             .create_campaign(&caller.principal.workspace, def, Utc::now())
             .await;
-        self.campaigns_changed(&caller.principal.workspace);
+        self.forget_live(&caller.principal.workspace);
         Ok(created?)
     }
 
@@ -248,19 +248,19 @@ impl Orchestration {
             .store
             .update_campaign(&caller.principal.workspace, def, expected, Utc::now())
             .await;
-        self.campaigns_changed(&caller.principal.workspace);
+        self.forget_live(&caller.principal.workspace);
         Ok(updated?)
     }
 
     pub async fn set_state(&self, ws: &WorkspaceId, name: &str, to: State) -> Result<Stored, OrchestrationError> {
         let stored = self.store.set_state(ws, name, to, Utc::now()).await;
-        self.campaigns_changed(ws);
+        self.forget_live(ws);
         Ok(stored?)
     }
 
     pub async fn set_control_share(&self, ws: &WorkspaceId, share: f64) -> Result<(), OrchestrationError> {
         let set = self.store.set_control_share(ws, share).await;
-        self.campaigns_changed(ws);
+        self.forget_live(ws);
         Ok(set?)
     }
 
@@ -275,7 +275,7 @@ impl Orchestration {
             .map(|c| c.definition.name)
             .collect();
         let paused = self.store.pause(ws, &names, Utc::now()).await;
-        self.campaigns_changed(ws);
+        self.forget_live(ws);
         Ok(paused?)
     }
 
@@ -315,7 +315,7 @@ impl Orchestration {
     }
 
     /// Drops the workspace's live campaigns held here: they changed, here or elsewhere.
-    pub(crate) fn campaigns_changed(&self, ws: &WorkspaceId) {
+    pub(crate) fn forget_live(&self, ws: &WorkspaceId) {
         self.live_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.live.lock().expect("live lock").remove(ws);
     }

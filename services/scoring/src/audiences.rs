@@ -610,7 +610,7 @@ impl Scoring {
     /// `MODELS_RECHECK` old, and at once after a change made through this process. A
     /// replica lags one made through another by `MODELS_RECHECK` at most, as it does a
     /// model.
-    async fn traits_in_use(&self, ws: &WorkspaceId) -> Result<Arc<Vec<ComputedTrait>>, ScoringError> {
+    pub(crate) async fn traits_in_use(&self, ws: &WorkspaceId) -> Result<Arc<Vec<ComputedTrait>>, ScoringError> {
         let changes = {
             let cache = self.traits_cache.lock().expect("traits cache lock");
             if let Some((read, traits)) = cache.held.get(ws)

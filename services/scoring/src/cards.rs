@@ -13,8 +13,8 @@
 //!   whose memberships it changed (the next read computes them again);
 //! - a model saved, a computed trait or an audience created or deleted marks the
 //!   workspace's definitions changed: every card computed from reads that began before,
-//!   or up to `MARGIN` after (the models another replica may hold for up to
-//!   `MODELS_RECHECK` after one was saved), is stale.
+//!   or up to `MARGIN` after (the models and computed traits another replica may hold
+//!   for up to `MODELS_RECHECK` after a change), is stale.
 //!
 //! Each card carries as its version the time its reads began, each drop the time it was
 //! made, and the cache keeps only the highest: a card computed from facts read before a
@@ -276,7 +276,7 @@ impl Scoring {
         profiles.retain(|p| !merged.contains(p));
         let (models, traits, histories, memberships) = tokio::join!(
             self.models(ws),
-            self.computed_traits(ws),
+            self.traits_in_use(ws),
             self.store.histories(ws, &profiles),
             self.store.memberships_of(ws, &profiles)
         );
@@ -289,7 +289,7 @@ impl Scoring {
             }
             let values: BTreeMap<String, Option<serde_json::Value>> = traits
                 .iter()
-                .map(|(t, _)| (t.name.clone(), t.compute(&held, read_at).0))
+                .map(|t| (t.name.clone(), t.compute(&held, read_at).0))
                 .collect();
             let scores = self.scores_from(ws, &models, profile, facts, read_at, None)?;
             let audiences = memberships.remove(&profile).unwrap_or_default();

@@ -87,17 +87,11 @@ pub trait ScoringStore: AudienceStore {
     /// Returns, for each erasure among them, the facts and the standings it deleted.
     async fn apply(&self, changes: &[(WorkspaceId, Change)]) -> Result<Vec<(u64, u64)>, StorageError>;
 
-    /// The profile `profile` stands for now: its survivor if it was merged.
-    async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError>;
-
     /// Those of `profiles` merged into another.
     async fn merged_among(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<HashSet<ProfileId>, StorageError>;
 
-    /// A profile's facts in time order.
-    async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError>;
-
-    /// The profile `profile` stands for now (`survivor`) and its facts (`facts`), read
-    /// by one statement.
+    /// The profile `profile` stands for now (its survivor if it was merged) and that
+    /// profile's facts, with those of every id merged into it, in time order.
     async fn survivor_facts(
         &self,
         ws: &WorkspaceId,
@@ -297,19 +291,6 @@ fn undecodable(what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::Internal(format!("{what}: {err}"))
 }
 
-/// The profile an id stands for now: up the chain of merges (each alias row names the
-/// profile an id was merged into; an unmerge removes one link).
-macro_rules! chain {
-    () => {
-        "WITH RECURSIVE chain(id, depth) AS ( \
-            SELECT $2, 0 \
-            UNION ALL \
-            SELECT a.survivor_id, c.depth + 1 FROM aliases a JOIN chain c \
-                ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64) "
-    };
-}
-const SURVIVOR: &str = concat!(chain!(), "SELECT id FROM chain ORDER BY depth DESC LIMIT 1");
-
 /// The ids whose facts are a profile's: the one `$start` selects and every id merged
 /// into it, up the chain of merges.
 macro_rules! family {
@@ -325,11 +306,16 @@ macro_rules! family {
     };
 }
 
-/// The profile an id stands for now, with each of its facts (one row with none when it
-/// has none) as `ONLY_FACTS_OF_FAMILY` reads them.
+/// The profile an id stands for now, up the chain of merges (each alias row names the
+/// profile an id was merged into; an unmerge removes one link), with each fact of its
+/// family in time order (one row with none when it has none).
 const FACTS_OF_SURVIVOR: &str = concat!(
-    chain!(),
-    ", root(id) AS (SELECT id FROM chain ORDER BY depth DESC LIMIT 1), ",
+    "WITH RECURSIVE chain(id, depth) AS ( \
+        SELECT $2, 0 \
+        UNION ALL \
+        SELECT a.survivor_id, c.depth + 1 FROM aliases a JOIN chain c \
+            ON a.workspace_id = $1 AND a.profile_id = c.id WHERE c.depth < 64), \
+     root(id) AS (SELECT id FROM chain ORDER BY depth DESC LIMIT 1), ",
     family!("id, 0 FROM root"),
     "SELECT r.id, f.at, f.fact FROM root r LEFT JOIN facts f \
        ON f.workspace_id = $1 AND f.profile_id IN (SELECT id FROM family) \
@@ -342,14 +328,6 @@ const FACTS_OF_FAMILY: &str = concat!(
     "WITH RECURSIVE ",
     family!("$2, 0"),
     "SELECT at, fact, event FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
-     ORDER BY at, event_id"
-);
-
-/// The same without the payloads, which are most of each row.
-const ONLY_FACTS_OF_FAMILY: &str = concat!(
-    "WITH RECURSIVE ",
-    family!("$2, 0"),
-    "SELECT at, fact FROM facts WHERE workspace_id = $1 AND profile_id IN (SELECT id FROM family) \
      ORDER BY at, event_id"
 );
 
@@ -488,10 +466,6 @@ macro_rules! scoring_store {
                 Ok(erased)
             }
 
-            async fn survivor(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<ProfileId, StorageError> {
-                Ok(sqlx::query_scalar(SURVIVOR).bind(ws).bind(profile).fetch_one(&self.pool).await?)
-            }
-
             async fn merged_among(
                 &self,
                 ws: &WorkspaceId,
@@ -510,15 +484,6 @@ macro_rules! scoring_store {
                     merged.extend(query.fetch_all(&self.pool).await?);
                 }
                 Ok(merged)
-            }
-
-            async fn facts(&self, ws: &WorkspaceId, profile: ProfileId) -> Result<Vec<Dated>, StorageError> {
-                let rows: Vec<(i64, String)> = sqlx::query_as(ONLY_FACTS_OF_FAMILY)
-                    .bind(ws)
-                    .bind(profile)
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|(at, fact)| dated(*at, fact)).collect()
             }
 
             async fn survivor_facts(

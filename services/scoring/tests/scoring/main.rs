@@ -220,8 +220,8 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         .apply(&[(ws.clone(), fact(events[0], b, 1, Some(10.0)))])
         .await
         .unwrap();
-    assert_eq!(store.facts(&ws, a).await.unwrap().len(), 2);
-    assert_eq!(store.facts(&ws, b).await.unwrap().len(), 1);
+    assert_eq!(store.survivor_facts(&ws, a).await.unwrap().1.len(), 2);
+    assert_eq!(store.survivor_facts(&ws, b).await.unwrap().1.len(), 1);
 
     // b merged into a: a holds all three in time order, b redirects to a.
     store
@@ -234,12 +234,12 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         )])
         .await
         .unwrap();
-    let joined = store.facts(&ws, a).await.unwrap();
+    let joined = store.survivor_facts(&ws, a).await.unwrap().1;
     assert_eq!(
         joined.iter().map(|f| f.at).collect::<Vec<_>>(),
         vec![day(1), day(2), day(3)]
     );
-    assert_eq!(store.survivor(&ws, b).await.unwrap(), a);
+    assert_eq!(store.survivor_facts(&ws, b).await.unwrap().0, a);
     // a merged on into c: b's alias follows.
     let c = ProfileId::new();
     store
@@ -255,8 +255,8 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         ])
         .await
         .unwrap();
-    assert_eq!(store.survivor(&ws, b).await.unwrap(), c);
-    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 4);
+    assert_eq!(store.survivor_facts(&ws, b).await.unwrap().0, c);
+    assert_eq!(store.survivor_facts(&ws, c).await.unwrap().1.len(), 4);
     // Both in one read, from a merged id, with the facts in time order.
     let (survivor, facts) = store.survivor_facts(&ws, b).await.unwrap();
     assert_eq!(survivor, c);
@@ -275,9 +275,9 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         )])
         .await
         .unwrap();
-    assert_eq!(store.survivor(&ws, b).await.unwrap(), b);
-    assert_eq!(store.facts(&ws, b).await.unwrap().len(), 3);
-    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
+    assert_eq!(store.survivor_facts(&ws, b).await.unwrap().0, b);
+    assert_eq!(store.survivor_facts(&ws, b).await.unwrap().1.len(), 3);
+    assert_eq!(store.survivor_facts(&ws, c).await.unwrap().1.len(), 1);
 
     // A chain undone in the middle: x into y, y into z, then y's merge into z undone:
     // x is y's again, not z's.
@@ -302,11 +302,11 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         ])
         .await
         .unwrap();
-    assert_eq!(store.survivor(&ws, x).await.unwrap(), z);
+    assert_eq!(store.survivor_facts(&ws, x).await.unwrap().0, z);
     // An event that reaches scoring under an id merged away (a replay) counts for the
     // survivor.
     store.apply(&[(ws.clone(), fact(late, x, 9, Some(1.0)))]).await.unwrap();
-    assert_eq!(store.facts(&ws, z).await.unwrap().len(), 1);
+    assert_eq!(store.survivor_facts(&ws, z).await.unwrap().1.len(), 1);
     assert_eq!(
         store
             .purchases(&ws, day(9))
@@ -326,9 +326,9 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         )])
         .await
         .unwrap();
-    assert_eq!(store.survivor(&ws, x).await.unwrap(), y);
-    assert_eq!(store.survivor(&ws, y).await.unwrap(), y);
-    assert_eq!(store.facts(&ws, y).await.unwrap().len(), 1);
+    assert_eq!(store.survivor_facts(&ws, x).await.unwrap().0, y);
+    assert_eq!(store.survivor_facts(&ws, y).await.unwrap().0, y);
+    assert_eq!(store.survivor_facts(&ws, y).await.unwrap().1.len(), 1);
     assert_eq!(store.survivor_facts(&ws, x).await.unwrap().1.len(), 1);
     // A profile with no facts stands for itself, with none.
     let nobody = ProfileId::new();
@@ -346,9 +346,9 @@ async fn facts_are_kept_once_and_follow_profile_changes(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(removed, vec![(3, 0)]);
-    assert!(store.facts(&ws, b).await.unwrap().is_empty());
-    assert_eq!(store.facts(&other, b).await.unwrap().len(), 1);
-    assert_eq!(store.facts(&ws, c).await.unwrap().len(), 1);
+    assert!(store.survivor_facts(&ws, b).await.unwrap().1.is_empty());
+    assert_eq!(store.survivor_facts(&other, b).await.unwrap().1.len(), 1);
+    assert_eq!(store.survivor_facts(&ws, c).await.unwrap().1.len(), 1);
 }
 
 /// A large delivery (its facts written in chunks side by side) with a chain of merges
@@ -387,23 +387,23 @@ async fn a_delivery_is_applied_in_log_order(backend: Backend) {
     changes.push((ws.clone(), fact(EventId::new(), p, 2, Some(3.0))));
     store.apply(&changes).await.unwrap();
     // Every fact of p and q is r's now, the replayed one too, whichever id it names.
-    assert_eq!(store.facts(&ws, r).await.unwrap().len(), 1501);
+    assert_eq!(store.survivor_facts(&ws, r).await.unwrap().1.len(), 1501);
     let histories = store.histories(&ws, &[p, q, r]).await.unwrap();
     assert_eq!(histories[&r].0.len(), 1501);
     assert_eq!(histories[&r].1.len(), 1501, "each fact with its event");
     assert!(histories[&p].0.is_empty() && histories[&q].0.is_empty());
     assert_eq!(
         (
-            store.survivor(&ws, p).await.unwrap(),
-            store.survivor(&ws, q).await.unwrap()
+            store.survivor_facts(&ws, p).await.unwrap().0,
+            store.survivor_facts(&ws, q).await.unwrap().0
         ),
         (r, r)
     );
     let purchases = store.purchases(&ws, day(28)).await.unwrap();
     assert_eq!(purchases.iter().map(|b| b.profile).collect::<Vec<_>>(), vec![r]);
     // A merge in one workspace moves nothing of another's.
-    assert_eq!(store.facts(&other, p).await.unwrap().len(), 1);
-    assert_eq!(store.survivor(&other, p).await.unwrap(), p);
+    assert_eq!(store.survivor_facts(&other, p).await.unwrap().1.len(), 1);
+    assert_eq!(store.survivor_facts(&other, p).await.unwrap().0, p);
 
     // An erasure between facts: those before it go, those after it stay.
     let s = ProfileId::new();
@@ -413,8 +413,8 @@ async fn a_delivery_is_applied_in_log_order(backend: Backend) {
     changes.push((ws.clone(), Change::Erased { profiles: vec![s] }));
     changes.push((ws.clone(), fact(EventId::new(), s, 3, None)));
     assert_eq!(store.apply(&changes).await.unwrap(), vec![(700, 0)]);
-    assert_eq!(store.facts(&ws, s).await.unwrap().len(), 1);
-    assert_eq!(store.facts(&ws, r).await.unwrap().len(), 1501);
+    assert_eq!(store.survivor_facts(&ws, s).await.unwrap().1.len(), 1);
+    assert_eq!(store.survivor_facts(&ws, r).await.unwrap().1.len(), 1501);
 }
 
 async fn purchases_and_models_are_kept_per_workspace(backend: Backend) {
