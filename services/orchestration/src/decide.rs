@@ -40,6 +40,8 @@ pub struct DecideInput {
 /// Channels that reach out to the person, where quiet hours and the best hour apply;
 /// the others answer the person where they are (a page, the app, a call).
 const OUTBOUND: [&str; 3] = ["email", "sms", "push"];
+/// Decide's answer for a person it cannot decide for.
+const ERASED: &str = "no such person (unknown, or erased)";
 
 /// A campaign that passed every check that needs no lock, with its channel and time.
 #[derive(Clone)]
@@ -69,7 +71,7 @@ impl Orchestration {
         );
         let person = person
             .map_err(OrchestrationError::Unavailable)?
-            .ok_or_else(|| OrchestrationError::NotFound("no such person (unknown, or erased)".to_owned()))?;
+            .ok_or_else(|| OrchestrationError::NotFound(ERASED.to_owned()))?;
         let profile = person
             .profile
             .ok_or_else(|| OrchestrationError::Unavailable("identity answered a profile without an id".to_owned()))?;
@@ -164,7 +166,7 @@ impl Orchestration {
             let explained = match &recorded {
                 Recorded::Nothing(explanation) => Some(explanation),
                 Recorded::Written(writes) => Some(&writes.decision.explanation),
-                Recorded::BudgetSpent(_) => None,
+                Recorded::BudgetSpent(_) | Recorded::Erased => None,
             };
             if explained.is_some_and(|e| e.blocked.iter().any(|b| b.reason == Reason::State)) {
                 self.forget_live(ws);
@@ -172,6 +174,7 @@ impl Orchestration {
             match recorded {
                 Recorded::Nothing(explanation) => return Ok((None, explanation)),
                 Recorded::BudgetSpent(campaign) => exhausted.push(campaign),
+                Recorded::Erased => return Err(OrchestrationError::NotFound(ERASED.to_owned())),
                 Recorded::Written(writes) => {
                     let Writes { decision, .. } = *writes;
                     metrics::counter!("corvus_orchestration_decisions_total", "arm_kind" => arm_kind(&decision.arm))

@@ -33,17 +33,22 @@ fn states_of(rows: Vec<(String, String, String, i32)>) -> Result<States, Storage
 }
 
 /// The plans of a batch, in order, against the ledgers read under the people's locks:
-/// each decision's touch and spend are in the ledger of those after it.
+/// each decision's touch and spend are in the ledger of those after it. The people
+/// `erased` meanwhile get none.
 fn plan_all(
     requests: &[&DecideRequest],
     mut touches: HashMap<(String, Uuid), Vec<Touch>>,
     mut spent: HashMap<(String, String), u64>,
     states: &States,
+    erased: &HashSet<(String, Uuid)>,
 ) -> Vec<Recorded> {
     requests
         .iter()
         .map(|r| {
             let person = (r.ws.as_str().to_owned(), r.profile.as_uuid());
+            if erased.contains(&person) {
+                return Recorded::Erased;
+            }
             let ledger = Ledger {
                 touches: touches.get(&person).cloned().unwrap_or_default(),
                 spent: r
@@ -132,9 +137,9 @@ impl PgOrchestrationStore {
     /// decided again under the lock.
     async fn decide_unlocked(&self, requests: &[&DecideRequest]) -> Result<Vec<Option<Recorded>>, StorageError> {
         let rows = sqlx::query(
-            "SELECT p.n, (SELECT decisions FROM people e WHERE e.workspace_id = p.ws AND e.profile_id = p.id), \
-               t.campaign, t.channel, t.at, t.local_day \
+            "SELECT p.n, e.decisions, coalesce(e.erased, false), t.campaign, t.channel, t.at, t.local_day \
              FROM unnest($1::text[], $2::uuid[], $3::int8[]) WITH ORDINALITY AS p(ws, id, since, n) \
+             LEFT JOIN people e ON e.workspace_id = p.ws AND e.profile_id = p.id \
              LEFT JOIN LATERAL (SELECT campaign, channel, at, local_day FROM touches \
                WHERE workspace_id = p.ws AND profile_id = p.id AND at >= p.since) t ON true",
         )
@@ -144,18 +149,24 @@ impl PgOrchestrationStore {
         .fetch_all(&self.pool)
         .await?;
         let mut counts = vec![0_i64; requests.len()];
+        let mut erased = vec![false; requests.len()];
         let mut touches: Vec<Vec<Touch>> = vec![Vec::new(); requests.len()];
         for row in rows {
             let n = row.try_get::<i64, _>(0)? as usize - 1;
             counts[n] = row.try_get::<Option<i64>, _>(1)?.unwrap_or_default();
-            if let Some(campaign) = row.try_get::<Option<String>, _>(2)? {
-                touches[n].push(touch_of((campaign, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?)));
+            erased[n] = row.try_get(2)?;
+            if let Some(campaign) = row.try_get::<Option<String>, _>(3)? {
+                touches[n].push(touch_of((campaign, row.try_get(4)?, row.try_get(5)?, row.try_get(6)?)));
             }
         }
         let recorded: Vec<Recorded> = requests
             .iter()
             .zip(touches)
-            .map(|(r, touches)| {
+            .zip(erased)
+            .map(|((r, touches), erased)| {
+                if erased {
+                    return Recorded::Erased;
+                }
                 let ledger = Ledger {
                     touches,
                     spent: HashMap::new(),
@@ -224,12 +235,13 @@ impl PgOrchestrationStore {
             .await?,
         )?;
         // Each person's touches through their own range of the index (a lateral join
-        // keeps the planner from scanning the workspace's).
+        // keeps the planner from scanning the workspace's), and whether they were erased.
         let rows = sqlx::query(
-            "SELECT p.n, t.campaign, t.channel, t.at, t.local_day \
+            "SELECT p.n, e.erased, t.campaign, t.channel, t.at, t.local_day \
              FROM unnest($1::text[], $2::uuid[], $3::int8[]) WITH ORDINALITY AS p(ws, id, since, n) \
-             CROSS JOIN LATERAL (SELECT campaign, channel, at, local_day FROM touches \
-               WHERE workspace_id = p.ws AND profile_id = p.id AND at >= p.since) t",
+             JOIN people e ON e.workspace_id = p.ws AND e.profile_id = p.id \
+             LEFT JOIN LATERAL (SELECT campaign, channel, at, local_day FROM touches \
+               WHERE workspace_id = p.ws AND profile_id = p.id AND at >= p.since) t ON true",
         )
         .bind(&wss)
         .bind(&ids)
@@ -238,10 +250,16 @@ impl PgOrchestrationStore {
         .await?;
         let keys: Vec<(String, Uuid)> = people.keys().map(|(w, id)| ((*w).to_owned(), *id)).collect();
         let mut touches: HashMap<(String, Uuid), Vec<Touch>> = HashMap::new();
+        let mut erased = HashSet::new();
         for row in rows {
-            let n: i64 = row.try_get(0)?;
-            let touch = touch_of((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?));
-            touches.entry(keys[n as usize - 1].clone()).or_default().push(touch);
+            let person = &keys[row.try_get::<i64, _>(0)? as usize - 1];
+            if row.try_get(1)? {
+                erased.insert(person.clone());
+            }
+            if let Some(campaign) = row.try_get::<Option<String>, _>(2)? {
+                let touch = touch_of((campaign, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?));
+                touches.entry(person.clone()).or_default().push(touch);
+            }
         }
         // The budgets asked about, locked in key order: what they have spent is then
         // what this batch spends from.
@@ -271,7 +289,7 @@ impl PgOrchestrationStore {
             .await?;
             spent = rows.into_iter().map(|(w, c, s)| ((w, c), s as u64)).collect();
         }
-        let recorded = plan_all(requests, touches, spent, &states);
+        let recorded = plan_all(requests, touches, spent, &states, &erased);
         let mut spends: BTreeMap<(&str, &str), i64> = BTreeMap::new();
         for (r, w) in requests.iter().zip(&recorded) {
             if let Recorded::Written(w) = w
@@ -398,7 +416,7 @@ static WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The writes of a batch decided without them: the people's counts of decisions
-/// ($28, $29, $30 as read) moved on where they are unchanged, the decisions of those
+/// ($28, $29, $30 as read) moved on where they are unchanged and the person not erased, the decisions of those
 /// people whose campaign is live in their version, and with each decision written its
 /// touch, send and log entry ($28, $31 to $35: the log's columns). The decisions written.
 static WRITE_CHECKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -407,7 +425,7 @@ static WRITE_CHECKED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
         "WITH counted AS (INSERT INTO people (workspace_id, profile_id, decisions) \
            SELECT w, p, n + 1 FROM unnest($28::text[], $29::uuid[], $30::int8[]) AS c(w, p, n) \
            ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = excluded.decisions \
-           WHERE people.decisions = excluded.decisions - 1 \
+           WHERE people.decisions = excluded.decisions - 1 AND NOT people.erased \
            RETURNING workspace_id, profile_id), \
          d AS (INSERT INTO decisions ({DECISION_COLUMNS}) SELECT x.* FROM {d} \
            WHERE (x.w, x.p) IN (SELECT workspace_id, profile_id FROM counted) \
@@ -519,12 +537,22 @@ impl SqliteOrchestrationStore {
         // ledger read here is as it stands until the commit.
         let (_guard, mut tx) = self.begin().await?;
         let mut touches = HashMap::new();
+        let mut erased = HashSet::new();
         let mut spent = HashMap::new();
         let mut workspaces = BTreeSet::new();
         for r in requests {
             workspaces.insert(r.ws.as_str());
             let person = (r.ws.as_str().to_owned(), r.profile.as_uuid());
-            if let std::collections::hash_map::Entry::Vacant(vacant) = touches.entry(person) {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = touches.entry(person.clone()) {
+                let mark: Option<(bool,)> =
+                    sqlx::query_as("SELECT erased FROM people WHERE workspace_id = $1 AND profile_id = $2")
+                        .bind(r.ws.as_str())
+                        .bind(r.profile.as_uuid())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if mark.is_some_and(|m| m.0) {
+                    erased.insert(person);
+                }
                 let since = requests
                     .iter()
                     .filter(|o| o.ws == r.ws && o.profile == r.profile)
@@ -564,7 +592,7 @@ impl SqliteOrchestrationStore {
                     .await?;
             rows.extend(of_ws);
         }
-        let recorded = plan_all(requests, touches, spent, &states_of(rows)?);
+        let recorded = plan_all(requests, touches, spent, &states_of(rows)?, &erased);
         for r in requests {
             sqlx::query(
                 "INSERT INTO people (workspace_id, profile_id, decisions) VALUES ($1, $2, 1) \
@@ -707,46 +735,58 @@ pub(super) mod tests {
     #[test]
     fn later_decisions_of_a_batch_see_the_earlier_ones_touches_and_spend() {
         let (a, b) = (ProfileId::new(), ProfileId::new());
-        // a twice: the second finds the first's touch. b with a budget of 1, twice: the
-        // second finds it spent; then c, also budgeted, finds it spent too.
-        let c = ProfileId::new();
-        let requests = [request(a, &[]), request(a, &[]), request(b, &["c"]), request(c, &["c"])];
-        let recorded = plan_all(&requests.each_ref(), HashMap::new(), HashMap::new(), &States::new());
+        // a twice: the second finds the first's touch. e, erased, gets nothing and
+        // spends nothing; b, with a budget of 1, spends it; c, also budgeted, is planned
+        // with it spent (and chooses nothing).
+        let (c, e) = (ProfileId::new(), ProfileId::new());
+        let requests = [
+            request(a, &[]),
+            request(a, &[]),
+            request(e, &["c"]),
+            request(b, &["c"]),
+            request(c, &["c"]),
+        ];
+        let erased = HashSet::from([("acme".to_owned(), e.as_uuid())]);
+        let recorded = plan_all(
+            &requests.each_ref(),
+            HashMap::new(),
+            HashMap::new(),
+            &States::new(),
+            &erased,
+        );
         let kinds: Vec<&str> = recorded
             .iter()
             .map(|r| match r {
                 Recorded::Written(_) => "written",
                 Recorded::Nothing(_) => "nothing",
                 Recorded::BudgetSpent(_) => "spent",
+                Recorded::Erased => "erased",
             })
             .collect();
-        assert_eq!(kinds, ["written", "nothing", "written", "nothing"]);
+        assert_eq!(kinds, ["written", "nothing", "erased", "written", "nothing"]);
     }
 }
 
-/// The decision planned without a lock (Postgres) against a merge written between its
-/// read and its write. SQLite decides under the file's write lock: nothing comes between.
+/// The decision planned without a lock (Postgres) against a merge or an erasure written
+/// between its read and its write. SQLite decides under the file's write lock: nothing comes between.
 #[cfg(test)]
 mod unlocked {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use chrono::Utc;
-    use corvus_proto::ProfileId;
+    use corvus_proto::{ProfileId, WorkspaceId};
     use corvus_test_support::{Backend, TempDir};
 
     use super::tests::request;
     use crate::storage::{Merge, OrchestrationStore, Recorded, State};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_merge_between_the_read_and_the_write_is_counted() {
-        let dir = TempDir::new();
-        let Some(config) = corvus_test_support::storage(Backend::Postgres, &dir).await else {
-            return;
-        };
+    /// A Postgres store with campaign "c" live in version 1, as `request`'s plan decides
+    /// with; `None` where there is no server to test against.
+    async fn live_store(dir: &TempDir) -> Option<(Arc<dyn OrchestrationStore>, WorkspaceId)> {
+        let config = corvus_test_support::storage(Backend::Postgres, dir).await?;
         let store: Arc<dyn OrchestrationStore> = crate::storage::connect(&config).await.unwrap();
-        let ws: corvus_proto::WorkspaceId = "acme".parse().unwrap();
-        // Campaign "c", live in version 1, as `request`'s plan decides with.
+        let ws: WorkspaceId = "acme".parse().unwrap();
         let def = serde_json::from_value(serde_json::json!({
             "name": "c", "actions": [{"name": "x"}], "channels": ["email"],
         }))
@@ -754,6 +794,15 @@ mod unlocked {
         store.create_campaign(&ws, &def, Utc::now()).await.unwrap();
         let live = store.set_state(&ws, "c", State::Live, Utc::now()).await.unwrap();
         assert_eq!(live.version, 1);
+        Some((store, ws))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merge_between_the_read_and_the_write_is_counted() {
+        let dir = TempDir::new();
+        let Some((store, ws)) = live_store(&dir).await else {
+            return;
+        };
         let (survivor, merged) = (ProfileId::new(), ProfileId::new());
         // The merged id's decision sends: a touch.
         let first = store.decide(&[request(merged, &[])]).await.unwrap();
@@ -783,5 +832,42 @@ mod unlocked {
             "the touch merged in meanwhile counts: {:?}",
             second[0]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_between_the_read_and_the_write_leaves_nothing() {
+        let dir = TempDir::new();
+        let Some((store, ws)) = live_store(&dir).await else {
+            return;
+        };
+        // One person decided for before (a count to check), one never.
+        let (known, new) = (ProfileId::new(), ProfileId::new());
+        let first = store.decide(&[request(known, &[])]).await.unwrap();
+        assert!(matches!(first[0], Recorded::Written(_)));
+        for person in [known, new] {
+            let mut asked = request(person, &[]);
+            let plan = asked.plan;
+            let (erasing, eraser, ws_) = (Arc::new(AtomicBool::new(false)), store.clone(), ws.clone());
+            asked.plan = Box::new(move |ledger| {
+                if !erasing.swap(true, Ordering::SeqCst) {
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(eraser.erase(&ws_, &[person]))
+                    })
+                    .unwrap();
+                }
+                plan(ledger)
+            });
+            let answer = store.decide(&[asked]).await.unwrap();
+            assert!(
+                matches!(answer[0], Recorded::Erased),
+                "erased between the read and the write: {:?}",
+                answer[0]
+            );
+            let since = Utc::now() - chrono::Duration::days(1);
+            assert!(store.touches(&ws, person, since).await.unwrap().is_empty());
+            // And after: nothing decided for them either.
+            let again = store.decide(&[request(person, &[])]).await.unwrap();
+            assert!(matches!(again[0], Recorded::Erased), "{:?}", again[0]);
+        }
     }
 }

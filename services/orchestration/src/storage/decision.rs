@@ -133,6 +133,8 @@ pub enum Recorded {
     Written(Box<Writes>),
     /// The campaign's budget was spent by another decision meanwhile: nothing written.
     BudgetSpent(String),
+    /// The person was erased after they were read: nothing written.
+    Erased,
 }
 
 /// A cell of the policy's evidence.

@@ -117,8 +117,9 @@ pub trait OrchestrationStore: CampaignStore + SendStore + AlertStore + TriggerSt
     /// alerts are its, and their cooldowns too (the later end of two kept).
     async fn merge(&self, merges: &[Merge]) -> Result<(), StorageError>;
 
-    /// Deletes what is kept of the profiles: decisions (and their entries in the log),
-    /// sends, aliases. Returns the rows deleted.
+    /// Marks the profiles erased, so that no decision is written for them after, then
+    /// deletes what is kept of them: decisions (and their entries in the log), sends,
+    /// aliases. Returns the rows deleted.
     async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError>;
 }
 
@@ -424,8 +425,24 @@ macro_rules! orchestration_store {
             }
 
             async fn erase(&self, ws: &WorkspaceId, profiles: &[ProfileId]) -> Result<u64, StorageError> {
-                // The log's entries first: should what follows fail, the erasure is
-                // delivered again and finds the decisions still there to name them.
+                // The people marked first, committed: a decision read before it and
+                // written after it finds the mark and is not written, and one written
+                // before it is found below. Then the log's entries: should what follows
+                // fail, the erasure is delivered again and finds the decisions still
+                // there to name them.
+                let (guard, mut tx) = self.begin().await?;
+                for id in profiles {
+                    sqlx::query(
+                        "INSERT INTO people (workspace_id, profile_id, erased) VALUES ($1, $2, true) \
+                         ON CONFLICT (workspace_id, profile_id) DO UPDATE SET erased = true",
+                    )
+                    .bind(ws.as_str())
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                drop(guard);
                 let mut ids = Vec::new();
                 for id in profiles {
                     let decided: Vec<(Uuid,)> =
@@ -448,7 +465,6 @@ macro_rules! orchestration_store {
                         "sends",
                         "triggers",
                         "trigger_scores",
-                        "people",
                         "aliases",
                     ] {
                         removed += sqlx::query(&format!(

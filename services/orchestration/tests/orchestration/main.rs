@@ -744,8 +744,22 @@ async fn outcomes_teach_the_policy_through_merges_and_erasures(backend: Backend)
         .await
         .unwrap();
     assert_eq!(
-        answers[0].removed["decisions_and_sends"], 4,
-        "decision, touch, send and lock row"
+        answers[0].removed["decisions_and_sends"], 3,
+        "decision, touch and send (the person's row stays, marked)"
     );
     assert!(o.store.decision(&ws(), d.id).await.unwrap().is_none());
+    // A Decide that read the person before the erasure (here the people source still
+    // knows them) writes nothing after it.
+    let after = o.decide(&caller(), &input(late, when)).await;
+    assert!(
+        matches!(after, Err(OrchestrationError::NotFound(_))),
+        "a person erased meanwhile is not decided for: {after:?}"
+    );
+    assert!(
+        o.store
+            .touches(&ws(), late, when - chrono::Duration::days(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
