@@ -21,6 +21,13 @@ const INSERT: &str = "INSERT INTO events \
      (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[])";
 
+/// `INSERT` with the advisory lock $8 taken first: every row, and so its `seq`, is made
+/// after the one row of `locked` was (the lock taken).
+const INSERT_AFTER_LOCK: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($8, 0))) \
+     INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+     SELECT $1, u.* FROM locked, \
+       UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) AS u";
+
 const INSERT_NEW_ONLY: &str = "INSERT INTO events \
      (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
@@ -176,6 +183,25 @@ impl PgEventLog {
         if !events.is_empty() {
             Columns::of(events)
                 .bind(sqlx::query(INSERT), workspace)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `insert_in`, the entries inserted once the transaction holds the advisory lock
+    /// `lock` (taken by the same statement, held to the commit): a log whose writers all
+    /// take it has its order, `seq`, in the order of their commits.
+    pub async fn insert_in_after_lock(
+        conn: &mut sqlx::PgConnection,
+        workspace: &WorkspaceId,
+        events: &[NewEvent],
+        lock: &str,
+    ) -> Result<(), sqlx::Error> {
+        if !events.is_empty() {
+            Columns::of(events)
+                .bind(sqlx::query(INSERT_AFTER_LOCK), workspace)
+                .bind(lock)
                 .execute(conn)
                 .await?;
         }

@@ -60,13 +60,7 @@ impl PgIdentityStore {
     /// taken here, held to the commit, makes the log's order the order of commits (see
     /// the migration `0004_log.sql`).
     async fn log_in(conn: &mut PgConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('corvus.identity.log', 0))")
-            .execute(&mut *conn)
-            .await?;
-        PgEventLog::insert_in(conn, ws, entries).await
+        PgEventLog::insert_in_after_lock(conn, ws, entries, "corvus.identity.log").await
     }
 
     /// Deletes the log's entries of the profile's events, queueing their positions for
@@ -199,24 +193,27 @@ impl PgIdentityStore {
             .collect())
     }
 
-    /// The profiles holding any of `identifiers`, one index probe per identifier.
+    /// The profiles holding any of `identifiers`, one index probe per identifier, and
+    /// whether the workspace has erased anyone's identifiers (a row without a profile).
     async fn holders(
         conn: &mut PgConnection,
         ws: &WorkspaceId,
         identifiers: &[&Identifier],
-    ) -> Result<Vec<ProfileId>, StorageError> {
-        let rows: Vec<(ProfileId,)> = sqlx::query_as(
+    ) -> Result<(Vec<ProfileId>, bool), StorageError> {
+        let rows: Vec<(Option<ProfileId>,)> = sqlx::query_as(
             // OFFSET 0 keeps the lookup a probe per identifier, whatever the estimates.
             "SELECT i.profile_id FROM UNNEST($2::text[], $3::text[]) AS w(kind, value) \
              CROSS JOIN LATERAL (SELECT profile_id FROM identifiers \
-               WHERE workspace_id = $1 AND kind = w.kind AND value = w.value OFFSET 0) i",
+               WHERE workspace_id = $1 AND kind = w.kind AND value = w.value OFFSET 0) i \
+             UNION ALL SELECT NULL WHERE EXISTS (SELECT 1 FROM erased_identifiers WHERE workspace_id = $1)",
         )
         .bind(ws)
         .bind(identifiers.iter().map(|i| i.kind.as_str()).collect::<Vec<_>>())
         .bind(identifiers.iter().map(|i| i.value.as_str()).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        let any_erased = rows.iter().any(|r| r.0.is_none());
+        Ok((rows.into_iter().filter_map(|r| r.0).collect(), any_erased))
     }
 
     async fn write_plan(
@@ -226,16 +223,21 @@ impl PgIdentityStore {
         plan: &Plan<'_>,
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
-        if !plan.new_profiles.is_empty() {
-            sqlx::query(
-                "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, first_seen, last_seen, \
-                 event_count, merged_into) \
-                 SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), COALESCE(l, -9223372036854775808), \
-                 COALESCE(n, 0), merged \
-                 FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
-                 AS r(id, created, merged, f, l, n)",
-            )
+        let mut versions = Vec::new();
+        if !plan.merges.is_empty() {
+            versions.extend(move_profiles(conn, ws, &plan.merges, now).await?);
+        }
+        let e = &plan.events;
+        let t = &plan.traits;
+        let c = &plan.consents;
+        let g = &plan.touched;
+        let mut evidence = EvidenceColumns::default();
+        for record in &plan.evidence {
+            evidence.push(record);
+        }
+        let grown: Vec<(ProfileId, i64)> = sqlx::query_as(WRITE_PLAN.as_str())
             .bind(ws)
+            // The new profiles.
             .bind(uuids(plan.new_profiles.iter().map(|p| p.profile)))
             .bind(
                 plan.new_profiles
@@ -252,39 +254,12 @@ impl PgIdentityStore {
             .bind(seen(plan, |t| micros(t.first_seen)))
             .bind(seen(plan, |t| micros(t.last_seen)))
             .bind(seen(plan, |t| t.events))
-            .execute(&mut *conn)
-            .await?;
-        }
-        let mut versions = Vec::new();
-        if !plan.merges.is_empty() {
-            versions.extend(move_profiles(conn, ws, &plan.merges, now).await?);
-        }
-        // The identifiers and events are inserted plainly, not `ON CONFLICT DO NOTHING`
-        // (a speculative insertion, about half as dear again a row): one another writer
-        // got to first (an identifier given to a profile, an event resolved by a
-        // redelivery) breaks the primary key, and the batch runs again (`is_contention`).
-        if !plan.identifiers.is_empty() {
-            sqlx::query(
-                "INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::uuid[], $5::int8[])",
-            )
-            .bind(ws)
+            // The identifiers.
             .bind(plan.identifiers.iter().map(|i| i.0.kind.as_str()).collect::<Vec<_>>())
             .bind(plan.identifiers.iter().map(|i| i.0.value.as_str()).collect::<Vec<_>>())
             .bind(uuids(plan.identifiers.iter().map(|i| i.1)))
             .bind(plan.identifiers.iter().map(|i| micros(i.2)).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !plan.events.is_empty() {
-            let e = &plan.events;
-            sqlx::query(
-                "INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, name, \
-                 message_id, identifiers, traits, consents) \
-                 SELECT $1, * FROM UNNEST($2::uuid[], $3::uuid[], $4::int8[], $5::int2[], $6::int2[], $7::text[], \
-                 $8::text[], $9::text[], $10::text[], $11::text[])",
-            )
-            .bind(ws)
+            // The events.
             .bind(e.iter().map(|r| r.event.identity.event.as_uuid()).collect::<Vec<_>>())
             .bind(uuids(e.iter().map(|r| r.profile)))
             .bind(e.iter().map(|r| micros(r.event.identity.at)).collect::<Vec<_>>())
@@ -303,65 +278,88 @@ impl PgIdentityStore {
                     .collect::<Vec<_>>(),
             )
             .bind(e.iter().map(|r| consents_json(&r.event.consents)).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !plan.traits.is_empty() {
-            let t = &plan.traits;
-            sqlx::query(&format!(
-                "INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
-                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int8[], $6::uuid[]) {NEWER_TRAIT}"
-            ))
-            .bind(ws)
+            // The traits.
             .bind(uuids(t.iter().map(|r| r.profile)))
             .bind(t.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.value.to_string()).collect::<Vec<_>>())
             .bind(t.iter().map(|r| micros(r.set_at)).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !plan.consents.is_empty() {
-            let c = &plan.consents;
-            sqlx::query(&format!(
-                "INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
-                 SELECT $1, * FROM UNNEST($2::uuid[], $3::text[], $4::int2[], $5::bool[], $6::int8[], $7::uuid[]) \
-                 {NEWER_CONSENT}"
-            ))
-            .bind(ws)
+            // The consents.
             .bind(uuids(c.iter().map(|r| r.profile)))
             .bind(c.iter().map(|r| r.change.purpose.as_str()).collect::<Vec<_>>())
             .bind(c.iter().map(|r| r.change.channel).collect::<Vec<_>>())
             .bind(c.iter().map(|r| r.change.granted).collect::<Vec<_>>())
             .bind(c.iter().map(|r| micros(r.set_at)).collect::<Vec<_>>())
             .bind(c.iter().map(|r| r.event.as_uuid()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !plan.evidence.is_empty() {
-            insert_evidence_batch(conn, ws, &plan.evidence).await?;
-        }
-        if !plan.touched.is_empty() {
-            let t = &plan.touched;
-            let touched: Vec<(ProfileId, i64)> = sqlx::query_as(
-                "UPDATE profiles p SET first_seen = LEAST(p.first_seen, t.f), last_seen = GREATEST(p.last_seen, t.l), \
-                 event_count = p.event_count + t.n, version = p.version + 1, updated_at = $6 \
-                 FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::int8[]) AS t(id, f, l, n) \
-                 WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
-            )
-            .bind(ws)
-            .bind(uuids(t.iter().map(|r| r.profile)))
-            .bind(t.iter().map(|r| micros(r.first_seen)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| micros(r.last_seen)).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.events).collect::<Vec<_>>())
+            // The evidence.
+            .bind(evidence.kind)
+            .bind(evidence.profile)
+            .bind(evidence.other)
+            .bind(evidence.ikind)
+            .bind(evidence.ivalue)
+            .bind(evidence.vkind)
+            .bind(evidence.vvalue)
+            .bind(evidence.event)
+            .bind(evidence.rule)
+            .bind(evidence.confidence)
+            .bind(evidence.at)
+            // The profiles that grew.
+            .bind(uuids(g.iter().map(|r| r.profile)))
+            .bind(g.iter().map(|r| micros(r.first_seen)).collect::<Vec<_>>())
+            .bind(g.iter().map(|r| micros(r.last_seen)).collect::<Vec<_>>())
+            .bind(g.iter().map(|r| r.events).collect::<Vec<_>>())
             .bind(now)
             .fetch_all(&mut *conn)
             .await?;
-            versions.extend(touched);
-        }
+        versions.extend(grown);
         Ok(versions)
     }
 }
+
+/// What a batch writes after its merges, in one statement (a round trip, not seven):
+/// the new profiles ($2 to $7), the identifiers new to the graph ($8 to $11), the
+/// events ($12 to $21), the newest traits ($22 to $26) and consents ($27 to $32), the
+/// evidence ($33 to $43, its ids in the order the records were made), and the profiles
+/// that grew ($44 to $48), whose new versions it returns. The parts touch different rows
+/// (a new profile's row is written whole, never grown), so none needs to see another's.
+/// The identifiers and events are inserted plainly, not `ON CONFLICT DO NOTHING` (a
+/// speculative insertion, about half as dear again a row): one another writer got to
+/// first (an identifier given to a profile, an event resolved by a redelivery) breaks
+/// the primary key, and the batch runs again (`is_contention`).
+static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
+           first_seen, last_seen, event_count, merged_into) \
+           SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
+             COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
+           FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
+             AS r(id, created, merged, f, l, n)), \
+         new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
+           SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[])), \
+         events AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
+           name, message_id, identifiers, traits, consents) \
+           SELECT $1, * FROM UNNEST($12::uuid[], $13::uuid[], $14::int8[], $15::int2[], $16::int2[], \
+             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])), \
+         newest_traits AS (INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
+           SELECT $1, * FROM UNNEST($22::uuid[], $23::text[], $24::text[], $25::int8[], $26::uuid[]) \
+           {NEWER_TRAIT}), \
+         newest_consents AS (INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, \
+           set_at, event_id) \
+           SELECT $1, * FROM UNNEST($27::uuid[], $28::text[], $29::int2[], $30::bool[], $31::int8[], \
+             $32::uuid[]) {NEWER_CONSENT}), \
+         new_evidence AS (INSERT INTO evidence (workspace_id, kind, profile_id, other_id, identifier_kind, \
+           identifier_value, via_kind, via_value, event_id, rule, confidence, at) \
+           SELECT $1, kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at \
+           FROM UNNEST($33::int2[], $34::uuid[], $35::uuid[], $36::text[], $37::text[], $38::text[], \
+             $39::text[], $40::uuid[], $41::int2[], $42::float8[], $43::int8[]) WITH ORDINALITY \
+             AS e(kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at, n) \
+           ORDER BY n) \
+         UPDATE profiles p SET first_seen = LEAST(p.first_seen, t.f), last_seen = GREATEST(p.last_seen, t.l), \
+           event_count = p.event_count + t.n, version = p.version + 1, updated_at = $48 \
+         FROM UNNEST($44::uuid[], $45::int8[], $46::int8[], $47::int8[]) AS t(id, f, l, n) \
+         WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version"
+    )
+});
 
 /// Folds every `(from, into)` of a batch at once, a statement per table rather than a
 /// dozen per merge: what `move_profile` does for one. Each `from` is found by its key
@@ -430,41 +428,6 @@ async fn move_profiles(
     .bind(now)
     .fetch_all(conn)
     .await
-}
-
-async fn insert_evidence_batch(
-    conn: &mut PgConnection,
-    ws: &WorkspaceId,
-    evidence: &[Evidence],
-) -> Result<(), sqlx::Error> {
-    let mut columns = EvidenceColumns::default();
-    for e in evidence {
-        columns.push(e);
-    }
-    // WITH ORDINALITY and ORDER BY: ids are given in the order the records were made.
-    sqlx::query(
-        "INSERT INTO evidence (workspace_id, kind, profile_id, other_id, identifier_kind, identifier_value, \
-         via_kind, via_value, event_id, rule, confidence, at) \
-         SELECT $1, kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at \
-         FROM UNNEST($2::int2[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], \
-         $9::uuid[], $10::int2[], $11::float8[], $12::int8[]) WITH ORDINALITY \
-         AS e(kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at, n) ORDER BY n",
-    )
-    .bind(ws)
-    .bind(columns.kind)
-    .bind(columns.profile)
-    .bind(columns.other)
-    .bind(columns.ikind)
-    .bind(columns.ivalue)
-    .bind(columns.vkind)
-    .bind(columns.vvalue)
-    .bind(columns.event)
-    .bind(columns.rule)
-    .bind(columns.confidence)
-    .bind(columns.at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[derive(Default)]

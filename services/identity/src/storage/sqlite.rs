@@ -161,7 +161,7 @@ impl SqliteIdentityStore {
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,
         identifiers: &[&Identifier],
-    ) -> Result<Vec<ProfileId>, StorageError> {
+    ) -> Result<(Vec<ProfileId>, bool), StorageError> {
         let mut holders = Vec::new();
         for identifier in identifiers {
             let row: Option<(ProfileId,)> = sqlx::query_as(
@@ -174,7 +174,7 @@ impl SqliteIdentityStore {
             .await?;
             holders.extend(row.map(|r| r.0));
         }
-        Ok(holders)
+        Ok((holders, Self::any_erased(conn, ws).await?))
     }
 
     async fn write_plan(

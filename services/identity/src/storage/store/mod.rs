@@ -455,6 +455,14 @@ macro_rules! identity_store {
         }
 
         impl $Store {
+            /// Whether the workspace has erased anyone's identifiers.
+            async fn any_erased(conn: &mut Conn, ws: &WorkspaceId) -> Result<bool, sqlx::Error> {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM erased_identifiers WHERE workspace_id = $1)")
+                    .bind(ws)
+                    .fetch_one(&mut *conn)
+                    .await
+            }
+
             /// One attempt at a batch: load and lock, plan, write, commit; then remember
             /// where the batch left every identifier it saw.
             async fn resolve_once(
@@ -524,19 +532,6 @@ macro_rules! identity_store {
                     let event_ids: Vec<EventId> = events.iter().map(|e| e.identity.event).collect();
                     Self::seen_events(conn, ws, &event_ids).await?
                 };
-                // Most workspaces have erased no one: one probe then spares one per identifier
-                // (and its digest).
-                let any_erased: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM erased_identifiers WHERE workspace_id = $1)",
-                )
-                .bind(ws)
-                .fetch_one(&mut *conn)
-                .await?;
-                let erased = if any_erased {
-                    Self::erased_among(conn, ws, &identifiers).await?
-                } else {
-                    Default::default()
-                };
                 let guesses = match hints {
                     Some(hints) => hints.get(&identifiers.iter().map(|i| hints.key(ws, i)).collect::<Vec<_>>()),
                     None => vec![None; identifiers.len()],
@@ -548,10 +543,18 @@ macro_rules! identity_store {
                         None => unknown.push(*identifier),
                     }
                 }
-                let mut profiles = if unknown.is_empty() {
-                    Vec::new()
+                // Most workspaces have erased no one: one probe (with the holders, where
+                // there are identifiers to look up) then spares one per identifier (and
+                // its digest).
+                let (mut profiles, any_erased) = if unknown.is_empty() {
+                    (Vec::new(), Self::any_erased(conn, ws).await?)
                 } else {
                     Self::holders(conn, ws, &unknown).await?
+                };
+                let erased = if any_erased {
+                    Self::erased_among(conn, ws, &identifiers).await?
+                } else {
+                    Default::default()
                 };
                 profiles.extend(hinted.iter().map(|h| h.1));
                 profiles.sort();
