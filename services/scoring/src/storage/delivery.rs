@@ -92,83 +92,6 @@ mod tests {
 macro_rules! delivery_writes {
     ($Store:ident, $Db:ty) => {
         impl $Store {
-            /// Writes facts; one already held (by event id) is left as it is.
-            pub(super) async fn write_facts(
-                tx: &mut sqlx::Transaction<'_, $Db>,
-                facts: &[&(WorkspaceId, Change)],
-            ) -> Result<(), StorageError> {
-                for run in facts.chunks(FACT_ROWS) {
-                    let sql = format!(
-                        "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
-                         VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
-                        rows(1, run.len(), 7)
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (ws, c) in run {
-                        let Change::Fact {
-                            event,
-                            profile,
-                            at,
-                            fact,
-                            payload,
-                        } = c
-                        else {
-                            unreachable!("facts only");
-                        };
-                        query = query
-                            .bind(ws)
-                            .bind(*event)
-                            .bind(*profile)
-                            .bind(micros(*at))
-                            .bind(fact.revenue)
-                            .bind(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?)
-                            .bind(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
-                    }
-                    query.execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-
-            /// Applies a run's merges: the facts moved by one statement per workspace
-            /// (and `IN_LIST` ids), the aliases written by another.
-            pub(super) async fn write_merges(tx: &mut sqlx::Transaction<'_, $Db>, moves: &Moves<'_>) -> Result<(), StorageError> {
-                for (ws, (to, aliases)) in moves {
-                    let to: Vec<_> = to.iter().collect();
-                    for chunk in to.chunks(IN_LIST) {
-                        let cases: String = (0..chunk.len())
-                            .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
-                            .collect();
-                        let ids = (0..chunk.len())
-                            .map(|i| format!("${}", 2 + 2 * i))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        let sql = format!(
-                            "UPDATE facts SET profile_id = CASE profile_id{cases} END \
-                             WHERE workspace_id = $1 AND profile_id IN ({ids})"
-                        );
-                        let mut query = sqlx::query(&sql).bind(*ws);
-                        for (from, to) in chunk {
-                            query = query.bind(**from).bind(**to);
-                        }
-                        query.execute(&mut **tx).await?;
-                    }
-                    let aliases: Vec<_> = aliases.iter().collect();
-                    for chunk in aliases.chunks(IN_LIST) {
-                        let sql = format!(
-                            "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES {} \
-                             ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
-                            rows(1, chunk.len(), 3)
-                        );
-                        let mut query = sqlx::query(&sql);
-                        for (id, survivor) in chunk {
-                            query = query.bind(*ws).bind(**id).bind(**survivor);
-                        }
-                        query.execute(&mut **tx).await?;
-                    }
-                }
-                Ok(())
-            }
-
             /// Applies an unmerge or an erasure; returns what an erasure deleted.
             pub(super) async fn write_barrier(
                 tx: &mut sqlx::Transaction<'_, $Db>,
@@ -244,7 +167,7 @@ macro_rules! delivery_writes {
                         }
                         return Ok(Some((removed, standings)));
                     }
-                            Change::Fact { .. } | Change::Merged { .. } => {}
+                    Change::Fact { .. } | Change::Merged { .. } => {}
                 }
                 Ok(None)
             }
@@ -254,3 +177,167 @@ macro_rules! delivery_writes {
 
 delivery_writes!(PgScoringStore, sqlx::Postgres);
 delivery_writes!(SqliteScoringStore, sqlx::Sqlite);
+
+impl SqliteScoringStore {
+    /// Writes facts; one already held (by event id) is left as it is. A statement for
+    /// `FACT_ROWS` facts.
+    pub(super) async fn write_facts(
+        conn: &mut sqlx::SqliteConnection,
+        facts: &[&(WorkspaceId, Change)],
+    ) -> Result<(), StorageError> {
+        for run in facts.chunks(FACT_ROWS) {
+            let sql = format!(
+                "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
+                 VALUES {} ON CONFLICT (workspace_id, event_id) DO NOTHING",
+                rows(1, run.len(), 7)
+            );
+            let columns = FactColumns::of(run)?;
+            let mut query = sqlx::query(&sql);
+            for i in 0..run.len() {
+                query = query
+                    .bind(columns.workspaces[i])
+                    .bind(columns.events[i])
+                    .bind(columns.profiles[i])
+                    .bind(columns.at[i])
+                    .bind(columns.revenue[i])
+                    .bind(&columns.facts[i])
+                    .bind(&columns.payloads[i]);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies a run's merges: the facts moved by one statement per workspace
+    /// (and `IN_LIST` ids), the aliases written by another.
+    pub(super) async fn write_merges(conn: &mut sqlx::SqliteConnection, moves: &Moves<'_>) -> Result<(), StorageError> {
+        for (ws, (to, aliases)) in moves {
+            let to: Vec<_> = to.iter().collect();
+            for chunk in to.chunks(IN_LIST) {
+                let cases: String = (0..chunk.len())
+                    .map(|i| format!(" WHEN ${} THEN ${}", 2 + 2 * i, 3 + 2 * i))
+                    .collect();
+                let ids = (0..chunk.len())
+                    .map(|i| format!("${}", 2 + 2 * i))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE facts SET profile_id = CASE profile_id{cases} END \
+                     WHERE workspace_id = $1 AND profile_id IN ({ids})"
+                );
+                let mut query = sqlx::query(&sql).bind(*ws);
+                for (from, to) in chunk {
+                    query = query.bind(**from).bind(**to);
+                }
+                query.execute(&mut *conn).await?;
+            }
+            let aliases: Vec<_> = aliases.iter().collect();
+            for chunk in aliases.chunks(IN_LIST) {
+                let sql = format!(
+                    "INSERT INTO aliases (workspace_id, profile_id, survivor_id) VALUES {} \
+                     ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
+                    rows(1, chunk.len(), 3)
+                );
+                let mut query = sqlx::query(&sql);
+                for (id, survivor) in chunk {
+                    query = query.bind(*ws).bind(**id).bind(**survivor);
+                }
+                query.execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PgScoringStore {
+    /// Writes facts, one statement for them all (its arrays bound as one prepared
+    /// statement, whatever their number); one already held (by event id) is left as it is.
+    pub(super) async fn write_facts(
+        conn: &mut sqlx::PgConnection,
+        facts: &[&(WorkspaceId, Change)],
+    ) -> Result<(), StorageError> {
+        let columns = FactColumns::of(facts)?;
+        sqlx::query(
+            "INSERT INTO facts (workspace_id, event_id, profile_id, at, revenue, fact, event) \
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::int8[], $5::float8[], $6::text[], $7::text[]) \
+             ON CONFLICT (workspace_id, event_id) DO NOTHING",
+        )
+        .bind(columns.workspaces)
+        .bind(columns.events)
+        .bind(columns.profiles)
+        .bind(columns.at)
+        .bind(columns.revenue)
+        .bind(columns.facts)
+        .bind(columns.payloads)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Applies a run's merges, one statement a workspace: each merged id's facts moved to
+    /// where its chain ends (found by the id's place in the list, through the index on
+    /// the profile), and the aliases written.
+    pub(super) async fn write_merges(conn: &mut sqlx::PgConnection, moves: &Moves<'_>) -> Result<(), StorageError> {
+        for (ws, (to, aliases)) in moves {
+            let (from, into): (Vec<_>, Vec<_>) = to.iter().map(|(f, t)| (f.as_uuid(), t.as_uuid())).unzip();
+            let (merged, survivors): (Vec<_>, Vec<_>) = aliases.iter().map(|(m, s)| (m.as_uuid(), s.as_uuid())).unzip();
+            sqlx::query(
+                "WITH moved AS (UPDATE facts SET profile_id = ($3::uuid[])[array_position($2::uuid[], profile_id)] \
+                   WHERE workspace_id = $1 AND profile_id = ANY($2)) \
+                 INSERT INTO aliases (workspace_id, profile_id, survivor_id) \
+                 SELECT $1, * FROM unnest($4::uuid[], $5::uuid[]) \
+                 ON CONFLICT (workspace_id, profile_id) DO UPDATE SET survivor_id = excluded.survivor_id",
+            )
+            .bind(*ws)
+            .bind(from)
+            .bind(into)
+            .bind(merged)
+            .bind(survivors)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The columns of a run of facts, an array each.
+#[derive(Default)]
+struct FactColumns<'a> {
+    workspaces: Vec<&'a str>,
+    events: Vec<sqlx::types::Uuid>,
+    profiles: Vec<sqlx::types::Uuid>,
+    at: Vec<i64>,
+    revenue: Vec<Option<f64>>,
+    facts: Vec<String>,
+    payloads: Vec<String>,
+}
+
+impl<'a> FactColumns<'a> {
+    fn of(facts: &[&'a (WorkspaceId, Change)]) -> Result<Self, StorageError> {
+        let mut columns = Self::default();
+        for (ws, c) in facts {
+            let Change::Fact {
+                event,
+                profile,
+                at,
+                fact,
+                payload,
+            } = c
+            else {
+                unreachable!("facts only");
+            };
+            columns.workspaces.push(ws.as_str());
+            columns.events.push(event.as_uuid());
+            columns.profiles.push(profile.as_uuid());
+            columns.at.push(micros(*at));
+            columns.revenue.push(fact.revenue);
+            columns
+                .facts
+                .push(serde_json::to_string(fact).map_err(|e| undecodable("fact", e))?);
+            columns
+                .payloads
+                .push(serde_json::to_string(payload).map_err(|e| undecodable("event", e))?);
+        }
+        Ok(columns)
+    }
+}

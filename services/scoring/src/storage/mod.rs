@@ -212,6 +212,23 @@ impl PgScoringStore {
 
     /// Writers of audience changes take turns, so that the changes' sequence numbers
     /// commit in their order and a stream reading after one never skips an earlier one.
+    /// Facts written by their one statement, which commits them (no transaction
+    /// around it: a round trip, not three).
+    async fn write_facts_alone(&self, facts: &[&(WorkspaceId, Change)]) -> Result<(), StorageError> {
+        Self::write_facts(&mut *self.pool.acquire().await?, facts).await
+    }
+
+    /// A run's merges: one workspace's by their one statement, several together.
+    async fn write_merges_alone(&self, moves: &delivery::Moves<'_>) -> Result<(), StorageError> {
+        if moves.len() == 1 {
+            return Self::write_merges(&mut *self.pool.acquire().await?, moves).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        Self::write_merges(&mut tx, moves).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn serialise_changes(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_advisory_xact_lock(7320112)")
             .execute(&mut **tx)
@@ -253,6 +270,20 @@ impl SqliteScoringStore {
     }
 
     /// SQLite's one writer at a time already commits the changes in their order.
+    async fn write_facts_alone(&self, facts: &[&(WorkspaceId, Change)]) -> Result<(), StorageError> {
+        let (_writer, mut tx) = self.begin().await?;
+        Self::write_facts(&mut tx, facts).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn write_merges_alone(&self, moves: &delivery::Moves<'_>) -> Result<(), StorageError> {
+        let (_writer, mut tx) = self.begin().await?;
+        Self::write_merges(&mut tx, moves).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn serialise_changes(_: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
         Ok(())
     }
@@ -425,8 +456,8 @@ macro_rules! scoring_store {
                         {
                             erased.extend(Self::write_barrier(&mut tx, barrier).await?);
                         } else {
-                            Self::write_facts(&mut tx, &facts_of(segment)).await?;
-                            Self::write_merges(&mut tx, &moves(segment)).await?;
+                            Self::write_facts(&mut *tx, &facts_of(segment)).await?;
+                            Self::write_merges(&mut *tx, &moves(segment)).await?;
                         }
                     }
                     tx.commit().await?;
@@ -437,7 +468,7 @@ macro_rules! scoring_store {
                 // Otherwise the delivery is one run of facts and merges: its facts are
                 // written in chunks side by side (Postgres), each committed alone (a fact
                 // is kept once by its event id, and merges are repeated whole, so a retry
-                // after a failure part way is harmless), then its merges.
+                // after a failure part way is harmless), then its merges, together.
                 let facts = facts_of(changes);
                 let chunk = match Self::SIDE_BY_SIDE {
                     true => facts.len().div_ceil(SIDE_BY_SIDE).clamp(FACT_ROWS / 2, FACT_ROWS),
@@ -445,12 +476,7 @@ macro_rules! scoring_store {
                 };
                 let writes: Vec<_> = facts
                     .chunks(chunk)
-                    .map(|part| async move {
-                        let (_writer, mut tx) = self.begin().await?;
-                        Self::write_facts(&mut tx, part).await?;
-                        tx.commit().await?;
-                        Ok::<_, StorageError>(())
-                    })
+                    .map(|part| self.write_facts_alone(part))
                     .collect();
                 futures::stream::iter(writes)
                     .buffer_unordered(SIDE_BY_SIDE)
@@ -458,9 +484,7 @@ macro_rules! scoring_store {
                     .await?;
                 let moves = moves(changes);
                 if !moves.is_empty() {
-                    let (_writer, mut tx) = self.begin().await?;
-                    Self::write_merges(&mut tx, &moves).await?;
-                    tx.commit().await?;
+                    self.write_merges_alone(&moves).await?;
                 }
                 self.applied(changes.len());
                 Ok(erased)
