@@ -110,6 +110,25 @@ const MERGE_ALL: [&str; 10] = [
      WHERE c.workspace_id = m.ws AND c.profile_id = m.id",
 ];
 
+/// `MERGE_ALL` in two statements (two round trips, not ten): the steps that each write a
+/// table of their own together, then those that write a table again (the aliases
+/// inserted after those pointing at the merged ids moved; the triggers moved after the
+/// score looks of a campaign the survivor has were deleted), so that no row is written
+/// twice by one statement. Each statement's steps see the rows as they stood before it,
+/// which is all any of them reads (the cooldowns are read from the merged ids' rows and
+/// written to the survivors').
+static MERGE_ALL_STATEMENTS: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let together = |steps: &[usize]| {
+        let (last, first) = steps.split_last().expect("steps");
+        let ctes: Vec<String> = first
+            .iter()
+            .map(|&i| format!("step{i} AS ({})", MERGE_ALL[i]))
+            .collect();
+        format!("WITH {} {}", ctes.join(", "), MERGE_ALL[*last])
+    };
+    [together(&[0, 2, 3, 4, 6, 7, 8, 9]), together(&[1, 5])]
+});
+
 /// The merges as (workspace, merged id, survivor) rows, each merged id with the
 /// survivor it ends with: a survivor merged later passes on what was merged into it.
 /// Written in one step they leave what writing them in turn leaves. `None` when a
@@ -196,7 +215,7 @@ impl PgOrchestrationStore {
                  SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
             )
             .await?;
-        for sql in MERGE_ALL {
+        for sql in MERGE_ALL_STATEMENTS.iter() {
             sqlx::query(sql)
                 .bind(&wss)
                 .bind(&ids)
