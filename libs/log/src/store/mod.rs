@@ -12,7 +12,7 @@ use corvus_proto::{EventId, WorkspaceId};
 use corvus_storage::StorageError;
 use tokio::sync::watch;
 
-pub use postgres::PgEventLog;
+pub use postgres::{EntryColumns, PgEventLog};
 pub use sqlite::SqliteEventLog;
 
 /// A place in the log. Postgres orders by (transaction id, seq); SQLite by seq alone.

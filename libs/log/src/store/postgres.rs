@@ -21,13 +21,6 @@ const INSERT: &str = "INSERT INTO events \
      (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[])";
 
-/// `INSERT` with the advisory lock $8 taken first: every row, and so its `seq`, is made
-/// after the one row of `locked` was (the lock taken).
-const INSERT_AFTER_LOCK: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($8, 0))) \
-     INSERT INTO events (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
-     SELECT $1, u.* FROM locked, \
-       UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) AS u";
-
 const INSERT_NEW_ONLY: &str = "INSERT INTO events \
      (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
      SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::int2[], $5::timestamptz[], $6::bytea[], $7::text[]) \
@@ -133,8 +126,8 @@ async fn notify(pool: PgPool, channel: &str, own: &str, mut asked: watch::Receiv
     }
 }
 
-/// New entries as the UNNEST of `INSERT` takes them: a column each.
-struct Columns<'a> {
+/// New entries as the UNNEST of the log's inserts takes them: a column each.
+pub struct EntryColumns<'a> {
     message_ids: Vec<&'a str>,
     event_ids: Vec<Uuid>,
     types: Vec<i16>,
@@ -143,8 +136,8 @@ struct Columns<'a> {
     traces: Vec<Option<&'a str>>,
 }
 
-impl<'a> Columns<'a> {
-    fn of(events: &'a [NewEvent]) -> Self {
+impl<'a> EntryColumns<'a> {
+    pub fn of(events: &'a [NewEvent]) -> Self {
         Self {
             message_ids: events.iter().map(|e| e.message_id.as_str()).collect(),
             event_ids: events.iter().map(|e| e.event_id.as_uuid()).collect(),
@@ -160,8 +153,15 @@ impl<'a> Columns<'a> {
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
         workspace: &'q WorkspaceId,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        self.bind_arrays(query.bind(workspace))
+    }
+
+    /// Binds the six arrays, in the order `PgEventLog::insert_after_lock_steps` takes them.
+    pub fn bind_arrays<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         query
-            .bind(workspace)
             .bind(&self.message_ids)
             .bind(&self.event_ids)
             .bind(&self.types)
@@ -181,7 +181,7 @@ impl PgEventLog {
         events: &[NewEvent],
     ) -> Result<(), sqlx::Error> {
         if !events.is_empty() {
-            Columns::of(events)
+            EntryColumns::of(events)
                 .bind(sqlx::query(INSERT), workspace)
                 .execute(conn)
                 .await?;
@@ -189,23 +189,25 @@ impl PgEventLog {
         Ok(())
     }
 
-    /// `insert_in`, the entries inserted once the transaction holds the advisory lock
-    /// `lock` (taken by the same statement, held to the commit): a log whose writers all
-    /// take it has its order, `seq`, in the order of their commits.
-    pub async fn insert_in_after_lock(
-        conn: &mut sqlx::PgConnection,
-        workspace: &WorkspaceId,
-        events: &[NewEvent],
-        lock: &str,
-    ) -> Result<(), sqlx::Error> {
-        if !events.is_empty() {
-            Columns::of(events)
-                .bind(sqlx::query(INSERT_AFTER_LOCK), workspace)
-                .bind(lock)
-                .execute(conn)
-                .await?;
-        }
-        Ok(())
+    /// The steps (common table expressions) of a larger statement that add entries
+    /// once the transaction holds an advisory lock, held to its commit: a log whose
+    /// writers all take it has its order, `seq`, in the order of their commits. Every
+    /// entry, and so its `seq`, is made after the one row of `locked` was (the lock
+    /// taken). `$workspace` is the workspace's parameter, `$lock` the lock's name, and
+    /// `EntryColumns::bind_arrays` binds the entries' six arrays from `$first` on.
+    pub fn insert_after_lock_steps(workspace: usize, lock: usize, first: usize) -> String {
+        let arrays: Vec<String> = ["text", "uuid", "int2", "timestamptz", "bytea", "text"]
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+            .collect();
+        format!(
+            "locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended(${lock}, 0))), \
+             logged AS (INSERT INTO events \
+               (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
+               SELECT ${workspace}, u.* FROM locked, UNNEST({}) AS u)",
+            arrays.join(", ")
+        )
     }
 }
 
@@ -223,7 +225,7 @@ impl EventLog for PgEventLog {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let columns = Columns::of(events);
+        let columns = EntryColumns::of(events);
         let insert = |sql| columns.bind(sqlx::query(sql), workspace);
         // One statement, so one implicit transaction: the batch commits whole or not at
         // all. Repeats are rare (client retries), so the plain INSERT goes first; only

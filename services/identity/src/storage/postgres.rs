@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use corvus_log::store::{NewEvent, PgEventLog};
+use corvus_log::store::{EntryColumns, NewEvent, PgEventLog};
 use corvus_proto::WorkspaceId;
 use corvus_storage::{Statistics, StorageError};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 use uuid::Uuid;
 
 use super::{consents_json, encode_identifiers, traits_json};
@@ -57,10 +57,18 @@ impl PgIdentityStore {
     }
 
     /// Adds entries to identity's log, as the last thing before the commit: the lock
-    /// taken here, held to the commit, makes the log's order the order of commits (see
-    /// the migration `0004_log.sql`).
+    /// taken with them (`LOG_LOCK`), held to the commit, makes the log's order the order
+    /// of commits (see the migration `0004_log.sql`). A batch's entries go with its
+    /// writes (`WRITE_PLAN`).
     async fn log_in(conn: &mut PgConnection, ws: &WorkspaceId, entries: &[NewEvent]) -> Result<(), sqlx::Error> {
-        PgEventLog::insert_in_after_lock(conn, ws, entries, "corvus.identity.log").await
+        if entries.is_empty() {
+            return Ok(());
+        }
+        EntryColumns::of(entries)
+            .bind_arrays(sqlx::query(&LOG_IN).bind(ws).bind(LOG_LOCK))
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     /// Deletes the log's entries of the profile's events, queueing their positions for
@@ -221,6 +229,7 @@ impl PgIdentityStore {
         conn: &mut PgConnection,
         ws: &WorkspaceId,
         plan: &Plan<'_>,
+        entries: &[NewEvent],
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         let mut versions = Vec::new();
@@ -235,7 +244,8 @@ impl PgIdentityStore {
         for record in &plan.evidence {
             evidence.push(record);
         }
-        let grown: Vec<(ProfileId, i64)> = sqlx::query_as(WRITE_PLAN.as_str())
+        let logged = EntryColumns::of(entries);
+        let query = sqlx::query(WRITE_PLAN.as_str())
             .bind(ws)
             // The new profiles.
             .bind(uuids(plan.new_profiles.iter().map(|p| p.profile)))
@@ -309,14 +319,23 @@ impl PgIdentityStore {
             .bind(g.iter().map(|r| micros(r.last_seen)).collect::<Vec<_>>())
             .bind(g.iter().map(|r| r.events).collect::<Vec<_>>())
             .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
-        versions.extend(grown);
+            .bind(LOG_LOCK);
+        for row in logged.bind_arrays(query).fetch_all(&mut *conn).await? {
+            versions.push((row.try_get(0)?, row.try_get(1)?));
+        }
         Ok(versions)
     }
 }
 
-/// What a batch writes after its merges, in one statement (a round trip, not seven):
+/// The advisory lock every writer of identity's log takes (see `log_in`).
+const LOG_LOCK: &str = "corvus.identity.log";
+
+/// Entries added to identity's log, once the transaction holds `LOG_LOCK` ($2).
+static LOG_IN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3)));
+
+/// What a batch writes after its merges, in one statement (a round trip, not eight):
+/// its entries in identity's log, after the log's lock ($49; the entries $50 to $55),
 /// the new profiles ($2 to $7), the identifiers new to the graph ($8 to $11), the
 /// events ($12 to $21), the newest traits ($22 to $26) and consents ($27 to $32), the
 /// evidence ($33 to $43, its ids in the order the records were made), and the profiles
@@ -328,7 +347,7 @@ impl PgIdentityStore {
 /// the primary key, and the batch runs again (`is_contention`).
 static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
+        "WITH {}, new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
            first_seen, last_seen, event_count, merged_into) \
            SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
              COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
@@ -336,7 +355,7 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
              AS r(id, created, merged, f, l, n)), \
          new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
            SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[])), \
-         events AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
+         resolved AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
            name, message_id, identifiers, traits, consents) \
            SELECT $1, * FROM UNNEST($12::uuid[], $13::uuid[], $14::int8[], $15::int2[], $16::int2[], \
              $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])), \
@@ -357,7 +376,8 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          UPDATE profiles p SET first_seen = LEAST(p.first_seen, t.f), last_seen = GREATEST(p.last_seen, t.l), \
            event_count = p.event_count + t.n, version = p.version + 1, updated_at = $48 \
          FROM UNNEST($44::uuid[], $45::int8[], $46::int8[], $47::int8[]) AS t(id, f, l, n) \
-         WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version"
+         WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
+        PgEventLog::insert_after_lock_steps(1, 49, 50)
     )
 });
 

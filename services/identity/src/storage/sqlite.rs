@@ -182,6 +182,7 @@ impl SqliteIdentityStore {
         conn: &mut SqliteConnection,
         ws: &WorkspaceId,
         plan: &Plan<'_>,
+        entries: &[NewEvent],
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         for new in &plan.new_profiles {
@@ -284,6 +285,7 @@ impl SqliteIdentityStore {
             .await?;
             versions.push((t.profile, version));
         }
+        Self::log_in(conn, ws, entries).await?;
         Ok(versions)
     }
 }

@@ -6,8 +6,8 @@
 //! - `begin(&self)`: a transaction, and on SQLite the process-wide writer lock;
 //! - `lock_profiles`: `SELECT … FOR UPDATE` in a fixed order on Postgres;
 //! - `seen_events`, `erased_among`, `holders`, `candidates_of` and `write_plan`: the
-//!   batch reads and writes, with arrays on Postgres and prepared statements in a loop on
-//!   SQLite;
+//!   batch reads and writes (with its entries in identity's log), with arrays on
+//!   Postgres and prepared statements in a loop on SQLite;
 //! - `log_in`: entries added to identity's log in the transaction;
 //! - `resolved(events)`: told after each batch, to keep the planner's statistics;
 //! - `scrub_deleted()`: what is left of deleted rows removed, after an erasure;
@@ -484,8 +484,8 @@ macro_rules! identity_store {
                     None => Vec::new(),
                 };
                 let plan = plan(events, loaded, rules, Utc::now(), ProfileId::new);
-                let versions = self.write_plan(&mut tx, ws, &plan).await?;
-                <$Store>::log_in(&mut tx, ws, &crate::log::of_plan(ws, &plan)).await?;
+                // The batch's entries in identity's log with its writes, last (see `log_in`).
+                let versions = self.write_plan(&mut tx, ws, &plan, &crate::log::of_plan(ws, &plan)).await?;
                 tx.commit().await?;
                 self.resolved(events.len());
                 if let Some(hints) = hints {
