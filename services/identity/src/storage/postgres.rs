@@ -332,33 +332,36 @@ const LOG_LOCK: &str = "corvus.identity.log";
 
 /// Entries added to identity's log, once the transaction holds `LOG_LOCK` ($2).
 static LOG_IN: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3)));
+    std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3, None)));
 
 /// What a batch writes after its merges, in one statement (a round trip, not eight):
-/// its entries in identity's log, after the log's lock ($49; the entries $50 to $55),
 /// the new profiles ($2 to $7), the identifiers new to the graph ($8 to $11), the
 /// events ($12 to $21), the newest traits ($22 to $26) and consents ($27 to $32), the
 /// evidence ($33 to $43, its ids in the order the records were made), and the profiles
-/// that grew ($44 to $48), whose new versions it returns. The parts touch different rows
-/// (a new profile's row is written whole, never grown), so none needs to see another's.
+/// that grew ($44 to $48), whose new versions it returns, and its entries in identity's
+/// log ($50 to $55) after the log's lock ($49), taken once the identifiers and events
+/// are in: those inserts can wait on another transaction's (one of the same key), and
+/// the lock is taken after every wait, so that it cannot be part of a deadlock (the
+/// profiles updated are locked already). The parts touch different rows (a new
+/// profile's row is written whole, never grown), so none needs to see another's.
 /// The identifiers and events are inserted plainly, not `ON CONFLICT DO NOTHING` (a
 /// speculative insertion, about half as dear again a row): one another writer got to
 /// first (an identifier given to a profile, an event resolved by a redelivery) breaks
 /// the primary key, and the batch runs again (`is_contention`).
 static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH {}, new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
+        "WITH new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
            first_seen, last_seen, event_count, merged_into) \
            SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
              COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
            FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
              AS r(id, created, merged, f, l, n)), \
          new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
-           SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[])), \
+           SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[]) RETURNING 1), \
          resolved AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
            name, message_id, identifiers, traits, consents) \
            SELECT $1, * FROM UNNEST($12::uuid[], $13::uuid[], $14::int8[], $15::int2[], $16::int2[], \
-             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])), \
+             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[]) RETURNING 1), \
          newest_traits AS (INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
            SELECT $1, * FROM UNNEST($22::uuid[], $23::text[], $24::text[], $25::int8[], $26::uuid[]) \
            {NEWER_TRAIT}), \
@@ -372,12 +375,18 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            FROM UNNEST($33::int2[], $34::uuid[], $35::uuid[], $36::text[], $37::text[], $38::text[], \
              $39::text[], $40::uuid[], $41::int2[], $42::float8[], $43::int8[]) WITH ORDINALITY \
              AS e(kind, profile, other, ikind, ivalue, vkind, vvalue, event, rule, confidence, at, n) \
-           ORDER BY n) \
+           ORDER BY n), \
+         {} \
          UPDATE profiles p SET first_seen = LEAST(p.first_seen, t.f), last_seen = GREATEST(p.last_seen, t.l), \
            event_count = p.event_count + t.n, version = p.version + 1, updated_at = $48 \
          FROM UNNEST($44::uuid[], $45::int8[], $46::int8[], $47::int8[]) AS t(id, f, l, n) \
          WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
-        PgEventLog::insert_after_lock_steps(1, 49, 50)
+        PgEventLog::insert_after_lock_steps(
+            1,
+            49,
+            50,
+            Some("(SELECT count(*) FROM new_identifiers) i, (SELECT count(*) FROM resolved) e")
+        )
     )
 });
 
