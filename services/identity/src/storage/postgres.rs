@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 use uuid::Uuid;
 
 use super::{consents_json, encode_identifiers, traits_json};
-use crate::domain::batch::{Plan, Touched};
+use crate::domain::batch::{NewProfile, Plan, Touched};
 
 #[derive(Debug, Clone)]
 pub struct PgIdentityStore {
@@ -233,7 +233,15 @@ impl PgIdentityStore {
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         let mut versions = Vec::new();
+        // A merge can fold a profile into one the batch makes: the new rows go first then.
+        let mut new_profiles = plan.new_profiles.as_slice();
         if !plan.merges.is_empty() {
+            if !new_profiles.is_empty() {
+                bind_new_profiles(sqlx::query(NEW_PROFILES).bind(ws), new_profiles)
+                    .execute(&mut *conn)
+                    .await?;
+                new_profiles = &[];
+            }
             versions.extend(move_profiles(conn, ws, &plan.merges, now).await?);
         }
         let e = &plan.events;
@@ -245,25 +253,7 @@ impl PgIdentityStore {
             evidence.push(record);
         }
         let logged = EntryColumns::of(entries);
-        let query = sqlx::query(WRITE_PLAN.as_str())
-            .bind(ws)
-            // The new profiles.
-            .bind(uuids(plan.new_profiles.iter().map(|p| p.profile)))
-            .bind(
-                plan.new_profiles
-                    .iter()
-                    .map(|p| micros(p.created_at))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                plan.new_profiles
-                    .iter()
-                    .map(|p| p.merged_into.map(|m| m.as_uuid()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(seen(plan, |t| micros(t.first_seen)))
-            .bind(seen(plan, |t| micros(t.last_seen)))
-            .bind(seen(plan, |t| t.events))
+        let query = bind_new_profiles(sqlx::query(WRITE_PLAN.as_str()).bind(ws), new_profiles)
             // The identifiers.
             .bind(plan.identifiers.iter().map(|i| i.0.kind.as_str()).collect::<Vec<_>>())
             .bind(plan.identifiers.iter().map(|i| i.0.value.as_str()).collect::<Vec<_>>())
@@ -327,6 +317,14 @@ impl PgIdentityStore {
     }
 }
 
+/// The profiles a batch makes, each written whole ($2 to $7).
+const NEW_PROFILES: &str = "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
+     first_seen, last_seen, event_count, merged_into) \
+     SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
+       COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
+     FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
+       AS r(id, created, merged, f, l, n)";
+
 /// The advisory lock every writer of identity's log takes (see `log_in`).
 const LOG_LOCK: &str = "corvus.identity.log";
 
@@ -335,7 +333,8 @@ static LOG_IN: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3, None)));
 
 /// What a batch writes after its merges, in one statement (a round trip, not eight):
-/// the new profiles ($2 to $7), the identifiers new to the graph ($8 to $11), the
+/// the new profiles ($2 to $7; none here when the batch merges, as a merge can fold a
+/// profile into one the batch makes, whose row must then be there first), the identifiers new to the graph ($8 to $11), the
 /// events ($12 to $21), the newest traits ($22 to $26) and consents ($27 to $32), the
 /// evidence ($33 to $43, its ids in the order the records were made), and the profiles
 /// that grew ($44 to $48), whose new versions it returns, and its entries in identity's
@@ -350,12 +349,7 @@ static LOG_IN: std::sync::LazyLock<String> =
 /// the primary key, and the batch runs again (`is_contention`).
 static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH new_profiles AS (INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
-           first_seen, last_seen, event_count, merged_into) \
-           SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
-             COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
-           FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
-             AS r(id, created, merged, f, l, n)), \
+        "WITH new_profiles AS ({NEW_PROFILES}), \
          new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
            SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[]) RETURNING 1), \
          resolved AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
@@ -504,8 +498,26 @@ impl EvidenceColumns {
 }
 
 /// One column of the new profiles' seen times and counts.
-fn seen(plan: &Plan<'_>, column: impl Fn(&Touched) -> i64) -> Vec<Option<i64>> {
-    plan.new_profiles.iter().map(|p| p.seen.as_ref().map(&column)).collect()
+/// Binds the new profiles' arrays ($2 to $7 of `NEW_PROFILES`).
+fn bind_new_profiles<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    profiles: &[NewProfile],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    let seen = |column: fn(&Touched) -> i64| -> Vec<Option<i64>> {
+        profiles.iter().map(|p| p.seen.as_ref().map(column)).collect()
+    };
+    query
+        .bind(uuids(profiles.iter().map(|p| p.profile)))
+        .bind(profiles.iter().map(|p| micros(p.created_at)).collect::<Vec<_>>())
+        .bind(
+            profiles
+                .iter()
+                .map(|p| p.merged_into.map(|m| m.as_uuid()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(seen(|t| micros(t.first_seen)))
+        .bind(seen(|t| micros(t.last_seen)))
+        .bind(seen(|t| t.events))
 }
 
 fn uuids(ids: impl Iterator<Item = ProfileId>) -> Vec<Uuid> {

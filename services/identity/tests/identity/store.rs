@@ -154,6 +154,29 @@ async fn events_create_attach_and_merge_profiles(backend: Backend) {
         f.send(&[event(r, day(6), &[("anonymous_id", "null")])]).await,
         vec![None]
     );
+
+    // A profile a batch makes can absorb one made before it: the absorbed one's count
+    // and seen times go to the new survivor.
+    let visitor = f.send(&[event(r, day(6), &[("anonymous_id", "a2")])]).await[0].unwrap();
+    let joined = f
+        .send(&[
+            event(r, day(7), &[("user_id", "u2")]),
+            event(r, day(8), &[("user_id", "u2"), ("anonymous_id", "a2")]),
+        ])
+        .await;
+    let account = joined[0].unwrap();
+    assert_ne!(account, visitor);
+    assert_eq!(
+        joined[1],
+        Some(account),
+        "the account, the stronger, absorbs the visitor"
+    );
+    let data = f.live(account).await;
+    assert_eq!(
+        (data.event_count, (data.first_seen, data.last_seen)),
+        (3, (day(6), day(8)))
+    );
+    assert_eq!(data.absorbed, vec![visitor]);
 }
 
 async fn newest_trait_wins_whatever_the_arrival_order(backend: Backend) {
