@@ -233,16 +233,12 @@ impl PgIdentityStore {
     ) -> Result<Vec<(ProfileId, i64)>, ResolveError> {
         let now = micros(Utc::now());
         let mut versions = Vec::new();
-        // A merge can fold a profile into one the batch makes: the new rows go first then.
+        // A merge can fold a profile into one the batch makes: the new rows are written
+        // with the merges' moves then, before the survivors' rows take what they absorb.
         let mut new_profiles = plan.new_profiles.as_slice();
         if !plan.merges.is_empty() {
-            if !new_profiles.is_empty() {
-                bind_new_profiles(sqlx::query(NEW_PROFILES).bind(ws), new_profiles)
-                    .execute(&mut *conn)
-                    .await?;
-                new_profiles = &[];
-            }
-            versions.extend(move_profiles(conn, ws, &plan.merges, now).await?);
+            versions.extend(move_profiles(conn, ws, &plan.merges, new_profiles, now).await?);
+            new_profiles = &[];
         }
         let e = &plan.events;
         let t = &plan.traits;
@@ -317,13 +313,19 @@ impl PgIdentityStore {
     }
 }
 
-/// The profiles a batch makes, each written whole ($2 to $7).
-const NEW_PROFILES: &str = "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
-     first_seen, last_seen, event_count, merged_into) \
-     SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
-       COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
-     FROM UNNEST($2::uuid[], $3::int8[], $4::uuid[], $5::int8[], $6::int8[], $7::int8[]) \
-       AS r(id, created, merged, f, l, n)";
+/// The profiles a batch makes, each written whole (the workspace $1, the six arrays
+/// from `$first` on).
+fn new_profiles_insert(first: usize) -> String {
+    let [id, created, merged, f, l, n] = std::array::from_fn(|i| first + i);
+    format!(
+        "INSERT INTO profiles (workspace_id, profile_id, created_at, updated_at, \
+           first_seen, last_seen, event_count, merged_into) \
+         SELECT $1, id, created, created, COALESCE(f, 9223372036854775807), \
+           COALESCE(l, -9223372036854775808), COALESCE(n, 0), merged \
+         FROM UNNEST(${id}::uuid[], ${created}::int8[], ${merged}::uuid[], ${f}::int8[], ${l}::int8[], \
+           ${n}::int8[]) AS r(id, created, merged, f, l, n)"
+    )
+}
 
 /// The advisory lock every writer of identity's log takes (see `log_in`).
 const LOG_LOCK: &str = "corvus.identity.log";
@@ -349,7 +351,7 @@ static LOG_IN: std::sync::LazyLock<String> =
 /// the primary key, and the batch runs again (`is_contention`).
 static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH new_profiles AS ({NEW_PROFILES}), \
+        "WITH new_profiles AS ({}), \
          new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
            SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[]) RETURNING 1), \
          resolved AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
@@ -375,6 +377,7 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            event_count = p.event_count + t.n, version = p.version + 1, updated_at = $48 \
          FROM UNNEST($44::uuid[], $45::int8[], $46::int8[], $47::int8[]) AS t(id, f, l, n) \
          WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
+        new_profiles_insert(2),
         PgEventLog::insert_after_lock_steps(
             1,
             49,
@@ -384,46 +387,55 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Folds every `(from, into)` of a batch at once, a statement per table rather than a
-/// dozen per merge: what `move_profile` does for one. Each `from` is found by its key
-/// (`= ANY`) and mapped to its `into` by its place in the list, so no statement joins.
+/// Where a merged id's rows go: its survivor, by the id's place in the list of merged
+/// ids ($2) among the survivors ($3).
+const INTO: &str = "($3::uuid[])[array_position($2::uuid[], profile_id)]";
+
+/// A batch's merges' moves, one statement (each part writes a table of its own): the
+/// identifiers, events, traits and consents of each merged id ($2) go to its survivor
+/// ($3, by the id's place in the list), the newest trait and consent of each kind kept;
+/// and the profiles the batch makes are written ($4 to $9), so that a survivor among
+/// them is there for its row to take what it absorbs.
+static MOVES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH new_profiles AS ({}), \
+         moved_identifiers AS (UPDATE identifiers SET profile_id = {INTO} \
+           WHERE workspace_id = $1 AND profile_id = ANY($2)), \
+         moved_events AS (UPDATE profile_events SET profile_id = {INTO} \
+           WHERE workspace_id = $1 AND profile_id = ANY($2)), \
+         moved_traits AS (DELETE FROM traits WHERE workspace_id = $1 AND profile_id = ANY($2) \
+           RETURNING {INTO} AS into_id, name, value, set_at, event_id), \
+         kept_traits AS (INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
+           SELECT $1, * FROM (SELECT DISTINCT ON (into_id, name) into_id, name, value, set_at, event_id \
+             FROM moved_traits ORDER BY into_id, name, set_at DESC, event_id DESC) newest \
+           {NEWER_TRAIT}), \
+         moved_consents AS (DELETE FROM consents WHERE workspace_id = $1 AND profile_id = ANY($2) \
+           RETURNING {INTO} AS into_id, purpose, channel, granted, set_at, event_id) \
+         INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
+         SELECT $1, * FROM (SELECT DISTINCT ON (into_id, purpose, channel) \
+           into_id, purpose, channel, granted, set_at, event_id FROM moved_consents \
+           ORDER BY into_id, purpose, channel, set_at DESC, event_id DESC) newest \
+         {NEWER_CONSENT}",
+        new_profiles_insert(4)
+    )
+});
+
+/// Folds every `(from, into)` of a batch at once, two statements (`MOVES`, then the
+/// profile rows) rather than a dozen per merge: what `move_profile` does for one. Each
+/// `from` is found by its key (`= ANY`) and mapped to its `into` by its place in the
+/// list, so no statement joins.
 async fn move_profiles(
     conn: &mut PgConnection,
     ws: &WorkspaceId,
     merges: &[(ProfileId, ProfileId)],
+    new_profiles: &[NewProfile],
     now: i64,
 ) -> Result<Vec<(ProfileId, i64)>, sqlx::Error> {
-    const INTO: &str = "($3::uuid[])[array_position($2::uuid[], profile_id)]";
     let from = uuids(merges.iter().map(|m| m.0));
     let into = uuids(merges.iter().map(|m| m.1));
-    for sql in [
-        format!("UPDATE identifiers SET profile_id = {INTO} WHERE workspace_id = $1 AND profile_id = ANY($2)"),
-        format!("UPDATE profile_events SET profile_id = {INTO} WHERE workspace_id = $1 AND profile_id = ANY($2)"),
-        format!(
-            "WITH moved AS (DELETE FROM traits WHERE workspace_id = $1 AND profile_id = ANY($2) \
-               RETURNING {INTO} AS into_id, name, value, set_at, event_id) \
-             INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
-             SELECT $1, * FROM (SELECT DISTINCT ON (into_id, name) into_id, name, value, set_at, event_id FROM moved \
-               ORDER BY into_id, name, set_at DESC, event_id DESC) newest \
-             {NEWER_TRAIT}"
-        ),
-        format!(
-            "WITH moved AS (DELETE FROM consents WHERE workspace_id = $1 AND profile_id = ANY($2) \
-               RETURNING {INTO} AS into_id, purpose, channel, granted, set_at, event_id) \
-             INSERT INTO consents (workspace_id, profile_id, purpose, channel, granted, set_at, event_id) \
-             SELECT $1, * FROM (SELECT DISTINCT ON (into_id, purpose, channel) \
-               into_id, purpose, channel, granted, set_at, event_id FROM moved \
-               ORDER BY into_id, purpose, channel, set_at DESC, event_id DESC) newest \
-             {NEWER_CONSENT}"
-        ),
-    ] {
-        sqlx::query(&sql)
-            .bind(ws)
-            .bind(&from)
-            .bind(&into)
-            .execute(&mut *conn)
-            .await?;
-    }
+    bind_new_profiles(sqlx::query(&MOVES).bind(ws).bind(&from).bind(&into), new_profiles)
+        .execute(&mut *conn)
+        .await?;
     // The profile rows, which the three parts touch apart: each survivor takes the seen
     // times and count of what it absorbs; each merged profile, and whatever had been
     // merged into it, now redirects to its survivor.
@@ -498,7 +510,7 @@ impl EvidenceColumns {
 }
 
 /// One column of the new profiles' seen times and counts.
-/// Binds the new profiles' arrays ($2 to $7 of `NEW_PROFILES`).
+/// Binds the new profiles' six arrays (`new_profiles_insert`'s).
 fn bind_new_profiles<'q>(
     query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     profiles: &[NewProfile],
