@@ -193,23 +193,19 @@ impl PgEventLog {
     /// once the transaction holds an advisory lock, held to its commit: a log whose
     /// writers all take it has its order, `seq`, in the order of their commits. Every
     /// entry, and so its `seq`, is made after the one row of `locked` was (the lock
-    /// taken), and that row after every row of `after` (a `FROM` list of earlier steps'
-    /// results: the lock is then taken once their writes, which may wait on another
-    /// transaction, are done). `$workspace` is the workspace's parameter, `$lock` the
-    /// lock's name, and `EntryColumns::bind_arrays` binds the entries' six arrays from
-    /// `$first` on.
-    pub fn insert_after_lock_steps(workspace: usize, lock: usize, first: usize, after: Option<&str>) -> String {
+    /// taken). `$workspace` is the workspace's parameter, `$lock` the lock's name, and
+    /// `EntryColumns::bind_arrays` binds the entries' six arrays from `$first` on.
+    pub fn insert_after_lock_steps(workspace: usize, lock: usize, first: usize) -> String {
         let arrays: Vec<String> = ["text", "uuid", "int2", "timestamptz", "bytea", "text"]
             .iter()
             .enumerate()
             .map(|(i, ty)| format!("${}::{ty}[]", first + i))
             .collect();
         format!(
-            "locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended(${lock}, 0)){}), \
+            "locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended(${lock}, 0))), \
              logged AS (INSERT INTO events \
                (workspace_id, message_id, event_id, event_type, received_at, payload, traceparent) \
                SELECT ${workspace}, u.* FROM locked, UNNEST({}) AS u)",
-            after.map(|from| format!(" FROM {from}")).unwrap_or_default(),
             arrays.join(", ")
         )
     }

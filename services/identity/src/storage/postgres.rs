@@ -332,19 +332,23 @@ const LOG_LOCK: &str = "corvus.identity.log";
 
 /// Entries added to identity's log, once the transaction holds `LOG_LOCK` ($2).
 static LOG_IN: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3, None)));
+    std::sync::LazyLock::new(|| format!("WITH {} SELECT 1", PgEventLog::insert_after_lock_steps(1, 2, 3)));
 
 /// What a batch writes after its merges, in one statement (a round trip, not eight):
-/// the new profiles ($2 to $7; none here when the batch merges, as a merge can fold a
-/// profile into one the batch makes, whose row must then be there first), the identifiers new to the graph ($8 to $11), the
-/// events ($12 to $21), the newest traits ($22 to $26) and consents ($27 to $32), the
-/// evidence ($33 to $43, its ids in the order the records were made), and the profiles
-/// that grew ($44 to $48), whose new versions it returns, and its entries in identity's
-/// log ($50 to $55) after the log's lock ($49), taken once the identifiers and events
-/// are in: those inserts can wait on another transaction's (one of the same key), and
-/// the lock is taken after every wait, so that it cannot be part of a deadlock (the
-/// profiles updated are locked already). The parts touch different rows (a new
-/// profile's row is written whole, never grown), so none needs to see another's.
+/// the new profiles ($2 to $7; none here when the batch merges: they went with the
+/// merges' moves, as a merge can fold a profile into one the batch makes), the
+/// identifiers new to the graph ($8 to $11), the events ($12 to $21), the newest traits
+/// ($22 to $26) and consents ($27 to $32), the evidence ($33 to $43, its ids in the
+/// order the records were made), the profiles that grew ($44 to $48), whose new versions
+/// it returns, and its entries in identity's log ($50 to $55) after the log's lock
+/// ($49). The parts touch different rows (a new profile's row is written whole, never
+/// grown), so none needs to see another's. The lock can be taken before the statement's
+/// inserts are done, and no insert waits on a transaction that waits for it: the
+/// transactions writing at once are a delivery's parts, whose identifiers and events
+/// are apart (`domain::partition`), and changes through the API, which insert neither
+/// (the profiles updated here are locked already). Taking it only once the identifiers
+/// and events were in (their counts read before it) was tried: the identity section's
+/// freshness p99 under load went from 39–54 ms to 175–228 ms.
 /// The identifiers and events are inserted plainly, not `ON CONFLICT DO NOTHING` (a
 /// speculative insertion, about half as dear again a row): one another writer got to
 /// first (an identifier given to a profile, an event resolved by a redelivery) breaks
@@ -353,11 +357,11 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH new_profiles AS ({}), \
          new_identifiers AS (INSERT INTO identifiers (workspace_id, kind, value, profile_id, first_seen) \
-           SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[]) RETURNING 1), \
+           SELECT $1, * FROM UNNEST($8::text[], $9::text[], $10::uuid[], $11::int8[])), \
          resolved AS (INSERT INTO profile_events (workspace_id, event_id, profile_id, at, event_type, channel, \
            name, message_id, identifiers, traits, consents) \
            SELECT $1, * FROM UNNEST($12::uuid[], $13::uuid[], $14::int8[], $15::int2[], $16::int2[], \
-             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[]) RETURNING 1), \
+             $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])), \
          newest_traits AS (INSERT INTO traits (workspace_id, profile_id, name, value, set_at, event_id) \
            SELECT $1, * FROM UNNEST($22::uuid[], $23::text[], $24::text[], $25::int8[], $26::uuid[]) \
            {NEWER_TRAIT}), \
@@ -378,12 +382,7 @@ static WRITE_PLAN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          FROM UNNEST($44::uuid[], $45::int8[], $46::int8[], $47::int8[]) AS t(id, f, l, n) \
          WHERE p.workspace_id = $1 AND p.profile_id = t.id RETURNING p.profile_id, p.version",
         new_profiles_insert(2),
-        PgEventLog::insert_after_lock_steps(
-            1,
-            49,
-            50,
-            Some("(SELECT count(*) FROM new_identifiers) i, (SELECT count(*) FROM resolved) e")
-        )
+        PgEventLog::insert_after_lock_steps(1, 49, 50)
     )
 });
 
