@@ -87,8 +87,9 @@ mod tests {
     }
 }
 
-/// A delivery's writes (its facts, its merges' moves, each unmerge and erasure), written
-/// once for both backends.
+/// A delivery's unmerges and erasures, written once for both backends; its facts and
+/// merges' moves are each backend's own (below: arrays on Postgres, a statement for
+/// many rows on SQLite).
 macro_rules! delivery_writes {
     ($Store:ident, $Db:ty) => {
         impl $Store {
