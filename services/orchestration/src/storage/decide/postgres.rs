@@ -1,11 +1,5 @@
-//! Decisions recorded in batches. On Postgres, each person's first decision of a batch
-//! that spends no budget is planned from their ledger read without a lock and written by
-//! one statement that writes it only if no decision, merge or pause came between (the
-//! person's count of decisions and the campaign's state and version unchanged); the
-//! others, and any such write that finds a change, are decided in one transaction under
-//! the people's locks, each step one statement for the whole batch (arrays unnested). On
-//! SQLite, in this process, a transaction holds the file's write lock and a statement a
-//! decision costs no round trip.
+//! Decisions on Postgres: a person's first decision of a batch without a lock, checked
+//! as it is written; the rest under the people's locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -13,95 +7,16 @@ use corvus_log::store::NewEvent;
 use sqlx::Row as _;
 use uuid::Uuid;
 
-use super::{
-    DecideRequest, Ledger, PgOrchestrationStore, Recorded, SqliteOrchestrationStore, State, StorageError, Touch,
-    Writes, micros, touch_of,
+use super::super::{
+    DecideRequest, Ledger, PgOrchestrationStore, Recorded, State, StorageError, Touch, Writes, micros, touch_of,
 };
-
-/// Every campaign's state and version, by workspace.
-type States = HashMap<String, HashMap<String, (State, u32)>>;
-
-fn states_of(rows: Vec<(String, String, String, i32)>) -> Result<States, StorageError> {
-    let mut states = States::new();
-    for (ws, name, state, version) in rows {
-        states
-            .entry(ws)
-            .or_default()
-            .insert(name, (State::parse(&state)?, version as u32));
-    }
-    Ok(states)
-}
-
-/// The plans of a batch, in order, against the ledgers read under the people's locks:
-/// each decision's touch and spend are in the ledger of those after it. The people
-/// `erased` meanwhile get none.
-fn plan_all(
-    requests: &[&DecideRequest],
-    mut touches: HashMap<(String, Uuid), Vec<Touch>>,
-    mut spent: HashMap<(String, String), u64>,
-    states: &States,
-    erased: &HashSet<(String, Uuid)>,
-) -> Vec<Recorded> {
-    requests
-        .iter()
-        .map(|r| {
-            let person = (r.ws.as_str().to_owned(), r.profile.as_uuid());
-            if erased.contains(&person) {
-                return Recorded::Erased;
-            }
-            let ledger = Ledger {
-                touches: touches.get(&person).cloned().unwrap_or_default(),
-                spent: r
-                    .budgeted
-                    .iter()
-                    .map(|c| {
-                        let key = (person.0.clone(), c.clone());
-                        (c.clone(), spent.get(&key).copied().unwrap_or_default())
-                    })
-                    .collect(),
-                states: states.get(r.ws.as_str()).cloned().unwrap_or_default(),
-            };
-            let writes = match (r.plan)(&ledger) {
-                Ok(writes) => writes,
-                Err(explanation) => return Recorded::Nothing(explanation),
-            };
-            if let Some(budget) = writes.spend {
-                let spent = spent
-                    .entry((person.0.clone(), writes.decision.campaign.clone()))
-                    .or_default();
-                if *spent >= budget {
-                    return Recorded::BudgetSpent(writes.decision.campaign.clone());
-                }
-                *spent += 1;
-            }
-            if let Some(touch) = &writes.touch {
-                touches.entry(person).or_default().push(touch.clone());
-            }
-            Recorded::Written(Box::new(writes))
-        })
-        .collect()
-}
-
-/// The log's entries of the written decisions, by workspace.
-fn entries(requests: &[&DecideRequest], recorded: &[Recorded]) -> BTreeMap<String, (usize, Vec<NewEvent>)> {
-    let mut by_ws: BTreeMap<String, (usize, Vec<NewEvent>)> = BTreeMap::new();
-    for (i, (r, rec)) in requests.iter().zip(recorded).enumerate() {
-        if let Recorded::Written(w) = rec {
-            by_ws
-                .entry(r.ws.as_str().to_owned())
-                .or_insert((i, Vec::new()))
-                .1
-                .push(crate::log::entry(&r.ws, &w.decision));
-        }
-    }
-    by_ws
-}
-
-const DECISION_COLUMNS: &str = "decision_id, workspace_id, profile_id, campaign, campaign_version, arm, action, \
-     channel, segment, send_at, decided_at, detail";
+use super::{DECISION_COLUMNS, entries, plan_all, states_of};
 
 impl PgOrchestrationStore {
-    pub(super) async fn decide_batch(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
+    pub(in crate::storage) async fn decide_batch(
+        &self,
+        requests: &[DecideRequest],
+    ) -> Result<Vec<Recorded>, StorageError> {
         let mut first = HashSet::new();
         let unlocked: Vec<usize> = (0..requests.len())
             .filter(|&i| {
@@ -453,7 +368,7 @@ fn bind_writes<'q, O>(
         .iter()
         .filter_map(|(r, w)| Some((*r, *w, w.touch.as_ref()?)))
         .collect();
-    let sent: Vec<(&DecideRequest, &Writes, &super::Outbound)> = decisions
+    let sent: Vec<(&DecideRequest, &Writes, &super::super::Outbound)> = decisions
         .iter()
         .filter_map(|(r, w)| Some((*r, *w, w.send.as_ref()?)))
         .collect();
@@ -530,243 +445,6 @@ fn bind_writes<'q, O>(
         .bind(sent.iter().map(|(_, _, s)| s.payload.clone()).collect::<Vec<_>>())
 }
 
-impl SqliteOrchestrationStore {
-    pub(super) async fn decide_batch(&self, requests: &[DecideRequest]) -> Result<Vec<Recorded>, StorageError> {
-        let requests: &[&DecideRequest] = &requests.iter().collect::<Vec<_>>();
-        // BEGIN IMMEDIATE holds the file's write lock from the start: every person's
-        // ledger read here is as it stands until the commit.
-        let (_guard, mut tx) = self.begin().await?;
-        let mut touches = HashMap::new();
-        let mut erased = HashSet::new();
-        let mut spent = HashMap::new();
-        let mut workspaces = BTreeSet::new();
-        for r in requests {
-            workspaces.insert(r.ws.as_str());
-            let person = (r.ws.as_str().to_owned(), r.profile.as_uuid());
-            if let std::collections::hash_map::Entry::Vacant(vacant) = touches.entry(person.clone()) {
-                let mark: Option<(bool,)> =
-                    sqlx::query_as("SELECT erased FROM people WHERE workspace_id = $1 AND profile_id = $2")
-                        .bind(r.ws.as_str())
-                        .bind(r.profile.as_uuid())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if mark.is_some_and(|m| m.0) {
-                    erased.insert(person);
-                }
-                let since = requests
-                    .iter()
-                    .filter(|o| o.ws == r.ws && o.profile == r.profile)
-                    .map(|o| micros(o.since))
-                    .min()
-                    .unwrap_or(i64::MAX);
-                let rows: Vec<(String, String, i64, i32)> = sqlx::query_as(
-                    "SELECT campaign, channel, at, local_day FROM touches \
-                     WHERE workspace_id = $1 AND profile_id = $2 AND at >= $3",
-                )
-                .bind(r.ws.as_str())
-                .bind(r.profile.as_uuid())
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?;
-                vacant.insert(rows.into_iter().map(touch_of).collect::<Vec<_>>());
-            }
-            for campaign in &r.budgeted {
-                let row: Option<(i64,)> =
-                    sqlx::query_as("SELECT spent FROM budgets WHERE workspace_id = $1 AND campaign = $2")
-                        .bind(r.ws.as_str())
-                        .bind(campaign)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                spent.insert(
-                    (r.ws.as_str().to_owned(), campaign.clone()),
-                    row.map_or(0, |s| s.0 as u64),
-                );
-            }
-        }
-        let mut rows = Vec::new();
-        for ws in workspaces {
-            let of_ws: Vec<(String, String, String, i32)> =
-                sqlx::query_as("SELECT workspace_id, name, state, version FROM campaigns WHERE workspace_id = $1")
-                    .bind(ws)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            rows.extend(of_ws);
-        }
-        let recorded = plan_all(requests, touches, spent, &states_of(rows)?, &erased);
-        for r in requests {
-            sqlx::query(
-                "INSERT INTO people (workspace_id, profile_id, decisions) VALUES ($1, $2, 1) \
-                 ON CONFLICT (workspace_id, profile_id) DO UPDATE SET decisions = people.decisions + 1",
-            )
-            .bind(r.ws.as_str())
-            .bind(r.profile.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (r, w) in requests.iter().zip(&recorded) {
-            let Recorded::Written(w) = w else { continue };
-            let d = &w.decision;
-            if w.spend.is_some() {
-                sqlx::query(
-                    "INSERT INTO budgets (workspace_id, campaign, spent) VALUES ($1, $2, 1) \
-                     ON CONFLICT (workspace_id, campaign) DO UPDATE SET spent = budgets.spent + 1",
-                )
-                .bind(r.ws.as_str())
-                .bind(&d.campaign)
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(&format!(
-                "INSERT INTO decisions ({DECISION_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ))
-            .bind(d.id)
-            .bind(r.ws.as_str())
-            .bind(d.profile.as_uuid())
-            .bind(&d.campaign)
-            .bind(d.campaign_version as i32)
-            .bind(&d.arm)
-            .bind(&d.action)
-            .bind(&d.channel)
-            .bind(&d.segment)
-            .bind(micros(d.send_at))
-            .bind(micros(d.decided_at))
-            .bind(serde_json::to_string(d).expect("a decision serialises"))
-            .execute(&mut *tx)
-            .await?;
-            if let Some(touch) = &w.touch {
-                sqlx::query(
-                    "INSERT INTO touches (workspace_id, profile_id, campaign, channel, at, local_day, decision_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(r.ws.as_str())
-                .bind(r.profile.as_uuid())
-                .bind(&touch.campaign)
-                .bind(&touch.channel)
-                .bind(micros(touch.at))
-                .bind(touch.local_day)
-                .bind(d.id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(send) = &w.send {
-                sqlx::query(
-                    "INSERT INTO sends (decision_id, workspace_id, profile_id, campaign, channel, state, \
-                     send_at, next_attempt_at, recipient, payload) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, $7, $8)",
-                )
-                .bind(d.id)
-                .bind(r.ws.as_str())
-                .bind(r.profile.as_uuid())
-                .bind(&d.campaign)
-                .bind(&d.channel)
-                .bind(micros(d.send_at))
-                .bind(&send.recipient)
-                .bind(&send.payload)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for (_, (i, entries)) in entries(requests, &recorded) {
-            Self::log_in(&mut tx, &requests[i].ws, &entries).await?;
-        }
-        tx.commit().await?;
-        self.log.wake();
-        Ok(recorded)
-    }
-}
-
-#[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-    use crate::storage::{Decision, Explanation};
-    use chrono::Utc;
-    use corvus_proto::ProfileId;
-
-    pub(crate) fn request(profile: ProfileId, budgeted: &[&str]) -> DecideRequest {
-        DecideRequest {
-            ws: "acme".parse().unwrap(),
-            profile,
-            since: Utc::now(),
-            budgeted: budgeted.iter().map(|c| (*c).to_owned()).collect(),
-            assumed: vec![("c".to_owned(), 1)],
-            // Sends once while the person has no touch and the budget is not spent.
-            plan: Box::new(move |ledger: &Ledger| {
-                if !ledger.touches.is_empty() || ledger.spent.get("c").copied().unwrap_or_default() >= 1 {
-                    return Err(Explanation::default());
-                }
-                let decision = Decision {
-                    id: Uuid::now_v7(),
-                    profile,
-                    campaign: "c".to_owned(),
-                    campaign_version: 1,
-                    arm: "a".to_owned(),
-                    action: "x".to_owned(),
-                    products: Vec::new(),
-                    subject: String::new(),
-                    body: String::new(),
-                    channel: "email".to_owned(),
-                    send_at: Utc::now(),
-                    policy: "only".to_owned(),
-                    propensity: 1.0,
-                    propensity_draws: 0,
-                    placement: String::new(),
-                    decided_at: Utc::now(),
-                    segment: String::new(),
-                    arm_share: 1.0,
-                    explanation: Explanation::default(),
-                    outcome: None,
-                };
-                Ok(Writes {
-                    touch: Some(Touch {
-                        campaign: "c".to_owned(),
-                        channel: "email".to_owned(),
-                        at: Utc::now(),
-                        local_day: 0,
-                    }),
-                    spend: Some(1).filter(|_| !ledger.spent.is_empty()),
-                    send: None,
-                    decision,
-                })
-            }),
-        }
-    }
-
-    #[test]
-    fn later_decisions_of_a_batch_see_the_earlier_ones_touches_and_spend() {
-        let (a, b) = (ProfileId::new(), ProfileId::new());
-        // a twice: the second finds the first's touch. e, erased, gets nothing and
-        // spends nothing; b, with a budget of 1, spends it; c, also budgeted, is planned
-        // with it spent (and chooses nothing).
-        let (c, e) = (ProfileId::new(), ProfileId::new());
-        let requests = [
-            request(a, &[]),
-            request(a, &[]),
-            request(e, &["c"]),
-            request(b, &["c"]),
-            request(c, &["c"]),
-        ];
-        let erased = HashSet::from([("acme".to_owned(), e.as_uuid())]);
-        let recorded = plan_all(
-            &requests.each_ref(),
-            HashMap::new(),
-            HashMap::new(),
-            &States::new(),
-            &erased,
-        );
-        let kinds: Vec<&str> = recorded
-            .iter()
-            .map(|r| match r {
-                Recorded::Written(_) => "written",
-                Recorded::Nothing(_) => "nothing",
-                Recorded::BudgetSpent(_) => "spent",
-                Recorded::Erased => "erased",
-            })
-            .collect();
-        assert_eq!(kinds, ["written", "nothing", "erased", "written", "nothing"]);
-    }
-}
-
 /// The decision planned without a lock (Postgres) against a merge or an erasure written
 /// between its read and its write. SQLite decides under the file's write lock: nothing comes between.
 #[cfg(test)]
@@ -778,7 +456,7 @@ mod unlocked {
     use corvus_proto::{ProfileId, WorkspaceId};
     use corvus_test_support::{Backend, TempDir};
 
-    use super::tests::request;
+    use super::super::tests::request;
     use crate::storage::{Merge, OrchestrationStore, Recorded, State};
 
     /// A Postgres store with campaign "c" live in version 1, as `request`'s plan decides
